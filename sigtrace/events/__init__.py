@@ -1,0 +1,1 @@
+"""Events: the one schema (schema.py), writing a recording (writer.py), reading it back (reader.py)."""

@@ -1,0 +1,102 @@
+"""Read a recording back: tolerant of truncation, garbage and newer recorders.
+
+What cannot be used is not dropped silently: every skipped line, unknown kind or unknown
+field is described in Recording.incomplete, which reports show.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+
+from ..errors import DataError
+from .schema import DTYPES, FIELD_NAMES, KINDS
+from .writer import EVENTS_FILE, META_FILE
+
+
+@dataclass
+class Recording:
+    events: pd.DataFrame
+    meta: dict[str, Any]
+    incomplete: list[str] = field(default_factory=list)
+    source: str = ""
+
+
+def iter_event_lines(path: Path, problems: Counter, examples: dict) -> Iterator[dict]:
+    """Yield parsed events; count lines that are not JSON objects of a known kind."""
+    known_fields = set(FIELD_NAMES)
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+            except ValueError:
+                key = "truncated last line" if not raw.endswith(b"\n") else "unparsable lines"
+                problems[key] += 1
+                examples.setdefault(key, lineno)
+                continue
+            if not isinstance(obj, dict) or "ts" not in obj or "kind" not in obj:
+                problems["lines without ts/kind"] += 1
+                examples.setdefault("lines without ts/kind", lineno)
+                continue
+            if obj["kind"] not in KINDS:
+                key = f"events of unknown kind {obj['kind']!r}"
+                problems[key] += 1
+                examples.setdefault(key, lineno)
+                continue
+            extra = obj.keys() - known_fields
+            if extra:
+                for name in extra:
+                    problems[f"unknown field {name!r} (ignored)"] += 1
+                    obj.pop(name)
+            yield obj
+
+
+def events_frame(rows: list[dict]) -> pd.DataFrame:
+    """A DataFrame with every schema column, in schema order, with the schema's dtypes."""
+    df = pd.DataFrame.from_records(rows, columns=list(FIELD_NAMES))
+    for name, dtype in DTYPES.items():
+        try:
+            df[name] = df[name].astype(dtype)
+        except (TypeError, ValueError):
+            # a value of the wrong type from a newer or broken writer: keep the column as objects
+            df[name] = df[name].astype("object")
+    return df.sort_values("ts", kind="stable").reset_index(drop=True)
+
+
+def read_recording(directory: str | Path) -> Recording:
+    """Load DIR/events.jsonl and DIR/meta.json. Raises DataError when there is nothing usable."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise DataError(f"{d}: no such recording directory; pass the --output DIR of 'sigtrace record'")
+    path = d / EVENTS_FILE
+    if not path.exists():
+        raise DataError(f"{d}: has no {EVENTS_FILE}; is it the --output DIR of 'sigtrace record'?")
+    meta: dict[str, Any] = {}
+    incomplete: list[str] = []
+    meta_path = d / META_FILE
+    if meta_path.exists():
+        try:
+            meta = json.loads(meta_path.read_text())
+        except ValueError:
+            incomplete.append(f"{META_FILE} is unreadable: node, backend and lost-event counts unknown")
+    else:
+        incomplete.append(f"no {META_FILE}: the recorder did not finish (killed?); lost-event counts unknown")
+    if meta and meta.get("end") is None:
+        incomplete.append("the recorder did not stop cleanly (no end time): the last second may be missing")
+    problems: Counter = Counter()
+    examples: dict = {}
+    rows = list(iter_event_lines(path, problems, examples))
+    for what, n in problems.items():
+        at = f" (first at line {examples[what]})" if what in examples else ""
+        incomplete.append(f"skipped {n} {what}{at}" if not what.startswith("unknown field") else f"{n} x {what}")
+    if not rows:
+        raise DataError(f"{path}: no readable events ({sum(problems.values())} unusable lines); record again")
+    if meta.get("lost_events"):
+        incomplete.append(f"{meta['lost_events']} events were lost by the recorder (ring buffer full)")
+    return Recording(events=events_frame(rows), meta=meta, incomplete=incomplete, source=str(d))

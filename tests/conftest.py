@@ -1,0 +1,48 @@
+"""Shared test fixtures.
+
+Tests that need the kernel (root, BPF, tracefs, runc, nginx, php-fpm, strace) call
+require_kernel(...). Outside CI a missing piece skips the test; with
+SIGTRACE_REQUIRE_KERNEL=1 (set by .ci/run) it FAILS: a green run that skipped the
+kernel proves nothing.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+REQUIRE_KERNEL = os.environ.get("SIGTRACE_REQUIRE_KERNEL") == "1"
+
+
+def missing_or_skip(reason: str) -> None:
+    if REQUIRE_KERNEL:
+        pytest.fail(f"SIGTRACE_REQUIRE_KERNEL=1 and {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_kernel(*, root: bool = True, bpf: bool = False, tools: tuple[str, ...] = ()) -> None:
+    if root and os.geteuid() != 0:
+        missing_or_skip("needs root")
+    for tool in tools:
+        if shutil.which(tool) is None and not Path(tool).exists():
+            missing_or_skip(f"needs {tool}")
+    if bpf:
+        try:
+            import bcc  # noqa: F401
+        except ImportError:
+            missing_or_skip("needs bcc (Debian python3-bpfcc) importable")
+
+
+@pytest.fixture
+def sigtrace_cli():
+    """Run the real CLI in a subprocess: (args, **kw) -> CompletedProcess."""
+    import subprocess
+
+    def run(*args: str, timeout: float = 120, **kw):
+        return subprocess.run([sys.executable, "-m", "sigtrace", *args], capture_output=True,
+                              text=True, timeout=timeout, cwd=kw.pop("cwd", REPO), **kw)
+    return run
