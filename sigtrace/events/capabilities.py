@@ -1,0 +1,24 @@
+"""What a recording can contain, written to meta.json as "capabilities".
+
+The report decides from these (never from the backend's name) whether a verdict is
+decidable: a verdict whose signature needs evidence the recording cannot hold is
+reported as undecidable, naming the missing evidence, instead of being guessed.
+"""
+SIGNAL_SENDER = "signal_sender"        # signal_generate for every sender, with result (ignored...)
+SIGNAL_DELIVERY = "signal_delivery"    # signal_deliver in the receiver, with handler
+PROCESS_EXEC = "process_exec"
+PROCESS_EXIT = "process_exit"          # exits with code / fatal signal
+TCP_STATES = "tcp_states"              # every TCP state transition, LISTEN closes included
+KERNEL_RESETS = "kernel_resets"        # RSTs the kernel sends by itself (SYN to a closed port) and receives
+SOCKET_CALLS = "socket_calls"          # close/shutdown/connect/accept as the traced processes call them
+
+ALL = (SIGNAL_SENDER, SIGNAL_DELIVERY, PROCESS_EXEC, PROCESS_EXIT, TCP_STATES, KERNEL_RESETS, SOCKET_CALLS)
+DESCRIPTIONS = {
+    SIGNAL_SENDER: "who sent each signal and whether the kernel dropped it (signal_generate)",
+    SIGNAL_DELIVERY: "signal deliveries and their handlers",
+    PROCESS_EXEC: "process starts (preStop execs)",
+    PROCESS_EXIT: "process exits with code or fatal signal",
+    TCP_STATES: "TCP state transitions (listener close, FIN vs RST)",
+    KERNEL_RESETS: "resets the kernel sends by itself, e.g. refused connection attempts",
+    SOCKET_CALLS: "socket calls of the traced processes",
+}
