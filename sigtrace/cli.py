@@ -15,6 +15,9 @@ COMMANDS = {
     "record": "sigtrace.commands.record:record",
     "report": "sigtrace.commands.report:report",
     "lab": "sigtrace.commands.lab:lab",
+    "agent": "sigtrace.commands.agent:agent",
+    "export": "sigtrace.commands.export:export",
+    "analyze": "sigtrace.commands.analyze:analyze",
 }
 
 

@@ -1,0 +1,497 @@
+/* sigtrace probes: signals, exec/exit and TCP closes/resets of pod processes.
+ *
+ * Loaded by sigtrace/backends/bpf/program.py, which prepends a prelude of #defines chosen from
+ * the running kernel's tracepoint format files (ST_SR_*: tcp_send_reset's shape), the filter mode
+ * (ST_FILTER_ALL), the ring buffer size and the sigtrace.h header.
+ *
+ * Cost design: signals, exec and exit are rare and always streamed for pod processes. TCP
+ * transitions are frequent: they are attributed to a pod by endpoint (a pod's listening
+ * address/port, local or remote), never by the current task alone (softirq context), and only
+ * streamed while that pod is "armed" (stopping: a stop signal reached it, its init exited, or
+ * user space saw an exec into it); otherwise a per-CPU counter is bumped.
+ */
+#include <uapi/linux/ptrace.h>
+
+#if ST_DECLARE_RST_REASON
+/* tcp_send_reset's format names this enum; headers older than 6.10 do not declare it. */
+enum sk_rst_reason { ST_SK_RST_REASON_PLACEHOLDER = 0 };
+#endif
+
+BPF_RINGBUF_OUTPUT(events, ST_RINGBUF_PAGES);
+
+BPF_HASH(pod_cgroups, u64, struct st_task, 8192);      /* cgroup v2 id -> container/pod */
+BPF_HASH(pod_tasks, u32, struct st_task, 65536);       /* tgid (and tids) -> container/pod */
+BPF_HASH(armed, u32, u64, 8192);                       /* pod index -> ktime when armed */
+BPF_HASH(endpoints, struct st_ep_key, u32, 16384);     /* endpoint -> pod index / ST_AMBIGUOUS */
+BPF_HASH(runtime_comms, struct st_comm, u32, 64);      /* runc, containerd-shim, conmon... */
+BPF_HASH(select_comms, struct st_comm, u32, 64);       /* --comm */
+BPF_HASH(exits, u32, struct st_exit, 65536);
+BPF_HASH(other_cgroups, u64, u32, 16384);             /* cgroups user space found not to be pods */
+BPF_TABLE("lru_hash", u32, u32, parents, 16384);     /* child pid -> parent tgid, from fork */
+BPF_PERCPU_ARRAY(lost, u64, ST_NPROBES);
+BPF_PERCPU_ARRAY(counters, u64, ST_NCOUNTERS);
+BPF_ARRAY(config, u64, 1);                             /* [0] arm window (ns) */
+
+static __always_inline void count_lost(int probe)
+{
+    u64 *n = lost.lookup(&probe);
+    if (n)
+        (*n)++;
+}
+
+static __always_inline void count(int what)
+{
+    u64 *n = counters.lookup(&what);
+    if (n)
+        (*n)++;
+}
+
+/* The current task's pod: by cgroup v2 id first (covers every process of a container, even
+ * forked before user space saw it), then by tgid (--pid, or runtimes outside the unified tree). */
+static __always_inline int current_task(struct st_task *out, u32 tgid)
+{
+    u64 cg = bpf_get_current_cgroup_id();
+    struct st_task *t = pod_cgroups.lookup(&cg);
+    if (!t)
+        t = pod_tasks.lookup(&tgid);
+    if (!t)
+        return 0;
+    *out = *t;
+    return 1;
+}
+
+/* bcc needs each map named directly, hence one helper per comm map */
+static __always_inline int runtime_comm(const char *comm)
+{
+    struct st_comm key = {};
+    __builtin_memcpy(key.c, comm, 16);
+    return runtime_comms.lookup(&key) != 0;
+}
+
+static __always_inline int selected_comm(const char *comm)
+{
+    struct st_comm key = {};
+    __builtin_memcpy(key.c, comm, 16);
+    return select_comms.lookup(&key) != 0;
+}
+
+static __always_inline struct st_event *new_event(u32 kind, int probe)
+{
+    struct st_event *e = events.ringbuf_reserve(sizeof(struct st_event));
+    if (!e) {
+        count_lost(probe);
+        return 0;
+    }
+    __builtin_memset(e, 0, sizeof(*e));
+    u64 id = bpf_get_current_pid_tgid();
+    e->ts_ns = bpf_ktime_get_ns();
+    e->cgroup_id = bpf_get_current_cgroup_id();
+    e->kind = kind;
+    e->pid = id >> 32;
+    e->tid = (u32)id;
+    e->exit_code = -1;
+    bpf_get_current_comm(e->comm, sizeof(e->comm));
+    return e;
+}
+
+static __always_inline void arm(u32 pidx)
+{
+    u64 now = bpf_ktime_get_ns();
+    u32 any = ST_AMBIGUOUS;
+    armed.update(&pidx, &now);
+    /* ambiguous endpoints stream while any pod is armed */
+    armed.update(&any, &now);
+}
+
+static __always_inline int is_armed(u32 pidx)
+{
+    int zero = 0;
+    u64 *window = config.lookup(&zero);
+    u64 *at = armed.lookup(&pidx);
+    if (!at || !window)
+        return 0;
+    return bpf_ktime_get_ns() - *at < *window;
+}
+
+static __always_inline int fatal_by_default(int sig)
+{
+    /* signal(7): default action Term or Core (CHLD CONT STOP TSTP TTIN TTOU URG WINCH are not) */
+    return (sig >= 1 && sig <= 16) || (sig >= 24 && sig <= 27) || (sig >= 29 && sig <= 64);
+}
+
+static __always_inline int stop_signal(int sig)
+{
+    /* signals that start a shutdown (or reload): HUP INT QUIT KILL USR2 TERM WINCH PWR */
+    return sig == 1 || sig == 2 || sig == 3 || sig == 9 || sig == 12 || sig == 15 ||
+           sig == 28 || sig == 30;
+}
+
+TRACEPOINT_PROBE(signal, signal_generate)
+{
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    struct st_task cur = {}, tgt = {};
+    int cur_pod = current_task(&cur, tgid);
+    u32 target = args->pid;
+    struct st_task *tp = pod_tasks.lookup(&target);
+    char comm[16];
+    bpf_get_current_comm(comm, sizeof(comm));
+    char tcomm[16];
+    bpf_probe_read_kernel(tcomm, sizeof(tcomm), args->comm);
+    int runtime = args->sig != 23 && args->sig != 17 && runtime_comm(comm);   /* not SIGURG/SIGCHLD */
+    int selected = ST_FILTER_ALL || cur_pod || tp || runtime ||
+                   selected_comm(comm) || selected_comm(tcomm);
+    if (!selected)
+        return 0;
+    if (tp) {
+        tgt = *tp;
+        if (stop_signal(args->sig))
+            arm(tgt.pidx);
+    }
+    if (args->result == 0 && fatal_by_default(args->sig)) {
+        /* A fatal default signal is delivered as SIGKILL to every thread (complete_signal's
+         * shortcut): remember which signal it really was. */
+        struct st_exit zero = {.code = -1};
+        struct st_exit *x = exits.lookup_or_try_init(&target, &zero);
+        if (x && x->pending != 9)
+            x->pending = args->sig;
+    }
+    struct st_event *e = new_event(ST_KIND_SIGNAL_GENERATE, ST_PROBE_SIGNAL_GENERATE);
+    if (!e)
+        return 0;
+    e->cidx = cur.cidx;
+    e->sig = args->sig;
+    e->code = args->code;
+    e->result = args->result;
+    e->target_pid = target;
+    e->target_cidx = tgt.cidx;
+    bpf_probe_read_kernel(e->target_comm, 16, args->comm);
+    events.ringbuf_submit(e, 0);
+    return 0;
+}
+
+TRACEPOINT_PROBE(signal, signal_deliver)
+{
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    struct st_task cur = {};
+    int cur_pod = current_task(&cur, tgid);
+    char comm[16];
+    bpf_get_current_comm(comm, sizeof(comm));
+    if (!(ST_FILTER_ALL || cur_pod || selected_comm(comm)))
+        return 0;
+    u32 handler = args->sa_handler == 0 ? ST_HANDLER_DEFAULT :
+                  args->sa_handler == 1 ? ST_HANDLER_IGNORE : ST_HANDLER_HANDLER;
+    struct st_exit zero = {.code = -1};
+    struct st_exit *x = exits.lookup(&tgid);
+    if (handler == ST_HANDLER_DEFAULT && fatal_by_default(args->sig)) {
+        if (!x) {
+            exits.update(&tgid, &zero);
+            x = exits.lookup(&tgid);
+        }
+        if (x)
+            x->sig = (args->sig == 9 && x->pending) ? x->pending : args->sig;
+    } else if (x && x->pending == args->sig) {
+        x->pending = 0;   /* handled: not what kills it */
+    }
+    struct st_event *e = new_event(ST_KIND_SIGNAL_DELIVER, ST_PROBE_SIGNAL_DELIVER);
+    if (!e)
+        return 0;
+    e->cidx = cur.cidx;
+    e->sig = args->sig;
+    e->code = args->code;
+    e->handler = handler;
+    events.ringbuf_submit(e, 0);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_fork)
+{
+    u32 parent = bpf_get_current_pid_tgid() >> 32;
+    u32 child = args->child_pid;
+    struct st_task cur = {};
+    parents.update(&child, &parent);
+    /* a pod process's child is a pod process: signals to it (nginx workers) resolve at once */
+    if (current_task(&cur, parent)) {
+        cur.flags = 0;
+        pod_tasks.update(&child, &cur);
+    }
+    return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exec)
+{
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    struct st_task cur = {};
+    int cur_pod = current_task(&cur, tgid);
+    char comm[16];
+    bpf_get_current_comm(comm, sizeof(comm));
+    if (cur_pod) {
+        struct st_task *known = pod_tasks.lookup(&tgid);
+        if (!known)
+            pod_tasks.update(&tgid, &cur);
+    }
+    /* An exec in a cgroup user space has not classified yet may be a new container's first
+     * process: stream it so user space rescans at once instead of at its next periodic scan. */
+    u64 cg = bpf_get_current_cgroup_id();
+    int unknown = !cur_pod && !other_cgroups.lookup(&cg);
+    if (!(ST_FILTER_ALL || cur_pod || unknown || selected_comm(comm)))
+        return 0;
+    struct st_event *e = new_event(ST_KIND_PROCESS_EXEC, ST_PROBE_PROCESS_EXEC);
+    if (!e)
+        return 0;
+    e->cidx = cur.cidx;
+    u32 *ppid = parents.lookup(&tgid);
+    if (ppid)
+        e->ppid = *ppid;
+    unsigned short loc = args->data_loc_filename & 0xFFFF;
+    bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), (void *)args + loc);
+    events.ringbuf_submit(e, 0);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_exit_group)
+{
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    struct st_task cur = {};
+    char comm[16];
+    bpf_get_current_comm(comm, sizeof(comm));
+    if (!(ST_FILTER_ALL || current_task(&cur, tgid) || selected_comm(comm)))
+        return 0;
+    struct st_exit zero = {.code = -1};
+    struct st_exit *x = exits.lookup_or_try_init(&tgid, &zero);
+    if (x)
+        x->code = args->error_code & 0xff;
+    return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32, tid = (u32)id;
+    struct st_task cur = {};
+    int cur_pod = current_task(&cur, tgid);
+    if (!args->group_dead) {
+        if (tid != tgid)
+            pod_tasks.delete(&tid);
+        return 0;
+    }
+    char comm[16];
+    bpf_get_current_comm(comm, sizeof(comm));
+    int selected = ST_FILTER_ALL || cur_pod || selected_comm(comm);
+    struct st_exit *x = exits.lookup(&tgid);
+    if (selected) {
+        if (cur_pod && (cur.flags & ST_TASK_INIT))
+            arm(cur.pidx);   /* a container's init is gone: the pod is stopping */
+        struct st_event *e = new_event(ST_KIND_PROCESS_EXIT, ST_PROBE_PROCESS_EXIT);
+        if (e) {
+            e->cidx = cur.cidx;
+            if (x) {
+                e->exit_signal = x->sig;
+                e->exit_code = x->sig ? -1 : x->code;
+            }
+            events.ringbuf_submit(e, 0);
+        }
+    }
+    exits.delete(&tgid);
+    pod_tasks.delete(&tgid);
+    if (tid != tgid)
+        pod_tasks.delete(&tid);
+    return 0;
+}
+
+/* ---- TCP ------------------------------------------------------------------------------ */
+
+/* Tracepoint arrays are read with bpf_probe_read_kernel: the verifier refuses loads through a
+ * ctx pointer plus an offset. */
+static __always_inline void addr16(u8 *dst, u16 family, const u8 *a4, const u8 *a6)
+{
+    if (family == ST_FAMILY_INET6) {
+        bpf_probe_read_kernel(dst, 16, a6);
+    } else {
+        __builtin_memset(dst, 0, 10);
+        dst[10] = 0xff;
+        dst[11] = 0xff;
+        bpf_probe_read_kernel(dst + 12, 4, a4);
+    }
+}
+
+static __always_inline int is_wildcard(const u8 *a)
+{
+    /* 0.0.0.0 as ::ffff:0.0.0.0, or :: */
+    u64 hi = *(u64 *)a;
+    u32 mid = *(u32 *)(a + 8), lo = *(u32 *)(a + 12);
+    return hi == 0 && lo == 0 && (mid == 0 || mid == 0xffff0000);
+}
+
+/* Owner of an endpoint: exact (addr, port) learned for the pod, else its wildcard listener. */
+static __always_inline u32 ep_owner(const u8 *addr, u16 port)
+{
+    struct st_ep_key key = {.port = port};
+    __builtin_memcpy(key.addr, addr, 16);
+    u32 *p = endpoints.lookup(&key);
+    if (p)
+        return *p;
+    __builtin_memset(key.addr, 0, 16);
+    p = endpoints.lookup(&key);
+    return p ? *p : 0;
+}
+
+/* Decide whether a TCP event streams; fill pidx/role. Returns 1 to stream. */
+static __always_inline int tcp_attribute(struct st_event *tmpl, u32 *cidx)
+{
+    u32 role = ST_ROLE_SERVER;
+    u32 pidx = ep_owner(tmpl->saddr, tmpl->sport);
+    if (!pidx) {
+        role = ST_ROLE_CLIENT;
+        pidx = ep_owner(tmpl->daddr, tmpl->dport);
+    }
+    if (!pidx)
+        role = ST_ROLE_NONE;
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    struct st_task cur = {};
+    int cur_pod = current_task(&cur, tgid);
+    if (pidx == ST_AMBIGUOUS && cur_pod)
+        /* several pods claim the endpoint (each pod's 127.0.0.1:9000): loopback traffic runs
+         * in a task of the pod's own network namespace, so break the tie by the current pod */
+        pidx = cur.pidx;
+    if (cur_pod && cur.pidx == pidx)
+        *cidx = cur.cidx;
+    tmpl->pidx = pidx;
+    tmpl->role = role;
+    if (ST_FILTER_ALL)
+        return 1;
+    if (!pidx) {
+        count(ST_COUNT_TCP_NOT_POD);
+        return 0;
+    }
+    if (!is_armed(pidx)) {
+        count(ST_COUNT_TCP_UNARMED);
+        return 0;
+    }
+    return 1;
+}
+
+/* Transitions that every healthy connection makes (connect, accept, the orderly close after the
+ * first FIN) are counted, not streamed: the first close of an ESTABLISHED socket (FIN_WAIT1 = this
+ * side closed, CLOSE_WAIT = the peer closed, CLOSE = reset), listener changes, failed handshakes
+ * and resets are what explains a dropped request. ST_TCP_ALL_STATES streams every transition. */
+static __always_inline int routine_transition(int old, int new)
+{
+    if (ST_TCP_ALL_STATES)
+        return 0;
+    /* 1 EST, 2 SYN_SENT, 3 SYN_RECV, 4 FIN_WAIT1, 5 FIN_WAIT2, 6 TIME_WAIT, 7 CLOSE,
+     * 8 CLOSE_WAIT, 9 LAST_ACK, 10 LISTEN, 11 CLOSING */
+    if (new == 1 && (old == 2 || old == 3))
+        return 1;                                  /* handshake completed */
+    if (old == 7 && new == 2)
+        return 1;                                  /* connect() started */
+    if (old == 4 || old == 5 || old == 6 || old == 9 || old == 11)
+        return 1;                                  /* the rest of a close already streamed */
+    if (old == 8 && new == 9)
+        return 1;                                  /* CLOSE_WAIT -> LAST_ACK: orderly close */
+    return 0;
+}
+
+static __always_inline int emit_tcp(struct st_event *t, u32 kind, int probe)
+{
+    u32 cidx = 0;
+    if (!tcp_attribute(t, &cidx))
+        return 0;
+    struct st_event *e = new_event(kind, probe);
+    if (!e)
+        return 0;
+    e->cidx = cidx;
+    e->skaddr = t->skaddr;
+    e->pidx = t->pidx;
+    e->role = t->role;
+    e->old_state = t->old_state;
+    e->new_state = t->new_state;
+    e->reason = t->reason;
+    e->family = t->family;
+    e->sport = t->sport;
+    e->dport = t->dport;
+    __builtin_memcpy(e->saddr, t->saddr, 16);
+    __builtin_memcpy(e->daddr, t->daddr, 16);
+    events.ringbuf_submit(e, 0);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sock, inet_sock_set_state)
+{
+    if (args->protocol != 6 /* IPPROTO_TCP */)
+        return 0;
+    struct st_event t = {};
+    t.skaddr = (u64)args->skaddr;
+    t.old_state = args->oldstate;
+    t.new_state = args->newstate;
+    t.family = args->family;
+    t.sport = args->sport;
+    t.dport = args->dport;
+    addr16(t.saddr, args->family, args->saddr, args->saddr_v6);
+    addr16(t.daddr, args->family, args->daddr, args->daddr_v6);
+    if (args->newstate == 10 /* LISTEN */) {
+        /* listen() runs in the owner's context: learn the pod's endpoint in the kernel */
+        u32 tgid = bpf_get_current_pid_tgid() >> 32;
+        struct st_task cur = {};
+        if (current_task(&cur, tgid)) {
+            struct st_ep_key key = {.port = t.sport};
+            if (!is_wildcard(t.saddr))
+                __builtin_memcpy(key.addr, t.saddr, 16);
+            u32 *owner = endpoints.lookup(&key);
+            u32 value = cur.pidx;
+            if (owner && *owner != cur.pidx)
+                value = ST_AMBIGUOUS;
+            endpoints.update(&key, &value);
+        }
+    }
+    if (routine_transition(t.old_state, t.new_state)) {
+        count(ST_COUNT_TCP_ROUTINE);
+        return 0;
+    }
+    return emit_tcp(&t, ST_KIND_TCP_STATE, ST_PROBE_TCP_STATE);
+}
+
+TRACEPOINT_PROBE(tcp, tcp_receive_reset)
+{
+    struct st_event t = {};
+    t.skaddr = (u64)args->skaddr;
+    t.family = args->family;
+    t.sport = args->sport;
+    t.dport = args->dport;
+    addr16(t.saddr, args->family, args->saddr, args->saddr_v6);
+    addr16(t.daddr, args->family, args->daddr, args->daddr_v6);
+    return emit_tcp(&t, ST_KIND_TCP_RESET_RECEIVED, ST_PROBE_TCP_RESET_RECEIVED);
+}
+
+TRACEPOINT_PROBE(tcp, tcp_send_reset)
+{
+    struct st_event t = {};
+    t.skaddr = (u64)args->skaddr;
+#if ST_SR_HAS_STATE
+    t.old_state = args->state;
+#endif
+#if ST_SR_HAS_REASON
+    t.reason = args->reason;
+#endif
+#if ST_SR_SOCKADDR
+    /* >= 6.10: sockaddr_in/in6, from the socket or (no socket: SYN to a closed port) from the
+     * packet, reversed so that saddr is our side */
+    u16 fam = *(u16 *)args->saddr;
+    t.family = fam;
+    t.sport = ((u16)args->saddr[2] << 8) | args->saddr[3];
+    t.dport = ((u16)args->daddr[2] << 8) | args->daddr[3];
+    /* sockaddr_in: addr at 4; sockaddr_in6: addr at 8 */
+    addr16(t.saddr, fam, (const u8 *)args->saddr + 4, (const u8 *)args->saddr + 8);
+    addr16(t.daddr, fam, (const u8 *)args->daddr + 4, (const u8 *)args->daddr + 8);
+#else
+#if ST_SR_HAS_FAMILY
+    t.family = args->family;
+#else
+    t.family = ST_FAMILY_INET;
+#endif
+    t.sport = args->sport;
+    t.dport = args->dport;
+    addr16(t.saddr, t.family, args->saddr, args->saddr_v6);
+    addr16(t.daddr, t.family, args->daddr, args->daddr_v6);
+#endif
+    return emit_tcp(&t, ST_KIND_TCP_RESET_SENT, ST_PROBE_TCP_RESET_SENT);
+}

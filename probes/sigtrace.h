@@ -1,0 +1,111 @@
+/* sigtrace: the event struct and enums shared by the probes (sigtrace.bpf.c) and the Python
+ * decoder (sigtrace/backends/bpf/decode.py reads the #defines below and the compiled struct).
+ *
+ * One struct for every kind keeps the ring buffer protocol trivial; unused fields stay zero.
+ * Only tracepoint fields and bpf_get_current_* helpers fill it: with fallback kernel headers
+ * any read of a kernel struct would use the wrong layout.
+ */
+#ifndef SIGTRACE_H
+#define SIGTRACE_H
+
+/* kind: which probe produced the event (names as in sigtrace.events.schema) */
+#define ST_KIND_SIGNAL_GENERATE 1
+#define ST_KIND_SIGNAL_DELIVER 2
+#define ST_KIND_PROCESS_EXEC 3
+#define ST_KIND_PROCESS_EXIT 4
+#define ST_KIND_TCP_STATE 5
+#define ST_KIND_TCP_RESET_SENT 6
+#define ST_KIND_TCP_RESET_RECEIVED 7
+
+/* probe index into the per-CPU "lost" array (ring buffer reserve failures) */
+#define ST_PROBE_SIGNAL_GENERATE 0
+#define ST_PROBE_SIGNAL_DELIVER 1
+#define ST_PROBE_PROCESS_EXEC 2
+#define ST_PROBE_PROCESS_EXIT 3
+#define ST_PROBE_TCP_STATE 4
+#define ST_PROBE_TCP_RESET_SENT 5
+#define ST_PROBE_TCP_RESET_RECEIVED 6
+#define ST_NPROBES 7
+
+/* per-CPU "counters": TCP events not streamed on purpose (kernel-side filtering) */
+#define ST_COUNT_TCP_NOT_POD 0      /* neither endpoint belongs to a recorded pod */
+#define ST_COUNT_TCP_UNARMED 1      /* a pod's socket, but the pod is not stopping */
+#define ST_COUNT_TCP_ROUTINE 2      /* a routine transition (connect, accept, orderly close) */
+#define ST_NCOUNTERS 3
+
+/* role of a TCP socket relative to the pod it is attributed to */
+#define ST_ROLE_NONE 0
+#define ST_ROLE_SERVER 1   /* local endpoint is a pod's listening endpoint */
+#define ST_ROLE_CLIENT 2   /* remote endpoint is a pod's listening endpoint */
+
+/* signal_deliver handler */
+#define ST_HANDLER_DEFAULT 0
+#define ST_HANDLER_IGNORE 1
+#define ST_HANDLER_HANDLER 2
+
+#define ST_TASK_INIT 1             /* pod_tasks flag: the container's PID 1 */
+#define ST_AMBIGUOUS 0xffffffff    /* an endpoint claimed by several pods (e.g. 127.0.0.1:9000) */
+#define ST_FAMILY_INET 2
+#define ST_FAMILY_INET6 10
+#define ST_FILENAME_LEN 160
+
+struct st_event {
+    u64 ts_ns;          /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+    u64 cgroup_id;      /* cgroup v2 id of the current task */
+    u64 skaddr;         /* TCP: socket address (identity only, never dereferenced) */
+    u32 kind;
+    u32 pid;            /* tgid of the current task */
+    u32 tid;
+    u32 cidx;           /* container index of the current task (user space registry), 0 = none */
+    s32 sig;
+    s32 code;
+    s32 result;         /* signal_generate result */
+    u32 target_pid;
+    u32 target_cidx;
+    u32 handler;
+    u32 ppid;
+    s32 exit_code;      /* -1 = not known (killed, or exit without exit_group) */
+    s32 exit_signal;    /* 0 = none */
+    u32 pidx;           /* TCP: pod index of the socket, ST_AMBIGUOUS, or 0 */
+    u32 role;
+    s32 old_state;
+    s32 new_state;
+    u32 reason;
+    u16 family;
+    u16 sport;
+    u16 dport;
+    u16 pad;
+    u8 saddr[16];       /* IPv4 as ::ffff:a.b.c.d */
+    u8 daddr[16];
+    char comm[16];
+    char target_comm[16];
+    char filename[ST_FILENAME_LEN];
+};
+
+/* a recorded process or cgroup: which container / pod (user space indexes) */
+struct st_task {
+    u32 cidx;
+    u32 pidx;
+    u32 flags;
+};
+
+/* a pod's TCP endpoint; addr all zero = wildcard listener (0.0.0.0 / ::) */
+struct st_ep_key {
+    u16 port;
+    u16 pad;
+    u8 addr[16];
+};
+
+struct st_comm {
+    char c[16];
+};
+
+/* per-tgid exit facts collected before sched_process_exit */
+struct st_exit {
+    s32 code;           /* exit_group() argument & 0xff, -1 none */
+    s32 sig;            /* fatal signal seen at delivery */
+    s32 pending;        /* last fatal-by-default signal generated for it (SIGKILL shortcut) */
+    s32 pad;
+};
+
+#endif

@@ -1,0 +1,87 @@
+"""sigtrace analyze: exports (many nodes) -> the report of every pod -> fleet aggregates.
+
+The verdicts come from sigtrace.correlate.build_reports, the same code `sigtrace report`
+runs: the export is split per node, each node's events are put back into the exact shape
+read_recording gives, and build_reports decides. This package only reads and aggregates.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..events.lifecycle import POD_SEEN
+from ..events.schema import FIELD_NAMES, POD_LIFECYCLE
+from ..export.columns import NODE, POD_META_COLUMNS
+from .fleet import Fleet, fleet_from_reports
+from .read import Export, read_exports
+
+__all__ = ["Export", "Fleet", "analyze_files", "node_frames", "read_exports"]
+
+# meta keys the export adds for itself; build_reports gets the recorder's meta.json as it was
+_EXPORT_META_KEYS = ("sources", "incomplete")
+
+
+def _restore(events: pd.DataFrame) -> pd.DataFrame:
+    """A node's rows as read_recording would give them: schema columns, pod metadata only on
+    pod_lifecycle rows (the export filled it in elsewhere), used categories sorted, fresh index."""
+    df = events[list(FIELD_NAMES)]
+    is_lifecycle = df["kind"] == POD_LIFECYCLE
+    fixed: dict[str, pd.Series] = {col: df[col].where(is_lifecycle) for col in POD_META_COLUMNS}
+    for col in df.columns:
+        s = df[col]
+        if isinstance(s.dtype, pd.CategoricalDtype):
+            # keep only categories present (a bincount over the codes: no sort of the rows)
+            codes = s.cat.codes.to_numpy()
+            used = np.bincount(codes[codes >= 0], minlength=len(s.cat.categories)) > 0
+            keep = sorted(s.cat.categories[used])
+            if list(s.cat.categories) != keep:
+                s = s.cat.set_categories(keep)
+            fixed[col] = s
+    return df.assign(**fixed).reset_index(drop=True)
+
+
+def node_frames(export: Export) -> Iterator[tuple[str, pd.DataFrame, dict[str, Any], list[str]]]:
+    """(node, events, meta, incomplete) per node, ready for build_reports."""
+    events = export.events
+    nodes = events[NODE].cat.remove_unused_categories().cat.categories
+    groups = {nodes[0]: None} if len(nodes) == 1 else events.groupby(NODE, observed=True, sort=True).indices
+    for node, idx in groups.items():
+        meta = dict(export.metas.get(node) or {"node": node})
+        incomplete = list(meta.get("incomplete") or []) + list(export.incomplete)
+        for key in _EXPORT_META_KEYS:
+            meta.pop(key, None)
+        # one node (the usual per-node export): no copy of the rows, just the restored view
+        yield str(node), _restore(events if idx is None else events.take(idx)), meta, incomplete
+
+
+def template_hashes(events: pd.DataFrame) -> dict[str, str]:
+    """pod_uid -> pod-template-hash label, from the last pod_seen of each pod (few rows)."""
+    seen = events[(events["kind"] == POD_LIFECYCLE) & (events["event"] == POD_SEEN) & events["detail"].notna()]
+    out: dict[str, str] = {}
+    for uid, detail in zip(seen["pod_uid"], seen["detail"]):
+        try:
+            value = (json.loads(detail).get("labels") or {}).get("pod-template-hash")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(uid, str) and isinstance(value, str):
+            out[uid] = value
+    return out
+
+
+def _build_reports() -> Callable[..., Any]:
+    from ..correlate import build_reports   # the one correlation + verdict implementation
+    return build_reports
+
+
+def analyze_files(paths: Sequence[str], build_reports: Callable[..., Any] | None = None) -> Fleet:
+    """Read the exports, run the report per node, aggregate. DataError on unusable input."""
+    export = read_exports(paths)
+    build = build_reports or _build_reports()
+    per_node = []
+    for node, events, meta, incomplete in node_frames(export):
+        report_set = build(events, meta, incomplete)
+        per_node.append((node, report_set.to_dict() if hasattr(report_set, "to_dict") else report_set))
+    return fleet_from_reports(per_node, export.metas, template_hashes(export.events), export.incomplete)

@@ -1,0 +1,56 @@
+"""--plot: one PNG with verdict counts (share of pods) and the shutdown-time distribution."""
+from __future__ import annotations
+
+import os
+
+from ..errors import OutputError
+from .fleet import Fleet
+
+
+def write_plot(fleet: Fleet, path: str | os.PathLike) -> None:
+    import matplotlib
+    matplotlib.use("Agg")   # no display on a node or in CI
+    import matplotlib.pyplot as plt
+
+    summary = fleet.summary()
+    counts = fleet.verdict_counts()
+    times = fleet.pods["shutdown_s"].dropna().astype(float)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5.2), gridspec_kw={"width_ratios": [1.15, 1]})
+    fig.suptitle(f"sigtrace: {summary['pods_stopped']} pods stopped on {summary['nodes']} node(s), "
+                 f"{summary['pods_hurt']} hurt ({100 * summary['share_hurt']:.0f}%)", fontsize=14)
+
+    if counts.empty:
+        ax1.text(0.5, 0.5, "no verdicts:\nevery shutdown was clean", ha="center", va="center",
+                 fontsize=13, transform=ax1.transAxes)
+        ax1.set_axis_off()
+    else:
+        counts = counts.iloc[::-1]   # largest on top
+        bars = ax1.barh(counts["id"], counts["pods"], color="#c0392b")
+        ax1.bar_label(bars, labels=[f"{p}  ({100 * s:.0f}%)" for p, s in zip(counts["pods"], counts["share"])],
+                      padding=4, fontsize=11)
+        ax1.set_xlim(0, max(counts["pods"].max() * 1.35, 1))
+        ax1.set_xlabel("pods (share of stopped pods)", fontsize=11)
+        ax1.tick_params(axis="y", labelsize=11)
+        ax1.xaxis.get_major_locator().set_params(integer=True)
+    ax1.set_title("Verdicts", fontsize=12, loc="left")
+
+    if times.empty:
+        ax2.text(0.5, 0.5, "no shutdown times", ha="center", va="center", fontsize=13, transform=ax2.transAxes)
+        ax2.set_axis_off()
+    else:
+        ax2.hist(times, bins=min(40, max(5, times.size // 2)), color="#2c7fb8", edgecolor="white")
+        s = summary["shutdown"]
+        for value, label, style in ((s["p50_s"], "p50", "--"), (s["p95_s"], "p95", ":"), (s["max_s"], "max", "-")):
+            ax2.axvline(value, color="black", linestyle=style, linewidth=1.2, label=f"{label} {value:.2f} s")
+        ax2.legend(fontsize=10)
+        ax2.set_xlabel("seconds from first stop trigger to last exit", fontsize=11)
+        ax2.set_ylabel("pods", fontsize=11)
+        ax2.yaxis.get_major_locator().set_params(integer=True)
+    ax2.set_title("Shutdown time", fontsize=12, loc="left")
+    fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=110)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror}; choose a writable --plot path") from exc
+    finally:
+        plt.close(fig)

@@ -1,0 +1,229 @@
+"""Read sigtrace exports (CSV or Parquet) fast, with explicit dtypes, and validate them.
+
+Fast path: pyarrow's multi-threaded CSV reader with the schema's column types, reading
+only the known columns; categoricals arrive as Arrow dictionaries (no per-row strings).
+Fallback without pyarrow: pandas' C reader with dtype= and usecols=.
+
+Every problem that makes a file unusable is a DataError with one line (exit 2).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+from ..errors import DataError
+from ..events.schema import FIELD_NAMES, SCHEMA_VERSION
+from ..export.columns import (COLUMNS, EXPORT_DTYPES, NODE, REQUIRED_COLUMNS, SCHEMA_VERSION_COLUMN,
+                              sidecar_path)
+from ..export.write import have_pyarrow
+
+SNIFF_BYTES = 1 << 16
+
+
+@dataclass
+class Export:
+    events: pd.DataFrame                      # COLUMNS, EXPORT_DTYPES, all files, sorted by ts
+    metas: dict[str, dict[str, Any]]          # node -> meta (from the sidecar / Parquet metadata)
+    incomplete: list[str] = field(default_factory=list)   # file-level notes (apply to every node)
+
+
+def _sniff(path: Path) -> tuple[str, list[str] | None]:
+    """("parquet", None) or ("csv", header columns); DataError when it is neither."""
+    if not path.exists():
+        raise DataError(f"{path}: no such file; pass a file written by 'sigtrace export --csv FILE'")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory; analyze reads exports: sigtrace export {path} --csv FILE first")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(SNIFF_BYTES)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror}") from exc
+    if head.startswith(b"PAR1"):
+        return "parquet", None
+    if not head.strip():
+        raise DataError(f"{path}: empty file, not a sigtrace export; export again with 'sigtrace export DIR --csv FILE'")
+    first = head.split(b"\n", 1)[0]
+    try:
+        # a NUL in the header line means binary; inside later quoted values it is just data
+        if b"\x00" in first:
+            raise UnicodeDecodeError("utf-8", first, 0, 1, "NUL byte")
+        text = first.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a CSV file (binary or not UTF-8); pass a file written by "
+                        "'sigtrace export --csv FILE'") from None
+    if text.lstrip().startswith(("{", "[")):
+        raise DataError(f"{path}: looks like JSON (events.jsonl?), not a CSV export; "
+                        "run 'sigtrace export DIR --csv FILE' first")
+    try:
+        header = next(csv.reader(io.StringIO(text)))
+    except (csv.Error, StopIteration):
+        header = []
+    if "ts" not in header or "kind" not in header:
+        raise DataError(f"{path}: not a sigtrace CSV export (its first line has no ts and kind columns); "
+                        "pass a file written by 'sigtrace export --csv FILE'")
+    return "csv", header
+
+
+def _check_columns(path: Path, columns: Sequence[str], notes: list[str]) -> list[str]:
+    """The known columns present; DataError when a required one is missing."""
+    present = set(columns)
+    missing = [c for c in REQUIRED_COLUMNS if c not in present]
+    if missing:
+        raise DataError(f"{path}: missing required column(s) {', '.join(missing)}; "
+                        "was it written by 'sigtrace export'? export it again")
+    absent = [c for c in FIELD_NAMES if c not in present]
+    if absent:
+        notes.append(f"{path}: no column(s) {', '.join(absent)}: treated as unknown (null)")
+    unknown = [c for c in columns if c not in EXPORT_DTYPES]
+    if unknown:
+        notes.append(f"{path}: ignored {len(unknown)} unknown column(s): {', '.join(unknown[:8])}")
+    return [c for c in COLUMNS if c in present]
+
+
+def _arrow_types() -> dict:
+    import pyarrow as pa
+    by_dtype = {"float64": pa.float64(), "Int64": pa.int64(), "int64": pa.int64(), "string": pa.string(),
+                "category": pa.dictionary(pa.int32(), pa.string())}
+    return {name: by_dtype[dtype] for name, dtype in EXPORT_DTYPES.items()}
+
+
+def _pandas_types_mapper():
+    import pyarrow as pa
+    mapping = {pa.int64(): pd.Int64Dtype(), pa.string(): pd.StringDtype(), pa.large_string(): pd.StringDtype()}
+    return mapping.get
+
+
+def _one_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+
+
+def _read_csv_arrow(path: Path, usecols: list[str]) -> pd.DataFrame:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    types = _arrow_types()
+    convert = pacsv.ConvertOptions(
+        include_columns=usecols, column_types={c: types[c] for c in usecols},
+        null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False)
+    last: Exception | None = None
+    # Values with newlines inside quotes (a comm can hold one) defeat the fast parallel
+    # splitter: try it first, then the slower parser that allows them.
+    for newlines in (False, True):
+        try:
+            table = pacsv.read_csv(str(path), parse_options=pacsv.ParseOptions(newlines_in_values=newlines),
+                                   convert_options=convert)
+            break
+        except pa.ArrowInvalid as exc:
+            last = exc
+    else:
+        raise DataError(f"{path}: not a readable sigtrace CSV export ({_one_line(last)})") from None
+    return table.to_pandas(types_mapper=_pandas_types_mapper())
+
+
+def _read_csv_pandas(path: Path, usecols: list[str]) -> pd.DataFrame:
+    dtypes = {c: EXPORT_DTYPES[c] for c in usecols}
+    try:
+        return pd.read_csv(path, usecols=usecols, dtype=dtypes, keep_default_na=False, na_values=[""],
+                           encoding="utf-8")
+    except (ValueError, TypeError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not a readable sigtrace CSV export ({_one_line(exc)})") from None
+
+
+def _read_parquet(path: Path, notes: list[str]) -> tuple[pd.DataFrame, dict | None]:
+    if not have_pyarrow():
+        raise DataError(f"{path}: is Parquet, which needs pyarrow; pip install pyarrow or export with --csv")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    try:
+        pf = pq.ParquetFile(str(path))
+        usecols = _check_columns(path, pf.schema_arrow.names, notes)
+        table = pf.read(columns=usecols)
+        # cast in Arrow (vectorised, multi-threaded) so pandas gets the schema's dtypes directly
+        types = _arrow_types()
+        table = table.cast(pa.schema([pa.field(c, types[c]) for c in table.column_names]))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
+        raise DataError(f"{path}: not a readable Parquet export ({_one_line(exc)})") from None
+    raw = (pf.schema_arrow.metadata or {}).get(b"sigtrace")
+    meta = json.loads(raw) if raw else None
+    return table.to_pandas(types_mapper=_pandas_types_mapper()), meta
+
+
+def _check_version(path: Path, df: pd.DataFrame) -> int:
+    versions = pd.unique(df[SCHEMA_VERSION_COLUMN].dropna())
+    if df[SCHEMA_VERSION_COLUMN].isna().any() or len(versions) == 0:
+        raise DataError(f"{path}: rows without a schema_version; was it written by 'sigtrace export'?")
+    if len(versions) > 1:
+        raise DataError(f"{path}: mixed schemas in one file (schema_version {', '.join(map(str, sorted(versions)))}); "
+                        "export each recording with one sigtrace version")
+    version = int(versions[0])
+    if version > SCHEMA_VERSION:
+        raise DataError(f"{path}: exported with event schema {version}, newer than this sigtrace's "
+                        f"({SCHEMA_VERSION}); upgrade sigtrace to analyze it")
+    if version < 1:
+        raise DataError(f"{path}: schema_version {version} is not valid; export it again")
+    return version
+
+
+def _conform(df: pd.DataFrame) -> pd.DataFrame:
+    """Every COLUMN, in order, with EXPORT_DTYPES (missing optional columns become nulls)."""
+    for col, dtype in EXPORT_DTYPES.items():
+        if col not in df.columns:
+            df[col] = pd.Series(pd.NA, index=df.index, dtype=dtype)
+        elif str(df[col].dtype) != dtype:
+            df[col] = df[col].astype(dtype)
+    return df[list(COLUMNS)]
+
+
+def _load_meta(path: Path, embedded: dict | None, notes: list[str]) -> dict[str, dict]:
+    side = Path(sidecar_path(str(path)))
+    meta = embedded
+    if side.exists():
+        try:
+            meta = json.loads(side.read_text(encoding="utf-8"))
+        except (ValueError, OSError):
+            notes.append(f"{side}: unreadable: backend and lost-event counts unknown")
+    nodes = (meta or {}).get("nodes")
+    return nodes if isinstance(nodes, dict) else {}
+
+
+def read_exports(paths: Sequence[str]) -> Export:
+    """Read and validate all export files; DataError (exit 2, one line) on unusable input."""
+    frames: list[pd.DataFrame] = []
+    metas: dict[str, dict] = {}
+    notes: list[str] = []
+    versions: dict[int, str] = {}
+    for p in paths:
+        path = Path(p)
+        kind, header = _sniff(path)
+        if kind == "parquet":
+            df, embedded = _read_parquet(path, notes)
+        else:
+            usecols = _check_columns(path, header or [], notes)
+            df = _read_csv_arrow(path, usecols) if have_pyarrow() else _read_csv_pandas(path, usecols)
+            embedded = None
+        if df.empty:
+            raise DataError(f"{path}: has no events (only a header); export a recording with events")
+        versions.setdefault(_check_version(path, df), str(path))
+        if len(versions) > 1:
+            (v1, f1), (v2, f2) = list(versions.items())[:2]
+            raise DataError(f"mixed schemas: {f1} has schema_version {v1}, {f2} has {v2}; "
+                            "export all recordings with one sigtrace version")
+        file_metas = _load_meta(path, embedded, notes)
+        for node in pd.unique(df[NODE].dropna().astype(str)):
+            if node in file_metas:
+                metas.setdefault(node, file_metas[node])
+            elif node not in metas:
+                metas[node] = {"node": node}
+                notes.append(f"node {node}: no meta ({sidecar_path(str(path))} missing): "
+                              "backend and lost events unknown")
+        frames.append(df)
+    df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    df = _conform(df)
+    if len(frames) > 1:
+        df = df.sort_values("ts", kind="stable", ignore_index=True)
+    return Export(events=df, metas=metas, incomplete=notes)

@@ -1,0 +1,1 @@
+"""The eBPF backend (bcc, tracepoints only). bcc is imported lazily, in program.py."""

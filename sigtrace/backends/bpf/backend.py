@@ -1,0 +1,186 @@
+"""BpfBackend: the Backend protocol (sigtrace.backends) over the bcc program."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+from ...errors import UsageProblem
+from ...events import capabilities as caps
+from .. import EventSink
+from . import program
+from .decode import Decoder, STRUCT_FIELDS
+from .pods import RUNTIME_COMMS, MapSync, PodRegistry, cgroup_mounts, format_endpoint
+
+REFRESH_S = 1.0                # rescan pods, processes and listeners
+ARM_WINDOW_S = 600.0           # a stopping pod streams TCP detail this long after it was armed
+
+
+class BpfBackend:
+    name = "bpf"
+    capabilities = (caps.SIGNAL_SENDER, caps.SIGNAL_DELIVERY, caps.PROCESS_EXEC, caps.PROCESS_EXIT,
+                    caps.TCP_STATES, caps.KERNEL_RESETS)
+
+    def __init__(self, *, all_processes: bool = False, pids: tuple[int, ...] = (), comms: tuple[str, ...] = (),
+                 ringbuf_pages: int = program.DEFAULT_RINGBUF_PAGES, arm_window_s: float = ARM_WINDOW_S,
+                 refresh_s: float = REFRESH_S, note: Any = None):
+        for pid in pids:
+            if not os.path.isdir(f"/proc/{pid}"):
+                raise UsageProblem(f"--pid {pid}: no such process; pass the pid of a running process")
+        self.opts = program.ProgramOptions(filter_all=all_processes, ringbuf_pages=ringbuf_pages)
+        self.pids, self.comms = tuple(pids), tuple(comms)
+        self.arm_window_s, self.refresh_s = arm_window_s, refresh_s
+        self.note = note or (lambda line: print(f"sigtrace: {line}", file=sys.stderr))
+        self.registry = PodRegistry()
+        self.registry.selected_pids.update(pids)
+        self.loaded: program.LoadedProgram | None = None
+        self.decode_errors = 0
+        self.startup_s: float | None = None
+        self._sink: EventSink | None = None
+        self._last_refresh = 0.0
+        self._mounts = cgroup_mounts()
+        self._found: dict[int, list[int]] = {}
+
+    # -- Backend protocol
+    def open(self, sink: EventSink) -> None:
+        t0 = time.monotonic()
+        self._sink = sink
+        self.loaded = program.load(self.opts)
+        if self.loaded.headers.kind == "fallback":
+            self.note(self.loaded.headers.note)
+        try:
+            self._attach(sink)
+        except BaseException:
+            self.loaded.close()
+            self.loaded = None
+            raise
+        self.startup_s = time.monotonic() - t0
+
+    def _attach(self, sink: EventSink) -> None:
+        assert self.loaded is not None
+        bpf = self.loaded.bpf
+        self.decoder = Decoder(self.loaded.defines, self.registry, self.loaded.formats.reset_reasons(),
+                               resolve_unknown=self.opts.filter_all)
+        self.maps = MapSync(bpf, self.registry, self.arm_window_s)
+        self.maps.set_comms("runtime_comms", RUNTIME_COMMS)
+        self.maps.set_comms("select_comms", self.comms)
+        self._exec_kind = self.loaded.defines["ST_KIND_PROCESS_EXEC"]
+        self.refresh()
+        bpf["events"].open_ring_buffer(self._on_raw)
+
+    def poll(self, timeout_s: float) -> None:
+        assert self.loaded is not None
+        self.loaded.bpf.ring_buffer_poll(max(0, int(timeout_s * 1000)))
+        if time.monotonic() - self._last_refresh >= self.refresh_s:
+            self.refresh()
+
+    def close(self) -> None:
+        if self.loaded is None:
+            return
+        try:
+            self.loaded.bpf.ring_buffer_consume()
+        except Exception:
+            pass
+        self._final_lost = self.lost()
+        self._final_counters = self.counters()
+        self._headers = self.loaded.headers
+        self.loaded.close()
+        self.loaded = None
+
+    def lost(self) -> dict[str, int]:
+        if self.loaded is None:
+            return dict(getattr(self, "_final_lost", {}))
+        table = self.loaded.bpf["lost"]
+        n = self.loaded.defines["ST_NPROBES"]
+        return {self.decoder.probe_name(i): int(sum(table[table.Key(i)])) for i in range(n)}
+
+    def counters(self) -> dict[str, int]:
+        """TCP events filtered in the kernel on purpose (not lost): not a pod's, or pod not stopping."""
+        if self.loaded is None:
+            return dict(getattr(self, "_final_counters", {}))
+        t = self.loaded.bpf["counters"]
+        d = self.loaded.defines
+        return {"tcp_not_pod": int(sum(t[t.Key(d["ST_COUNT_TCP_NOT_POD"])])),
+                "tcp_pod_not_stopping": int(sum(t[t.Key(d["ST_COUNT_TCP_UNARMED"])])),
+                "tcp_routine_transitions": int(sum(t[t.Key(d["ST_COUNT_TCP_ROUTINE"])]))}
+
+    def meta(self) -> dict[str, Any]:
+        headers = self.loaded.headers if self.loaded else getattr(self, "_headers", None)
+        reg = self.registry
+        endpoints: dict[str, list[str]] = {}
+        for (addr, port), owners in sorted(reg.endpoints.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+            for pidx in owners:
+                uid = reg.pod_uid(pidx)
+                endpoints.setdefault(uid or "selected", []).append(format_endpoint(addr, port))
+        return {
+            "header_source": headers.note if headers else None,
+            "capabilities": list(self.capabilities),
+            "filter": "all" if self.opts.filter_all else "pods",
+            "pids": list(self.pids), "comms": list(self.comms),
+            "lost_by_probe": self.lost(),
+            "kernel_filtered": self.counters(),
+            "pod_endpoints": endpoints,
+            "decode_errors": self.decode_errors,
+            "startup_s": round(self.startup_s, 3) if self.startup_s is not None else None,
+            "arm_window_s": self.arm_window_s,
+        }
+
+    # -- internals
+    def refresh(self) -> None:
+        """Rescan kubepods cgroups, pod processes and their listeners; push into the maps."""
+        self._last_refresh = time.monotonic()
+        v2, v1 = self._mounts
+        found = self.registry.scan(v2, v1)
+        self.registry.learn_endpoints(found)
+        self.maps.sync(found)
+        self._found = found
+
+    def _on_raw(self, ctx: Any, data: Any, size: int) -> None:
+        assert self.loaded is not None and self._sink is not None
+        raw = self.loaded.bpf["events"].event(data)
+        cidx = raw.cidx      # ring buffer pages are read-only to user space: never write to raw
+        if raw.kind == self._exec_kind and not cidx and not self.opts.filter_all:
+            cidx = self._classify_exec(raw)
+            if not cidx and not self.comms:
+                return
+        try:
+            event = self.decoder.decode(raw, cidx)
+        except Exception:    # a bug in decoding must not stop the recording; counted in meta.json
+            self.decode_errors += 1
+            return
+        if event["kind"] == "process_exec" and cidx:
+            self._maybe_arm_exec(raw, cidx)
+        self._sink(event)
+
+    def _classify_exec(self, raw: Any) -> int:
+        """An exec the kernel could not place (its cgroup is not in the maps yet): a new container's
+        first process, or a non-pod cgroup seen for the first time. Rescan now for the former;
+        tell the kernel to drop the latter's execs from now on."""
+        cidx = self.registry.cgroups.get(raw.cgroup_id)
+        if cidx is None:
+            self.refresh()
+            cidx = self.registry.cgroups.get(raw.cgroup_id)
+        if cidx is None:
+            info = self.registry.resolve_pid(raw.pid)    # v1-only runtimes: /proc/<pid>/cgroup
+            cidx = info.cidx if info else 0
+        if not cidx:
+            other = self.loaded.bpf["other_cgroups"]
+            other[other.Key(raw.cgroup_id)] = other.Leaf(1)
+        return cidx
+
+    def _maybe_arm_exec(self, raw: Any, cidx: int) -> None:
+        """An exec into a running container (a preStop hook, kubectl exec) arms its pod: the
+        new process is not the container's init and its parent is outside the pod."""
+        ref = self.registry.container(cidx)
+        if ref is None or ref.pod_uid is None:
+            return
+        info = self.registry.tasks.get(raw.pid)
+        if info is not None and info.nspid == 1:
+            return
+        parent = self.registry.tasks.get(raw.ppid) if raw.ppid else None
+        if parent is not None and parent.cidx and self.registry.cref[parent.cidx].pidx == ref.pidx:
+            return        # forked inside the pod (an app's own child)
+        others = [p for p in self._found.get(cidx, []) if p != raw.pid]
+        if others:
+            self.maps.arm(ref.pidx)

@@ -1,0 +1,128 @@
+"""Kernel event (struct st_event, probes/sigtrace.h) -> schema event (sigtrace.events.schema)."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ...events import schema
+from .pods import AMBIGUOUS, PodRegistry, format_addr
+
+# the C struct's fields the decoder reads; tests check the compiled struct has exactly these
+STRUCT_FIELDS = (
+    "ts_ns", "cgroup_id", "skaddr", "kind", "pid", "tid", "cidx", "sig", "code", "result",
+    "target_pid", "target_cidx", "handler", "ppid", "exit_code", "exit_signal", "pidx", "role",
+    "old_state", "new_state", "reason", "family", "sport", "dport", "pad", "saddr", "daddr",
+    "comm", "target_comm", "filename",
+)
+
+KIND_NAMES = {
+    "ST_KIND_SIGNAL_GENERATE": schema.SIGNAL_GENERATE,
+    "ST_KIND_SIGNAL_DELIVER": schema.SIGNAL_DELIVER,
+    "ST_KIND_PROCESS_EXEC": schema.PROCESS_EXEC,
+    "ST_KIND_PROCESS_EXIT": schema.PROCESS_EXIT,
+    "ST_KIND_TCP_STATE": schema.TCP_STATE,
+    "ST_KIND_TCP_RESET_SENT": schema.TCP_RESET_SENT,
+    "ST_KIND_TCP_RESET_RECEIVED": schema.TCP_RESET_RECEIVED,
+}
+PROBE_NAMES = {
+    "ST_PROBE_SIGNAL_GENERATE": "signal:signal_generate",
+    "ST_PROBE_SIGNAL_DELIVER": "signal:signal_deliver",
+    "ST_PROBE_PROCESS_EXEC": "sched:sched_process_exec",
+    "ST_PROBE_PROCESS_EXIT": "sched:sched_process_exit",
+    "ST_PROBE_TCP_STATE": "sock:inet_sock_set_state",
+    "ST_PROBE_TCP_RESET_SENT": "tcp:tcp_send_reset",
+    "ST_PROBE_TCP_RESET_RECEIVED": "tcp:tcp_receive_reset",
+}
+HANDLERS = {"ST_HANDLER_DEFAULT": "default", "ST_HANDLER_IGNORE": "ignore", "ST_HANDLER_HANDLER": "handler"}
+
+
+def _str(raw: Any) -> str:
+    b = bytes(raw)
+    return b.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def monotonic_offset() -> float:
+    """epoch - CLOCK_MONOTONIC, to turn bpf_ktime_get_ns() into epoch seconds."""
+    return time.time() - time.clock_gettime(time.CLOCK_MONOTONIC)
+
+
+class Decoder:
+    def __init__(self, defines: dict[str, int], registry: PodRegistry, reset_reasons: dict[int, str],
+                 resolve_unknown: bool = False):
+        self.reg = registry
+        self.kinds = {defines[k]: v for k, v in KIND_NAMES.items()}
+        self.probes = {defines[k]: v for k, v in PROBE_NAMES.items()}
+        self.handlers = {defines[k]: v for k, v in HANDLERS.items()}
+        self.reset_reasons = reset_reasons
+        self.resolve_unknown = resolve_unknown     # --all: processes outside the registry
+        self.offset = monotonic_offset()
+
+    def _task(self, pid: int, cidx: int) -> tuple[str | None, str | None, int | None]:
+        """(pod_uid, container_id, nspid) of a process, from the kernel's index or /proc."""
+        if cidx:
+            ref = self.reg.container(cidx)
+            info = self.reg.note_task(pid, cidx)
+            return (ref.pod_uid, ref.container_id, info.nspid if ref and ref.pod_uid else None) if ref else (None, None, None)
+        if self.resolve_unknown or pid:
+            # not in the kernel's maps (a container younger than the last scan): /proc, cached
+            info = self.reg.resolve_pid(pid)
+            if info and info.cidx:
+                ref = self.reg.container(info.cidx)
+                return ref.pod_uid, ref.container_id, info.nspid
+        return None, None, None
+
+    def decode(self, e: Any, cidx: int | None = None) -> dict[str, Any]:
+        """cidx overrides e.cidx when user space placed a process the kernel could not."""
+        kind = self.kinds.get(e.kind)
+        if kind is None:
+            raise ValueError(f"unknown event kind {e.kind}")
+        ts = e.ts_ns / 1e9 + self.offset
+        common: dict[str, Any] = {"pid": e.pid, "tid": e.tid, "comm": _str(e.comm)}
+        if kind in schema.TCP_KINDS:
+            return self._tcp(kind, ts, e, common)
+        pod_uid, cid, nspid = self._task(e.pid, e.cidx if cidx is None else cidx)
+        common.update(pod_uid=pod_uid, container_id=cid, nspid=nspid)
+        if kind == schema.SIGNAL_GENERATE:
+            t_pod, t_cid, t_nspid = self._task(e.target_pid, e.target_cidx)
+            result = schema.GENERATE_RESULTS[e.result] if 0 <= e.result < len(schema.GENERATE_RESULTS) else str(e.result)
+            return schema.new_event(kind, ts, **common, sig=schema.signal_name(e.sig), code=e.code,
+                                    target_pid=e.target_pid, target_comm=_str(e.target_comm),
+                                    target_pod_uid=t_pod, target_container_id=t_cid, target_nspid=t_nspid,
+                                    result=result)
+        if kind == schema.SIGNAL_DELIVER:
+            return schema.new_event(kind, ts, **common, sig=schema.signal_name(e.sig), code=e.code,
+                                    handler=self.handlers.get(e.handler, "handler"))
+        if kind == schema.PROCESS_EXEC:
+            ppid = e.ppid or None
+            if ppid is None:
+                info = self.reg.tasks.get(e.pid)
+                ppid = info.ppid if info else None
+            return schema.new_event(kind, ts, **common, filename=_str(e.filename), ppid=ppid)
+        # process_exit
+        return schema.new_event(kind, ts, **common,
+                                exit_code=e.exit_code if e.exit_code >= 0 and not e.exit_signal else None,
+                                exit_signal=schema.signal_name(e.exit_signal) if e.exit_signal else None)
+
+    def _tcp(self, kind: str, ts: float, e: Any, common: dict[str, Any]) -> dict[str, Any]:
+        # the socket's pod (by endpoint), not the current task's: TCP runs in softirq context
+        pod_uid = self.reg.pod_uid(e.pidx) if e.pidx and e.pidx != AMBIGUOUS else None
+        cid = None
+        if e.cidx:
+            ref = self.reg.container(e.cidx)
+            cid = ref.container_id if ref and ref.pod_uid == pod_uid else None
+        fields: dict[str, Any] = dict(
+            common, pod_uid=pod_uid, container_id=cid,
+            saddr=format_addr(bytes(e.saddr)), sport=e.sport, daddr=format_addr(bytes(e.daddr)), dport=e.dport,
+            sock=f"{e.skaddr:#x}" if e.skaddr else None,
+        )
+        if kind == schema.TCP_STATE:
+            fields.update(old_state=schema.TCP_STATES.get(e.old_state, str(e.old_state)),
+                          new_state=schema.TCP_STATES.get(e.new_state, str(e.new_state)))
+        elif kind == schema.TCP_RESET_SENT:
+            # state of the socket that sent it (none: the kernel answered a packet for no socket)
+            fields.update(old_state=schema.TCP_STATES.get(e.old_state) if e.old_state else None,
+                          reason=self.reset_reasons.get(e.reason, str(e.reason)) if self.reset_reasons else None)
+        return schema.new_event(kind, ts, **fields)
+
+    def probe_name(self, index: int) -> str:
+        return self.probes.get(index, f"probe{index}")

@@ -1,0 +1,153 @@
+"""What the running kernel offers: privileges, tracefs, tracepoint formats.
+
+Probes adapt to the format files of the running kernel (not to one version's layout), and a
+missing tracepoint or field fails with one line naming it.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ...errors import KernelProblem, PermissionProblem
+
+TRACEFS_CANDIDATES = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
+CAP_PERFMON, CAP_BPF, CAP_SYS_ADMIN = 38, 39, 21
+
+# tracepoint -> fields the probes read (tcp_send_reset is handled by shape, see send_reset_shape)
+REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
+    "signal/signal_generate": ("sig", "code", "comm", "pid", "result"),
+    "signal/signal_deliver": ("sig", "code", "sa_handler"),
+    "sched/sched_process_exec": ("filename",),
+    "sched/sched_process_exit": ("group_dead",),
+    "sched/sched_process_fork": ("child_pid",),
+    "syscalls/sys_enter_exit_group": ("error_code",),
+    "sock/inet_sock_set_state": ("skaddr", "oldstate", "newstate", "sport", "dport", "family",
+                                 "protocol", "saddr", "daddr", "saddr_v6", "daddr_v6"),
+    "tcp/tcp_receive_reset": ("skaddr", "sport", "dport", "family", "saddr", "daddr",
+                              "saddr_v6", "daddr_v6"),
+    "tcp/tcp_send_reset": ("skaddr", "saddr", "daddr"),
+}
+
+
+@dataclass(frozen=True)
+class FormatField:
+    type: str
+    name: str
+    size: int
+
+
+_FIELD = re.compile(r"field:(?P<decl>[^;]+);\s*offset:\d+;\s*size:(?P<size>\d+);")
+
+
+def parse_format(text: str) -> dict[str, FormatField]:
+    """Fields of a tracepoint format file (common_* excluded), by name."""
+    fields: dict[str, FormatField] = {}
+    for m in _FIELD.finditer(text):
+        decl = m.group("decl").strip()
+        decl = re.sub(r"\[\d*\]$", "", decl)         # char comm[16] -> char comm
+        name = decl.split()[-1]
+        if name.startswith("common_"):
+            continue
+        fields[name] = FormatField(decl[: -len(name)].strip(), name, int(m.group("size")))
+    return fields
+
+
+def symbolic_values(text: str, field: str) -> dict[int, str]:
+    """Numeric values named by the print fmt's __print_symbolic(REC->field, {n, "NAME"}, ...)."""
+    m = re.search(r"__print_symbolic\(REC->" + re.escape(field) + r",(.*?)\)\s*(?:,|$)", text, re.S)
+    if not m:
+        return {}
+    return {int(n): name for n, name in re.findall(r"\{\s*(\d+),\s*\"([^\"]+)\"\s*\}", m.group(1))}
+
+
+def has_capabilities() -> bool:
+    """Root, or CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN) in the effective set."""
+    if os.geteuid() == 0:
+        return True
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                eff = int(line.split()[1], 16)
+                return bool(eff & (1 << CAP_SYS_ADMIN)) or (
+                    bool(eff & (1 << CAP_BPF)) and bool(eff & (1 << CAP_PERFMON)))
+    except OSError:
+        pass
+    return False
+
+
+def check_permissions() -> None:
+    if not has_capabilities():
+        raise PermissionProblem("loading eBPF probes needs root (or CAP_BPF+CAP_PERFMON); "
+                                "run with sudo, or use --backend strace")
+
+
+def _mount_tracefs(target: Path) -> bool:
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.mount(b"nodev", str(target).encode(), b"tracefs", 0, None) == 0
+
+
+def tracefs() -> Path:
+    """The tracefs mount, mounting it at /sys/kernel/tracing when nothing is mounted."""
+    for path in TRACEFS_CANDIDATES:
+        if (path / "events").is_dir():
+            return path
+    target = TRACEFS_CANDIDATES[0]
+    if target.is_dir() and _mount_tracefs(target) and (target / "events").is_dir():
+        return target
+    raise KernelProblem("tracefs is not mounted and could not be mounted at /sys/kernel/tracing; "
+                        "run 'mount -t tracefs nodev /sys/kernel/tracing' (or mount /sys/kernel in the container)")
+
+
+def read_format(root: Path, tracepoint: str) -> str:
+    path = root / "events" / tracepoint / "format"
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        raise KernelProblem(f"tracepoint {tracepoint.replace('/', ':')} does not exist on kernel "
+                            f"{os.uname().release}; sigtrace needs it (use --backend strace)") from None
+    except PermissionError:
+        raise PermissionProblem(f"cannot read {path}: run as root") from None
+
+
+@dataclass
+class KernelFormats:
+    """The formats the probes depend on, checked."""
+    fields: dict[str, dict[str, FormatField]]
+    texts: dict[str, str]
+
+    def send_reset_shape(self) -> dict[str, int]:
+        """#defines describing tcp_send_reset on this kernel (changed shape around 6.10)."""
+        f = self.fields["tcp/tcp_send_reset"]
+        sockaddr = f["saddr"].size >= 16   # sockaddr_in/in6 (28 bytes) vs a 4-byte address
+        if not sockaddr:
+            for name in ("sport", "dport", "saddr_v6", "daddr_v6"):
+                if name not in f:
+                    raise KernelProblem(f"tracepoint tcp:tcp_send_reset has no field {name!r} (nor sockaddr "
+                                        f"saddr) on kernel {os.uname().release}; sigtrace cannot read its tuple")
+        return {
+            "ST_SR_SOCKADDR": int(sockaddr),
+            "ST_SR_HAS_FAMILY": int("family" in f),
+            "ST_SR_HAS_STATE": int("state" in f),
+            "ST_SR_HAS_REASON": int("reason" in f),
+            "ST_DECLARE_RST_REASON": int("reason" in f and "sk_rst_reason" in f["reason"].type),
+        }
+
+    def reset_reasons(self) -> dict[int, str]:
+        return symbolic_values(self.texts["tcp/tcp_send_reset"], "reason")
+
+
+def check_formats(root: Path, required: dict[str, tuple[str, ...]] = REQUIRED_FIELDS) -> KernelFormats:
+    fields: dict[str, dict[str, FormatField]] = {}
+    texts: dict[str, str] = {}
+    for tp, names in required.items():
+        text = read_format(root, tp)
+        parsed = parse_format(text)
+        for name in names:
+            if name not in parsed:
+                raise KernelProblem(f"tracepoint {tp.replace('/', ':')} has no field {name!r} on kernel "
+                                    f"{os.uname().release}; this sigtrace cannot read it (use --backend strace)")
+        fields[tp], texts[tp] = parsed, text
+    return KernelFormats(fields, texts)

@@ -1,0 +1,360 @@
+"""User-space knowledge about pods, pushed into the probes' maps.
+
+The probes can read only tracepoint fields and the current task's cgroup v2 id, so what must be
+known about a pod is learned here and written to BPF maps:
+  pod_cgroups  cgroup v2 id of each kubepods container cgroup -> (container index, pod index)
+  pod_tasks    tgid of each pod process (also --pid) -> (container index, pod index, INIT flag)
+  endpoints    each pod's listening (address, port) -> pod index, from /proc/<pid>/net/tcp{,6}
+               and the pod processes' socket inodes; a wildcard listener also under each address
+               of the pod's network namespace; remembered after the listener closes (refusals)
+  armed        pod index -> when user space saw an exec into a running container (preStop)
+Indices are small integers assigned here; decode.py maps them back to pod_uid / container_id.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, NamedTuple
+
+from ...pods.cgroup import parse_cgroup_path, parse_proc_cgroup
+
+SELECTED_PIDX = 1          # pseudo-pod of --pid / --comm processes that are not in a pod
+AMBIGUOUS = 0xFFFFFFFF
+TASK_INIT = 1
+RUNTIME_COMMS = ("runc", "crun", "containerd-shim", "containerd", "conmon", "crio", "kubelet", "dockerd")
+
+
+class ContainerRef(NamedTuple):
+    pod_uid: str | None
+    container_id: str | None
+    pidx: int
+
+
+@dataclass
+class TaskInfo:
+    cidx: int
+    nspid: int | None = None
+    comm: str | None = None
+    ppid: int | None = None
+
+
+def cgroup_mounts(mountinfo: str | None = None) -> tuple[list[Path], list[Path]]:
+    """(cgroup v2 mount points, cgroup v1 mount points) from /proc/self/mountinfo."""
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            return [], []
+    v2, v1 = [], []
+    for line in mountinfo.splitlines():
+        left, _, right = line.partition(" - ")
+        fstype = right.split(" ", 1)[0] if right else ""
+        parts = left.split()
+        if len(parts) < 5:
+            continue
+        mnt = Path(parts[4].replace("\\040", " "))
+        if fstype == "cgroup2":
+            v2.append(mnt)
+        elif fstype == "cgroup":
+            v1.append(mnt)
+    return v2, v1
+
+
+def read_nspid(pid: int, proc: str = "/proc") -> tuple[int | None, int | None, str | None]:
+    """(pid in its innermost PID namespace, ppid, comm) from /proc/<pid>/status, or Nones."""
+    try:
+        text = Path(f"{proc}/{pid}/status").read_text()
+    except OSError:
+        return None, None, None
+    nspid = ppid = comm = None
+    for line in text.splitlines():
+        if line.startswith("NSpid:"):
+            nspid = int(line.split()[-1])
+        elif line.startswith("PPid:"):
+            ppid = int(line.split()[1])
+        elif line.startswith("Name:"):
+            comm = line.split(None, 1)[1] if len(line.split()) > 1 else ""
+    return nspid, ppid, comm
+
+
+# ---- /proc/<pid>/net parsing ------------------------------------------------------------
+def _hex_addr(text: str) -> bytes:
+    """/proc/net/tcp{,6} address: 32-bit words in host (little-endian) order -> 16 bytes (v4 mapped)."""
+    raw = bytes.fromhex(text)
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    if len(words) == 4:
+        return b"\0" * 10 + b"\xff\xff" + words
+    return words
+
+
+def parse_proc_net_tcp(text: str, state: str = "0A") -> list[tuple[bytes, int, int]]:
+    """(addr16, port, inode) of the sockets in `state` (0A = LISTEN)."""
+    out = []
+    for line in text.splitlines()[1:]:
+        f = line.split()
+        if len(f) < 10 or f[3] != state:
+            continue
+        addr, port = f[1].split(":")
+        out.append((_hex_addr(addr), int(port, 16), int(f[9])))
+    return out
+
+
+def parse_fib_trie_local(text: str) -> set[bytes]:
+    """Local IPv4 addresses of a network namespace from /proc/<pid>/net/fib_trie."""
+    out: set[bytes] = set()
+    last = None
+    for line in text.splitlines():
+        m = re.search(r"\|--\s+(\d+\.\d+\.\d+\.\d+)", line)
+        if m:
+            last = m.group(1)
+        elif "/32 host LOCAL" in line and last:
+            out.add(b"\0" * 10 + b"\xff\xff" + ipaddress.IPv4Address(last).packed)
+    return out
+
+
+def parse_if_inet6(text: str) -> set[bytes]:
+    return {bytes.fromhex(line.split()[0]) for line in text.splitlines() if line.strip()}
+
+
+WILDCARDS = (b"\0" * 16, b"\0" * 10 + b"\xff\xff" + b"\0" * 4)
+
+
+def socket_inodes(pid: int, proc: str = "/proc", limit: int = 4096) -> set[int]:
+    out: set[int] = set()
+    try:
+        for i, name in enumerate(os.listdir(f"{proc}/{pid}/fd")):
+            if i >= limit:     # a process with huge fd tables: its listeners come first in practice
+                break
+            try:
+                target = os.readlink(f"{proc}/{pid}/fd/{name}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                out.add(int(target[8:-1]))
+    except OSError:
+        pass
+    return out
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="ascii", errors="replace") as fh:
+            return fh.read()
+    except OSError:
+        return ""
+
+
+def listening_endpoints(pids: Iterable[int], proc: str = "/proc") -> set[tuple[bytes, int]]:
+    """(addr16, port) that these processes listen on; wildcards also under each netns address."""
+    pids = list(pids)
+    inodes: set[int] = set()
+    for pid in pids:
+        inodes |= socket_inodes(pid, proc)
+    if not inodes:
+        return set()
+    seen_ns: set[str] = set()
+    out: set[tuple[bytes, int]] = set()
+    for pid in pids:
+        try:
+            ns = os.readlink(f"{proc}/{pid}/ns/net")
+        except OSError:
+            continue
+        if ns in seen_ns:
+            continue
+        seen_ns.add(ns)
+        listeners = []
+        for name in ("tcp", "tcp6"):
+            listeners += [(a, p) for a, p, ino in parse_proc_net_tcp(_read(f"{proc}/{pid}/net/{name}")) if ino in inodes]
+        if not listeners:
+            continue
+        local = parse_fib_trie_local(_read(f"{proc}/{pid}/net/fib_trie")) | parse_if_inet6(_read(f"{proc}/{pid}/net/if_inet6"))
+        for addr, port in listeners:
+            if addr in WILDCARDS:
+                # 0.0.0.0 accepts IPv4 only; :: (dual stack) both
+                out.add((WILDCARDS[0], port))
+                out.update((a, port) for a in local if addr == WILDCARDS[0] or a[:12] == WILDCARDS[1][:12])
+            else:
+                out.add((addr, port))
+    return out
+
+
+def format_addr(addr16: bytes) -> str:
+    ip = ipaddress.IPv6Address(addr16)
+    return str(ip.ipv4_mapped) if ip.ipv4_mapped is not None else str(ip)
+
+
+def format_endpoint(addr16: bytes, port: int) -> str:
+    if addr16 in WILDCARDS:
+        return f"*:{port}"
+    a = format_addr(addr16)
+    return f"[{a}]:{port}" if ":" in a else f"{a}:{port}"
+
+
+# ---- the registry -------------------------------------------------------------------------
+@dataclass
+class PodRegistry:
+    """Containers, pods and processes seen, by the indices the probes carry. Never forgets a
+    process during a session: exits and TCP events arrive after the process is gone."""
+    proc: str = "/proc"
+    containers: dict[tuple[str | None, str | None], int] = field(default_factory=dict)
+    cref: dict[int, ContainerRef] = field(default_factory=dict)
+    pods: dict[str | None, int] = field(default_factory=lambda: {None: SELECTED_PIDX})
+    pod_uids: dict[int, str | None] = field(default_factory=lambda: {SELECTED_PIDX: None})
+    tasks: dict[int, TaskInfo] = field(default_factory=dict)
+    cgroups: dict[int, int] = field(default_factory=dict)               # cgroup v2 id -> cidx
+    endpoints: dict[tuple[bytes, int], set[int]] = field(default_factory=dict)
+    selected_pids: set[int] = field(default_factory=set)
+
+    def pidx_of(self, pod_uid: str | None) -> int:
+        if pod_uid not in self.pods:
+            self.pods[pod_uid] = len(self.pods) + 1        # 1 is SELECTED_PIDX
+            self.pod_uids[self.pods[pod_uid]] = pod_uid
+        return self.pods[pod_uid]
+
+    def cidx_of(self, pod_uid: str | None, container_id: str | None) -> int:
+        key = (pod_uid, container_id)
+        if key not in self.containers:
+            cidx = len(self.containers) + 1
+            self.containers[key] = cidx
+            self.cref[cidx] = ContainerRef(pod_uid, container_id, self.pidx_of(pod_uid))
+        return self.containers[key]
+
+    def container(self, cidx: int) -> ContainerRef | None:
+        return self.cref.get(cidx)
+
+    def pod_uid(self, pidx: int) -> str | None:
+        return self.pod_uids.get(pidx)
+
+    def note_task(self, pid: int, cidx: int) -> TaskInfo:
+        info = self.tasks.get(pid)
+        if info is None or info.cidx != cidx or info.nspid is None:
+            nspid, ppid, comm = read_nspid(pid, self.proc)
+            if info is not None and nspid is None:    # gone: keep what we knew
+                info.cidx = cidx or info.cidx
+                return info
+            info = TaskInfo(cidx, nspid, comm, ppid)
+            self.tasks[pid] = info
+        return info
+
+    def resolve_pid(self, pid: int) -> TaskInfo | None:
+        """A process not seen by a scan (--all mode, or just started): resolve from /proc now."""
+        if pid <= 0:
+            return None
+        info = self.tasks.get(pid)
+        if info is not None:
+            return info
+        try:
+            text = Path(f"{self.proc}/{pid}/cgroup").read_text()
+        except OSError:
+            return None
+        ref = parse_proc_cgroup(text)
+        cidx = self.cidx_of(ref.pod_uid, ref.container_id) if ref.pod_uid else 0
+        return self.note_task(pid, cidx)
+
+    # -- scanning
+    def scan(self, v2: list[Path], v1: list[Path]) -> dict[int, list[int]]:
+        """Find kubepods containers; return cidx -> tgids. Also fills self.cgroups (v2 ids)."""
+        found: dict[int, list[int]] = {}
+        for root in v2 + v1:
+            kube = [root / n for n in ("kubepods", "kubepods.slice") if (root / n).is_dir()]
+            for top in kube:
+                for dirpath, dirnames, filenames in os.walk(top):
+                    ref = parse_cgroup_path("/" + os.path.relpath(dirpath, root))
+                    if not ref.pod_uid:
+                        continue
+                    cidx = self.cidx_of(ref.pod_uid, ref.container_id)
+                    if root in v2:
+                        try:
+                            self.cgroups[os.stat(dirpath).st_ino] = cidx
+                        except OSError:
+                            continue
+                    procs = _read(os.path.join(dirpath, "cgroup.procs")).split()
+                    found.setdefault(cidx, [])
+                    found[cidx].extend(int(p) for p in procs if p.isdigit())
+        for pid in list(self.selected_pids):
+            if Path(f"{self.proc}/{pid}").exists():
+                found.setdefault(self.cidx_of(None, None), []).append(pid)
+        for cidx, pids in found.items():
+            found[cidx] = sorted(set(pids))
+            for pid in found[cidx]:
+                self.note_task(pid, cidx)
+        return found
+
+    def learn_endpoints(self, found: dict[int, list[int]]) -> bool:
+        """Add the listening endpoints of each pod's processes; True when something new."""
+        by_pod: dict[int, list[int]] = {}
+        for cidx, pids in found.items():
+            by_pod.setdefault(self.cref[cidx].pidx, []).extend(pids)
+        changed = False
+        for pidx, pids in by_pod.items():
+            for key in listening_endpoints(pids, self.proc):
+                owners = self.endpoints.setdefault(key, set())
+                if pidx not in owners:
+                    owners.add(pidx)
+                    changed = True
+        return changed
+
+    def endpoint_value(self, key: tuple[bytes, int]) -> int:
+        owners = self.endpoints[key]
+        return next(iter(owners)) if len(owners) == 1 else AMBIGUOUS
+
+
+class MapSync:
+    """Writes the registry into the loaded program's maps (bcc tables)."""
+
+    def __init__(self, bpf: Any, registry: PodRegistry, arm_window_s: float):
+        self.bpf = bpf
+        self.reg = registry
+        self._written_cg: set[int] = set()
+        self._written_tasks: dict[int, tuple[int, int, int]] = {}
+        self._written_ep: dict[tuple[bytes, int], int] = {}
+        cfg = bpf["config"]
+        cfg[cfg.Key(0)] = cfg.Leaf(int(arm_window_s * 1e9))
+
+    def set_comms(self, table: str, names: Iterable[str]) -> None:
+        t = self.bpf[table]
+        for name in names:
+            key = t.Key()
+            key.c = name.encode()[:15]       # comm is at most 15 bytes + NUL
+            t[key] = t.Leaf(1)
+
+    def _task_leaf(self, table: Any, cidx: int, flags: int) -> Any:
+        leaf = table.Leaf()
+        leaf.cidx, leaf.pidx, leaf.flags = cidx, self.reg.cref[cidx].pidx, flags
+        return leaf
+
+    def sync(self, found: dict[int, list[int]]) -> None:
+        cg = self.bpf["pod_cgroups"]
+        for cgid, cidx in self.reg.cgroups.items():
+            if cgid not in self._written_cg:
+                cg[cg.Key(cgid)] = self._task_leaf(cg, cidx, 0)
+                self._written_cg.add(cgid)
+        tasks = self.bpf["pod_tasks"]
+        for cidx, pids in found.items():
+            for pid in pids:
+                info = self.reg.tasks.get(pid)
+                flags = TASK_INIT if info and info.nspid == 1 and cidx and self.reg.cref[cidx].pod_uid else 0
+                want = (cidx, self.reg.cref[cidx].pidx, flags)
+                if self._written_tasks.get(pid) != want:
+                    tasks[tasks.Key(pid)] = self._task_leaf(tasks, cidx, flags)
+                    self._written_tasks[pid] = want
+        ep = self.bpf["endpoints"]
+        for key in self.reg.endpoints:
+            value = self.reg.endpoint_value(key)
+            if self._written_ep.get(key) != value:
+                k = ep.Key()
+                k.port = key[1]
+                for i, b in enumerate(key[0]):
+                    k.addr[i] = b
+                ep[k] = ep.Leaf(value)
+                self._written_ep[key] = value
+
+    def arm(self, pidx: int) -> None:
+        armed = self.bpf["armed"]
+        now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)   # the clock of bpf_ktime_get_ns
+        armed[armed.Key(pidx)] = armed.Leaf(now)
+        armed[armed.Key(AMBIGUOUS)] = armed.Leaf(now)

@@ -1,0 +1,90 @@
+"""`sigtrace record`: parse options, build a backend, run a RecordSession, print a summary."""
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import click
+
+from ..errors import SigtraceError, UsageProblem
+
+BACKENDS = {
+    "bpf": "sigtrace.backends.bpf.backend:BpfBackend",
+    "strace": "sigtrace.backends.strace.backend:StraceBackend",
+}
+
+EPILOG = """\b
+Examples:
+  sudo sigtrace record --output /tmp/rec --duration 60      # pods on this node, 60 s
+  sudo sigtrace record --output /tmp/rec --all              # every process, until Ctrl-C
+  sudo sigtrace record --output /tmp/rec --pid 4242 --comm php-fpm8.2
+  sudo sigtrace record --output /tmp/rec --dry-run          # compile and attach, then exit
+  sudo sigtrace record --output /tmp/rec --backend strace --pid 4242
+\b
+Stops on --duration, SIGINT or SIGTERM (exit 0); then: sigtrace report /tmp/rec
+"""
+
+
+def make_backend(name: str, *, all_processes: bool, pids: tuple[int, ...], comms: tuple[str, ...],
+                 **kw: Any) -> Any:
+    """Instantiate a backend by name; a backend that is not installed is a one-line error."""
+    module, attr = BACKENDS[name].split(":")
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise SigtraceError(f"the {name} backend is not available ({exc}); use --backend bpf") from None
+    return cls(all_processes=all_processes, pids=pids, comms=comms, **kw)
+
+
+def _console() -> Any:
+    from rich.console import Console
+    return Console(stderr=True)
+
+
+@click.command(epilog=EPILOG)
+@click.option("--output", "-o", "output", required=True, type=click.Path(file_okay=False),
+              help="Directory for events.jsonl and meta.json (created).")
+@click.option("--duration", "-d", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Stop after S seconds (default: until Ctrl-C / SIGTERM).")
+@click.option("--all", "all_processes", is_flag=True,
+              help="Record every process, not only pods and the runtime processes that signal them.")
+@click.option("--pid", "pids", type=int, multiple=True, help="Also record this process and its children (repeatable).")
+@click.option("--comm", "comms", multiple=True, help="Also record processes with this command name (repeatable).")
+@click.option("--backend", type=click.Choice(sorted(BACKENDS)), default="bpf", show_default=True,
+              help="bpf (eBPF tracepoints, needs root) or strace (ptrace, where eBPF is not allowed).")
+@click.option("--dry-run", is_flag=True, help="Compile and attach the probes, then exit.")
+@click.option("--no-live", is_flag=True, help="No live view (a status line every few seconds instead).")
+def record(output: str, duration: float | None, all_processes: bool, pids: tuple[int, ...],
+           comms: tuple[str, ...], backend: str, dry_run: bool, no_live: bool) -> int:
+    """Record signals, exits and TCP closes/resets of pods (or --all / --pid / --comm processes).
+
+    Writes DIR/events.jsonl (flushed every second) and DIR/meta.json.
+    """
+    from ..events.writer import prepare_output_dir
+    from ..record import RecordSession
+
+    out = prepare_output_dir(output)          # before loading anything: fail fast on a bad dir
+    for pid in pids:
+        if pid <= 0:
+            raise UsageProblem(f"--pid {pid}: not a process id")
+    be = make_backend(backend, all_processes=all_processes, pids=pids, comms=comms)
+    console = _console()
+    if dry_run:
+        be.open(lambda event: None)
+        try:
+            meta = be.meta()
+        finally:
+            be.close()
+        startup = meta.get("startup_s")
+        click.echo(f"{backend}: probes compiled and attached in {startup}s; headers: {meta.get('header_source')}")
+        return 0
+    session = RecordSession(be, out, console=console, live=not no_live)
+    result = session.run(duration=duration)
+    lost = f", {result.lost_events} LOST ({result.lost_by_probe})" if result.lost_events else ", none lost"
+    click.echo(f"sigtrace: {result.events} events in {result.duration_s:.1f}s{lost} -> {out}", err=True)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(record())

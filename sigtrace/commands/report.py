@@ -1,0 +1,77 @@
+"""sigtrace report: one shutdown report per pod from a recording."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..errors import OutputError, UsageProblem
+from ..render import FORMATS
+
+
+@click.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True,
+              help="text for people, json for programs, html: one self-contained file with a timeline picture")
+@click.option("--pod", "pods", multiple=True, metavar="UID", help="only this pod (UID or name); repeatable")
+@click.option("--output", "-o", type=click.Path(path_type=Path), help="write here instead of stdout")
+def report(directory: Path, fmt: str, pods: tuple[str, ...], output: Path | None) -> int:
+    """Per-pod shutdown report from the --output DIR of `sigtrace record`.
+
+    \b
+    For each pod that stopped: a timeline relative to the first stop trigger (preStop exec or the
+    runtime's stop signal), who signalled whom with what result, exits, listener close, connections
+    reset or refused, and verdicts naming the cause with its fix.
+
+    \b
+    Examples:
+      sigtrace report /tmp/rec
+      sigtrace report /tmp/rec --format json | jq '.pods[].verdicts[].id'
+      sigtrace report /tmp/rec --format html -o shutdown.html
+    """
+    from ..correlate import build_reports
+    from ..events.reader import read_recording
+
+    rec = read_recording(directory)
+    rs = build_reports(rec.events, rec.meta, rec.incomplete)
+    if pods:
+        chosen = []
+        for uid in pods:
+            p = rs.pod(uid)
+            if p is None:
+                known = ", ".join(f"{q.pod_uid}" + (f" ({q.title})" if q.pod_name else "") for q in rs.pods) or "none"
+                raise UsageProblem(f"pod {uid} is not in {directory}; pods there: {known}")
+            chosen.append(p)
+        rs.pods = chosen
+    if fmt == "json":
+        from ..render.json import render_json
+        _emit(render_json(rs), output)
+    elif fmt == "html":
+        from ..render.html import render_html
+        _emit(render_html(rs), output)
+    else:
+        from rich.console import Console
+
+        from ..render.text import render_text
+        if output:
+            with _open(output) as fh:
+                render_text(rs, Console(file=fh, width=140, force_terminal=False))
+        else:
+            render_text(rs, Console(soft_wrap=False))
+    return 0
+
+
+def _open(path: Path):
+    try:
+        return open(path, "w", encoding="utf-8")
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror}; choose another --output") from exc
+
+
+def _emit(text: str, output: Path | None) -> None:
+    if output is None:
+        sys.stdout.write(text)
+        return
+    with _open(output) as fh:
+        fh.write(text)

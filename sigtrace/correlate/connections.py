@@ -1,0 +1,202 @@
+"""TCP view of one pod: listeners, connections (server side / client side, FIN vs RST, who closed,
+closed by a dying process) and refused connection attempts. Vectorised: a stopping pod under load
+has many sockets.
+
+Events of one connection come from both ends when the client runs in the pod's network
+namespace (the lab's load generator): a socket is "server" side when its local port is one the
+pod listens on, "client" side when its remote port is; stats count server sides only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..events import schema as S
+
+DEFAULT_UPSTREAM_PORTS = (9000,)     # php-fpm's default; used only when no listener owner is known
+RST_FROM = ("ESTABLISHED", "SYN_RECV", "CLOSE_WAIT")
+# a socket closed by the kernel while its process exits: the close happens in do_exit, just after
+# sched_process_exit, so the close's pid is a process whose exit is at most this much earlier
+EXIT_CLOSE_WINDOW_S = 1.0
+
+
+@dataclass
+class Listener:
+    port: int
+    addr: str | None
+    open_ts: float | None
+    close_ts: float | None
+    close_row: int | None
+    owner_pid: int | None
+    owner_comm: str | None
+    container_id: str | None
+    upstream: bool = False
+
+
+def _s(col: pd.Series) -> pd.Series:
+    """Categorical/string column as plain object strings (NA kept) for comparisons."""
+    return col.astype("object")
+
+
+def build_listeners(st: pd.DataFrame) -> dict[int, Listener]:
+    listeners: dict[int, Listener] = {}
+    new, old = _s(st["new_state"]), _s(st["old_state"])
+    opens = st[new == "LISTEN"]
+    closes = st[(old == "LISTEN") & (new == "CLOSE")]
+    for idx, r in pd.concat([opens, closes]).sort_values("ts", kind="stable").iterrows():
+        if r["sport"] is pd.NA:
+            continue
+        port = int(r["sport"])
+        li = listeners.get(port)
+        if li is None:
+            li = listeners[port] = Listener(port, _na(r["saddr"]), None, None, None, None, None, None)
+        if r["new_state"] == "LISTEN":
+            li.open_ts = li.open_ts if li.open_ts is not None else float(r["ts"])
+            li.close_ts = li.close_row = None          # reopened (restart): the last close counts
+        else:
+            li.close_ts, li.close_row = float(r["ts"]), int(idx)
+        if li.owner_pid is None and r["pid"] is not pd.NA and r["pid"]:
+            li.owner_pid, li.owner_comm, li.container_id = int(r["pid"]), _na(r["comm"]), _na(r["container_id"])
+    # a child socket cloned from a listener (LISTEN -> SYN_RECV) proves a listener we did not see open
+    for port in pd.unique(st.loc[(old == "LISTEN") & (new == "SYN_RECV"), "sport"].dropna()):
+        listeners.setdefault(int(port), Listener(int(port), None, None, None, None, None, None, None))
+    return listeners
+
+
+def _na(v: Any) -> Any:
+    return None if v is pd.NA or v is None or (isinstance(v, float) and v != v) else v
+
+
+def build_connections(tcp: pd.DataFrame, listeners: dict[int, Listener], exit_ts: dict[int, float]) -> pd.DataFrame:
+    """One row per socket (not listeners) with its classification."""
+    st = tcp[tcp["kind"] == S.TCP_STATE]
+    listener_socks = set(st.loc[_s(st["new_state"]) == "LISTEN", "sock"].dropna())
+    listener_socks |= set(st.loc[(_s(st["old_state"]) == "LISTEN") & (_s(st["new_state"]) == "CLOSE"), "sock"].dropna())
+    st = st[~st["sock"].isin(listener_socks)] if listener_socks else st
+    if st.empty:
+        return pd.DataFrame(columns=CONN_COLUMNS)
+    key = _conn_key(st)
+    new, old = _s(st["new_state"]), _s(st["old_state"])
+    ts = st["ts"]
+    pid = pd.Series(st["pid"].astype("Float64").to_numpy(dtype=float, na_value=np.nan), index=st.index)
+    f = pd.DataFrame({
+        "key": key, "row": st.index, "ts": ts, "saddr": _s(st["saddr"]), "sport": st["sport"],
+        "daddr": _s(st["daddr"]), "dport": st["dport"],
+        "syn_recv": new == "SYN_RECV", "syn_sent": new == "SYN_SENT",
+        "est_ts": ts.where(new == "ESTABLISHED"),
+        "close_ts": ts.where(new == "CLOSE"),
+        "fin_local_ts": ts.where(new == "FIN_WAIT1"),
+        "fin_local_pid": pid.where(new == "FIN_WAIT1"),
+        "fin_local_row": pd.Series(st.index, index=st.index).where(new == "FIN_WAIT1"),
+        "fin_peer_ts": ts.where(new == "CLOSE_WAIT"),
+        "rst_trans_ts": ts.where((new == "CLOSE") & old.isin(RST_FROM)),
+        "rst_trans_pid": pid.where((new == "CLOSE") & old.isin(RST_FROM)),
+        "rst_trans_row": pd.Series(st.index, index=st.index).where((new == "CLOSE") & old.isin(RST_FROM)),
+    }, index=st.index)
+    g = f.groupby("key", sort=False)
+    c = g.agg(first_ts=("ts", "min"), last_ts=("ts", "max"), first_row=("row", "min"),
+              saddr=("saddr", "first"), sport=("sport", "first"), daddr=("daddr", "first"), dport=("dport", "first"),
+              syn_recv=("syn_recv", "any"), syn_sent=("syn_sent", "any"),
+              est_ts=("est_ts", "min"), close_ts=("close_ts", "min"),
+              fin_local_ts=("fin_local_ts", "min"), fin_local_pid=("fin_local_pid", "first"),
+              fin_local_row=("fin_local_row", "min"),
+              fin_peer_ts=("fin_peer_ts", "min"),
+              rst_trans_ts=("rst_trans_ts", "min"), rst_trans_pid=("rst_trans_pid", "first"),
+              rst_trans_row=("rst_trans_row", "min"))
+    # resets reported by the kernel for full sockets
+    rs = tcp[tcp["kind"].isin((S.TCP_RESET_SENT, S.TCP_RESET_RECEIVED)) & tcp["sock"].notna()]
+    if len(rs):
+        rk = rs["sock"].astype("object")
+        sent = rs["kind"] == S.TCP_RESET_SENT
+        r = pd.DataFrame({"key": rk, "rst_sent_ts": rs["ts"].where(sent), "rst_sent_row": pd.Series(rs.index, index=rs.index).where(sent),
+                          "rst_sent_pid": pd.Series(rs["pid"].astype("Float64").to_numpy(dtype=float, na_value=np.nan), index=rs.index).where(sent),
+                          "rst_recv_ts": rs["ts"].where(~sent),
+                          "rst_recv_row": pd.Series(rs.index, index=rs.index).where(~sent)})
+        c = c.join(r.groupby("key").agg(rst_sent_ts=("rst_sent_ts", "min"), rst_sent_row=("rst_sent_row", "min"),
+                                         rst_sent_pid=("rst_sent_pid", "first"), rst_recv_ts=("rst_recv_ts", "min"),
+                                         rst_recv_row=("rst_recv_row", "min")))
+    for col in ("rst_sent_ts", "rst_sent_row", "rst_sent_pid", "rst_recv_ts", "rst_recv_row"):
+        if col not in c:
+            c[col] = np.nan
+    ports = set(listeners)
+    upstream = {p for p, li in listeners.items() if li.upstream}
+    sport = c["sport"].astype("Float64").fillna(-1).astype(int)
+    dport = c["dport"].astype("Float64").fillna(-1).astype(int)
+    server = c["syn_recv"] | (sport.isin(ports) & ~c["syn_sent"])
+    client = ~server & (c["syn_sent"] | dport.isin(ports))
+    c["side"] = np.where(server, "server", np.where(dport.isin(ports), "client", "outbound"))
+    c["port"] = np.where(server, sport, dport)
+    c["port_class"] = np.where(c["port"].isin(upstream), "upstream",
+                               np.where(c["port"].isin(ports), "serving", "other"))
+    # how it ended
+    rst_any = c["rst_sent_ts"].notna() | c["rst_recv_ts"].notna() | c["rst_trans_ts"].notna()
+    c["refused"] = c["syn_sent"] & c["est_ts"].isna() & c["close_ts"].notna()
+    c["close_kind"] = np.where(c["refused"], "refused", np.where(rst_any, "rst",
+                      np.where(c["fin_local_ts"].notna() | c["fin_peer_ts"].notna(), "fin", "open")))
+    by_peer = c["rst_recv_ts"].notna() & c["rst_sent_ts"].isna()
+    c["reset_by"] = np.where(c["close_kind"] != "rst", None, np.where(by_peer, "peer", "pod"))
+    fin_by_pod = c["fin_local_ts"].notna() & (c["fin_peer_ts"].isna() | (c["fin_local_ts"] <= c["fin_peer_ts"]))
+    c["closed_by"] = np.where(c["close_kind"] == "rst", c["reset_by"],
+                              np.where(c["close_kind"] == "fin", np.where(fin_by_pod, "pod", "peer"), None))
+    # when the pod side gave up the connection, and which process did it
+    c["end_ts"] = c[["fin_local_ts", "fin_peer_ts", "close_ts", "rst_sent_ts", "rst_recv_ts"]].min(axis=1)
+    c["closer_pid"] = c["rst_sent_pid"].fillna(c["rst_trans_pid"]).where(c["closed_by"] == "pod")
+    c["closer_pid"] = c["closer_pid"].where(c["close_kind"] == "rst", c["fin_local_pid"].where(c["closed_by"] == "pod"))
+    c["close_row"] = c["rst_sent_row"].fillna(c["rst_trans_row"]).fillna(c["rst_recv_row"])
+    c["close_row"] = c["close_row"].where(c["close_kind"] == "rst", c["fin_local_row"])
+    closer_exit = pd.to_numeric(c["closer_pid"].map({float(k): v for k, v in exit_ts.items()}), errors="coerce")
+    c["at_exit"] = (closer_exit.notna() & (closer_exit <= c["end_ts"] + 1e-6)
+                    & (closer_exit >= c["end_ts"] - EXIT_CLOSE_WINDOW_S))
+    return c.reset_index().rename(columns={"index": "key"})[CONN_COLUMNS]
+
+
+CONN_COLUMNS = ["key", "first_ts", "first_row", "saddr", "sport", "daddr", "dport", "side", "port", "port_class",
+                "est_ts", "end_ts", "close_ts", "close_kind", "closed_by", "reset_by", "closer_pid", "close_row",
+                "at_exit", "refused"]
+
+
+def _conn_key(st: pd.DataFrame) -> pd.Series:
+    sock = st["sock"].astype("object")
+    tup = (st["saddr"].astype("object").astype(str) + ":" + st["sport"].astype("object").astype(str) + "-"
+           + st["daddr"].astype("object").astype(str) + ":" + st["dport"].astype("object").astype(str))
+    return sock.where(sock.notna(), tup)
+
+
+def build_refused(tcp: pd.DataFrame, conns: pd.DataFrame, listeners: dict[int, Listener]) -> pd.DataFrame:
+    """Refused connection attempts to the pod's ports, one row per (port, client port)."""
+    parts = []
+    rs = tcp[(tcp["kind"] == S.TCP_RESET_SENT) & tcp["sock"].isna() & tcp["sport"].notna()]
+    if len(rs):
+        parts.append(pd.DataFrame({"ts": rs["ts"], "row": rs.index, "port": rs["sport"].astype(int),
+                                   "client_addr": rs["daddr"].astype("object"),
+                                   "client_port": rs["dport"].astype("Float64")}))
+    if len(conns):
+        cl = conns[conns["refused"] & (conns["side"] == "client")]
+        if len(cl):
+            parts.append(pd.DataFrame({"ts": cl["close_ts"].values, "row": cl["first_row"].values,
+                                       "port": cl["dport"].astype(int).values,
+                                       "client_addr": cl["saddr"].values,
+                                       "client_port": cl["sport"].astype("Float64").values}))
+    ce = tcp[(tcp["kind"] == S.CONNECT_ERROR) & (tcp["reason"].astype("object") == "ECONNREFUSED") & tcp["dport"].notna()]
+    if len(ce):
+        parts.append(pd.DataFrame({"ts": ce["ts"], "row": ce.index, "port": ce["dport"].astype(int),
+                                   "client_addr": ce["saddr"].astype("object"),
+                                   "client_port": ce["sport"].astype("Float64")}))
+    if not parts:
+        return pd.DataFrame(columns=REFUSED_COLUMNS)
+    r = pd.concat(parts, ignore_index=True).sort_values("ts", kind="stable")
+    # a reset without a socket that answers a segment of a connection we know is not a refusal
+    if len(conns):
+        est = conns[conns["est_ts"].notna()]
+        known = set(zip(est["port"].astype(int), est["dport"].where(est["side"] == "server", est["sport"]).astype("Float64")))
+        r = r[[(p, cp) not in known for p, cp in zip(r["port"], r["client_port"])]]
+    r = r.drop_duplicates(subset=["port", "client_port"], keep="first")
+    upstream = {p for p, li in listeners.items() if li.upstream}
+    r["port_class"] = np.where(r["port"].isin(upstream), "upstream", "serving")
+    return r[REFUSED_COLUMNS].reset_index(drop=True)
+
+
+REFUSED_COLUMNS = ["ts", "row", "port", "client_addr", "client_port", "port_class"]

@@ -1,0 +1,74 @@
+"""The report's data model: what `report` renders and what `--format json` serialises.
+
+Key names here are the stable JSON contract (documented in the README, section `report`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+CONFIRMED = "confirmed"
+UNDECIDABLE = "undecidable"
+
+
+@dataclass
+class Verdict:
+    id: str
+    summary: str
+    fix: str
+    evidence: list[dict[str, Any]] = field(default_factory=list)
+    status: str = CONFIRMED
+    missing: list[str] = field(default_factory=list)   # capabilities an undecidable verdict lacks
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"id": self.id, "summary": self.summary, "evidence": self.evidence, "fix": self.fix,
+             "status": self.status}
+        if self.status == UNDECIDABLE:
+            d["missing"] = self.missing
+        return d
+
+
+@dataclass
+class PodReport:
+    pod_uid: str
+    pod_name: str | None
+    namespace: str | None
+    stopped: bool
+    t0: float | None                       # epoch seconds of the first stop trigger
+    containers: list[dict[str, Any]]
+    timeline: list[dict[str, Any]]
+    verdicts: list[Verdict]
+    stats: dict[str, Any]
+    connections: list[dict[str, Any]] = field(default_factory=list)   # for the HTML picture
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pod_uid": self.pod_uid, "pod_name": self.pod_name, "namespace": self.namespace,
+            "stopped": self.stopped, "t0": self.t0, "containers": self.containers,
+            "timeline": self.timeline, "verdicts": [v.to_dict() for v in self.verdicts],
+            "stats": self.stats,
+        }
+
+    @property
+    def title(self) -> str:
+        if self.pod_name:
+            return f"{self.namespace}/{self.pod_name}" if self.namespace else self.pod_name
+        return self.pod_uid
+
+
+@dataclass
+class ReportSet:
+    pods: list[PodReport]
+    lost_events: int
+    incomplete: list[str]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pods": [p.to_dict() for p in self.pods], "lost_events": self.lost_events,
+                "incomplete": list(self.incomplete)}
+
+    def pod(self, uid: str) -> PodReport | None:
+        for p in self.pods:
+            if p.pod_uid == uid or p.pod_name == uid:
+                return p
+        return None

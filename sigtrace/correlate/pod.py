@@ -1,0 +1,324 @@
+"""PodContext: everything known about one pod's shutdown, derived once from its events; the
+verdict rules, the timeline and the stats all read it."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from ..events import capabilities as C
+from ..events import lifecycle as L
+from ..events import schema as S
+from .connections import DEFAULT_UPSTREAM_PORTS, Listener, build_connections, build_listeners, build_refused
+from .processes import (EXEC, HOST, PRESTOP, RUNTIME, ROLE_LABELS, Process, _val, app_of, assign_roles,
+                        build_processes, is_runtime_comm, parent_map)
+
+# signals that are never a stop request (kernel notifications, timers)
+NOT_STOP = frozenset({"SIGCHLD", "SIGPIPE", "SIGURG", "SIGALRM", "SIGVTALRM", "SIGPROF", "SIGIO", "SIGWINCH",
+                      "SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL", "SIGTRAP", "SIGSYS", "SIGXCPU", "SIGXFSZ", "SIGCONT"})
+DEFAULT_GRACE_S = 30.0
+PRESTOP_EXTRA_S = 2.0         # kubelet adds 2 s when a preStop hook outlives the grace period
+
+
+@dataclass
+class Signal:
+    ts: float
+    sig: str
+    sender_pid: int | None
+    sender_comm: str | None
+    sender_role: str                 # a process role, RUNTIME, HOST, or "kernel"
+    sender_in_pod: bool
+    target: Process | None
+    target_pid: int | None
+    result: str | None               # signal_generate's result; None when only the delivery was seen
+    handler: str | None              # signal_deliver's handler; None when not seen
+    row: int                         # the event that shows it (generate, else deliver)
+    deliver_row: int | None = None
+    si_pid: int | None = None
+
+    @property
+    def from_outside(self) -> bool:
+        return not self.sender_in_pod
+
+    @property
+    def sender_label(self) -> str:
+        if self.sender_role == RUNTIME:
+            return f"{self.sender_comm or 'runtime'}[{self.sender_pid}] (runtime)" if self.sender_pid else "runtime (outside the container)"
+        if self.sender_role == HOST:
+            return f"{self.sender_comm}[{self.sender_pid}] (host)"
+        if self.sender_role == "kernel":
+            return "kernel"
+        return f"{ROLE_LABELS.get(self.sender_role, self.sender_role)} {self.sender_comm}[{self.sender_pid}]"
+
+    @property
+    def target_label(self) -> str:
+        return self.target.label if self.target else f"pid {self.target_pid}"
+
+    @property
+    def reached(self) -> bool:
+        """The target got it (not dropped by the kernel)."""
+        return self.result in (None, "delivered", "already_pending") or self.handler is not None
+
+
+@dataclass
+class Container:
+    id: str
+    name: str | None
+    pid1: Process | None
+    processes: list[Process]
+    app: str | None
+    stop_signal: Signal | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name or self.id[:12]
+
+    @property
+    def exit_ts(self) -> float | None:
+        return self.pid1.exit_ts if self.pid1 else None
+
+    @property
+    def exited(self) -> bool:
+        return self.pid1 is not None and self.pid1.exit_ts is not None
+
+
+@dataclass
+class PodContext:
+    pod_uid: str
+    events: pd.DataFrame             # the recording's frame (evidence cites its row index)
+    caps: frozenset[str]
+    pod_name: str | None = None
+    namespace: str | None = None
+    grace_s: float | None = None
+    t0: float | None = None
+    stopped: bool = False
+    procs: dict[int, Process] = field(default_factory=dict)
+    containers: dict[str, Container] = field(default_factory=dict)
+    signals: list[Signal] = field(default_factory=list)
+    listeners: dict[int, Listener] = field(default_factory=dict)
+    conns: pd.DataFrame = field(default_factory=pd.DataFrame)
+    refused: pd.DataFrame = field(default_factory=pd.DataFrame)
+    lifecycle: list[dict[str, Any]] = field(default_factory=list)
+    prestops: list[Process] = field(default_factory=list)
+    runtime_stops: list[Signal] = field(default_factory=list)
+    first_ts: float = 0.0
+
+    # ---- helpers for rules ---------------------------------------------------------------
+    def has(self, *caps: str) -> bool:
+        return all(c in self.caps for c in caps)
+
+    def lacking(self, *caps: str) -> list[str]:
+        return [c for c in caps if c not in self.caps]
+
+    def rel(self, ts: float | None) -> float | None:
+        return None if ts is None else round(ts - (self.t0 if self.t0 is not None else self.first_ts), 6)
+
+    def evidence(self, row: int | None, what: str, ts: float | None = None) -> dict[str, Any]:
+        if row is not None and ts is None:
+            ts = float(self.events.at[row, "ts"])
+        kind = str(self.events.at[row, "kind"]) if row is not None else None
+        return {"t": self.rel(ts), "ts": ts, "kind": kind, "what": what, "event": row}
+
+    def by_role(self, role: str) -> list[Process]:
+        return [p for p in self.procs.values() if p.role == role]
+
+    def signals_to(self, role: str | None = None, pid: int | None = None) -> list[Signal]:
+        return [s for s in self.signals if s.target is not None
+                and (role is None or s.target.role == role) and (pid is None or s.target.pid == pid)]
+
+    def conns_open_at(self, ts: float, port_class: str | None = None) -> pd.DataFrame:
+        c = self.conns
+        if c.empty:
+            return c
+        m = (c["side"] == "server") & c["est_ts"].notna() & (c["est_ts"] <= ts) & (c["end_ts"].isna() | (c["end_ts"] > ts))
+        if port_class:
+            m &= c["port_class"] == port_class
+        return c[m]
+
+    def last_exit_ts(self) -> float | None:
+        ts = [p.exit_ts for p in self.procs.values() if p.exit_ts is not None and not p.external]
+        return max(ts) if ts else None
+
+
+def pod_events(events: pd.DataFrame, pod_uid: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the pod's own events, signal_generate rows targeting the pod from anywhere)."""
+    own = events[events["pod_uid"] == pod_uid]
+    incoming = events[(events["kind"] == S.SIGNAL_GENERATE) & (events["target_pod_uid"] == pod_uid)]
+    return own, incoming
+
+
+def build_context(events: pd.DataFrame, pod_uid: str, caps: frozenset[str],
+                  own: pd.DataFrame | None = None, incoming: pd.DataFrame | None = None) -> PodContext:
+    if own is None or incoming is None:
+        own, incoming = pod_events(events, pod_uid)
+    ctx = PodContext(pod_uid=pod_uid, events=events, caps=caps)
+    ctx.first_ts = float(min(own["ts"].min() if len(own) else float("inf"),
+                             incoming["ts"].min() if len(incoming) else float("inf")))
+    _lifecycle(ctx, own[own["kind"] == S.POD_LIFECYCLE])
+    ctx.procs = build_processes(own, incoming, pod_uid)
+    parents = parent_map(ctx.procs, own)
+    assign_roles(ctx.procs, parents, pd.concat([own, incoming[~incoming.index.isin(own.index)]]))
+    ctx.signals = _signals(ctx, own, incoming)
+    _containers(ctx)
+    _trigger(ctx)
+    tcp = own[own["kind"].isin(S.TCP_KINDS)]
+    ctx.listeners = build_listeners(tcp[tcp["kind"] == S.TCP_STATE])
+    _mark_upstream(ctx)
+    exit_ts = {p.pid: p.exit_ts for p in ctx.procs.values() if p.exit_ts is not None}
+    ctx.conns = build_connections(tcp, ctx.listeners, exit_ts)
+    ctx.refused = build_refused(tcp, ctx.conns, ctx.listeners)
+    return ctx
+
+
+def _lifecycle(ctx: PodContext, lc: pd.DataFrame) -> None:
+    names: dict[str, str] = {}
+    for idx, r in lc.iterrows():
+        try:
+            detail = json.loads(r["detail"]) if isinstance(_val(r["detail"]), str) else {}
+        except ValueError:
+            detail = {}
+        if not isinstance(detail, dict):
+            detail = {}
+        ctx.pod_name = _val(r["pod_name"]) or ctx.pod_name
+        ctx.namespace = _val(r["namespace"]) or ctx.namespace
+        if detail.get("grace_period_s") is not None:
+            try:
+                ctx.grace_s = float(detail["grace_period_s"])
+            except (TypeError, ValueError):
+                pass
+        if isinstance(detail.get("containers"), dict):
+            names.update({str(k): str(v) for k, v in detail["containers"].items()})
+        if _val(r["container_name"]) and _val(r["container_id"]):
+            names[str(r["container_id"])] = str(r["container_name"])
+        ctx.lifecycle.append({"ts": float(r["ts"]), "row": int(idx), "event": _val(r["event"]), "detail": detail})
+    ctx._names = names  # type: ignore[attr-defined]
+
+
+def _signals(ctx: PodContext, own: pd.DataFrame, incoming: pd.DataFrame) -> list[Signal]:
+    procs = ctx.procs
+    gens = pd.concat([own[own["kind"] == S.SIGNAL_GENERATE], incoming[~incoming.index.isin(own.index)]])
+    gens = gens[(gens["sig"].astype("object") != "SIGCHLD")].sort_values("ts", kind="stable")
+    dels = own[(own["kind"] == S.SIGNAL_DELIVER) & (own["sig"].astype("object") != "SIGCHLD")].sort_values("ts", kind="stable")
+    pending: dict[tuple[int, str], list[tuple[int, Any]]] = {}
+    for idx, r in dels.iterrows():
+        pending.setdefault((int(r["pid"]), str(r["sig"])), []).append((int(idx), r))
+    used: set[int] = set()
+    out: list[Signal] = []
+    for idx, r in gens.iterrows():
+        spid = _val(r["pid"])
+        in_pod = _val(r["pod_uid"]) == ctx.pod_uid
+        if in_pod and spid in procs:
+            role = procs[spid].role
+        else:
+            role = RUNTIME if is_runtime_comm(_val(r["comm"])) else HOST
+        tpid = _val(r["target_pid"])
+        target = procs.get(tpid) if _val(r["target_pod_uid"]) in (ctx.pod_uid, None) else None
+        if target is None and not in_pod:
+            continue
+        handler, drow = None, None
+        for cand in pending.get((tpid, str(r["sig"])), []):
+            if cand[0] not in used and cand[1]["ts"] >= r["ts"] - 1e-6:
+                used.add(cand[0])
+                handler, drow = _val(cand[1]["handler"]), cand[0]
+                break
+        out.append(Signal(float(r["ts"]), str(r["sig"]), spid, _val(r["comm"]), role, in_pod, target, tpid,
+                          _val(r["result"]), handler, int(idx), drow))
+    for idx, r in dels.iterrows():
+        if int(idx) in used:
+            continue
+        # a delivery without its generation (strace backend): the sender from si_pid / si_code
+        target = procs.get(int(r["pid"]))
+        si_pid, code = _val(r["si_pid"]), _val(r["code"])
+        sender = None
+        if code is not None and code > 0:
+            role, in_pod = "kernel", True
+        elif si_pid == 0:
+            role, in_pod = RUNTIME, False        # outside the container's PID namespace
+        else:
+            role, in_pod = "unknown", True
+            if si_pid is not None and target is not None:
+                sender = next((p for p in procs.values() if p.container_id == target.container_id
+                               and p.nspid == si_pid), None)
+                if sender is not None:
+                    role = sender.role
+        out.append(Signal(float(r["ts"]), str(r["sig"]), sender.pid if sender else None,
+                          sender.comm if sender else None, role, in_pod, target, _val(r["pid"]),
+                          None, _val(r["handler"]), int(idx), int(idx), si_pid))
+    out.sort(key=lambda s: (s.ts, s.row))
+    return out
+
+
+def _containers(ctx: PodContext) -> None:
+    names = getattr(ctx, "_names", {})
+    ids: dict[str, list[Process]] = {}
+    for p in ctx.procs.values():
+        if p.container_id:
+            ids.setdefault(p.container_id, []).append(p)
+    for cid in names:
+        ids.setdefault(cid, [])
+    for cid, members in sorted(ids.items()):
+        members.sort(key=lambda p: (p.nspid if p.nspid is not None else 1 << 30, p.pid))
+        pid1 = next((p for p in members if p.nspid == 1 and not p.external), None)
+        apps = [app_of(p.comm) for p in members if not p.external and app_of(p.comm)]
+        app = apps[0] if apps else (pid1.comm if pid1 else None)
+        ctx.containers[cid] = Container(cid, names.get(cid), pid1, members, app)
+
+
+def _trigger(ctx: PodContext) -> None:
+    stops = [s for s in ctx.signals if s.from_outside and s.target is not None and s.target.is_pid1
+             and s.sig not in NOT_STOP]
+    ctx.runtime_stops = stops
+    for s in stops:
+        c = ctx.containers.get(s.target.container_id or "")
+        if c is not None and c.stop_signal is None:
+            c.stop_signal = s
+    first_stop = min((s.ts for s in stops), default=None)
+    externals = [p for p in ctx.procs.values() if p.external and p.exec_ts is not None]
+    window = (ctx.grace_s or DEFAULT_GRACE_S) + PRESTOP_EXTRA_S + 1.0
+    if first_stop is not None:
+        pre = [p for p in externals if first_stop - window <= p.exec_ts <= first_stop]
+    else:
+        pid1_exits = [p.exit_ts for p in ctx.procs.values() if p.is_pid1 and p.exit_ts is not None]
+        pre = [p for p in externals if any(e >= p.exec_ts for e in pid1_exits)]
+    pre_pids = {p.pid for p in pre}
+    for p in externals:
+        # only the first exec of a preStop chain starts it; its descendants inherit the role
+        p.role = PRESTOP if p.pid in pre_pids or _descends(p, pre_pids, ctx) else EXEC
+    ctx.prestops = sorted(pre, key=lambda p: p.exec_ts)
+    cands = [t for t in [first_stop] + [p.exec_ts for p in pre] if t is not None]
+    if cands:
+        ctx.t0, ctx.stopped = min(cands), True
+
+
+def _descends(p: Process, roots: set[int], ctx: PodContext) -> bool:
+    seen = set()
+    cur = p.ppid
+    while cur is not None and cur not in seen:
+        if cur in roots:
+            return True
+        seen.add(cur)
+        par = ctx.procs.get(cur)
+        cur = par.ppid if par else None
+    return False
+
+
+def _mark_upstream(ctx: PodContext) -> None:
+    """The FastCGI port is the one php-fpm listens on: learned from the LISTEN transition's process,
+    else from the container that owns it, else php-fpm's default when the pod runs php-fpm."""
+    fpm_containers = {c.id for c in ctx.containers.values() if c.app == "php-fpm"}
+    known_owner = False
+    for li in ctx.listeners.values():
+        owner = ctx.procs.get(li.owner_pid) if li.owner_pid else None
+        if owner is not None or li.owner_comm:
+            known_owner = True
+        comm = owner.comm if owner else li.owner_comm
+        if app_of(comm) == "php-fpm" or (li.container_id in fpm_containers and app_of(comm) is None):
+            li.upstream = True
+    if not known_owner and fpm_containers:
+        for port in DEFAULT_UPSTREAM_PORTS:
+            if port in ctx.listeners:
+                ctx.listeners[port].upstream = True
+            else:
+                ctx.listeners[port] = Listener(port, None, None, None, None, None, None, None, upstream=True)

@@ -1,0 +1,47 @@
+"""sigtrace export: recordings (one per node) -> one CSV or Parquet file, one row per event.
+
+Columns: the event schema's fields in schema order (sigtrace.events.schema.FIELD_NAMES),
+then `node` and `schema_version` (sigtrace.export.columns). Per-node meta (backend, lost
+events, what was incomplete) goes to a sidecar FILE.meta.json, which analyze reads.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from ..errors import UsageProblem
+from ..events.reader import read_recording
+from ..events.schema import SCHEMA_VERSION
+from .columns import COLUMNS, EXPORT_DTYPES, sidecar_path
+from .frame import export_frame
+from .write import have_pyarrow, write_export
+
+__all__ = ["COLUMNS", "EXPORT_DTYPES", "ExportResult", "export_recordings", "have_pyarrow", "sidecar_path"]
+
+
+@dataclass
+class ExportResult:
+    rows: int
+    nodes: list[str]
+    written: list[str]
+    notes: list[str] = field(default_factory=list)
+
+
+def export_recordings(dirs: Sequence[str | os.PathLike], csv: str | None = None,
+                      parquet: str | None = None) -> ExportResult:
+    """Read every recording dir (tolerantly) and write all their events to csv and/or parquet."""
+    if not csv and not parquet:
+        raise UsageProblem("nothing to write: give --csv FILE and/or --parquet FILE")
+    if parquet and not have_pyarrow():
+        raise UsageProblem("--parquet needs pyarrow, which is not installed; pip install pyarrow, or use --csv")
+    recordings = [read_recording(d) for d in dirs]
+    df, metas, notes = export_frame(recordings)
+    meta = {"schema_version": SCHEMA_VERSION, "columns": list(COLUMNS), "nodes": metas, "notes": notes}
+    written = []
+    for path, fmt in ((csv, "csv"), (parquet, "parquet")):
+        if path:
+            write_export(df, meta, path, fmt)
+            written.append(str(path))
+    notes = notes + [w for m in metas.values() for w in m["incomplete"]]
+    return ExportResult(rows=len(df), nodes=sorted(metas), written=written, notes=notes)

@@ -1,0 +1,106 @@
+"""Recordings -> one export DataFrame: all events, a node column, pod metadata filled in.
+
+Everything here is vectorised over the events; only pod_lifecycle rows (a handful per pod)
+have their JSON `detail` parsed one by one.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from ..events.lifecycle import POD_SEEN
+from ..events.reader import Recording
+from ..events.schema import POD_LIFECYCLE, SCHEMA_VERSION
+from .columns import COLUMNS, EXPORT_DTYPES, NODE, SCHEMA_VERSION_COLUMN
+
+
+def node_name(rec: Recording) -> tuple[str, str | None]:
+    """The recording's node, and a note when it had to be guessed from the directory name."""
+    node = rec.meta.get("node")
+    if isinstance(node, str) and node:
+        return node, None
+    guess = Path(rec.source).name or rec.source
+    return guess, f"{rec.source}: no node in meta.json; using the directory name {guess!r} as node"
+
+
+def _strip_runtime(cid: object) -> object:
+    # Kubernetes names containers "containerd://<id>"; the kernel side only knows <id>.
+    return cid.split("://", 1)[1] if isinstance(cid, str) and "://" in cid else cid
+
+
+def container_names(lifecycle: pd.DataFrame) -> dict[str, str]:
+    """container_id -> container name, from pod_seen details and lifecycle rows that carry both."""
+    names: dict[str, str] = {}
+    both = lifecycle.dropna(subset=["container_id", "container_name"])
+    names.update(zip(both["container_id"].map(_strip_runtime), both["container_name"]))
+    seen = lifecycle[(lifecycle["event"] == POD_SEEN) & lifecycle["detail"].notna()]
+    for detail in seen["detail"]:
+        try:
+            containers = json.loads(detail).get("containers") or {}
+        except (ValueError, AttributeError):
+            continue   # a malformed detail only costs the names, never the export
+        if isinstance(containers, dict):
+            names.update({_strip_runtime(k): v for k, v in containers.items() if isinstance(v, str)})
+    return names
+
+
+def fill_pod_metadata(df: pd.DataFrame) -> None:
+    """Fill pod_name/namespace (by pod_uid) and container_name (by container_id) in place, where
+    null, on every event except pod_lifecycle ones: those keep what the watcher wrote, so that
+    analyze can restore the recording exactly by clearing the fill on the other kinds."""
+    is_lifecycle = df["kind"] == POD_LIFECYCLE
+    lifecycle = df[is_lifecycle]
+    if lifecycle.empty:
+        return
+    other = ~is_lifecycle
+    by_pod = lifecycle.dropna(subset=["pod_uid"]).groupby("pod_uid", sort=False)[["pod_name", "namespace"]].last()
+    for col in ("pod_name", "namespace"):
+        known = by_pod[col].dropna()
+        if not known.empty:
+            fill = df.loc[other, "pod_uid"].map(known).astype(df[col].dtype)
+            df.loc[other, col] = df.loc[other, col].fillna(fill)
+    names = container_names(lifecycle)
+    if names:
+        mapped = df.loc[other, "container_id"].map(pd.Series(names, dtype="string"))
+        df.loc[other, "container_name"] = df.loc[other, "container_name"].fillna(
+            mapped.astype(df["container_name"].dtype))
+
+
+def export_frame(recordings: list[Recording]) -> tuple[pd.DataFrame, dict[str, dict], list[str]]:
+    """Merge recordings into one frame in COLUMNS order, sorted by ts (stable: a node's own order is kept).
+
+    Returns the frame, per-node meta (for the sidecar) and notes about what is incomplete.
+    """
+    frames: list[pd.DataFrame] = []
+    metas: dict[str, dict] = {}
+    notes: list[str] = []
+    for rec in recordings:
+        node, note = node_name(rec)
+        if note:
+            notes.append(note)
+        df = rec.events.copy()
+        df[NODE] = node
+        frames.append(df)
+        meta = metas.setdefault(node, {**rec.meta, "node": node, "sources": [], "incomplete": []})
+        if meta["sources"]:
+            # the same node recorded twice (two runs): add up what the recorders lost
+            meta["lost_events"] = (meta.get("lost_events") or 0) + (rec.meta.get("lost_events") or 0)
+        meta["sources"].append(rec.source)
+        meta["incomplete"].extend(f"{rec.source}: {what}" for what in rec.incomplete)
+    df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    df[SCHEMA_VERSION_COLUMN] = SCHEMA_VERSION
+    # concat turns categoricals with different categories into objects: cast back to the schema
+    for col, dtype in EXPORT_DTYPES.items():
+        if str(df[col].dtype) != dtype:
+            try:
+                df[col] = df[col].astype(dtype)
+            except (TypeError, ValueError):
+                # wrongly typed values from a newer or broken recorder: keep them, as text
+                df[col] = df[col].astype("string")
+                notes.append(f"column {col!r} has values that are not {dtype}: exported as text")
+    if len(frames) > 1:
+        df = df.sort_values("ts", kind="stable", ignore_index=True)
+    fill_pod_metadata(df)
+    return df[list(COLUMNS)], metas, notes

@@ -1,0 +1,79 @@
+"""Write the export frame as UTF-8 CSV or Parquet, atomically (temp file + rename).
+
+CSV convention, so that an empty string and a missing value stay different: a null is an
+empty unquoted field, a string is always quoted (`""` is the empty string). pandas'
+plain read_csv reads both as NaN; sigtrace analyze reads them back exactly.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from ..errors import OutputError, UsageProblem
+from .columns import sidecar_path
+
+
+def have_pyarrow() -> bool:
+    try:
+        import pyarrow  # noqa: F401
+        import pyarrow.csv  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _arrow_table(df: pd.DataFrame):
+    import pyarrow as pa
+    try:
+        return pa.Table.from_pandas(df, preserve_index=False)
+    except (pa.ArrowInvalid, UnicodeEncodeError):
+        # text that is not valid UTF-8 (lone surrogates from a broken decoder): replace, don't fail
+        df = df.copy()
+        for col in df.columns:
+            if df[col].dtype == "string" or df[col].dtype == object:
+                df[col] = df[col].map(
+                    lambda v: v.encode("utf-8", "replace").decode("utf-8") if isinstance(v, str) else v,
+                    na_action="ignore").astype(df[col].dtype)
+        return pa.Table.from_pandas(df, preserve_index=False)
+
+
+def _write_csv(df: pd.DataFrame, tmp: Path) -> None:
+    if have_pyarrow():
+        import pyarrow.csv as pacsv
+        # "needed" quotes every string value (strings can contain separators) and leaves nulls bare
+        pacsv.write_csv(_arrow_table(df), str(tmp), pacsv.WriteOptions(quoting_style="needed"))
+    else:
+        # fallback: the C writer cannot tell "" from null; both become an empty field
+        df.to_csv(tmp, index=False, encoding="utf-8", quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+
+
+def _write_parquet(df: pd.DataFrame, tmp: Path, meta: dict) -> None:
+    if not have_pyarrow():
+        raise UsageProblem("--parquet needs pyarrow, which is not installed; pip install pyarrow, or use --csv")
+    import pyarrow.parquet as pq
+    table = _arrow_table(df)
+    # the per-node meta travels inside the Parquet file as well as in the sidecar
+    schema_meta = dict(table.schema.metadata or {})
+    schema_meta[b"sigtrace"] = json.dumps(meta).encode()
+    pq.write_table(table.replace_schema_metadata(schema_meta), str(tmp), compression="zstd")
+
+
+def write_export(df: pd.DataFrame, meta: dict, path: str | os.PathLike, fmt: str) -> None:
+    """Write df to path (fmt "csv" or "parquet") and its meta to the sidecar PATH.meta.json."""
+    out = Path(path)
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        if fmt == "csv":
+            _write_csv(df, tmp)
+        else:
+            _write_parquet(df, tmp, meta)
+        os.replace(tmp, out)
+        side = Path(sidecar_path(str(out)))
+        side.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {out}: {exc.strerror}; choose a writable path") from exc

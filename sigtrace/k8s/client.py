@@ -1,0 +1,60 @@
+"""Credentials for the Kubernetes API: the service account inside a pod, a kubeconfig outside.
+
+Only this module and watcher.py touch the `kubernetes` package's configuration; errors become
+one-line ClusterProblem messages instead of the client's tracebacks.
+"""
+from __future__ import annotations
+
+import os
+
+from ..errors import SigtraceError
+
+
+class ClusterProblem(SigtraceError):
+    """No cluster access: no credentials, unreachable API server, RBAC denied."""
+    exit_code = 69   # EX_UNAVAILABLE
+
+
+def in_cluster() -> bool:
+    # the kubelet sets these in every pod; the token file is the service account's
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and os.path.exists(
+        "/var/run/secrets/kubernetes.io/serviceaccount/token")
+
+
+def api_client(kubeconfig: str | None = None, context: str | None = None):
+    """An ApiClient: in-cluster config when running in a pod and no kubeconfig was given."""
+    from kubernetes import client, config
+    from kubernetes.config.config_exception import ConfigException
+
+    try:
+        if kubeconfig is None and context is None and in_cluster():
+            cfg = client.Configuration()
+            config.load_incluster_config(client_configuration=cfg)
+        else:
+            cfg = client.Configuration()
+            config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)
+    except (ConfigException, OSError, TypeError, ValueError) as exc:
+        where = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+        raise ClusterProblem(f"no Kubernetes credentials ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): "
+                             f"run inside a pod with a service account, or pass --kubeconfig (tried {where})") from None
+    cfg.retries = 0   # the watcher retries with its own backoff; urllib3's would hide outages
+    return client.ApiClient(cfg)
+
+
+def explain(exc: BaseException, what: str) -> str:
+    """One line for an API failure: what, why, what to do."""
+    from kubernetes.client.exceptions import ApiException
+
+    if isinstance(exc, ApiException):
+        if exc.status == 403:
+            return (f"{what}: RBAC denied (403): the service account may not list/watch it; "
+                    f"apply daemonset/clusterrole.yaml (kubectl sigtrace deploy)")
+        if exc.status == 401:
+            return f"{what}: unauthorized (401): the credentials were rejected; check the token or kubeconfig"
+        if exc.status == 0 or exc.status is None:
+            return f"{what}: API request failed ({(exc.reason or '').splitlines()[0]}); retrying"
+        return f"{what}: API server answered {exc.status} {exc.reason}; retrying"
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if type(exc).__name__ in ("ProtocolError", "ReadTimeoutError", "IncompleteRead"):
+        return f"{what}: the watch connection broke ({text[:160]}); reconnecting"
+    return f"{what}: cannot reach the API server ({type(exc).__name__}: {text[:160]}); retrying"

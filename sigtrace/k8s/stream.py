@@ -1,0 +1,80 @@
+"""Merge the API watcher's events into a record session's stream.
+
+WatcherBackend wraps the kernel backend (or none, when it cannot run) and is what the
+RecordSession drives: the watcher thread only puts events on a queue; poll() hands them to
+the session's sink from the session's own thread, after the output file is open, so no
+event is dropped at start and the writer is never raced. meta() adds the watcher's state
+("kubernetes" in meta.json): API problems and the pods that lack container IDs, which
+reports show as missing API data.
+"""
+from __future__ import annotations
+
+import queue
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+EventSink = Callable[[dict[str, Any]], None]
+
+
+class WatcherBackend:
+    def __init__(self, inner: Any | None, summary: Callable[[], dict[str, Any]] | None = None,
+                 ready_file: str | None = None, note: str | None = None):
+        self.inner = inner
+        self.name = inner.name if inner is not None else "kubernetes-api-only"
+        self.queue: "queue.Queue[dict[str, Any]]" = queue.Queue()
+        self._summary = summary
+        self._sink: EventSink | None = None
+        self._ready_file = ready_file
+        self._note = note
+        self.api_events = 0
+
+    def put(self, event: dict[str, Any]) -> None:
+        """The watcher's sink: thread-safe, never blocks."""
+        self.queue.put(event)
+
+    def open(self, sink: EventSink) -> None:
+        self._sink = sink
+        if self.inner is not None:
+            self.inner.open(sink)
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                ev = self.queue.get_nowait()
+            except queue.Empty:
+                return
+            self.api_events += 1
+            self._sink(ev)
+
+    def poll(self, timeout_s: float) -> None:
+        if self._ready_file:
+            # the session opened its files before its first poll: the agent is recording
+            Path(self._ready_file).write_text(f"{time.time()}\n")
+            self._ready_file = None
+        self._drain()
+        if self.inner is not None:
+            self.inner.poll(timeout_s)
+        else:
+            time.sleep(timeout_s)
+        self._drain()
+
+    def close(self) -> None:
+        try:
+            if self.inner is not None:
+                self.inner.close()
+        finally:
+            if self._sink is not None:
+                self._drain()
+
+    def lost(self) -> dict[str, int]:
+        return self.inner.lost() if self.inner is not None else {}
+
+    def meta(self) -> dict[str, Any]:
+        meta = dict(self.inner.meta()) if self.inner is not None else {"capabilities": []}
+        k8s = dict(self._summary()) if self._summary else {}
+        k8s["api_events"] = self.api_events
+        if self._note:
+            k8s["note"] = self._note
+        meta["kubernetes"] = k8s
+        return meta

@@ -1,0 +1,376 @@
+"""`kubectl sigtrace` (console script kubectl-sigtrace; kubectl finds it on PATH as a plugin).
+
+    kubectl sigtrace deploy [--overlay kernel-pre-5.8] [--image REG/sigtrace-agent:TAG]
+    kubectl sigtrace status
+    kubectl sigtrace collect --output DIR [--pod NS/NAME ...]
+    kubectl sigtrace report DIR [--format text|json|html]
+    kubectl sigtrace undeploy
+
+kubectl conventions: --namespace/-n (where the agents run, default sigtrace), --context,
+--kubeconfig. What the *user* needs in RBAC terms (the agents need none of this):
+  deploy/undeploy: create/update/delete namespaces, serviceaccounts, clusterroles,
+                   clusterrolebindings and apps daemonsets (in practice cluster-admin: granting a
+                   ClusterRole requires holding its permissions);
+  status:          get daemonsets, list pods in the agents' namespace;
+  collect:         list pods and create pods/exec in the agents' namespace (it runs `tar` in the
+                   agent containers, like `kubectl cp`), get pods named by --pod.
+"""
+from __future__ import annotations
+
+import io
+import json
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import SigtraceError, UsageProblem
+
+AGENT_LABEL = "app.kubernetes.io/name=sigtrace-agent"
+AGENT_OUTPUT = "/var/lib/sigtrace"
+DEFAULT_NS = "sigtrace"
+
+
+class Ctx:
+    def __init__(self, namespace: str, context: str | None, kubeconfig: str | None):
+        self.namespace, self.context, self.kubeconfig = namespace, context, kubeconfig
+        self._api = None
+
+    @property
+    def api(self) -> Any:
+        if self._api is None:
+            from .k8s.client import api_client
+            self._api = api_client(self.kubeconfig, self.context)
+        return self._api
+
+
+def _api_error(exc: Exception, what: str) -> SigtraceError:
+    from .k8s.client import ClusterProblem
+    from kubernetes.client.exceptions import ApiException
+    if isinstance(exc, ApiException) and exc.status == 403:
+        return ClusterProblem(f"{what}: forbidden (403): your user lacks the RBAC for it; see `kubectl sigtrace --help`")
+    if isinstance(exc, ApiException) and exc.status:
+        return ClusterProblem(f"{what}: the API server answered {exc.status} {exc.reason}")
+    return ClusterProblem(f"{what}: cannot reach the API server ({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}); "
+                          f"check --context/--kubeconfig")
+
+
+# ---- deploy / undeploy ------------------------------------------------------------------------
+def _ops(api: Any, obj: dict) -> tuple[Any, Any, Any, Any]:
+    """(read, create, replace, delete) for one object, namespaced where it must be."""
+    from kubernetes import client
+    core, rbac, apps = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api), client.AppsV1Api(api)
+    name, ns = obj["metadata"]["name"], obj["metadata"].get("namespace")
+    table = {
+        "Namespace": (core, "namespace", False),
+        "ServiceAccount": (core, "namespaced_service_account", True),
+        "ClusterRole": (rbac, "cluster_role", False),
+        "ClusterRoleBinding": (rbac, "cluster_role_binding", False),
+        "DaemonSet": (apps, "namespaced_daemon_set", True),
+    }
+    group, suffix, namespaced = table[obj["kind"]]
+    args = (name, ns) if namespaced else (name,)
+    cargs = (ns,) if namespaced else ()
+    return (lambda: getattr(group, f"read_{suffix}")(*args),
+            lambda: getattr(group, f"create_{suffix}")(*cargs, obj),
+            lambda: getattr(group, f"replace_{suffix}")(*args, obj),
+            lambda: getattr(group, f"delete_{suffix}")(*args))
+
+
+def deploy_objects(api: Any, objs: list[dict]) -> list[str]:
+    """Create or replace each object; returns 'kind/name created|configured' lines like kubectl apply."""
+    from kubernetes.client.exceptions import ApiException
+    done = []
+    for obj in objs:
+        read, create, replace, _ = _ops(api, obj)
+        what = f"{obj['kind'].lower()}/{obj['metadata']['name']}"
+        try:
+            try:
+                current = read()
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+                create()
+                done.append(f"{what} created")
+                continue
+            obj = dict(obj, metadata={**obj["metadata"], "resourceVersion": current.metadata.resource_version})
+            _ops(api, obj)[2]()
+            done.append(f"{what} configured")
+        except SigtraceError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - ApiException and connection errors become one line
+            raise _api_error(exc, f"deploy {what}") from None
+    return done
+
+
+def undeploy_objects(api: Any, objs: list[dict]) -> list[str]:
+    from kubernetes.client.exceptions import ApiException
+    done = []
+    for obj in reversed(objs):
+        what = f"{obj['kind'].lower()}/{obj['metadata']['name']}"
+        try:
+            _ops(api, obj)[3]()
+            done.append(f"{what} deleted")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise _api_error(exc, f"undeploy {what}") from None
+            done.append(f"{what} not found")
+        except Exception as exc:  # noqa: BLE001 - connection errors become one line
+            raise _api_error(exc, f"undeploy {what}") from None
+    return done
+
+
+# ---- status / collect ---------------------------------------------------------------------------
+def agent_pods(api: Any, namespace: str) -> list[dict]:
+    from kubernetes import client
+    try:
+        resp = client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector=AGENT_LABEL,
+                                                         _preload_content=False)
+        return json.loads(resp.data)["items"]
+    except Exception as exc:  # noqa: BLE001
+        raise _api_error(exc, f"listing agent pods in {namespace}") from None
+
+
+def agent_status(api: Any, namespace: str) -> dict[str, Any]:
+    """DaemonSet counts and, per node, the agent pod and whether it is ready."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+    try:
+        resp = client.AppsV1Api(api).read_namespaced_daemon_set("sigtrace-agent", namespace, _preload_content=False)
+        ds = json.loads(resp.data)
+    except ApiException as exc:
+        if exc.status == 404:
+            raise UsageProblem(f"no sigtrace agents in namespace {namespace}: run `kubectl sigtrace deploy`") from None
+        raise _api_error(exc, "reading the DaemonSet") from None
+    except Exception as exc:  # noqa: BLE001
+        raise _api_error(exc, "reading the DaemonSet") from None
+    st = ds.get("status") or {}
+    nodes = []
+    for p in agent_pods(api, namespace):
+        conds = {c["type"]: c["status"] for c in (p.get("status") or {}).get("conditions") or []}
+        restarts = sum(c.get("restartCount", 0) for c in (p.get("status") or {}).get("containerStatuses") or [])
+        nodes.append({"node": (p.get("spec") or {}).get("nodeName"), "pod": p["metadata"]["name"],
+                      "ready": conds.get("Ready") == "True", "phase": (p.get("status") or {}).get("phase"),
+                      "restarts": restarts})
+    nodes.sort(key=lambda n: n["node"] or "")
+    return {"desired": st.get("desiredNumberScheduled", 0), "ready": st.get("numberReady", 0), "nodes": nodes}
+
+
+def exec_tar(api: Any, namespace: str, pod: str, path: str = AGENT_OUTPUT) -> bytes:
+    """`tar cf - -C path .` in the agent container over pods/exec (what `kubectl cp` does)."""
+    from kubernetes import client
+    from kubernetes.stream import stream
+    from kubernetes.stream.ws_client import ERROR_CHANNEL, STDERR_CHANNEL, STDOUT_CHANNEL
+    ws = stream(client.CoreV1Api(api).connect_get_namespaced_pod_exec, pod, namespace,
+                command=["tar", "cf", "-", "-C", path, "."], container="agent",
+                stderr=True, stdin=False, stdout=True, tty=False, binary=True, _preload_content=False)
+    out, err = io.BytesIO(), io.BytesIO()
+    try:
+        while ws.is_open():
+            ws.update(timeout=1)
+            out.write(ws.read_channel(STDOUT_CHANNEL))
+            err.write(ws.read_channel(STDERR_CHANNEL))
+        out.write(ws.read_channel(STDOUT_CHANNEL))
+        err.write(ws.read_channel(STDERR_CHANNEL))
+        status = ws.read_channel(ERROR_CHANNEL)
+    finally:
+        ws.close()
+    if status:
+        st = json.loads(status)
+        if st.get("status") != "Success":
+            raise SigtraceError(f"tar in {namespace}/{pod} failed: {st.get('message') or err.getvalue()[:200]!r}")
+    return out.getvalue()
+
+
+def safe_extract(data: bytes, dest: Path) -> list[str]:
+    """Extract regular files and directories only, never outside dest (the archive is remote input)."""
+    names = []
+    dest.mkdir(parents=True, exist_ok=True)
+    root = dest.resolve()
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tf:
+        for m in tf.getmembers():
+            target = (dest / m.name).resolve()
+            if not (target == root or root in target.parents):
+                continue
+            if m.isdir():
+                target.mkdir(parents=True, exist_ok=True)
+            elif m.isfile():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with tf.extractfile(m) as src, open(target, "wb") as fh:
+                    fh.write(src.read())
+                names.append(str(target.relative_to(root)))
+    return names
+
+
+def nodes_of(api: Any, pods: tuple[str, ...], default_ns: str) -> set[str]:
+    from kubernetes import client
+    nodes = set()
+    for ref in pods:
+        ns, _, name = ref.rpartition("/")
+        try:
+            resp = client.CoreV1Api(api).read_namespaced_pod(name, ns or default_ns, _preload_content=False)
+        except Exception as exc:  # noqa: BLE001
+            raise _api_error(exc, f"reading pod {ref}") from None
+        node = (json.loads(resp.data).get("spec") or {}).get("nodeName")
+        if not node:
+            raise UsageProblem(f"pod {ref} is not scheduled on a node yet; nothing to collect for it")
+        nodes.add(node)
+    return nodes
+
+
+def collect(api: Any, namespace: str, output: Path, pods: tuple[str, ...] = (), pods_ns: str = "default") -> dict[str, list[str]]:
+    """Pull every agent's output (or only the agents on the nodes of `pods`) into output/<node>/."""
+    wanted = nodes_of(api, pods, pods_ns) if pods else None
+    agents = [p for p in agent_pods(api, namespace)
+              if wanted is None or (p.get("spec") or {}).get("nodeName") in wanted]
+    if not agents:
+        where = f"on nodes {', '.join(sorted(wanted))}" if wanted else f"in namespace {namespace}"
+        raise UsageProblem(f"no sigtrace agent pods {where}: run `kubectl sigtrace deploy` / check `status`")
+    got: dict[str, list[str]] = {}
+    for p in agents:
+        node = (p.get("spec") or {}).get("nodeName") or p["metadata"]["name"]
+        try:
+            data = exec_tar(api, namespace, p["metadata"]["name"])
+        except SigtraceError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise _api_error(exc, f"collecting from {namespace}/{p['metadata']['name']} (pods/exec)") from None
+        got[node] = safe_extract(data, output / node)
+    return got
+
+
+def recordings_under(root: Path) -> list[Path]:
+    return sorted(p.parent for p in root.rglob("events.jsonl"))
+
+
+# ---- CLI -----------------------------------------------------------------------------------------
+EPILOG = """\b
+Examples:
+  kubectl sigtrace deploy --image registry.example/sigtrace-agent:0.1.0
+  kubectl sigtrace status
+  kubectl sigtrace collect --output ./rollout --pod shop/web-7d9c5b8f6d-x2x4q
+  kubectl sigtrace report ./rollout
+  kubectl sigtrace undeploy
+"""
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
+@click.option("--namespace", "-n", default=DEFAULT_NS, show_default=True, help="Namespace of the sigtrace agents.")
+@click.option("--context", default=None, help="The kubeconfig context to use.")
+@click.option("--kubeconfig", default=None, type=click.Path(dir_okay=False), help="Path to the kubeconfig file.")
+@click.pass_context
+def plugin(ctx: click.Context, namespace: str, context: str | None, kubeconfig: str | None) -> None:
+    """Run sigtrace across a cluster: agents on every node, collection, reports."""
+    ctx.obj = Ctx(namespace, context, kubeconfig)
+
+
+@plugin.command()
+@click.option("--overlay", type=click.Choice(["default", "kernel-pre-5.8"]), default="default", show_default=True,
+              help="kernel-pre-5.8 adds CAP_SYS_ADMIN for kernels without CAP_BPF/CAP_PERFMON.")
+@click.option("--image", default=None, help="Agent image (built from daemonset/Dockerfile).")
+@click.option("--dry-run", is_flag=True, help="Print the manifests as JSON instead of applying them.")
+@click.pass_obj
+def deploy(c: Ctx, overlay: str, image: str | None, dry_run: bool) -> None:
+    """Create or update the agent DaemonSet and its read-only RBAC."""
+    from .k8s.manifests import render
+    objs = render(overlay, namespace=c.namespace, image=image)
+    if dry_run:
+        click.echo(json.dumps({"apiVersion": "v1", "kind": "List", "items": objs}, indent=2))
+        return
+    for line in deploy_objects(c.api, objs):
+        click.echo(line)
+
+
+@plugin.command()
+@click.pass_obj
+def undeploy(c: Ctx) -> None:
+    """Remove the agents, their RBAC and their namespace (node output under /var/lib/sigtrace stays)."""
+    from .k8s.manifests import render
+    for line in undeploy_objects(c.api, render(namespace=c.namespace)):
+        click.echo(line)
+
+
+@plugin.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def status(c: Ctx, as_json: bool) -> None:
+    """Agents ready per node."""
+    st = agent_status(c.api, c.namespace)
+    if as_json:
+        click.echo(json.dumps(st, indent=2))
+        return
+    click.echo(f"agents ready: {st['ready']}/{st['desired']}")
+    click.echo(f"{'NODE':<24} {'POD':<32} {'READY':<6} {'PHASE':<10} RESTARTS")
+    for n in st["nodes"]:
+        click.echo(f"{n['node'] or '-':<24} {n['pod']:<32} {'yes' if n['ready'] else 'no':<6} "
+                   f"{n['phase'] or '-':<10} {n['restarts']}")
+
+
+@plugin.command(name="collect")
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Local directory (created).")
+@click.option("--pod", "pods", multiple=True, help="Only the nodes of this pod, NS/NAME or NAME (repeatable).")
+@click.option("--pods-namespace", default="default", show_default=True, help="Namespace of --pod NAME without NS/.")
+@click.pass_obj
+def collect_cmd(c: Ctx, output: str, pods: tuple[str, ...], pods_namespace: str) -> None:
+    """Pull events and reports from the agents into OUTPUT/<node>/."""
+    out = Path(output)
+    got = collect(c.api, c.namespace, out, pods, pods_namespace)
+    for node, files in sorted(got.items()):
+        recs = len({Path(f).parts[0] for f in files if f.endswith("events.jsonl")})
+        click.echo(f"{node}: {len(files)} files, {recs} recordings -> {out / node}")
+
+
+@plugin.command(name="report")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "html"]), default="text", show_default=True)
+def report_cmd(directory: str, fmt: str) -> None:
+    """Shutdown reports for every recording under DIRECTORY (as written by collect)."""
+    recs = recordings_under(Path(directory))
+    if not recs:
+        raise UsageProblem(f"{directory}: no recordings (no events.jsonl below it); run `kubectl sigtrace collect` first")
+    for rec in recs:
+        click.echo(f"== {rec}", err=True)
+        for line in api_data_notes(rec):
+            click.echo(f"note: {line}", err=True)
+        run_report(rec, fmt)
+
+
+def api_data_notes(rec: Path) -> list[str]:
+    """What the agent's meta.json says is missing from the API side."""
+    try:
+        k8s = json.loads((rec / "meta.json").read_text()).get("kubernetes") or {}
+    except (OSError, ValueError):
+        return ["no readable meta.json: Kubernetes API data may be missing"]
+    notes = [f"API data incomplete: {line}" for line in (k8s.get("problems") or {}).values()]
+    if k8s.get("pods_without_container_ids"):
+        notes.append("no container names from the API for: " + ", ".join(k8s["pods_without_container_ids"]))
+    return notes
+
+
+def run_report(rec: Path, fmt: str) -> None:
+    try:
+        from .commands.report import report   # the `sigtrace report` command (issue 3)
+    except ImportError:
+        from .correlate import build_reports
+        from .events.reader import read_recording
+        r = read_recording(rec)
+        click.echo(json.dumps(build_reports(r.events, r.meta, r.incomplete).to_dict(), indent=2, default=str))
+        return
+    report.main(args=[str(rec), "--format", fmt], prog_name="kubectl sigtrace report", standalone_mode=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        rc = plugin.main(args=argv, prog_name="kubectl sigtrace", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("kubectl-sigtrace: error: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except SigtraceError as exc:
+        click.echo(f"kubectl-sigtrace: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    sys.exit(rc if isinstance(rc, int) else 0)

@@ -1,0 +1,161 @@
+"""RecordSession: run a backend into DIR/events.jsonl + DIR/meta.json until a duration, a
+threading.Event or SIGINT/SIGTERM; show progress; feed live reports when available.
+
+Stopping is a flag set by the signal handler and a poll with a timeout (never KeyboardInterrupt
+inside a ctypes callback), so every stop path flushes and writes meta.json's end time.
+"""
+from __future__ import annotations
+
+import importlib
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..backends import Backend
+from ..events.writer import EventWriter, base_meta, prepare_output_dir, write_meta
+from .live import LiveView, Rates
+
+POLL_S = 0.2
+META_EVERY_S = 5.0
+VIEW_EVERY_S = 0.5
+
+
+@dataclass
+class RecordResult:
+    out_dir: Path
+    events: int
+    lost_events: int
+    lost_by_probe: dict[str, int] = field(default_factory=dict)
+    duration_s: float = 0.0
+    stopped_by: str = ""
+
+
+def load_live_reporter(out_dir: Path, console: Any) -> Any | None:
+    """sigtrace.correlate.live.LiveReporter when that module exists (issue 3), else None."""
+    try:
+        mod = importlib.import_module("sigtrace.correlate.live")
+    except ImportError:
+        return None
+    cls = getattr(mod, "LiveReporter", None)
+    return cls(out_dir, console) if cls is not None else None
+
+
+class RecordSession:
+    """One recording. Thread-safe add_event() lets other threads (the Kubernetes watcher, the lab
+    driver) put pod_lifecycle events into the same stream."""
+
+    def __init__(self, backend: Backend, out_dir: str | Path, *, console: Any = None, live: bool = True,
+                 live_reports: bool = True, poll_s: float = POLL_S, extra_meta: dict[str, Any] | None = None):
+        self.backend = backend
+        self.out_dir = prepare_output_dir(out_dir)
+        self.console = console
+        self.poll_s = poll_s
+        self.view = LiveView(console, str(self.out_dir), enabled=live)
+        self.rates = Rates()
+        self.extra_meta = dict(extra_meta or {})
+        self.live_reports = live_reports
+        self.reporter: Any = None
+        self.stop_event = threading.Event()
+        self._lock = threading.Lock()
+        self._writer: EventWriter | None = None
+        self._meta: dict[str, Any] = {}
+        self.events = 0
+        self.stopped_by = ""
+
+    # -- events
+    def add_event(self, event: dict[str, Any]) -> None:
+        """Append one schema event (from the backend or any thread)."""
+        with self._lock:
+            if self._writer is None:
+                return
+            self._writer.write(event)
+            self.events += 1
+            self.rates.add(event)
+            if self.reporter is not None:
+                try:
+                    self.reporter.feed(event)
+                except Exception:       # a live report bug must never lose the recording
+                    self.reporter = None
+
+    def request_stop(self, reason: str = "requested") -> None:
+        self.stopped_by = self.stopped_by or reason
+        self.stop_event.set()
+
+    # -- running
+    def run(self, *, duration: float | None = None, stop: threading.Event | None = None,
+            handle_signals: bool | None = None) -> RecordResult:
+        """Record until `duration` seconds, `stop` is set, request_stop(), or SIGINT/SIGTERM
+        (handlers installed only in the main thread unless handle_signals says otherwise)."""
+        if handle_signals is None:
+            handle_signals = threading.current_thread() is threading.main_thread()
+        old_handlers = self._install_signals() if handle_signals else {}
+        started = time.monotonic()
+        opened = False
+        try:
+            self.backend.open(self.add_event)
+            opened = True
+            # the backend only calls the sink from poll(): nothing is missed by opening the file now
+            self._meta = base_meta(self.backend.name)
+            self._meta.update(self.extra_meta)
+            with self._lock:
+                self._writer = EventWriter(self.out_dir)
+            if self.live_reports:
+                self.reporter = load_live_reporter(self.out_dir, self.console)
+            self._write_meta()          # end=None until we stop: a killed recorder is recognisable
+            self.view.start()
+            last_meta = last_view = time.monotonic()
+            while not self.stop_event.is_set() and not (stop is not None and stop.is_set()):
+                elapsed = time.monotonic() - started
+                if duration is not None and elapsed >= duration:
+                    self.stopped_by = self.stopped_by or "duration"
+                    break
+                timeout = self.poll_s if duration is None else max(0.0, min(self.poll_s, duration - elapsed))
+                self.backend.poll(timeout)
+                now = time.monotonic()
+                if now - last_view >= VIEW_EVERY_S:     # poll returns per batch: keep its loop cheap
+                    last_view = now
+                    self.view.update(elapsed, self.events, self.rates, self.backend.lost())
+                if now - last_meta >= META_EVERY_S:
+                    last_meta = last_view = time.monotonic()
+                    self._write_meta()
+            if stop is not None and stop.is_set():
+                self.stopped_by = self.stopped_by or "stop event"
+        finally:
+            self.view.stop()
+            try:
+                if opened:
+                    self.backend.close()
+            finally:
+                with self._lock:
+                    writer, self._writer = self._writer, None
+                if writer is not None:
+                    writer.close()
+                if self.reporter is not None:
+                    try:
+                        self.reporter.close()
+                    except Exception:
+                        pass
+                if opened and self._meta:
+                    self._meta["end"] = time.time()
+                    self._write_meta()
+                for sig, handler in old_handlers.items():
+                    signal.signal(sig, handler)
+        lost = self.backend.lost()
+        return RecordResult(self.out_dir, self.events, sum(lost.values()), lost,
+                            time.monotonic() - started, self.stopped_by)
+
+    def _write_meta(self) -> None:
+        lost = self.backend.lost()
+        self._meta.update(self.backend.meta())
+        self._meta["lost_events"] = sum(lost.values())
+        self._meta["events"] = self.events
+        write_meta(self.out_dir, self._meta)
+
+    def _install_signals(self) -> dict[int, Any]:
+        old = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old[sig] = signal.signal(sig, lambda signum, frame: self.request_stop(signal.Signals(signum).name))
+        return old

@@ -1,0 +1,77 @@
+"""Text for a person: per pod a header, the timeline table and the verdicts with their fixes."""
+from __future__ import annotations
+
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from ..correlate.model import UNDECIDABLE, PodReport, ReportSet
+
+TYPE_STYLE = {
+    "stop_signal": "bold yellow", "prestop": "bold cyan", "signal": "yellow", "exit": "magenta",
+    "listener_close": "bold blue", "conn_reset": "bold red", "conn_cut": "red", "refused": "bold red",
+    "conn_close": "dim", "lifecycle": "green", "exec": "cyan",
+}
+
+
+def fmt_t(t: float | None) -> str:
+    return "" if t is None else f"{t:+.3f}"
+
+
+def render_pod(console: Console, pod: PodReport, brief: bool = False) -> None:
+    head = Text(f"pod {pod.title}", style="bold")
+    if pod.pod_name:
+        head.append(f"  uid {pod.pod_uid}", style="dim")
+    console.rule(head)
+    for c in pod.containers:
+        p1 = c.get("pid1") or {}
+        stop = c.get("stop_signal")
+        line = Text(f"  container {c.get('name') or c['container_id'][:12]}", style="bold")
+        line.append(f"  app {c.get('app') or '?'}, PID 1 {p1.get('comm', '?')} ({p1.get('role', '?')})")
+        if stop:
+            line.append(f", stop signal {stop['sig']} from {stop['sender']}" + (f" [{stop['result']}]" if stop.get("result") else ""))
+        if c.get("exit_t") is not None:
+            how = p1.get("exit_signal") or f"code {p1.get('exit_code')}"
+            line.append(f", exited {fmt_t(c['exit_t'])} s ({how})")
+        console.print(line)
+    if not pod.stopped:
+        console.print("  no stop observed for this pod in the recording", style="dim")
+        return
+    if not brief:
+        table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+        table.add_column("t (s)", justify="right", no_wrap=True)
+        table.add_column("container", no_wrap=True)
+        table.add_column("what")
+        for e in pod.timeline:
+            table.add_row(fmt_t(e["t"]), e.get("container") or "", Text(e["text"], style=TYPE_STYLE.get(e["type"], "")))
+        console.print(table)
+    s = pod.stats
+    console.print(
+        f"  clients: {s['client_connections']} connections, {s['client_resets']} reset by the pod, "
+        f"{s['client_cut_at_exit']} cut at exit, {s['refused_attempts']} refused; upstream (FastCGI): "
+        f"{s['upstream_connections']} connections, {s['upstream_resets']} reset, {s['upstream_refused']} refused; "
+        f"trigger → last exit: {s['trigger_to_last_exit_s'] if s['trigger_to_last_exit_s'] is not None else '?'} s"
+        + (f" (grace {s['grace_period_s']:g} s)" if s.get("grace_period_s") is not None else ""), highlight=False)
+    if not pod.verdicts:
+        console.print(Panel("clean shutdown: signals handled, no resets or refusals, exited before the grace period",
+                            title="verdict", border_style="green"))
+        return
+    for v in pod.verdicts:
+        body = [Text(v.summary)]
+        for e in v.evidence:
+            body.append(Text(f"  {fmt_t(e['t']):>9}  {e['what']}", style="dim"))
+        body.append(Text(f"fix: {v.fix}", style="bold green"))
+        undec = v.status == UNDECIDABLE
+        console.print(Panel(Group(*body), title=f"{v.id}" + (" (undecidable)" if undec else ""),
+                            title_align="left", border_style="yellow" if undec else "red"))
+
+
+def render_text(rs: ReportSet, console: Console, brief: bool = False) -> None:
+    for pod in rs.pods:
+        render_pod(console, pod, brief=brief)
+    notes = list(rs.incomplete)
+    if rs.lost_events and not any("lost" in n for n in notes):
+        notes.append(f"{rs.lost_events} events were lost by the recorder")
+    if notes:
+        console.print(Text("incomplete data: " + "; ".join(notes), style="bold yellow"))

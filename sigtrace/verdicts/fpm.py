@@ -1,0 +1,80 @@
+"""Verdicts about php-fpm under nginx: children killed mid-request, and fpm gone while nginx
+still sends it requests."""
+from __future__ import annotations
+
+import pandas as pd
+
+from ..correlate.pod import PodContext
+from ..correlate.processes import FPM_CHILD, FPM_MASTER, NGINX_MASTER
+from ..events import capabilities as C
+from .base import Finding, Undecidable, fmt_t, rule
+from .nginx import conn_ev, cut_connections
+
+STOPS = ("SIGTERM", "SIGINT", "SIGQUIT")
+
+
+@rule("phpfpm-abrupt-stop", "php-fpm children were stopped with requests in flight",
+      "Stop php-fpm with SIGQUIT (graceful) and set process_control_timeout to at least the longest request and "
+      "below the grace period; keep it running until nginx has drained (preStop sleep).")
+def phpfpm_abrupt_stop(ctx: PodContext) -> Finding | Undecidable | None:
+    for m in ctx.by_role(FPM_MASTER):
+        for s in ctx.signals_to(pid=m.pid):
+            if s.sig not in STOPS or not s.reached:
+                continue
+            cut = cut_connections(ctx, s.ts, "upstream")
+            to_children = [x for x in ctx.signals if x.sender_pid == m.pid and x.ts >= s.ts and x.target is not None
+                           and x.target.role == FPM_CHILD and x.sig in ("SIGTERM", "SIGKILL", "SIGINT")]
+            killed = [p for p in ctx.by_role(FPM_CHILD) if p.container_id == m.container_id
+                      and p.exit_signal is not None and p.exit_ts is not None and p.exit_ts >= s.ts]
+            if cut.empty:
+                if not ctx.has(C.TCP_STATES) and (killed or to_children):
+                    return Undecidable([C.TCP_STATES], f"php-fpm children were terminated after {s.sig}; whether "
+                                       "they had requests in flight needs TCP state transitions")
+                continue
+            ev = [ctx.evidence(s.row, f"{s.sender_label} → {s.target_label}: {s.sig}")]
+            ev += [ctx.evidence(x.row, f"{x.sender_label} → {x.target_label}: {x.sig}") for x in to_children[:3]]
+            ev += [ctx.evidence(p.exit_row, f"{p.label} killed by {p.exit_signal}") for p in killed[:2]]
+            ev += conn_ev(ctx, cut)
+            how = ("got SIGQUIT but its children were terminated before their requests ended "
+                   "(process_control_timeout too small)" if s.sig == "SIGQUIT"
+                   else f"got {s.sig}: children are terminated at once")
+            return Finding(f"{m.label} {how}; {len(cut)} FastCGI connection(s) were cut mid-request.", ev, about=m.pid)
+    return None
+
+
+@rule("upstream-exited-first", "php-fpm stopped while nginx in the same pod still served",
+      "Keep php-fpm up until nginx has drained: give php-fpm a preStop sleep longer than nginx's drain, or run "
+      "it as a native sidecar (an initContainer with restartPolicy: Always) so it stops after nginx.")
+def upstream_exited_first(ctx: PodContext) -> Finding | Undecidable | None:
+    masters = ctx.by_role(FPM_MASTER)
+    ups = [li for li in ctx.listeners.values() if li.upstream]
+    gone = [li.close_ts for li in ups if li.close_ts is not None] + [m.exit_ts for m in masters if m.exit_ts is not None]
+    if not gone or not ctx.stopped:
+        return None
+    gone_ts = min(gone)
+    nginx = [m for m in ctx.by_role(NGINX_MASTER) if m.alive_at(gone_ts)]
+    if not nginx:
+        return None
+    n = nginx[0]
+    until = n.exit_ts if n.exit_ts is not None else float("inf")
+    r = ctx.refused
+    refused = r[(r["port_class"] == "upstream") & (r["ts"] >= gone_ts) & (r["ts"] <= until)] if len(r) else r
+    c = ctx.conns
+    late = (c[(c["side"] == "client") & (c["port_class"] == "upstream") & (c["first_ts"] >= gone_ts)
+              & (c["close_kind"] == "rst")] if len(c) else c)
+    if refused.empty and late.empty:
+        if not ctx.has(C.KERNEL_RESETS) and not ctx.has(C.TCP_STATES):
+            return Undecidable([C.KERNEL_RESETS, C.TCP_STATES], f"php-fpm was gone at {fmt_t(ctx.rel(gone_ts))} "
+                               f"while {n.label} still ran; refused FastCGI connects need kernel resets")
+        return None
+    li = next((li for li in ups if li.close_ts is not None), None)
+    ev = []
+    if li is not None:
+        ev.append(ctx.evidence(li.close_row, f"php-fpm's listener :{li.port} closed"))
+    ev += [ctx.evidence(m.exit_row, f"{m.label} exited") for m in masters if m.exit_ts is not None][:1]
+    ev.append(ctx.evidence(None, f"{n.label} still running", ts=gone_ts))
+    ev += [ctx.evidence(int(x["row"]), f"FastCGI connect to :{x['port']} refused") for _, x in refused.head(4).iterrows()]
+    if len(refused) > 4:
+        ev.append({"t": None, "ts": None, "kind": None, "what": f"... and {len(refused) - 4} more", "event": None})
+    return Finding(f"php-fpm was gone at {fmt_t(ctx.rel(gone_ts))} while {n.label} still served: "
+                   f"{len(refused) + len(late)} FastCGI connection attempt(s) failed (502 for the client).", ev)

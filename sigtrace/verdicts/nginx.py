@@ -1,0 +1,88 @@
+"""Verdicts about how nginx was stopped: fast shutdown by TERM/INT, and the preStop `nginx -s quit`
+whose graceful drain the runtime's TERM cut short."""
+from __future__ import annotations
+
+import pandas as pd
+
+from ..correlate.pod import PodContext, Signal
+from ..correlate.processes import EXEC, NGINX_MASTER, NGINX_WORKER, PRESTOP
+from ..events import capabilities as C
+from .base import Finding, Undecidable, fmt_t, rule
+
+FAST = ("SIGTERM", "SIGINT")
+
+
+def conn_ev(ctx: PodContext, conns: pd.DataFrame, limit: int = 4) -> list[dict]:
+    ev = []
+    for _, c in conns.head(limit).iterrows():
+        how = "reset (RST)" if c["close_kind"] == "rst" else "closed (FIN)"
+        who = ""
+        if c["closer_pid"] == c["closer_pid"] and c["closer_pid"] is not None and c["closer_pid"] is not pd.NA:
+            p = ctx.procs.get(int(c["closer_pid"]))
+            who = f" by {p.label if p else int(c['closer_pid'])}" + (" as it exited" if c["at_exit"] else "")
+        row = int(c["close_row"]) if c["close_row"] == c["close_row"] else int(c["first_row"])
+        ev.append(ctx.evidence(row, f"connection {c['daddr']}:{c['dport']} → :{c['port']} {how}{who}",
+                               ts=float(c["end_ts"]) if c["end_ts"] == c["end_ts"] else None))
+    if len(conns) > limit:
+        ev.append({"t": None, "ts": None, "kind": None, "what": f"... and {len(conns) - limit} more connection(s)", "event": None})
+    return ev
+
+
+def cut_connections(ctx: PodContext, ts: float, port_class: str) -> pd.DataFrame:
+    """Server-side connections open at ts that the pod then closed or reset (the client did not close first)."""
+    c = ctx.conns_open_at(ts, port_class)
+    if c.empty:
+        return c
+    return c[(c["closed_by"] == "pod") & ((c["close_kind"] == "rst") | c["at_exit"])]
+
+
+@rule("prestop-quit-superseded", "preStop `nginx -s quit` returned at once; the runtime's TERM/INT hit a draining master",
+      "Set the container's stop signal to SIGQUIT (STOPSIGNAL SIGQUIT in the image, or lifecycle.stopSignal) and drop the "
+      "preStop quit, or make the preStop wait until the master has exited (e.g. `nginx -s quit; while pgrep -x nginx; do sleep 1; done`).",
+      supersedes=("nginx-fast-shutdown",))
+def prestop_quit_superseded(ctx: PodContext) -> Finding | Undecidable | None:
+    for m in ctx.by_role(NGINX_MASTER):
+        sigs = ctx.signals_to(pid=m.pid)
+        quits = [s for s in sigs if s.sig == "SIGQUIT" and s.reached and s.sender_in_pod
+                 and s.sender_role in (PRESTOP, EXEC, "unknown", "shell")]
+        for q in quits:
+            terms = [s for s in sigs if s.sig in FAST and s.from_outside and s.ts > q.ts and s.reached and m.alive_at(s.ts)]
+            if not terms:
+                continue
+            t = terms[0]
+            workers = [w for w in ctx.by_role(NGINX_WORKER) if w.container_id == m.container_id and w.alive_at(t.ts)
+                       and (w.exec_ts is None or w.exec_ts <= t.ts)]
+            open_c = pd.concat([ctx.conns_open_at(t.ts, "serving"), ctx.conns_open_at(t.ts, "upstream")])
+            if not workers and open_c.empty:
+                continue      # the drain had finished: TERM found nothing left to cut
+            ev = [ctx.evidence(q.row, f"{q.sender_label} → {q.target_label}: SIGQUIT (graceful drain starts)"),
+                  ctx.evidence(t.row, f"{t.sender_label} → {t.target_label}: {t.sig} {t.ts - q.ts:.3f} s "
+                                      "later: fast shutdown")]
+            if workers:
+                ev.append(ctx.evidence(None, f"{len(workers)} nginx worker(s) still draining at the {t.sig}", ts=t.ts))
+            ev += conn_ev(ctx, cut_connections(ctx, t.ts, "serving"))
+            return Finding(f"The preStop `nginx -s quit` returned at once and the runtime's {t.sig} followed "
+                           f"{t.ts - q.ts:.3f} s later, turning the graceful drain of {m.label} into a fast shutdown.",
+                           ev, about=m.pid)
+    return None
+
+
+@rule("nginx-fast-shutdown", "the nginx master got TERM/INT with connections open",
+      "Stop nginx with SIGQUIT (STOPSIGNAL SIGQUIT / lifecycle.stopSignal: SIGQUIT; the official image does since "
+      "1.19.5) and bound the drain with worker_shutdown_timeout below the grace period.")
+def nginx_fast_shutdown(ctx: PodContext) -> Finding | Undecidable | None:
+    for m in ctx.by_role(NGINX_MASTER):
+        for s in ctx.signals_to(pid=m.pid):
+            if s.sig not in FAST or not s.reached or (ctx.t0 is not None and s.ts < ctx.t0 - 1.0):
+                continue
+            cut = cut_connections(ctx, s.ts, "serving")
+            if cut.empty:
+                if not ctx.has(C.TCP_STATES) and m.alive_at(s.ts):
+                    return Undecidable([C.TCP_STATES], f"{m.label} got {s.sig}; whether connections were open "
+                                       "needs TCP state transitions")
+                continue
+            ev = [ctx.evidence(s.row, f"{s.sender_label} → {s.target_label}: {s.sig} (fast shutdown)")]
+            ev += conn_ev(ctx, cut)
+            return Finding(f"{m.label} got {s.sig} (fast shutdown) with {len(cut)} client connection(s) open; "
+                           "they were cut instead of drained.", ev, about=m.pid)
+    return None

@@ -1,0 +1,43 @@
+"""Verdicts about traffic that reached a pod that no longer listened."""
+from __future__ import annotations
+
+from ..correlate.pod import PodContext
+from ..events import capabilities as C
+from ..events import lifecycle as L
+from .base import Finding, Undecidable, fmt_t, rule
+
+
+@rule("endpoint-race", "traffic still routed to the pod after its listener closed",
+      "Keep serving until every load balancer has dropped the pod: a preStop `sleep` longer than endpoint "
+      "propagation (5-15 s typical; grace period above it), and readiness gates for cloud load balancers.")
+def endpoint_race(ctx: PodContext) -> Finding | Undecidable | None:
+    if not ctx.stopped:
+        return None
+    r = ctx.refused
+    serving = {p: li for p, li in ctx.listeners.items() if not li.upstream}
+    hits = r[(r["port_class"] == "serving") & (r["ts"] >= ctx.t0)] if len(r) else r
+    if len(hits):
+        # only attempts after that port's listener closed (when we saw it close) count
+        keep = [li is None or li.close_ts is None or ts >= li.close_ts - 1e-6
+                for ts, li in ((ts, serving.get(int(p))) for ts, p in zip(hits["ts"], hits["port"]))]
+        hits = hits[keep]
+    if hits.empty:
+        if not ctx.has(C.KERNEL_RESETS):
+            return Undecidable([C.KERNEL_RESETS], "refused connection attempts from outside the pod are RSTs the "
+                               "kernel sends by itself; this recording cannot show them")
+        return None
+    ev = []
+    for port in sorted(set(int(p) for p in hits["port"])):
+        li = serving.get(port)
+        if li is not None and li.close_row is not None:
+            ev.append(ctx.evidence(li.close_row, f"listener :{port} closed"))
+    for _, x in hits.head(4).iterrows():
+        ev.append(ctx.evidence(int(x["row"]), f"connection attempt {x['client_addr']}:{int(x['client_port']) if x['client_port'] == x['client_port'] else '?'} → :{x['port']} refused (RST)"))
+    if len(hits) > 4:
+        ev.append({"t": None, "ts": None, "kind": None, "what": f"... and {len(hits) - 4} more refused", "event": None})
+    for lc in ctx.lifecycle:
+        if lc["event"] in (L.ENDPOINTS_NOT_READY, L.ENDPOINTS_TERMINATING, L.ENDPOINTS_REMOVED, L.TRAFFIC_STOPPED, L.POD_DELETED):
+            ev.append(ctx.evidence(lc["row"], lc["event"].replace("_", " ")))
+    last = float(hits["ts"].max())
+    return Finding(f"{len(hits)} connection attempt(s) were refused after the listener closed, the last at "
+                   f"{fmt_t(ctx.rel(last))}: the load balancers still routed traffic to the stopping pod.", ev)

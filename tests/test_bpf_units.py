@@ -1,0 +1,216 @@
+"""Unit tests of the bpf backend's pure parts: format adaptation, /proc parsing, headers,
+decoding, and the agreement of the C event struct (probes/sigtrace.h) with the Python decoder."""
+from __future__ import annotations
+
+import ctypes
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import require_kernel
+from sigtrace.backends.bpf import decode, kernel, pods, program
+from sigtrace.backends.bpf.headers import find_headers
+from sigtrace.errors import KernelProblem
+from sigtrace.events import schema
+
+FORMAT_6_18 = """name: tcp_send_reset
+ID: 1
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:const void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:const void * skaddr;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:int state;\toffset:24;\tsize:4;\tsigned:1;
+\tfield:enum sk_rst_reason reason;\toffset:28;\tsize:4;\tsigned:0;
+\tfield:__u8 saddr[28];\toffset:32;\tsize:28;\tsigned:0;
+\tfield:__u8 daddr[28];\toffset:60;\tsize:28;\tsigned:0;
+
+print fmt: "x", __print_symbolic(REC->reason, { 0, "NOT_SPECIFIED" }, { 1, "NO_SOCKET" })
+"""
+FORMAT_5_15 = """format:
+\tfield:const void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:const void * skaddr;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:int state;\toffset:24;\tsize:4;\tsigned:1;
+\tfield:__u16 sport;\toffset:28;\tsize:2;\tsigned:0;
+\tfield:__u16 dport;\toffset:30;\tsize:2;\tsigned:0;
+\tfield:__u16 family;\toffset:32;\tsize:2;\tsigned:0;
+\tfield:__u8 saddr[4];\toffset:34;\tsize:4;\tsigned:0;
+\tfield:__u8 daddr[4];\toffset:38;\tsize:4;\tsigned:0;
+\tfield:__u8 saddr_v6[16];\toffset:42;\tsize:16;\tsigned:0;
+\tfield:__u8 daddr_v6[16];\toffset:58;\tsize:16;\tsigned:0;
+"""
+
+
+def _formats(text: str) -> kernel.KernelFormats:
+    tp = "tcp/tcp_send_reset"
+    return kernel.KernelFormats({tp: kernel.parse_format(text)}, {tp: text})
+
+
+def test_send_reset_shape_follows_the_format_file():
+    new = _formats(FORMAT_6_18)
+    assert new.send_reset_shape() == {"ST_SR_SOCKADDR": 1, "ST_SR_HAS_FAMILY": 0, "ST_SR_HAS_STATE": 1,
+                                      "ST_SR_HAS_REASON": 1, "ST_DECLARE_RST_REASON": 1}
+    assert new.reset_reasons() == {0: "NOT_SPECIFIED", 1: "NO_SOCKET"}
+    old = _formats(FORMAT_5_15)
+    assert old.send_reset_shape() == {"ST_SR_SOCKADDR": 0, "ST_SR_HAS_FAMILY": 1, "ST_SR_HAS_STATE": 1,
+                                      "ST_SR_HAS_REASON": 0, "ST_DECLARE_RST_REASON": 0}
+    assert old.reset_reasons() == {}
+
+
+def test_a_missing_field_is_one_clear_line(tmp_path):
+    root = tmp_path / "tracing"
+    (root / "events" / "signal" / "signal_generate").mkdir(parents=True)
+    (root / "events" / "signal" / "signal_generate" / "format").write_text(
+        "format:\n\tfield:int sig;\toffset:8;\tsize:4;\tsigned:1;\n")
+    with pytest.raises(KernelProblem, match=r"signal:signal_generate has no field 'code'") as exc:
+        kernel.check_formats(root, {"signal/signal_generate": ("sig", "code")})
+    assert "\n" not in str(exc.value)
+    with pytest.raises(KernelProblem, match="tcp:tcp_send_reset does not exist"):
+        kernel.check_formats(root, {"tcp/tcp_send_reset": ("saddr",)})
+    broken = _formats(FORMAT_5_15.replace("sport", "xport"))
+    with pytest.raises(KernelProblem, match="no field 'sport'"):
+        broken.send_reset_shape()
+
+
+def test_proc_net_tcp_listeners_and_netns_addresses():
+    tcp = ("  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+           "   0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 111 1\n"
+           "   1: 0100007F:2328 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 222 1\n"
+           "   2: 0100007F:2328 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 333 1\n")
+    got = pods.parse_proc_net_tcp(tcp)
+    assert [(pods.format_endpoint(a, p), i) for a, p, i in got] == [("*:8080", 111), ("127.0.0.1:9000", 222)]
+    tcp6 = ("sl local rem st ...\n"
+            "   0: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A 0 0 0 0 0 444 1\n")
+    assert [(pods.format_endpoint(a, p), i) for a, p, i in pods.parse_proc_net_tcp(tcp6)] == [("[::1]:8080", 444)]
+    trie = ("Local:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 10.1.2.3\n        /32 host LOCAL\n"
+            "     |-- 10.1.2.255\n        /32 link BROADCAST\n     |-- 127.0.0.1\n        /32 host LOCAL\n")
+    assert {pods.format_addr(a) for a in pods.parse_fib_trie_local(trie)} == {"10.1.2.3", "127.0.0.1"}
+
+
+def test_cgroup_mounts_from_mountinfo():
+    info = ("30 25 0:26 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n"
+            "31 25 0:27 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids\n"
+            "32 25 0:28 / /proc rw - proc proc rw\n")
+    assert pods.cgroup_mounts(info) == ([Path("/sys/fs/cgroup/unified")], [Path("/sys/fs/cgroup/pids")])
+
+
+def test_fallback_headers_join_the_debian_trees(tmp_path):
+    flavour = tmp_path / "linux-headers-6.1.0-9-amd64"
+    common = tmp_path / "linux-headers-6.1.0-9-common"
+    (flavour / "include" / "generated").mkdir(parents=True)
+    (flavour / "include" / "config").mkdir()
+    (flavour / "arch" / "x86" / "include" / "generated").mkdir(parents=True)
+    (common / "include" / "linux").mkdir(parents=True)
+    (common / "include" / "linux" / "kconfig.h").write_text("")
+    (common / "arch" / "x86" / "include" / "asm").mkdir(parents=True)
+    src = find_headers("0.0-no-such-kernel", usr_src=tmp_path)
+    try:
+        assert src.kind == "fallback" and "linux-headers-6.1.0-9-amd64" in src.note
+        root = Path(src.path)
+        # what bcc's -I/-include flags need, relative to BCC_KERNEL_SOURCE
+        for rel in ("include/linux/kconfig.h", "include/generated", "include/config",
+                    "arch/x86/include/asm", "arch/x86/include/generated"):
+            assert (root / rel).exists(), rel
+    finally:
+        src.cleanup()
+    assert not Path(src.path).exists()
+    with pytest.raises(KernelProblem, match="no kernel headers"):
+        find_headers("0.0-no-such-kernel", usr_src=tmp_path / "empty")
+
+
+_C_SIZES = {"u64": 8, "s64": 8, "u32": 4, "s32": 4, "u16": 2, "u8": 1, "char": 1}
+
+
+def _header_struct() -> list[tuple[str, int]]:
+    """(name, size) of struct st_event's fields, read from probes/sigtrace.h."""
+    text = (program.probes_dir() / program.HEADER_FILE).read_text()
+    defines = program.header_defines(text)
+    body = re.search(r"struct st_event \{(.*?)\};", text, re.S).group(1)
+    body = re.sub(r"/\*.*?\*/", "", body, flags=re.S)
+    out = []
+    for line in body.splitlines():
+        if line.strip():
+            m = re.match(r"\s*(\w+)\s+(\w+)(?:\[(\w+)\])?;", line)
+            n = m.group(3)
+            count = 1 if n is None else int(defines.get(n, n))
+            out.append((m.group(2), _C_SIZES[m.group(1)] * count))
+    return out
+
+
+def _header_struct_fields() -> list[str]:
+    return [name for name, _ in _header_struct()]
+
+
+def test_c_struct_and_python_decoder_agree_on_names_and_enums():
+    assert tuple(_header_struct_fields()) == decode.STRUCT_FIELDS
+    defines = program.header_defines()
+    for table in (decode.KIND_NAMES, decode.PROBE_NAMES, decode.HANDLERS):
+        assert set(table) <= set(defines)
+    # every kind the probes emit is a schema kind, each kind and probe index distinct
+    assert set(decode.KIND_NAMES.values()) <= set(schema.KINDS)
+    assert len({defines[k] for k in decode.KIND_NAMES}) == len(decode.KIND_NAMES)
+    assert sorted(defines[k] for k in decode.PROBE_NAMES) == list(range(defines["ST_NPROBES"]))
+    assert defines["ST_AMBIGUOUS"] == pods.AMBIGUOUS and defines["ST_TASK_INIT"] == pods.TASK_INIT
+
+
+def _fake_event(defines: dict[str, int], **kw):
+    fields = []
+    for name in decode.STRUCT_FIELDS:
+        if name in ("saddr", "daddr"):
+            fields.append((name, ctypes.c_ubyte * 16))
+        elif name in ("comm", "target_comm"):
+            fields.append((name, ctypes.c_char * 16))
+        elif name == "filename":
+            fields.append((name, ctypes.c_char * defines["ST_FILENAME_LEN"]))
+        elif name in ("ts_ns", "cgroup_id", "skaddr"):
+            fields.append((name, ctypes.c_uint64))
+        else:
+            fields.append((name, ctypes.c_int64))
+    cls = type("Ev", (ctypes.Structure,), {"_fields_": fields})
+    ev = cls(**{k: v for k, v in kw.items() if k not in ("saddr", "daddr")})
+    for side in ("saddr", "daddr"):
+        if side in kw:
+            ctypes.memmove(getattr(ev, side), kw[side], 16)
+    return ev
+
+
+def test_decoding_maps_indices_to_pods_and_names():
+    defines = program.header_defines()
+    reg = pods.PodRegistry(proc="/nonexistent")
+    cidx = reg.cidx_of("0e0e0e0e-1111-2222-3333-444444444444", "abc123")
+    reg.tasks[4242] = pods.TaskInfo(cidx, nspid=1, comm="nginx")
+    d = decode.Decoder(defines, reg, {1: "NO_SOCKET"})
+    ev = d.decode(_fake_event(defines, kind=defines["ST_KIND_SIGNAL_GENERATE"], ts_ns=10**9, pid=99, tid=99,
+                              comm=b"runc", sig=15, result=1, target_pid=4242, target_cidx=cidx,
+                              target_comm=b"sh"))
+    assert ev["sig"] == "SIGTERM" and ev["result"] == "ignored" and ev["comm"] == "runc"
+    assert ev["target_pod_uid"] == "0e0e0e0e-1111-2222-3333-444444444444"
+    assert ev["target_container_id"] == "abc123" and ev["target_nspid"] == 1 and ev["pod_uid"] is None
+    loop = b"\0" * 10 + b"\xff\xff" + bytes([127, 0, 0, 1])
+    ev = d.decode(_fake_event(defines, kind=defines["ST_KIND_TCP_RESET_SENT"], pid=7, tid=7, comm=b"curl",
+                              pidx=reg.cref[cidx].pidx, sport=8080, dport=40000, reason=1,
+                              saddr=loop, daddr=loop))
+    assert (ev["pod_uid"], ev["saddr"], ev["sport"], ev["dport"]) == (reg.cref[cidx].pod_uid, "127.0.0.1", 8080, 40000)
+    assert ev["sock"] is None and ev["reason"] == "NO_SOCKET" and ev["old_state"] is None
+    ev = d.decode(_fake_event(defines, kind=defines["ST_KIND_PROCESS_EXIT"], pid=5, tid=5, exit_code=-1,
+                              exit_signal=9))
+    assert ev["exit_signal"] == "SIGKILL" and ev["exit_code"] is None
+
+
+@pytest.mark.kernel
+def test_compiled_struct_matches_the_decoder():
+    """bcc's ctypes view of the compiled struct (what event() returns) has the decoder's fields."""
+    require_kernel(bpf=True)
+    loaded = program.load(program.ProgramOptions(ringbuf_pages=1))
+    try:
+        table = loaded.bpf["events"]
+        cls = table._get_event_class() if hasattr(table, "_get_event_class") else None
+        if cls is None:
+            from bcc.table import _get_event_class
+            cls = _get_event_class(table)
+        assert tuple(name for name, _ in cls._fields_ if not name.startswith("__pad")) == decode.STRUCT_FIELDS
+        sizes = {name: ctypes.sizeof(ctype) for name, ctype in cls._fields_}
+        assert [(name, sizes[name]) for name in decode.STRUCT_FIELDS] == _header_struct()
+        assert ctypes.sizeof(cls) == sum(size for _, size in _header_struct())   # no hidden padding
+    finally:
+        loaded.close()

@@ -1,0 +1,54 @@
+"""LiveReporter: a pod's report appears once all its containers' PID 1 exited, not before."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from rich.console import Console
+
+from sigtrace.correlate.live import LiveReporter
+
+DATA = Path(__file__).parent / "data"
+POD = "7d2c4e8a-0000-4c5d-9e6f-00000000000a"
+
+
+def feed_all(name: str, tmp_path: Path, stop_before=None):
+    meta = json.loads((DATA / name / "meta.json").read_text())
+    out = io.StringIO()
+    lr = LiveReporter(tmp_path, Console(file=out, width=120), meta=meta, settle_s=0.5)
+    for line in (DATA / name / "events.jsonl").read_text().splitlines():
+        ev = json.loads(line)
+        if stop_before and stop_before(ev):
+            break
+        lr.feed(ev)
+    return lr, out
+
+
+def test_report_written_after_the_last_container_exits(tmp_path):
+    # feed everything but the nginx master's exit: the nginx container still runs, no report yet
+    lr, _ = feed_all("article", tmp_path, stop_before=lambda e: e["kind"] == "process_exit" and e["pid"] == 1001)
+    lr.poll()
+    assert not (tmp_path / "reports" / f"{POD}.json").exists()
+    lr.feed({"ts": 1000.015, "kind": "process_exit", "pid": 1001, "comm": "nginx", "pod_uid": POD,
+             "container_id": "aa11aa11aa11", "nspid": 1, "exit_code": 0})
+    # the settle time lets the sockets closed by those exits arrive; a later event (or close) ends it
+    lr.feed({"ts": 1001.0, "kind": "process_exit", "pid": 77, "comm": "true", "exit_code": 0})
+    report = json.loads((tmp_path / "reports" / f"{POD}.json").read_text())
+    (pod,) = report["pods"]
+    assert [v["id"] for v in pod["verdicts"]] == ["prestop-quit-superseded"]
+
+
+def test_close_flushes_due_pods_and_prints_a_short_report(tmp_path):
+    lr, out = feed_all("shell_pid1", tmp_path)
+    lr.close()
+    pod = json.loads((tmp_path / "reports" / f"{POD}.json").read_text())["pods"][0]
+    assert {v["id"] for v in pod["verdicts"]} == {"pid1-signal-ignored", "killed-after-grace"}
+    text = out.getvalue()
+    assert "pid1-signal-ignored" in text and "web-7d9f" in text
+
+
+def test_pod_still_running_gets_no_report(tmp_path):
+    lr, _ = feed_all("clean", tmp_path, stop_before=lambda e: e["ts"] >= 1005.0)
+    lr.close()
+    assert not (tmp_path / "reports").exists()

@@ -1,0 +1,215 @@
+"""kubectl-sigtrace: argument handling, and deploy/status/collect/undeploy against the fake API
+server on 127.0.0.1 (the official client talks real HTTP and, for pods/exec, a real WebSocket)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from k8s_fake_api import FakeApi
+from sigtrace import kubectl_plugin
+from sigtrace.k8s import manifests
+
+
+def run_plugin(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    code = "import sys; from sigtrace.kubectl_plugin import main; main(sys.argv[1:])"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=Path(__file__).resolve().parent.parent)
+
+
+@pytest.fixture
+def fake_api():
+    api = FakeApi().start()
+    yield api
+    api.close()
+
+
+@pytest.fixture
+def kubeconfig(tmp_path, fake_api) -> str:
+    kc = tmp_path / "kubeconfig"
+    kc.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+        "clusters": [{"name": "fake", "cluster": {"server": fake_api.url}},
+                     {"name": "other", "cluster": {"server": "http://127.0.0.1:9"}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u"}},
+                     {"name": "other", "context": {"cluster": "other", "user": "u"}}],
+        "users": [{"name": "u", "user": {"token": "t0ken"}}]}))
+    return str(kc)
+
+
+# ---- argument handling ---------------------------------------------------------------------
+def test_help_lists_the_commands_and_kubectl_flags():
+    r = run_plugin("--help")
+    assert r.returncode == 0
+    for word in ("deploy", "undeploy", "status", "collect", "report", "--namespace", "--context", "--kubeconfig"):
+        assert word in r.stdout
+
+
+def test_console_script_and_dependencies_are_declared():
+    import tomllib
+    proj = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"]
+    assert proj["scripts"]["kubectl-sigtrace"] == "sigtrace.kubectl_plugin:main"   # kubectl finds kubectl-* on PATH
+    assert any(d.startswith("kubernetes") for d in proj["dependencies"])
+    assert any(d.startswith("kubernetes-validate") for d in proj["optional-dependencies"]["test"])
+
+
+def test_bad_arguments_are_usage_errors_without_traceback(tmp_path):
+    r = run_plugin("collect")                                   # --output missing
+    assert r.returncode == 2 and "--output" in r.stderr and "Traceback" not in r.stderr
+    r = run_plugin("deploy", "--overlay", "kernel-4.x")
+    assert r.returncode == 2 and "kernel-4.x" in r.stderr
+    r = run_plugin("report", str(tmp_path))                     # no recordings there
+    assert r.returncode == 2 and "no recordings" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_missing_kubeconfig_is_one_line(tmp_path):
+    r = run_plugin("--kubeconfig", str(tmp_path / "none"), "status")
+    assert r.returncode == 69 and r.stderr.count("\n") == 1 and "--kubeconfig" in r.stderr
+
+
+def test_dry_run_renders_into_the_chosen_namespace():
+    r = run_plugin("-n", "obs", "deploy", "--dry-run", "--overlay", "kernel-pre-5.8", "--image", "reg/agent:1")
+    assert r.returncode == 0, r.stderr
+    items = json.loads(r.stdout)["items"]
+    ds = items[-1]
+    assert ds["metadata"]["namespace"] == "obs" and ds["spec"]["template"]["spec"]["containers"][0]["image"] == "reg/agent:1"
+    assert "SYS_ADMIN" in ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"]["add"]
+
+
+# ---- against the fake API server -------------------------------------------------------------
+def test_deploy_twice_then_undeploy(fake_api, kubeconfig):
+    r = run_plugin("--kubeconfig", kubeconfig, "deploy", "--image", "reg/sigtrace-agent:0.1.0")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:5] == ["namespace/sigtrace created", "serviceaccount/sigtrace-agent created",
+                                        "clusterrole/sigtrace-agent created", "clusterrolebinding/sigtrace-agent created",
+                                        "daemonset/sigtrace-agent created"]
+    ds = fake_api.objects[("/apis/apps/v1", "daemonsets", "sigtrace", "sigtrace-agent")]
+    assert ds["spec"]["template"]["spec"]["containers"][0]["image"] == "reg/sigtrace-agent:0.1.0"
+    role = fake_api.objects[("/apis/rbac.authorization.k8s.io/v1", "clusterroles", None, "sigtrace-agent")]
+    assert role["rules"] == next(o for o in manifests.render() if o["kind"] == "ClusterRole")["rules"]
+    r = run_plugin("--kubeconfig", kubeconfig, "deploy")        # idempotent: replaces
+    assert r.returncode == 0 and r.stdout.count("configured") == 5, r.stdout + r.stderr
+    r = run_plugin("--kubeconfig", kubeconfig, "undeploy")
+    assert r.returncode == 0 and r.stdout.count("deleted") == 5, r.stdout + r.stderr
+    assert not fake_api.objects
+
+
+def test_context_flag_selects_the_cluster(fake_api, kubeconfig):
+    r = run_plugin("--kubeconfig", kubeconfig, "--context", "other", "status")
+    assert r.returncode == 69 and "cannot reach the API server" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_deploy_forbidden_is_one_line(fake_api, kubeconfig):
+    fake_api.denied.add("clusterroles")
+    r = run_plugin("--kubeconfig", kubeconfig, "deploy")
+    assert r.returncode == 69 and "forbidden (403)" in r.stderr and "clusterrole/sigtrace-agent" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def agent_pod(name: str, node: str, ready: bool, ns: str = "sigtrace") -> dict:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": ns, "labels": {"app.kubernetes.io/name": "sigtrace-agent"}},
+            "spec": {"nodeName": node, "containers": [{"name": "agent", "image": "sigtrace-agent:0.1.0"}]},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+                       "containerStatuses": [{"name": "agent", "ready": ready, "restartCount": 0 if ready else 3,
+                                              "containerID": "containerd://" + "a" * 64}]}}
+
+
+def install_agents(fake_api) -> None:
+    for o in manifests.render():
+        fake_api.apply("ADDED", o)
+    ds = next(o for o in manifests.render() if o["kind"] == "DaemonSet")
+    ds["status"] = {"desiredNumberScheduled": 2, "numberReady": 1, "currentNumberScheduled": 2, "numberMisscheduled": 0}
+    fake_api.apply("MODIFIED", ds)
+    fake_api.apply("ADDED", agent_pod("sigtrace-agent-aaaaa", "node-a", True))
+    fake_api.apply("ADDED", agent_pod("sigtrace-agent-bbbbb", "node-b", False))
+    fake_api.apply("ADDED", {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-1", "namespace": "shop"},
+                             "spec": {"nodeName": "node-b", "containers": [{"name": "nginx", "image": "nginx"}]}})
+
+
+def test_status_shows_agents_ready_per_node(fake_api, kubeconfig):
+    install_agents(fake_api)
+    r = run_plugin("--kubeconfig", kubeconfig, "status", "--json")
+    assert r.returncode == 0, r.stderr
+    st = json.loads(r.stdout)
+    assert (st["desired"], st["ready"]) == (2, 1)
+    assert [(n["node"], n["ready"], n["restarts"]) for n in st["nodes"]] == [("node-a", True, 0), ("node-b", False, 3)]
+    r = run_plugin("--kubeconfig", kubeconfig, "status")
+    assert "agents ready: 1/2" in r.stdout and "node-b" in r.stdout
+
+
+def test_status_without_agents_says_deploy(fake_api, kubeconfig):
+    r = run_plugin("--kubeconfig", kubeconfig, "status")
+    assert r.returncode == 2 and "kubectl sigtrace deploy" in r.stderr
+
+
+def make_node_output(root: Path, node: str) -> Path:
+    """What an agent leaves in /var/lib/sigtrace: one recording with events, meta and a report."""
+    rec = root / node / f"{node}-20261129T091000Z"
+    (rec / "reports").mkdir(parents=True)
+    (rec / "events.jsonl").write_text(json.dumps({"ts": 1.0, "kind": "pod_lifecycle", "event": "pod_seen",
+                                                  "pod_uid": "u-" + node, "pod_name": "web"}) + "\n")
+    (rec / "meta.json").write_text(json.dumps({"node": node, "end": 2.0, "kubernetes": {
+        "problems": {}, "pods_without_container_ids": ["shop/web-new"]}}))
+    (rec / "reports" / f"u-{node}.json").write_text("{}")
+    return root / node
+
+
+def test_collect_pulls_each_agents_output_over_exec(fake_api, kubeconfig, tmp_path):
+    install_agents(fake_api)
+    nodes_root = tmp_path / "nodes"
+    for n in ("node-a", "node-b"):
+        make_node_output(nodes_root, n)
+    pod_node = {"sigtrace-agent-aaaaa": "node-a", "sigtrace-agent-bbbbb": "node-b"}
+
+    def exec_tar(ns, pod, command):
+        # the agent container's view: AGENT_OUTPUT is this node's directory; real tar does the rest
+        assert command[:5] == ["tar", "cf", "-", "-C", kubectl_plugin.AGENT_OUTPUT]
+        real = [*command[:4], str(nodes_root / pod_node[pod]), *command[5:]]
+        p = subprocess.run(real, capture_output=True)
+        return p.stdout, p.stderr, p.returncode
+    fake_api.exec_handler = exec_tar
+
+    out = tmp_path / "collected"
+    r = run_plugin("--kubeconfig", kubeconfig, "collect", "--output", str(out))
+    assert r.returncode == 0, r.stderr
+    for n in ("node-a", "node-b"):
+        src = nodes_root / n
+        files = sorted(p.relative_to(src) for p in src.rglob("*") if p.is_file())
+        assert sorted(p.relative_to(out / n) for p in (out / n).rglob("*") if p.is_file()) == files
+        for f in files:
+            assert (out / n / f).read_bytes() == (src / f).read_bytes()
+    assert {(ns, pod) for ns, pod, _ in fake_api.execs} == {("sigtrace", "sigtrace-agent-aaaaa"),
+                                                             ("sigtrace", "sigtrace-agent-bbbbb")}
+    assert "node-a: 3 files, 1 recordings" in r.stdout
+
+    # only the node of a given pod
+    fake_api.execs.clear()
+    r = run_plugin("--kubeconfig", kubeconfig, "collect", "--output", str(tmp_path / "one"), "--pod", "shop/web-1")
+    assert r.returncode == 0, r.stderr
+    assert [pod for _, pod, _ in fake_api.execs] == ["sigtrace-agent-bbbbb"]
+    assert [p.name for p in (tmp_path / "one").iterdir()] == ["node-b"]
+
+    # report notes the pods whose names the API could not give
+    r = run_plugin("report", str(out), "--format", "json")
+    assert "no container names from the API for: shop/web-new" in r.stderr
+
+
+def test_safe_extract_refuses_paths_outside_and_links(tmp_path):
+    import io
+    import tarfile
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, data in (("../evil", b"x"), ("/abs", b"y"), ("ok/events.jsonl", b"{}\n")):
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+        link = tarfile.TarInfo("ok/link")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tf.addfile(link)
+    got = kubectl_plugin.safe_extract(buf.getvalue(), tmp_path / "dest")
+    assert got == ["ok/events.jsonl"]
+    assert not (tmp_path / "evil").exists() and not (tmp_path / "dest" / "ok" / "link").exists()

@@ -1,0 +1,73 @@
+"""The scenario matrix through `sigtrace lab` with the real recorder (bpf) and the report:
+each verdict of the catalog fires on the scenario built to cause it, and nothing fires on
+the clean shutdown, across both cgroup layouts, several worker counts and timings."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import require_kernel
+
+# Graceful on both sides: what a clean pod looks like (used to keep the other side quiet).
+FPM_GRACEFUL = ["--stop-signal", "php-fpm=QUIT", "--prestop", "php-fpm=sleep 3", "--process-control-timeout", "10"]
+NGINX_GRACEFUL = ["--stop-signal", "nginx=QUIT", "--prestop", "nginx=sleep 3"]
+
+# id, CLI args, verdicts that must fire, client outcomes that must be seen (none: all ok)
+MATRIX = [
+    ("clean-cgroupfs", ["--layout", "cgroupfs", "--workers", "2", "--lb-delay", "1", *NGINX_GRACEFUL, *FPM_GRACEFUL],
+     set(), set()),
+    ("clean-systemd", ["--layout", "systemd", "--workers", "1", "--lb-delay", "2", "--request-ms", "800",
+                       *NGINX_GRACEFUL, *FPM_GRACEFUL], set(), set()),
+    ("article", ["--layout", "systemd", "--workers", "2", "--prestop", "nginx=nginx -s quit",
+                 "--stop-signal", "nginx=TERM", "--lb-delay", "1"],
+     {"phpfpm-abrupt-stop", "endpoint-race"}, {"http_502", "refused"}),
+    ("prestop-quit-superseded", ["--workers", "2", "--prestop", "nginx=nginx -s quit", "--stop-signal", "nginx=TERM",
+                                 "--lb-delay", "0", *FPM_GRACEFUL],
+     {"prestop-quit-superseded"}, set()),
+    ("nginx-fast-shutdown", ["--layout", "systemd", "--workers", "3", "--stop-signal", "nginx=TERM", "--lb-delay", "0",
+                             *FPM_GRACEFUL], {"nginx-fast-shutdown"}, set()),
+    ("phpfpm-abrupt-stop", ["--workers", "2", "--stop-signal", "php-fpm=TERM", "--lb-delay", "0", *NGINX_GRACEFUL],
+     {"phpfpm-abrupt-stop"}, {"http_502"}),
+    ("upstream-exited-first", ["--workers", "1", "--stop-order", "php-fpm,nginx", "--stop-delay", "2",
+                               "--stop-signal", "php-fpm=QUIT", "--process-control-timeout", "10",
+                               "--stop-signal", "nginx=QUIT", "--request-ms", "300", "--lb-delay", "1.5"],
+     {"upstream-exited-first"}, {"http_502"}),
+    ("endpoint-race", ["--layout", "systemd", "--workers", "2", "--stop-signal", "nginx=QUIT", "--lb-delay", "2",
+                       "--request-ms", "500", *FPM_GRACEFUL], {"endpoint-race"}, {"refused"}),
+    ("shell-wrapper", ["--workers", "1", "--shell-wrapper", "--grace", "3", "--lb-delay", "0", "--request-ms", "500",
+                       *FPM_GRACEFUL],
+     {"pid1-signal-ignored", "signal-not-forwarded", "killed-after-grace"}, set()),
+    ("killed-after-grace", ["--layout", "systemd", "--workers", "2", "--grace", "2", "--request-ms", "5000",
+                            "--lb-delay", "0", "--stop-signal", "nginx=QUIT", "--stop-signal", "php-fpm=QUIT",
+                            "--process-control-timeout", "30"], {"killed-after-grace"}, set()),
+]
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("name,args,verdicts,client_fail", MATRIX, ids=[m[0] for m in MATRIX])
+def test_verdict_matrix(sigtrace_cli, tmp_path, name, args, verdicts, client_fail):
+    require_kernel(bpf=True, tools=("runc", "nginx", "php-fpm8.2", "ip"))
+    out = tmp_path / name
+    p = sigtrace_cli("lab", "--backend", "bpf", "--output", str(out), "--format", "json", "--grace",
+                     "15", *args, timeout=240)
+    assert p.returncode == 0, p.stderr
+    run = json.loads(p.stdout)[0]
+    counts = run["client"]["counts"]
+    failed = {k for k, v in counts.items() if v and k != "ok"}
+    assert client_fail <= failed, counts
+    if not verdicts:
+        assert not failed, counts
+    report = run["report"]
+    assert report and "error" not in report, report
+    pods = [pod for pod in report["pods"] if pod["pod_uid"] == run["pod_uid"]]
+    assert len(pods) == 1
+    fired = {v["id"] for v in pods[0]["verdicts"]}
+    if verdicts:
+        assert verdicts <= fired, (fired, counts)
+    else:
+        assert fired == set(), pods[0]["verdicts"]   # a false alarm is as bad as a miss
+    for v in pods[0]["verdicts"]:
+        assert v["evidence"] and v["fix"]
+    assert report["lost_events"] == 0
