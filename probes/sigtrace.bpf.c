@@ -17,7 +17,10 @@
 enum sk_rst_reason { ST_SK_RST_REASON_PLACEHOLDER = 0 };
 #endif
 
+/* Two rings: a flood of TCP events (a stopping pod under load) must never crowd out the rare
+ * signal/exec/exit events the verdicts hinge on. */
 BPF_RINGBUF_OUTPUT(events, ST_RINGBUF_PAGES);
+BPF_RINGBUF_OUTPUT(tcp_events, ST_RINGBUF_PAGES);
 
 BPF_HASH(pod_cgroups, u64, struct st_task, 8192);      /* cgroup v2 id -> container/pod */
 BPF_HASH(pod_tasks, u32, struct st_task, 65536);       /* tgid (and tids) -> container/pod */
@@ -30,7 +33,7 @@ BPF_HASH(other_cgroups, u64, u32, 16384);             /* cgroups user space foun
 BPF_TABLE("lru_hash", u32, u32, parents, 16384);     /* child pid -> parent tgid, from fork */
 BPF_PERCPU_ARRAY(lost, u64, ST_NPROBES);
 BPF_PERCPU_ARRAY(counters, u64, ST_NCOUNTERS);
-BPF_ARRAY(config, u64, 1);                             /* [0] arm window (ns) */
+BPF_ARRAY(config, u64, 2);                             /* [0] arm window (ns), [1] nsfs dev */
 
 static __always_inline void count_lost(int probe)
 {
@@ -60,6 +63,15 @@ static __always_inline int current_task(struct st_task *out, u32 tgid)
     return 1;
 }
 
+/* A cgroup user space has classified neither as a pod's nor as another's: a container younger
+ * than the last scan. Its process events stream (flagged) so that user space classifies it at
+ * once; after that the kernel filters it like any other. */
+static __always_inline int unknown_cgroup(void)
+{
+    u64 cg = bpf_get_current_cgroup_id();
+    return !pod_cgroups.lookup(&cg) && !other_cgroups.lookup(&cg);
+}
+
 /* bcc needs each map named directly, hence one helper per comm map */
 static __always_inline int runtime_comm(const char *comm)
 {
@@ -75,13 +87,8 @@ static __always_inline int selected_comm(const char *comm)
     return select_comms.lookup(&key) != 0;
 }
 
-static __always_inline struct st_event *new_event(u32 kind, int probe)
+static __always_inline void fill_event(struct st_event *e, u32 kind)
 {
-    struct st_event *e = events.ringbuf_reserve(sizeof(struct st_event));
-    if (!e) {
-        count_lost(probe);
-        return 0;
-    }
     __builtin_memset(e, 0, sizeof(*e));
     u64 id = bpf_get_current_pid_tgid();
     e->ts_ns = bpf_ktime_get_ns();
@@ -91,7 +98,40 @@ static __always_inline struct st_event *new_event(u32 kind, int probe)
     e->tid = (u32)id;
     e->exit_code = -1;
     bpf_get_current_comm(e->comm, sizeof(e->comm));
+}
+
+static __always_inline struct st_event *new_event(u32 kind, int probe)
+{
+    struct st_event *e = events.ringbuf_reserve(sizeof(struct st_event));
+    if (!e) {
+        count_lost(probe);
+        return 0;
+    }
+    fill_event(e, kind);
     return e;
+}
+
+static __always_inline struct st_event *new_tcp_event(u32 kind, int probe)
+{
+    struct st_event *e = tcp_events.ringbuf_reserve(sizeof(struct st_event));
+    if (!e) {
+        count_lost(probe);
+        return 0;
+    }
+    fill_event(e, kind);
+    return e;
+}
+
+/* The current task's pid inside its container: short-lived processes (a preStop's
+ * `nginx -s quit`) are gone before user space could read /proc/<pid>/status. */
+static __always_inline void set_nspid(struct st_event *e, struct st_task *cur)
+{
+    int one = 1;
+    u64 *dev = config.lookup(&one);
+    struct bpf_pidns_info ns = {};
+    if (dev && cur->pidns_ino &&
+        bpf_get_ns_current_pid_tgid(*dev, cur->pidns_ino, &ns, sizeof(ns)) == 0)
+        e->nspid = ns.tgid;
 }
 
 static __always_inline void arm(u32 pidx)
@@ -140,7 +180,8 @@ TRACEPOINT_PROBE(signal, signal_generate)
     int runtime = args->sig != 23 && args->sig != 17 && runtime_comm(comm);   /* not SIGURG/SIGCHLD */
     int selected = ST_FILTER_ALL || cur_pod || tp || runtime ||
                    selected_comm(comm) || selected_comm(tcomm);
-    if (!selected)
+    int unknown = !selected && unknown_cgroup();
+    if (!selected && !unknown)
         return 0;
     if (tp) {
         tgt = *tp;
@@ -159,6 +200,8 @@ TRACEPOINT_PROBE(signal, signal_generate)
     if (!e)
         return 0;
     e->cidx = cur.cidx;
+    e->flags = unknown ? ST_EV_UNKNOWN_CGROUP : 0;
+    set_nspid(e, &cur);
     e->sig = args->sig;
     e->code = args->code;
     e->result = args->result;
@@ -176,7 +219,9 @@ TRACEPOINT_PROBE(signal, signal_deliver)
     int cur_pod = current_task(&cur, tgid);
     char comm[16];
     bpf_get_current_comm(comm, sizeof(comm));
-    if (!(ST_FILTER_ALL || cur_pod || selected_comm(comm)))
+    int selected = ST_FILTER_ALL || cur_pod || selected_comm(comm);
+    int unknown = !selected && unknown_cgroup();
+    if (!selected && !unknown)
         return 0;
     u32 handler = args->sa_handler == 0 ? ST_HANDLER_DEFAULT :
                   args->sa_handler == 1 ? ST_HANDLER_IGNORE : ST_HANDLER_HANDLER;
@@ -196,6 +241,8 @@ TRACEPOINT_PROBE(signal, signal_deliver)
     if (!e)
         return 0;
     e->cidx = cur.cidx;
+    e->flags = unknown ? ST_EV_UNKNOWN_CGROUP : 0;
+    set_nspid(e, &cur);
     e->sig = args->sig;
     e->code = args->code;
     e->handler = handler;
@@ -224,6 +271,8 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     int cur_pod = current_task(&cur, tgid);
     char comm[16];
     bpf_get_current_comm(comm, sizeof(comm));
+    /* a new image: exec SIGKILLs the other threads (de_thread), which is no death of the process */
+    exits.delete(&tgid);
     if (cur_pod) {
         struct st_task *known = pod_tasks.lookup(&tgid);
         if (!known)
@@ -231,14 +280,16 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     }
     /* An exec in a cgroup user space has not classified yet may be a new container's first
      * process: stream it so user space rescans at once instead of at its next periodic scan. */
-    u64 cg = bpf_get_current_cgroup_id();
-    int unknown = !cur_pod && !other_cgroups.lookup(&cg);
-    if (!(ST_FILTER_ALL || cur_pod || unknown || selected_comm(comm)))
+    int selected = ST_FILTER_ALL || cur_pod || selected_comm(comm);
+    int unknown = !selected && unknown_cgroup();
+    if (!selected && !unknown)
         return 0;
     struct st_event *e = new_event(ST_KIND_PROCESS_EXEC, ST_PROBE_PROCESS_EXEC);
     if (!e)
         return 0;
     e->cidx = cur.cidx;
+    e->flags = unknown ? ST_EV_UNKNOWN_CGROUP : 0;
+    set_nspid(e, &cur);
     u32 *ppid = parents.lookup(&tgid);
     if (ppid)
         e->ppid = *ppid;
@@ -254,7 +305,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_exit_group)
     struct st_task cur = {};
     char comm[16];
     bpf_get_current_comm(comm, sizeof(comm));
-    if (!(ST_FILTER_ALL || current_task(&cur, tgid) || selected_comm(comm)))
+    if (!(ST_FILTER_ALL || current_task(&cur, tgid) || selected_comm(comm) || unknown_cgroup()))
         return 0;
     struct st_exit zero = {.code = -1};
     struct st_exit *x = exits.lookup_or_try_init(&tgid, &zero);
@@ -277,13 +328,16 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     char comm[16];
     bpf_get_current_comm(comm, sizeof(comm));
     int selected = ST_FILTER_ALL || cur_pod || selected_comm(comm);
+    int unknown = !selected && unknown_cgroup();
     struct st_exit *x = exits.lookup(&tgid);
-    if (selected) {
+    if (selected || unknown) {
         if (cur_pod && (cur.flags & ST_TASK_INIT))
             arm(cur.pidx);   /* a container's init is gone: the pod is stopping */
         struct st_event *e = new_event(ST_KIND_PROCESS_EXIT, ST_PROBE_PROCESS_EXIT);
         if (e) {
             e->cidx = cur.cidx;
+            e->flags = unknown ? ST_EV_UNKNOWN_CGROUP : 0;
+            set_nspid(e, &cur);
             if (x) {
                 e->exit_signal = x->sig;
                 e->exit_code = x->sig ? -1 : x->code;
@@ -382,6 +436,8 @@ static __always_inline int routine_transition(int old, int new)
      * 8 CLOSE_WAIT, 9 LAST_ACK, 10 LISTEN, 11 CLOSING */
     if (new == 1 && (old == 2 || old == 3))
         return 1;                                  /* handshake completed */
+    if (old == 10 && new == 3)
+        return 1;                                  /* a listener's child socket created */
     if (old == 7 && new == 2)
         return 1;                                  /* connect() started */
     if (old == 4 || old == 5 || old == 6 || old == 9 || old == 11)
@@ -396,7 +452,7 @@ static __always_inline int emit_tcp(struct st_event *t, u32 kind, int probe)
     u32 cidx = 0;
     if (!tcp_attribute(t, &cidx))
         return 0;
-    struct st_event *e = new_event(kind, probe);
+    struct st_event *e = new_tcp_event(kind, probe);
     if (!e)
         return 0;
     e->cidx = cidx;

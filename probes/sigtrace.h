@@ -43,6 +43,7 @@
 #define ST_HANDLER_IGNORE 1
 #define ST_HANDLER_HANDLER 2
 
+#define ST_EV_UNKNOWN_CGROUP 1     /* streamed only because user space has not classified its cgroup */
 #define ST_TASK_INIT 1             /* pod_tasks flag: the container's PID 1 */
 #define ST_AMBIGUOUS 0xffffffff    /* an endpoint claimed by several pods (e.g. 127.0.0.1:9000) */
 #define ST_FAMILY_INET 2
@@ -75,6 +76,8 @@ struct st_event {
     u16 sport;
     u16 dport;
     u16 pad;
+    u32 nspid;          /* pid of the current task in its container's PID namespace, 0 = unknown */
+    u32 flags;          /* ST_EV_* */
     u8 saddr[16];       /* IPv4 as ::ffff:a.b.c.d */
     u8 daddr[16];
     char comm[16];
@@ -87,6 +90,8 @@ struct st_task {
     u32 cidx;
     u32 pidx;
     u32 flags;
+    u32 pad;
+    u64 pidns_ino;      /* the container's PID namespace (nsfs inode), 0 = unknown */
 };
 
 /* a pod's TCP endpoint; addr all zero = wildcard listener (0.0.0.0 / ::) */

@@ -150,9 +150,12 @@ def test_shell_as_pid1_ignores_sigterm_then_dies_by_sigkill(recording):
 def test_exit_codes_and_signals(recording):
     a, c = recording["facts"]["a"], recording["facts"]["c"]
     ev = recording["events"]
+    fpm_master = _find(ev, kind="process_exit", pid=a["fpm_pid1"])
+    assert fpm_master and fpm_master[0].get("exit_code") == 0 and fpm_master[0]["nspid"] == 1
     master = _find(ev, kind="process_exit", pid=c["pid1"])
     assert master and master[0].get("exit_code") == recording["facts"]["c_stop"]["nginx"].exit_code == 0
-    fpm_children = [e for e in _find(ev, kind="process_exit", container_id=a["fpm"]) if e["pid"] != a["fpm_pid1"]]
+    fpm_children = [e for e in _find(ev, kind="process_exit", container_id=a["fpm"], comm="php-fpm8.2")
+                    if e["pid"] != a["fpm_pid1"]]
     # process_control_timeout=0: the children were TERMed then KILLed by the master
     assert fpm_children and all(e.get("exit_signal") in ("SIGTERM", "SIGKILL") for e in fpm_children)
 

@@ -151,7 +151,8 @@ def test_dockerfile_base_packages_probes_and_entrypoint():
     assert {"python3-bpfcc", "strace", "linux-headers-amd64", "python3-venv"} <= set(apt)
     assert "--system-site-packages" in runs                       # the venv sees Debian's bcc
     copies = [shlex.split(r) for op, r in ins if op == "COPY"]
-    assert ["probes/", "sigtrace/probes/"] in copies and ["sigtrace/", "sigtrace/"] in copies
+    assert ["probes/", "probes/"] in copies and ["sigtrace/", "sigtrace/"] in copies
+    assert ["pyproject.toml", "setup.py", "README.md", "./"] in copies   # setup.py lists the mapped packages
     assert "r.files('sigtrace.probes')" in runs                  # the build fails without the probes
     entry = next(r for op, r in ins if op == "ENTRYPOINT")
     assert yaml.safe_load(entry) == ["sigtrace", "agent"]

@@ -119,3 +119,16 @@ def test_bad_signal_is_rejected_before_anything_is_made(tmp_path):
     spec = PodSpec(containers=[configs.ContainerSpec("x", ["true"], stop_signal="SIGNOPE")])
     with pytest.raises(LabError, match="unknown signal"):
         LocalPod(spec)
+
+
+@pytest.mark.kernel
+def test_prestop_longer_than_grace_still_stops_and_exit_is_seen(app):
+    # the kubelet stops waiting for the hook at grace end and sends the stop signal anyway (2 s
+    # minimum); the hook's process, orphaned to us, must be reaped or fpm's PID 1 never finishes exiting
+    spec = PodSpec(name="slowhook", grace_period_s=1.5, app_dir=app.root,
+                   containers=[configs.fpm_container(app, stop_signal="SIGQUIT", prestop=["sleep", "30"])])
+    with LocalPod(spec) as pod:
+        o = pod.stop()["php-fpm"]
+    assert o.prestop_rc is None and o.stop_sent - o.prestop_start >= 1.4
+    assert o.exit_code == 0 and not o.killed and o.exited - o.stop_sent < 2
+    assert_gone(pod)

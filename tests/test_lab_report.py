@@ -16,9 +16,9 @@ NGINX_GRACEFUL = ["--stop-signal", "nginx=QUIT", "--prestop", "nginx=sleep 3"]
 
 # id, CLI args, verdicts that must fire, client outcomes that must be seen (none: all ok)
 MATRIX = [
-    ("clean-cgroupfs", ["--layout", "cgroupfs", "--workers", "2", "--lb-delay", "1", *NGINX_GRACEFUL, *FPM_GRACEFUL],
+    ("clean-cgroupfs", ["--layout", "cgroupfs", "--workers", "2", "--concurrency", "2", "--lb-delay", "1", *NGINX_GRACEFUL, *FPM_GRACEFUL],
      set(), set()),
-    ("clean-systemd", ["--layout", "systemd", "--workers", "1", "--lb-delay", "2", "--request-ms", "800",
+    ("clean-systemd", ["--layout", "systemd", "--workers", "4", "--lb-delay", "2", "--request-ms", "800",
                        *NGINX_GRACEFUL, *FPM_GRACEFUL], set(), set()),
     ("article", ["--layout", "systemd", "--workers", "2", "--prestop", "nginx=nginx -s quit",
                  "--stop-signal", "nginx=TERM", "--lb-delay", "1"],

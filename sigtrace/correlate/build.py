@@ -64,15 +64,22 @@ def report_for(ctx: PodContext) -> PodReport:
                      build_timeline(ctx), evaluate(ctx), build_stats(ctx), connections=_conn_lanes(ctx))
 
 
+MAX_LANE_CONNS = 2000
+
+
 def _conn_lanes(ctx: PodContext) -> list[dict[str, Any]]:
     """Server-side connections as intervals for the HTML picture."""
     c = ctx.conns
     if not len(c):
         return []
     c = c[(c["side"] == "server") & c["est_ts"].notna()]
+    if ctx.t0 is not None:
+        # the picture is about the shutdown: connections still open within a second of the trigger
+        c = c[c["end_ts"].isna() | (c["end_ts"] >= ctx.t0 - 1.0)]
+    c = c.head(MAX_LANE_CONNS)
     out = []
     for _, r in c.iterrows():
-        out.append({"port": int(r["port"]), "port_class": r["port_class"], "start_t": ctx.rel(float(r["est_ts"])),
+        out.append({"port": int(r["port"]), "port_class": r["port_class"], "start_t": None if r["est_ts"] == float("-inf") else ctx.rel(float(r["est_ts"])),
                     "end_t": ctx.rel(float(r["end_ts"])) if r["end_ts"] == r["end_ts"] else None,
                     "close_kind": r["close_kind"], "closed_by": r["closed_by"], "at_exit": bool(r["at_exit"])})
     return out
@@ -91,7 +98,8 @@ def build_reports(events: pd.DataFrame, meta: dict[str, Any], incomplete: Iterab
     for uid in pod_uids(events):
         own = events.iloc[own_idx[uid]] if uid in own_idx else events.iloc[0:0]
         incoming = gen.iloc[in_idx[uid]] if uid in in_idx else gen.iloc[0:0]
-        ctx = build_context(events, uid, caps, own, incoming)
+        endpoints = (meta.get("pod_endpoints") or {}).get(uid) if isinstance(meta.get("pod_endpoints"), dict) else None
+        ctx = build_context(events, uid, caps, own, incoming, endpoints)
         reports.append(report_for(ctx))
     lost = meta.get("lost_events") or 0
     try:

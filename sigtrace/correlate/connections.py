@@ -73,18 +73,21 @@ def _na(v: Any) -> Any:
 def build_connections(tcp: pd.DataFrame, listeners: dict[int, Listener], exit_ts: dict[int, float]) -> pd.DataFrame:
     """One row per socket (not listeners) with its classification."""
     st = tcp[tcp["kind"] == S.TCP_STATE]
-    listener_socks = set(st.loc[_s(st["new_state"]) == "LISTEN", "sock"].dropna())
-    listener_socks |= set(st.loc[(_s(st["old_state"]) == "LISTEN") & (_s(st["new_state"]) == "CLOSE"), "sock"].dropna())
-    st = st[~st["sock"].isin(listener_socks)] if listener_socks else st
     if st.empty:
         return pd.DataFrame(columns=CONN_COLUMNS)
     key = _conn_key(st)
     new, old = _s(st["new_state"]), _s(st["old_state"])
+    listening = set(key[(new == "LISTEN") | ((old == "LISTEN") & (new == "CLOSE"))])
+    keep = ~key.isin(listening)
+    st, key = st[keep], key[keep]
+    if st.empty:
+        return pd.DataFrame(columns=CONN_COLUMNS)
+    new, old = _s(st["new_state"]), _s(st["old_state"])
     ts = st["ts"]
     pid = pd.Series(st["pid"].astype("Float64").to_numpy(dtype=float, na_value=np.nan), index=st.index)
     f = pd.DataFrame({
-        "key": key, "row": st.index, "ts": ts, "saddr": _s(st["saddr"]), "sport": st["sport"],
-        "daddr": _s(st["daddr"]), "dport": st["dport"],
+        "key": key, "row": st.index, "ts": ts, "saddr": _s(st["saddr"]), "sport": st["sport"].astype("Float64"),
+        "daddr": _s(st["daddr"]), "dport": st["dport"].astype("Float64"), "old_state": old,
         "syn_recv": new == "SYN_RECV", "syn_sent": new == "SYN_SENT",
         "est_ts": ts.where(new == "ESTABLISHED"),
         "close_ts": ts.where(new == "CLOSE"),
@@ -98,7 +101,8 @@ def build_connections(tcp: pd.DataFrame, listeners: dict[int, Listener], exit_ts
     }, index=st.index)
     g = f.groupby("key", sort=False)
     c = g.agg(first_ts=("ts", "min"), last_ts=("ts", "max"), first_row=("row", "min"),
-              saddr=("saddr", "first"), sport=("sport", "first"), daddr=("daddr", "first"), dport=("dport", "first"),
+              saddr=("saddr", "first"), sport=("sport", "max"), daddr=("daddr", "first"), dport=("dport", "max"),
+              first_old=("old_state", "first"),
               syn_recv=("syn_recv", "any"), syn_sent=("syn_sent", "any"),
               est_ts=("est_ts", "min"), close_ts=("close_ts", "min"),
               fin_local_ts=("fin_local_ts", "min"), fin_local_pid=("fin_local_pid", "first"),
@@ -109,7 +113,7 @@ def build_connections(tcp: pd.DataFrame, listeners: dict[int, Listener], exit_ts
     # resets reported by the kernel for full sockets
     rs = tcp[tcp["kind"].isin((S.TCP_RESET_SENT, S.TCP_RESET_RECEIVED)) & tcp["sock"].notna()]
     if len(rs):
-        rk = rs["sock"].astype("object")
+        rk = _reset_keys(rs, tcp[tcp["kind"] == S.TCP_STATE].sort_values("ts", kind="stable"))
         sent = rs["kind"] == S.TCP_RESET_SENT
         r = pd.DataFrame({"key": rk, "rst_sent_ts": rs["ts"].where(sent), "rst_sent_row": pd.Series(rs.index, index=rs.index).where(sent),
                           "rst_sent_pid": pd.Series(rs["pid"].astype("Float64").to_numpy(dtype=float, na_value=np.nan), index=rs.index).where(sent),
@@ -118,9 +122,12 @@ def build_connections(tcp: pd.DataFrame, listeners: dict[int, Listener], exit_ts
         c = c.join(r.groupby("key").agg(rst_sent_ts=("rst_sent_ts", "min"), rst_sent_row=("rst_sent_row", "min"),
                                          rst_sent_pid=("rst_sent_pid", "first"), rst_recv_ts=("rst_recv_ts", "min"),
                                          rst_recv_row=("rst_recv_row", "min")))
+    # first seen already established: it was open before the recorder streamed this pod's TCP detail
+    c["est_ts"] = c["est_ts"].where(~(c["est_ts"].isna() & c["first_old"].isin(OPEN_BEFORE)), -np.inf)
     for col in ("rst_sent_ts", "rst_sent_row", "rst_sent_pid", "rst_recv_ts", "rst_recv_row"):
         if col not in c:
             c[col] = np.nan
+    c["sport"], c["dport"] = c["sport"].astype("Int64"), c["dport"].astype("Int64")
     ports = set(listeners)
     upstream = {p for p, li in listeners.items() if li.upstream}
     sport = c["sport"].astype("Float64").fillna(-1).astype(int)
@@ -158,11 +165,40 @@ CONN_COLUMNS = ["key", "first_ts", "first_row", "saddr", "sport", "daddr", "dpor
                 "at_exit", "refused"]
 
 
-def _conn_key(st: pd.DataFrame) -> pd.Series:
+OPEN_BEFORE = ("ESTABLISHED", "CLOSE_WAIT", "FIN_WAIT1", "FIN_WAIT2", "LAST_ACK", "CLOSING")
+
+
+def _sock_ids(st: pd.DataFrame) -> pd.Series:
+    """Socket identity: the kernel reuses a freed sock's address at once, so one address is many
+    connections over time. A new one starts at CLOSE -> SYN_SENT/LISTEN or LISTEN -> SYN_RECV (a child)."""
     sock = st["sock"].astype("object")
     tup = (st["saddr"].astype("object").astype(str) + ":" + st["sport"].astype("object").astype(str) + "-"
            + st["daddr"].astype("object").astype(str) + ":" + st["dport"].astype("object").astype(str))
-    return sock.where(sock.notna(), tup)
+    sock = sock.where(sock.notna(), tup)
+    return sock
+
+
+def _incarnations(st: pd.DataFrame, sock: pd.Series) -> pd.Series:
+    old, new = _s(st["old_state"]), _s(st["new_state"])
+    start = ((old == "CLOSE") | ((old == "LISTEN") & (new == "SYN_RECV"))).astype(int)
+    return start.groupby(sock.values).cumsum()
+
+
+def _conn_key(st: pd.DataFrame) -> pd.Series:
+    sock = _sock_ids(st)
+    return sock + "#" + _incarnations(st, sock).astype(str)
+
+
+def _reset_keys(rs: pd.DataFrame, st: pd.DataFrame) -> pd.Series:
+    """The connection a reset belongs to: its sock's incarnation current at the reset's time."""
+    sock = _sock_ids(st)
+    inc = pd.DataFrame({"sock": sock.values, "ts": st["ts"].values, "inc": _incarnations(st, sock).values})
+    inc = inc.sort_values("ts", kind="stable")
+    r = pd.DataFrame({"sock": rs["sock"].astype("object").values, "ts": rs["ts"].values, "idx": rs.index})
+    r = r.sort_values("ts", kind="stable")
+    m = pd.merge_asof(r, inc, on="ts", by="sock", direction="backward") if len(inc) else r.assign(inc=0)
+    m["inc"] = m["inc"].fillna(0).astype(int)
+    return pd.Series((m["sock"] + "#" + m["inc"].astype(str)).values, index=m["idx"].values).reindex(rs.index)
 
 
 def build_refused(tcp: pd.DataFrame, conns: pd.DataFrame, listeners: dict[int, Listener]) -> pd.DataFrame:

@@ -32,6 +32,7 @@ class LiveReporter:
         self._due: dict[str, tuple[float, float]] = {}      # pod -> (event ts, wall time) when all exited
         self._done: set[str] = set()
         self._last_ts = 0.0
+        self._kinds: set[str] = set()
         self.written: list[Path] = []
 
     def feed(self, event: dict[str, Any]) -> None:
@@ -56,6 +57,9 @@ class LiveReporter:
                     self._due.pop(pod)          # a container we did not know yet is still alive
         if tpod and tpod not in self._done and event.get("target_container_id"):
             self._containers.setdefault(tpod, set()).add(event["target_container_id"])
+        kind = event.get("kind")
+        if kind not in self._kinds:
+            self._kinds.add(kind)
         if self._due:
             self.poll()
 
@@ -64,20 +68,37 @@ class LiveReporter:
         now = time.monotonic()
         for uid, (ts, wall) in list(self._due.items()):
             if self._last_ts >= ts + self.settle_s or now >= wall + self.settle_s:
-                self._report(uid)
+                self._report_safely(uid)
 
     def close(self) -> None:
         """Report what is due now, without waiting (the recording ends)."""
         for uid in list(self._due):
-            self._report(uid)
+            self._report_safely(uid)
 
     def _meta(self) -> dict[str, Any]:
-        if self.meta is not None:
-            return self.meta
+        meta = self.meta
+        if meta is None:
+            try:
+                meta = json.loads((self.out_dir / META_FILE).read_text())
+            except (OSError, ValueError):
+                meta = {}
+        if not meta.get("capabilities"):
+            # the stream so far shows what this recorder records (not just this pod's events)
+            import pandas as pd
+            from .build import capabilities_of
+            caps, _ = capabilities_of({}, pd.DataFrame({"kind": sorted(k for k in self._kinds if k)}))
+            meta = dict(meta, capabilities=sorted(caps))
+        return meta
+
+    def _report_safely(self, uid: str) -> None:
+        """One pod's report failing must not stop the others' (nor the recording)."""
         try:
-            return json.loads((self.out_dir / META_FILE).read_text())
-        except (OSError, ValueError):
-            return {}
+            self._report(uid)
+        except Exception as exc:          # noqa: BLE001 - reported, and the recording goes on
+            self._done.add(uid)
+            if self.console is not None:
+                self.console.print(f"sigtrace: live report for pod {uid} failed: {exc!r}; "
+                                   f"run `sigtrace report {self.out_dir} --pod {uid}` after the recording")
 
     def _report(self, uid: str) -> None:
         from ..events.reader import events_frame

@@ -150,7 +150,8 @@ def pod_events(events: pd.DataFrame, pod_uid: str) -> tuple[pd.DataFrame, pd.Dat
 
 
 def build_context(events: pd.DataFrame, pod_uid: str, caps: frozenset[str],
-                  own: pd.DataFrame | None = None, incoming: pd.DataFrame | None = None) -> PodContext:
+                  own: pd.DataFrame | None = None, incoming: pd.DataFrame | None = None,
+                  endpoints: list[str] | None = None) -> PodContext:
     if own is None or incoming is None:
         own, incoming = pod_events(events, pod_uid)
     ctx = PodContext(pod_uid=pod_uid, events=events, caps=caps)
@@ -163,8 +164,16 @@ def build_context(events: pd.DataFrame, pod_uid: str, caps: frozenset[str],
     ctx.signals = _signals(ctx, own, incoming)
     _containers(ctx)
     _trigger(ctx)
+    for s in ctx.signals:      # roles are final now (preStop vs exec is decided by the trigger)
+        if s.sender_in_pod and s.sender_pid in ctx.procs:
+            s.sender_role = ctx.procs[s.sender_pid].role
     tcp = own[own["kind"].isin(S.TCP_KINDS)]
     ctx.listeners = build_listeners(tcp[tcp["kind"] == S.TCP_STATE])
+    for ep in endpoints or ():
+        # "*:8080", "127.0.0.1:9000": what the recorder learned from /proc/<pid>/net (LISTEN may predate it)
+        addr, _, port = str(ep).rpartition(":")
+        if port.isdigit():
+            ctx.listeners.setdefault(int(port), Listener(int(port), addr or None, None, None, None, None, None, None))
     _mark_upstream(ctx)
     exit_ts = {p.pid: p.exit_ts for p in ctx.procs.values() if p.exit_ts is not None}
     ctx.conns = build_connections(tcp, ctx.listeners, exit_ts)
@@ -200,7 +209,12 @@ def _signals(ctx: PodContext, own: pd.DataFrame, incoming: pd.DataFrame) -> list
     procs = ctx.procs
     gens = pd.concat([own[own["kind"] == S.SIGNAL_GENERATE], incoming[~incoming.index.isin(own.index)]])
     gens = gens[(gens["sig"].astype("object") != "SIGCHLD")].sort_values("ts", kind="stable")
-    dels = own[(own["kind"] == S.SIGNAL_DELIVER) & (own["sig"].astype("object") != "SIGCHLD")].sort_values("ts", kind="stable")
+    dels = own[(own["kind"] == S.SIGNAL_DELIVER) & (own["sig"].astype("object") != "SIGCHLD")]
+    # execve kills the other threads of the exec'ing process (de_thread): SIGKILL deliveries to
+    # threads of runc's init that are no signal anybody sent
+    noise = (dels["sig"].astype("object") == "SIGKILL") & (dels["tid"].notna() & (dels["tid"] != dels["pid"])
+                                                           | dels["comm"].astype("object").str.startswith("runc:").fillna(False))
+    dels = dels[~noise].sort_values("ts", kind="stable")
     pending: dict[tuple[int, str], list[tuple[int, Any]]] = {}
     for idx, r in dels.iterrows():
         pending.setdefault((int(r["pid"]), str(r["sig"])), []).append((int(idx), r))
@@ -278,7 +292,16 @@ def _trigger(ctx: PodContext) -> None:
     externals = [p for p in ctx.procs.values() if p.external and p.exec_ts is not None]
     window = (ctx.grace_s or DEFAULT_GRACE_S) + PRESTOP_EXTRA_S + 1.0
     if first_stop is not None:
-        pre = [p for p in externals if first_stop - window <= p.exec_ts <= first_stop]
+        # containers stop in parallel: a container's preStop may start after another one's stop signal;
+        # it ends at its own container's stop signal (or its PID 1's exit)
+        def ends(p: Process) -> float:
+            c = ctx.containers.get(p.container_id or "")
+            if c is not None and c.stop_signal is not None:
+                return c.stop_signal.ts
+            if c is not None and c.exit_ts is not None:
+                return c.exit_ts
+            return float("inf")
+        pre = [p for p in externals if first_stop - window <= p.exec_ts <= ends(p)]
     else:
         pid1_exits = [p.exit_ts for p in ctx.procs.values() if p.is_pid1 and p.exit_ts is not None]
         pre = [p for p in externals if any(e >= p.exec_ts for e in pid1_exits)]

@@ -6,6 +6,7 @@ one-line ClusterProblem messages instead of the client's tracebacks.
 from __future__ import annotations
 
 import os
+import re
 
 from ..errors import SigtraceError
 
@@ -56,5 +57,15 @@ def explain(exc: BaseException, what: str) -> str:
         return f"{what}: API server answered {exc.status} {exc.reason}; retrying"
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if type(exc).__name__ in ("ProtocolError", "ReadTimeoutError", "IncompleteRead"):
-        return f"{what}: the watch connection broke ({text[:160]}); reconnecting"
-    return f"{what}: cannot reach the API server ({type(exc).__name__}: {text[:160]}); retrying"
+        return f"{what}: the connection broke mid-stream; reconnecting from the last resourceVersion"
+    pool = getattr(exc, "pool", None)
+    where = f" {pool.host}:{pool.port}" if pool is not None and getattr(pool, "host", None) else ""
+    # the same line on every retry (no object addresses), so it is logged once
+    return f"{what}: cannot reach the API server{where} ({_cause(text)}); retrying with backoff"
+
+
+def _cause(text: str) -> str:
+    m = re.search(r"\[Errno -?\d+\] [^'\")\]]+", text)
+    if m:
+        return m.group(0).rstrip(" ,")
+    return re.sub(r" at 0x[0-9a-f]+", "", text)[:160]

@@ -121,8 +121,10 @@ def run_client(host: str, port: int, path: str, concurrency: int, timeout: float
             r = one_request(host, port, path, timeout)
             with lock:
                 result.requests.append(r)
-            if r.outcome in ("refused", "closed", "reset"):
-                time.sleep(0.05)   # a dead listener answers at once: don't spin the CPU
+            if r.outcome != "ok":
+                # A dead listener or a 502 answers at once: back off like a client would,
+                # instead of spinning the CPU (and the recorder) on thousands of failures.
+                time.sleep(0.05)
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
     for t in threads:

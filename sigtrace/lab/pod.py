@@ -203,6 +203,41 @@ def listening_ports(pid: int, owners: list[int] | None = None) -> set[int]:
     return ports
 
 
+def _nspid_depth(pid: int | str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("NSpid:"):
+            return len(line.split()) - 1
+    return 1
+
+
+def reap_container_orphans(skip: set[int]) -> list[int]:
+    """Reap our children that live in a deeper PID namespace (container processes re-parented
+    to us, the subreaper: e.g. a preStop's process whose `runc exec` was killed at the grace
+    timeout). containerd-shim does the same. Unreaped, such a zombie blocks the container's
+    PID 1 from finishing its exit (the kernel waits for the namespace to empty), so the
+    container would never be seen to exit. Children in our own namespace (subprocess's) are
+    left alone: their Popen waits for them."""
+    me = os.getpid()
+    mine = _nspid_depth(me)
+    reaped = []
+    for task in os.listdir(f"/proc/{me}/task"):
+        try:
+            kids = Path(f"/proc/{me}/task/{task}/children").read_text().split()
+        except OSError:
+            continue
+        for pid in map(int, kids):
+            if pid in skip:
+                continue
+            try:
+                if _nspid_depth(pid) <= mine:
+                    continue
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    reaped.append(pid)
+            except (OSError, ChildProcessError):
+                continue
+    return reaped
+
+
 class _Container:
     """Runtime state of one container (the shim's view)."""
 
@@ -257,6 +292,8 @@ class LocalPod:
                 c, cid, cgroups_path(spec.layout, spec.uid, cid, spec.qos), self.workdir / c.name)
         self.stopped: dict[str, StopOutcome] = {}
         self._made_netns = False
+        self._sweeping = threading.Event()
+        self._sweeper: threading.Thread | None = None
 
     # --- public API -------------------------------------------------------------------
     @property
@@ -347,6 +384,8 @@ class LocalPod:
             raise LabError(f"{self.runc} not found: install Debian's runc (make setup)")
         _set_subreaper()
         self.workdir.mkdir(mode=0o700)
+        self._sweeper = threading.Thread(target=self._sweep, name="reap-orphans", daemon=True)
+        self._sweeper.start()
         if (NETNS_DIR / self.netns).exists():
             raise LabError(f"network namespace {self.netns} already exists: another pod with this uid runs")
         _run(["ip", "netns", "add", self.netns])
@@ -453,6 +492,10 @@ class LocalPod:
         }
         (c.bundle / "config.json").write_text(json.dumps(config, indent=1))
 
+    def _sweep(self) -> None:
+        while not self._sweeping.wait(0.05):
+            reap_container_orphans({c.pid1 for c in self._containers.values() if c.pid1})
+
     # --- stop -----------------------------------------------------------------------------
     def _stop_one(self, name: str, grace: float) -> StopOutcome:
         c = self._containers[name]
@@ -498,6 +541,10 @@ class LocalPod:
                 _run([self.runc, "delete", "-f", c.id], check=False, timeout=30)
             if c.pid1 is not None:
                 c.exited.wait(5)
+        self._sweeping.set()
+        if self._sweeper is not None:
+            self._sweeper.join()
+        reap_container_orphans({c.pid1 for c in self._containers.values() if c.pid1 and not c.exited.is_set()})
         for c in self._containers.values():
             problems += self._remove_cgroups(c.cg_path)
         for root in cgroup_hierarchies():

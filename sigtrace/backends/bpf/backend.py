@@ -41,6 +41,8 @@ class BpfBackend:
         self._last_refresh = 0.0
         self._mounts = cgroup_mounts()
         self._found: dict[int, list[int]] = {}
+        self._armed_cache: set[int] = set()
+        self._armed_at = 0.0
 
     # -- Backend protocol
     def open(self, sink: EventSink) -> None:
@@ -65,9 +67,14 @@ class BpfBackend:
         self.maps = MapSync(bpf, self.registry, self.arm_window_s)
         self.maps.set_comms("runtime_comms", RUNTIME_COMMS)
         self.maps.set_comms("select_comms", self.comms)
-        self._exec_kind = self.loaded.defines["ST_KIND_PROCESS_EXEC"]
+        self._unknown_flag = self.loaded.defines["ST_EV_UNKNOWN_CGROUP"]
+        self._mark_other_cgroups()
         self.refresh()
-        bpf["events"].open_ring_buffer(self._on_raw)
+        self.decoder.armed_pods = self._armed_pods
+        # both rings carry struct st_event; bcc types only the first ring it sees, so decode with it
+        typed = bpf["events"]
+        for table in ("events", "tcp_events"):
+            bpf[table].open_ring_buffer(lambda ctx, data, size: self._on_raw(typed.event(data)))
 
     def poll(self, timeout_s: float) -> None:
         assert self.loaded is not None
@@ -136,14 +143,20 @@ class BpfBackend:
         self.maps.sync(found)
         self._found = found
 
-    def _on_raw(self, ctx: Any, data: Any, size: int) -> None:
+    def _armed_pods(self) -> set[int]:
+        now = time.monotonic()
+        if now - self._armed_at > 0.2:             # one map walk per 200 ms, not per event
+            self._armed_cache = self.maps.armed_pods(self.arm_window_s)
+            self._armed_at = now
+        return self._armed_cache
+
+    def _on_raw(self, raw: Any) -> None:
         assert self.loaded is not None and self._sink is not None
-        raw = self.loaded.bpf["events"].event(data)
         cidx = raw.cidx      # ring buffer pages are read-only to user space: never write to raw
-        if raw.kind == self._exec_kind and not cidx and not self.opts.filter_all:
-            cidx = self._classify_exec(raw)
-            if not cidx and not self.comms:
-                return
+        if raw.flags & self._unknown_flag:
+            cidx = self._classify(raw)
+            if not cidx:
+                return       # not a pod's: the kernel drops this cgroup's events from now on
         try:
             event = self.decoder.decode(raw, cidx)
         except Exception:    # a bug in decoding must not stop the recording; counted in meta.json
@@ -153,20 +166,34 @@ class BpfBackend:
             self._maybe_arm_exec(raw, cidx)
         self._sink(event)
 
-    def _classify_exec(self, raw: Any) -> int:
-        """An exec the kernel could not place (its cgroup is not in the maps yet): a new container's
+    def _mark_other_cgroups(self) -> None:
+        """Classify the cgroup v2 directories outside kubepods up front, so the kernel filters
+        their events from the start instead of asking user space once per cgroup."""
+        other = self.loaded.bpf["other_cgroups"]
+        for root in self._mounts[0]:
+            for dirpath, dirnames, _ in os.walk(root):
+                dirnames[:] = [d for d in dirnames if not d.startswith("kubepods")]
+                try:
+                    other[other.Key(os.stat(dirpath).st_ino)] = other.Leaf(1)
+                except (OSError, KeyError):
+                    pass
+
+    def _classify(self, raw: Any) -> int:
+        """An event the kernel could not place (its cgroup is not in the maps yet): a new container's
         first process, or a non-pod cgroup seen for the first time. Rescan now for the former;
-        tell the kernel to drop the latter's execs from now on."""
+        tell the kernel to drop the latter's events from now on."""
         cidx = self.registry.cgroups.get(raw.cgroup_id)
-        if cidx is None:
+        if cidx is None and time.monotonic() - self._last_refresh > 0.1:
             self.refresh()
             cidx = self.registry.cgroups.get(raw.cgroup_id)
         if cidx is None:
             info = self.registry.resolve_pid(raw.pid)    # v1-only runtimes: /proc/<pid>/cgroup
-            cidx = info.cidx if info else 0
-        if not cidx:
-            other = self.loaded.bpf["other_cgroups"]
-            other[other.Key(raw.cgroup_id)] = other.Leaf(1)
+            if info is None:
+                return 0     # gone before we could look: the cgroup is classified on a later event
+            cidx = info.cidx
+            if not cidx:
+                other = self.loaded.bpf["other_cgroups"]
+                other[other.Key(raw.cgroup_id)] = other.Leaf(1)
         return cidx
 
     def _maybe_arm_exec(self, raw: Any, cidx: int) -> None:

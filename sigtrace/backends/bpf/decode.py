@@ -11,7 +11,7 @@ from .pods import AMBIGUOUS, PodRegistry, format_addr
 STRUCT_FIELDS = (
     "ts_ns", "cgroup_id", "skaddr", "kind", "pid", "tid", "cidx", "sig", "code", "result",
     "target_pid", "target_cidx", "handler", "ppid", "exit_code", "exit_signal", "pidx", "role",
-    "old_state", "new_state", "reason", "family", "sport", "dport", "pad", "saddr", "daddr",
+    "old_state", "new_state", "reason", "family", "sport", "dport", "pad", "nspid", "flags", "saddr", "daddr",
     "comm", "target_comm", "filename",
 )
 
@@ -56,6 +56,28 @@ class Decoder:
         self.reset_reasons = reset_reasons
         self.resolve_unknown = resolve_unknown     # --all: processes outside the registry
         self.offset = monotonic_offset()
+        self.armed_pods: Any = lambda: set()      # set by the backend: pods stopping now
+        self.listener_closed: dict[tuple[str, int], float] = {}     # (pod_uid, port) -> when
+
+    def _disambiguate(self, e: Any, ts: float) -> str | None:
+        """Several pods claim the endpoint (each lab pod's 127.0.0.1:8080) and the kernel's tie-break
+        (the current task's pod) found none: the claimant that is stopping, else, for a port that
+        refused, the claimant whose listener on it closed last before the event."""
+        port = e.sport
+        owners = self.reg.claimants(bytes(e.saddr), e.sport)
+        if not owners:
+            port = e.dport
+            owners = self.reg.claimants(bytes(e.daddr), e.dport)
+        armed = owners & self.armed_pods()
+        if len(armed) == 1:
+            return self.reg.pod_uid(next(iter(armed)))
+        closed = []
+        for pidx in armed or owners:
+            uid = self.reg.pod_uid(pidx)
+            at = self.listener_closed.get((uid, port))
+            if at is not None and at <= ts:
+                closed.append((at, uid))
+        return max(closed)[1] if closed else None
 
     def _task(self, pid: int, cidx: int) -> tuple[str | None, str | None, int | None]:
         """(pod_uid, container_id, nspid) of a process, from the kernel's index or /proc."""
@@ -81,6 +103,11 @@ class Decoder:
         if kind in schema.TCP_KINDS:
             return self._tcp(kind, ts, e, common)
         pod_uid, cid, nspid = self._task(e.pid, e.cidx if cidx is None else cidx)
+        if e.nspid and pod_uid:
+            nspid = e.nspid                       # from the kernel, right when it happened
+            info = self.reg.tasks.get(e.pid)
+            if info is not None and info.nspid is None:
+                info.nspid = nspid
         common.update(pod_uid=pod_uid, container_id=cid, nspid=nspid)
         if kind == schema.SIGNAL_GENERATE:
             t_pod, t_cid, t_nspid = self._task(e.target_pid, e.target_cidx)
@@ -106,6 +133,8 @@ class Decoder:
     def _tcp(self, kind: str, ts: float, e: Any, common: dict[str, Any]) -> dict[str, Any]:
         # the socket's pod (by endpoint), not the current task's: TCP runs in softirq context
         pod_uid = self.reg.pod_uid(e.pidx) if e.pidx and e.pidx != AMBIGUOUS else None
+        if e.pidx == AMBIGUOUS:
+            pod_uid = self._disambiguate(e, ts)
         cid = None
         if e.cidx:
             ref = self.reg.container(e.cidx)
@@ -115,6 +144,8 @@ class Decoder:
             saddr=format_addr(bytes(e.saddr)), sport=e.sport, daddr=format_addr(bytes(e.daddr)), dport=e.dport,
             sock=f"{e.skaddr:#x}" if e.skaddr else None,
         )
+        if kind == schema.TCP_STATE and e.old_state == 10 and e.new_state == 7 and pod_uid is not None:
+            self.listener_closed[(pod_uid, e.sport)] = ts
         if kind == schema.TCP_STATE:
             fields.update(old_state=schema.TCP_STATES.get(e.old_state, str(e.old_state)),
                           new_state=schema.TCP_STATES.get(e.new_state, str(e.new_state)))

@@ -73,7 +73,9 @@ def read_nspid(pid: int, proc: str = "/proc") -> tuple[int | None, int | None, s
     nspid = ppid = comm = None
     for line in text.splitlines():
         if line.startswith("NSpid:"):
-            nspid = int(line.split()[-1])
+            ids = line.split()[1:]
+            # one entry: the process is in the node's PID namespace (runc's setup stages, hostPID)
+            nspid = int(ids[-1]) if len(ids) > 1 else None
         elif line.startswith("PPid:"):
             ppid = int(line.split()[1])
         elif line.startswith("Name:"):
@@ -208,6 +210,8 @@ class PodRegistry:
     cgroups: dict[int, int] = field(default_factory=dict)               # cgroup v2 id -> cidx
     endpoints: dict[tuple[bytes, int], set[int]] = field(default_factory=dict)
     selected_pids: set[int] = field(default_factory=set)
+    pidns: dict[int, int] = field(default_factory=dict)                 # cidx -> PID namespace inode
+    nsfs_dev: int = 0
 
     def pidx_of(self, pod_uid: str | None) -> int:
         if pod_uid not in self.pods:
@@ -282,7 +286,17 @@ class PodRegistry:
             found[cidx] = sorted(set(pids))
             for pid in found[cidx]:
                 self.note_task(pid, cidx)
+            if found[cidx] and cidx not in self.pidns and self.cref[cidx].pod_uid:
+                try:
+                    st = os.stat(f"{self.proc}/{found[cidx][0]}/ns/pid")
+                    self.pidns[cidx], self.nsfs_dev = st.st_ino, st.st_dev
+                except OSError:
+                    pass
         return found
+
+    def claimants(self, addr16: bytes, port: int) -> set[int]:
+        """Pods that listen(ed) on this endpoint (exact, else the port's wildcard)."""
+        return self.endpoints.get((addr16, port)) or self.endpoints.get((WILDCARDS[0], port)) or set()
 
     def learn_endpoints(self, found: dict[int, list[int]]) -> bool:
         """Add the listening endpoints of each pod's processes; True when something new."""
@@ -309,7 +323,8 @@ class MapSync:
     def __init__(self, bpf: Any, registry: PodRegistry, arm_window_s: float):
         self.bpf = bpf
         self.reg = registry
-        self._written_cg: set[int] = set()
+        self._written_cg: dict[int, int] = {}
+        self._nsfs_written = False
         self._written_tasks: dict[int, tuple[int, int, int]] = {}
         self._written_ep: dict[tuple[bytes, int], int] = {}
         cfg = bpf["config"]
@@ -325,20 +340,26 @@ class MapSync:
     def _task_leaf(self, table: Any, cidx: int, flags: int) -> Any:
         leaf = table.Leaf()
         leaf.cidx, leaf.pidx, leaf.flags = cidx, self.reg.cref[cidx].pidx, flags
+        leaf.pidns_ino = self.reg.pidns.get(cidx, 0)
         return leaf
 
     def sync(self, found: dict[int, list[int]]) -> None:
+        if self.reg.nsfs_dev and not self._nsfs_written:
+            cfg = self.bpf["config"]
+            cfg[cfg.Key(1)] = cfg.Leaf(self.reg.nsfs_dev)
+            self._nsfs_written = True
         cg = self.bpf["pod_cgroups"]
         for cgid, cidx in self.reg.cgroups.items():
-            if cgid not in self._written_cg:
+            want_ns = self.reg.pidns.get(cidx, 0)
+            if self._written_cg.get(cgid) != want_ns:      # rewritten once the pidns is known
                 cg[cg.Key(cgid)] = self._task_leaf(cg, cidx, 0)
-                self._written_cg.add(cgid)
+                self._written_cg[cgid] = want_ns
         tasks = self.bpf["pod_tasks"]
         for cidx, pids in found.items():
             for pid in pids:
                 info = self.reg.tasks.get(pid)
                 flags = TASK_INIT if info and info.nspid == 1 and cidx and self.reg.cref[cidx].pod_uid else 0
-                want = (cidx, self.reg.cref[cidx].pidx, flags)
+                want = (cidx, self.reg.cref[cidx].pidx, flags, self.reg.pidns.get(cidx, 0))
                 if self._written_tasks.get(pid) != want:
                     tasks[tasks.Key(pid)] = self._task_leaf(tasks, cidx, flags)
                     self._written_tasks[pid] = want
@@ -358,3 +379,9 @@ class MapSync:
         now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)   # the clock of bpf_ktime_get_ns
         armed[armed.Key(pidx)] = armed.Leaf(now)
         armed[armed.Key(AMBIGUOUS)] = armed.Leaf(now)
+
+    def armed_pods(self, window_s: float) -> set[int]:
+        """Pod indices armed within the window (kernel or user space armed them)."""
+        now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        return {k.value for k, v in self.bpf["armed"].items()
+                if k.value != AMBIGUOUS and now - v.value < window_s * 1e9}

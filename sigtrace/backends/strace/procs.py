@@ -1,0 +1,162 @@
+"""What /proc says about traced processes: thread group, PID-namespace pid, parent, pod, and which
+processes make up a target's container.
+
+Facts are read at first sight of a pid and cached, because the exit line of a process arrives
+after it is gone; children that vanish before we look inherit their parent's pod (a container's
+processes all share it).
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from ...pods.cgroup import NO_POD, PodRef, parse_proc_cgroup
+
+_STATUS = re.compile(r"^(Tgid|PPid|NSpid|TracerPid):\s*(.*)$", re.M)
+
+
+@dataclass
+class ProcFacts:
+    pid: int                   # thread group id, node (strace's) namespace
+    nspid: int | None          # pid inside the innermost PID namespace
+    ppid: int | None
+    pod: PodRef
+    in_child_ns: bool          # lives in a PID namespace below ours (a container seen from the node)
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
+def parse_status(text: str) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for key, value in _STATUS.findall(text):
+        try:
+            out[key] = [int(v) for v in value.split()]
+        except ValueError:
+            continue
+    return out
+
+
+def container_key(pid: int, proc: str = "/proc") -> tuple | None:
+    """What makes processes 'the same container': the kubelet cgroup's container id when there is
+    one, else the (mount, PID) namespaces of a process in a container other than ours (a runc
+    container without a kubelet cgroup, or the target seen from a `kubectl debug` container).
+    None for a process sharing our own namespaces: expanding it would trace the whole host."""
+    ref = parse_proc_cgroup(_read(f"{proc}/{pid}/cgroup") or "")
+    if ref.container_id:
+        return ("cgroup", ref.container_id)
+    try:
+        mnt = os.readlink(f"{proc}/{pid}/ns/mnt")
+        pidns = os.readlink(f"{proc}/{pid}/ns/pid")
+    except OSError:
+        return None
+    try:
+        if mnt == os.readlink(f"{proc}/self/ns/mnt"):
+            return None
+    except OSError:
+        return None
+    return ("ns", mnt, pidns)
+
+
+def own_lineage(proc: str = "/proc") -> set[int]:
+    """Our pid and our ancestors: never traced (a tracer cannot trace its own parent chain usefully,
+    and in a `kubectl debug` container these are the debug shell and sigtrace itself)."""
+    seen, pid = set(), os.getpid()
+    while pid > 0 and pid not in seen:
+        seen.add(pid)
+        st = parse_status(_read(f"{proc}/{pid}/status") or "")
+        pid = (st.get("PPid") or [0])[0]
+    return seen
+
+
+def expand_targets(pids: list[int], proc: str = "/proc") -> dict[int, list[int]]:
+    """For each target pid, every live process of its container (itself first)."""
+    keys = {pid: container_key(pid, proc) for pid in pids}
+    wanted = {k for k in keys.values() if k is not None}
+    members: dict[tuple, list[int]] = {k: [] for k in wanted}
+    if wanted:
+        skip = own_lineage(proc)
+        for entry in os.listdir(proc):
+            if not entry.isdigit() or int(entry) in skip:
+                continue
+            k = container_key(int(entry), proc)
+            if k in members:
+                members[k].append(int(entry))
+    out: dict[int, list[int]] = {}
+    for pid in pids:
+        k = keys[pid]
+        rest = sorted(p for p in members.get(k, []) if p != pid) if k is not None else []
+        out[pid] = [pid] + rest
+    return out
+
+
+class ProcTable:
+    """tid -> ProcFacts, read once from /proc."""
+
+    def __init__(self, proc: str = "/proc"):
+        self.proc = proc
+        self._facts: dict[int, ProcFacts] = {}
+        self._tgid: dict[int, int] = {}
+        self._ns_to_host: dict[tuple[str, int], int] = {}     # (pidns, nspid) -> node pid
+        self._pidns: dict[int, str] = {}
+        self.fallback_pod: PodRef = NO_POD
+
+    def tgid(self, tid: int) -> int:
+        if tid not in self._tgid:
+            st = parse_status(_read(f"{self.proc}/{tid}/status") or "")
+            self._tgid[tid] = (st.get("Tgid") or [tid])[0]
+        return self._tgid[tid]
+
+    def facts(self, tid: int, parent: int | None = None) -> ProcFacts:
+        pid = self.tgid(tid)
+        f = self._facts.get(pid)
+        if f is None:
+            f = self._read_facts(pid, parent)
+            self._facts[pid] = f
+        return f
+
+    def _read_facts(self, pid: int, parent: int | None) -> ProcFacts:
+        st = parse_status(_read(f"{self.proc}/{pid}/status") or "")
+        nspids = st.get("NSpid")
+        ppid = (st.get("PPid") or [parent])[0] if st else parent
+        cg = _read(f"{self.proc}/{pid}/cgroup")
+        if cg is not None:
+            pod = parse_proc_cgroup(cg)
+        elif ppid in self._facts:
+            pod = self._facts[ppid].pod          # gone already: a child is in its parent's container
+        else:
+            pod = self.fallback_pod
+        try:
+            pidns = os.readlink(f"{self.proc}/{pid}/ns/pid")
+        except OSError:
+            pidns = self._pidns.get(ppid or -1, "")
+        self._pidns[pid] = pidns
+        nspid = nspids[-1] if nspids else None
+        if nspid is not None and pidns:
+            self._ns_to_host[(pidns, nspid)] = pid
+        return ProcFacts(pid, nspid, ppid, pod, bool(nspids and len(nspids) > 1))
+
+    def learn(self, host_pid: int, nspid: int, like: int) -> None:
+        """strace told us `nspid` in the namespace of `like` is host_pid (its pidns comment)."""
+        ns = self._pidns.get(self.tgid(like))
+        if ns:
+            self._ns_to_host[(ns, nspid)] = host_pid
+
+    def host_pid(self, nspid: int, seen_from: int) -> int | None:
+        """The node pid of `nspid` as process `seen_from` names it (kill's argument)."""
+        f = self.facts(seen_from)
+        if not f.in_child_ns:
+            return nspid
+        return self._ns_to_host.get((self._pidns.get(f.pid, ""), nspid))
+
+    def forget(self, pid: int) -> None:
+        """After a process exit: pids are reused."""
+        self._facts.pop(pid, None)
+        for tid in [t for t, g in self._tgid.items() if g == pid]:
+            del self._tgid[tid]

@@ -1,0 +1,113 @@
+"""Correlation details on small hand-written events: roles, trigger, connections, refusals.
+Shapes follow what this kernel really emits (checked on lab recordings): SYN_SENT before the
+local port is bound (sport 0), sock addresses reused at once, connections first seen already
+established when the recorder arms TCP detail at the stop."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from sigtrace.correlate.build import capabilities_of
+from sigtrace.correlate.pod import build_context
+from sigtrace.events import capabilities as C
+from sigtrace.events.reader import events_frame, read_recording
+
+DATA = Path(__file__).parent / "data"
+POD = "7d2c4e8a-0000-4c5d-9e6f-00000000000a"
+N = {"pod_uid": POD, "container_id": "aa11aa11aa11"}
+ALL = frozenset(C.ALL) - {C.SOCKET_CALLS}
+
+
+def ctx_of(rows, caps=ALL):
+    return build_context(events_frame(rows), POD, caps)
+
+
+def tcp(ts, sport, dport, old, new, sock, pid=0, comm="x", **kw):
+    return dict(ts=ts, kind="tcp_state", pid=pid, comm=comm, pod_uid=POD, saddr="127.0.0.1", sport=sport,
+                daddr="127.0.0.1", dport=dport, old_state=old, new_state=new, sock=sock, **kw)
+
+
+def test_roles_from_the_article_recording():
+    rec = read_recording(DATA / "article")
+    caps, _ = capabilities_of(rec.meta, rec.events)
+    ctx = build_context(rec.events, POD, caps)
+    roles = {p.pid: p.role for p in ctx.procs.values()}
+    assert roles == {1001: "nginx-master", 1010: "nginx-worker", 3001: "prestop",
+                     2001: "fpm-master", 2010: "fpm-child"}
+    assert ctx.t0 == 1000.0                   # the preStop exec, before the runtime's TERM
+    assert ctx.listeners[9000].upstream and not ctx.listeners[8080].upstream
+    assert ctx.containers["aa11aa11aa11"].stop_signal.sig == "SIGTERM"
+    assert ctx.containers["aa11aa11aa11"].name == "nginx"
+
+
+def test_exec_long_before_the_stop_is_not_a_prestop():
+    rows = [dict(ts=900.0, kind="process_exec", pid=50, comm="cat", nspid=9, filename="/bin/cat", ppid=7, **N),
+            dict(ts=1000.0, kind="signal_generate", pid=7, comm="runc", sig="SIGTERM", target_pid=1001,
+                 target_comm="nginx", target_pod_uid=POD, target_container_id="aa11aa11aa11", target_nspid=1,
+                 result="delivered")]
+    ctx = ctx_of(rows)
+    assert ctx.procs[50].role == "exec" and ctx.t0 == 1000.0 and ctx.procs[1001].role == "nginx-master"
+
+
+def test_reused_sock_address_is_two_connections_and_syn_sent_has_no_port_yet():
+    rows = [
+        # a client connection (sport 0 at SYN_SENT), refused by a closed port
+        tcp(1.0, 0, 8080, "CLOSE", "SYN_SENT", "0xa"),
+        tcp(1.0001, 40001, 8080, "SYN_SENT", "CLOSE", "0xa"),
+        # the same sock address reused at once by a server-side child of the listener
+        tcp(1.1, 8080, 40002, "LISTEN", "SYN_RECV", "0xa"),
+        tcp(1.1001, 8080, 40002, "SYN_RECV", "ESTABLISHED", "0xa"),
+        tcp(1.5, 8080, 40002, "ESTABLISHED", "CLOSE_WAIT", "0xa"),
+    ]
+    ctx = ctx_of(rows)
+    c = ctx.conns.set_index("key")
+    assert set(c.index) == {"0xa#1", "0xa#2"}
+    assert (c.loc["0xa#1", "side"], c.loc["0xa#1", "close_kind"], c.loc["0xa#1", "sport"]) == ("client", "refused", 40001)
+    assert (c.loc["0xa#2", "side"], c.loc["0xa#2", "port"], c.loc["0xa#2", "closed_by"]) == ("server", 8080, "peer")
+    assert list(ctx.refused["client_port"]) == [40001]
+
+
+def test_connection_first_seen_established_was_open_before_and_its_reset_is_matched():
+    rows = [
+        dict(ts=0.5, kind="process_exit", pid=2010, comm="php-fpm8.2", pod_uid=POD, container_id="bb22", nspid=5,
+             exit_signal="SIGKILL"),
+        tcp(0.5001, 9000, 40560, "ESTABLISHED", "CLOSE", "0xf", pid=2010, container_id="bb22"),
+        dict(ts=0.5002, kind="tcp_reset_sent", pid=2010, comm="php-fpm8.2", pod_uid=POD, saddr="127.0.0.1",
+             sport=9000, daddr="127.0.0.1", dport=40560, sock="0xf", reason="TCP_ABORT_ON_CLOSE"),
+        tcp(0.6, 9000, 0, "LISTEN", "CLOSE", "0x9000", pid=2001, comm="php-fpm8.2"),
+    ]
+    ctx = ctx_of(rows)
+    (c,) = ctx.conns.to_dict("records")
+    assert c["est_ts"] == float("-inf") and c["close_kind"] == "rst" and c["reset_by"] == "pod"
+    assert c["side"] == "server" and c["port"] == 9000 and c["port_class"] == "upstream"
+    assert c["at_exit"] and c["closer_pid"] == 2010
+    assert len(ctx.conns_open_at(0.4, "upstream")) == 1
+
+
+def test_reset_without_socket_for_a_known_connection_is_not_a_refusal():
+    rows = [
+        tcp(1.0, 8080, 40002, "LISTEN", "SYN_RECV", "0xb"),
+        tcp(1.0001, 8080, 40002, "SYN_RECV", "ESTABLISHED", "0xb"),
+        tcp(1.2, 8080, 40002, "ESTABLISHED", "CLOSE", "0xb"),
+        # a late segment of that connection answered by a reset without socket
+        dict(ts=1.3, kind="tcp_reset_sent", pid=0, comm="swapper/0", pod_uid=POD, saddr="127.0.0.1", sport=8080,
+             daddr="127.0.0.1", dport=40002, reason="NO_SOCKET"),
+        dict(ts=1.4, kind="tcp_reset_sent", pid=0, comm="swapper/0", pod_uid=POD, saddr="127.0.0.1", sport=8080,
+             daddr="127.0.0.1", dport=40003, reason="NO_SOCKET"),
+    ]
+    ctx = ctx_of(rows)
+    assert list(ctx.refused["client_port"]) == [40003]
+
+
+def test_runc_init_thread_kills_at_exec_are_not_signals():
+    rows = [dict(ts=1.0, kind="signal_deliver", pid=3001, tid=3002, comm="runc:[2:INIT]", nspid=8, sig="SIGKILL",
+                 code=0, handler="default", **N),
+            dict(ts=1.01, kind="process_exec", pid=3001, tid=3001, comm="nginx", nspid=8, filename="/usr/sbin/nginx",
+                 ppid=3000, **N)]
+    ctx = ctx_of(rows)
+    assert ctx.signals == []
+
+
+def test_capabilities_inferred_without_meta_list():
+    rec = read_recording(DATA / "strace_shell")
+    caps, notes = capabilities_of({}, rec.events)
+    assert caps == {C.SIGNAL_DELIVERY, C.PROCESS_EXIT} and "no capabilities" in notes[0]
