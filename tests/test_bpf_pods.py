@@ -196,6 +196,16 @@ def test_meta_and_injected_events(recording):
     print(f"recorder startup {recording['facts']['startup_s']:.2f}s, {len(ev)} events, lost {meta['lost_events']}")
 
 
+def test_live_reports_are_written_while_recording(recording):
+    """sigtrace.correlate.live.LiveReporter gets every event: a stopped pod's report appears."""
+    pytest.importorskip("sigtrace.correlate.live")
+    reports = recording["out"] / "reports"
+    for pod in ("a", "c"):
+        path = reports / f"{recording['facts'][pod]['uid']}.json"
+        assert path.exists(), sorted(p.name for p in reports.glob("*")) if reports.exists() else "no reports dir"
+        assert json.loads(path.read_text())
+
+
 def test_no_containers_left_behind(recording):
     ids = {recording["facts"][p]["nginx"] for p in "abc"} | {recording["facts"]["a"]["fpm"]}
     listed = subprocess.run(["runc", "list", "-q"], capture_output=True, text=True).stdout.split()

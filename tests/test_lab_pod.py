@@ -132,3 +132,25 @@ def test_prestop_longer_than_grace_still_stops_and_exit_is_seen(app):
     assert o.prestop_rc is None and o.stop_sent - o.prestop_start >= 1.4
     assert o.exit_code == 0 and not o.killed and o.exited - o.stop_sent < 2
     assert_gone(pod)
+
+
+@pytest.mark.kernel
+def test_quit_drains_in_flight_request_before_exit(tmp_path):
+    require_kernel(tools=TOOLS)
+    app = configs.write_app_dir(tmp_path / "app", nginx=configs.nginx_conf(workers=1),
+                                fpm=configs.fpm_conf(children=2, process_control_timeout_s=10))
+    spec = PodSpec(name="drain", grace_period_s=10, app_dir=app.root,
+                   containers=[configs.nginx_container(app, stop_signal="SIGQUIT"),
+                               configs.fpm_container(app, stop_signal="SIGQUIT")])
+    with LocalPod(spec) as pod:
+        with LoadClient(pod.netns, request_ms=1500, concurrency=1, workdir=pod.workdir) as load:
+            load.start()
+            time.sleep(0.5)
+            load.stop_sending()           # one request in flight, no new ones
+            out = pod.stop()
+            result = load.wait()
+    [req] = result.requests
+    assert req.outcome == "ok"
+    for o in out.values():              # both masters waited for the request, then exited cleanly
+        assert o.stop_sent < req.end <= o.exited + 0.05 and o.exit_code == 0 and not o.killed
+    assert_gone(pod)

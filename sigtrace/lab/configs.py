@@ -21,9 +21,14 @@ FPM_CONF_PATH = "/etc/php/8.2/fpm/php-fpm.conf"
 APP_DIR = "/lab"
 
 # Sleeps ?ms= milliseconds, then answers: a request that is in flight for a known time.
+# usleep() returns early when a signal arrives (fpm's SIGQUIT to its children), so sleep
+# until the deadline: a real request (a DB query) is not cut short by a graceful stop either.
 PHP_SCRIPT = """<?php
 $ms = isset($_GET['ms']) ? max(0, min(600000, (int)$_GET['ms'])) : 0;
-usleep($ms * 1000);
+$end = microtime(true) + $ms / 1000;
+while (($left = $end - microtime(true)) > 0) {
+    usleep((int)($left * 1000000));
+}
 header('Content-Type: text/plain');
 echo "ok pid=" . getmypid() . " slept_ms=" . $ms . "\\n";
 """

@@ -64,12 +64,16 @@ class RecordSession:
         self._meta: dict[str, Any] = {}
         self.events = 0
         self.stopped_by = ""
+        self._pending: list[dict[str, Any]] = []
+        self._closed = False
 
     # -- events
     def add_event(self, event: dict[str, Any]) -> None:
         """Append one schema event (from the backend or any thread)."""
         with self._lock:
             if self._writer is None:
+                if not self._closed:
+                    self._pending.append(event)   # before run() opened the file: kept, not lost
                 return
             self._writer.write(event)
             self.events += 1
@@ -102,6 +106,9 @@ class RecordSession:
             self._meta.update(self.extra_meta)
             with self._lock:
                 self._writer = EventWriter(self.out_dir)
+            pending, self._pending = self._pending, []
+            for event in pending:
+                self.add_event(event)
             if self.live_reports:
                 self.reporter = load_live_reporter(self.out_dir, self.console)
             self._write_meta()          # end=None until we stop: a killed recorder is recognisable
@@ -118,6 +125,7 @@ class RecordSession:
                 if now - last_view >= VIEW_EVERY_S:     # poll returns per batch: keep its loop cheap
                     last_view = now
                     self.view.update(elapsed, self.events, self.rates, self.backend.lost())
+                    self._poll_reporter()
                 if now - last_meta >= META_EVERY_S:
                     last_meta = last_view = time.monotonic()
                     self._write_meta()
@@ -131,6 +139,7 @@ class RecordSession:
             finally:
                 with self._lock:
                     writer, self._writer = self._writer, None
+                    self._closed = True
                 if writer is not None:
                     writer.close()
                 if self.reporter is not None:
@@ -146,6 +155,15 @@ class RecordSession:
         lost = self.backend.lost()
         return RecordResult(self.out_dir, self.events, sum(lost.values()), lost,
                             time.monotonic() - started, self.stopped_by)
+
+    def _poll_reporter(self) -> None:
+        """Live reports are due some time after a pod's last exit, also when no event follows."""
+        with self._lock:
+            if self.reporter is not None and hasattr(self.reporter, "poll"):
+                try:
+                    self.reporter.poll()
+                except Exception:
+                    self.reporter = None
 
     def _write_meta(self) -> None:
         lost = self.backend.lost()

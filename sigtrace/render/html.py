@@ -187,8 +187,11 @@ def _pod_html(pod: PodReport) -> str:
         parts.append("<p class='meta'>no stop observed for this pod</p>")
         return "".join(parts)
     parts.append(svg_timeline(pod))
-    if not pod.verdicts:
+    hurt = s["client_resets"] + s["client_cut_at_exit"] + s["refused_attempts"] + s["upstream_resets"] + s["upstream_refused"]
+    if not pod.verdicts and not hurt:
         parts.append("<div class='verdict clean'><h3>clean shutdown</h3>signals handled, no resets or refusals, exited before the grace period</div>")
+    elif not pod.verdicts:
+        parts.append("<div class='verdict undecidable'><h3>no verdict</h3>resets or refusals were seen (counted above) but match no cause in the catalog; see the timeline</div>")
     for v in pod.verdicts:
         cls = "verdict undecidable" if v.status == UNDECIDABLE else "verdict"
         ev = "".join("<p class='ev'>%s %s</p>" % ("" if e["t"] is None else "%+.3f s" % e["t"], escape(e["what"]))

@@ -54,8 +54,10 @@ def render_pod(console: Console, pod: PodReport, brief: bool = False) -> None:
         f"trigger → last exit: {s['trigger_to_last_exit_s'] if s['trigger_to_last_exit_s'] is not None else '?'} s"
         + (f" (grace {s['grace_period_s']:g} s)" if s.get("grace_period_s") is not None else ""), highlight=False)
     if not pod.verdicts:
-        console.print(Panel("clean shutdown: signals handled, no resets or refusals, exited before the grace period",
-                            title="verdict", border_style="green"))
+        hurt = s["client_resets"] + s["client_cut_at_exit"] + s["refused_attempts"] + s["upstream_resets"] + s["upstream_refused"]
+        msg = ("clean shutdown: signals handled, no resets or refusals, exited before the grace period" if not hurt else
+               "no verdict: resets or refusals were seen (counted above) but match no cause in the catalog; see the timeline")
+        console.print(Panel(msg, title="verdict", border_style="green" if not hurt else "yellow"))
         return
     for v in pod.verdicts:
         body = [Text(v.summary)]

@@ -53,7 +53,8 @@ def rule(id: str, title: str, fix: str, supersedes: tuple[str, ...] = ()) -> Cal
 
 def trim(evidence: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Keep evidence readable: in time order, at most MAX_EVIDENCE items plus a count of the rest."""
-    ev = sorted(evidence, key=lambda e: (e["ts"] if e["ts"] is not None else 0.0))
+    ev = sorted(evidence, key=lambda e: (e["ts"] is None and e["event"] is None and e["what"].startswith("..."),
+                                         e["ts"] if e["ts"] is not None else 0.0))
     if len(ev) <= MAX_EVIDENCE:
         return ev
     rest = len(ev) - MAX_EVIDENCE + 1

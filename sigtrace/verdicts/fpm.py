@@ -21,7 +21,7 @@ def phpfpm_abrupt_stop(ctx: PodContext) -> Finding | Undecidable | None:
         for s in ctx.signals_to(pid=m.pid):
             if s.sig not in STOPS or not s.reached:
                 continue
-            cut = cut_connections(ctx, s.ts, "upstream")
+            cut = cut_connections(ctx, s.ts, "upstream", (FPM_CHILD,))
             to_children = [x for x in ctx.signals if x.sender_pid == m.pid and x.ts >= s.ts and x.target is not None
                            and x.target.role == FPM_CHILD and x.sig in ("SIGTERM", "SIGKILL", "SIGINT")]
             killed = [p for p in ctx.by_role(FPM_CHILD) if p.container_id == m.container_id
@@ -60,9 +60,17 @@ def upstream_exited_first(ctx: PodContext) -> Finding | Undecidable | None:
     r = ctx.refused
     refused = r[(r["port_class"] == "upstream") & (r["ts"] >= gone_ts) & (r["ts"] <= until)] if len(r) else r
     c = ctx.conns
-    late = (c[(c["side"] == "client") & (c["port_class"] == "upstream") & (c["first_ts"] >= gone_ts)
+    # connections nginx opened after php-fpm was gone and that were reset (accepted by a dying listener)
+    late = (c[(c["side"] == "client") & (c["port_class"] == "upstream") & (c["est_ts"] >= gone_ts)
               & (c["close_kind"] == "rst")] if len(c) else c)
-    if refused.empty and late.empty:
+    # connections still in php-fpm's accept queue are reset by the master as it closes its listener:
+    # nginx sent those requests to an upstream that was already going away
+    backlog = c[(c["side"] == "server") & (c["port_class"] == "upstream") & (c["close_kind"] == "rst")
+                & (c["reset_by"] == "pod") & (c["end_ts"] >= gone_ts - 0.005) & (c["end_ts"] <= until)] if len(c) else c
+    if len(backlog):
+        roles = backlog["closer_pid"].map(lambda p: ctx.procs[int(p)].role if p == p and int(p) in ctx.procs else None)
+        backlog = backlog[roles != FPM_CHILD]
+    if refused.empty and late.empty and backlog.empty:
         if not ctx.has(C.KERNEL_RESETS) and not ctx.has(C.TCP_STATES):
             return Undecidable([C.KERNEL_RESETS, C.TCP_STATES], f"php-fpm was gone at {fmt_t(ctx.rel(gone_ts))} "
                                f"while {n.label} still ran; refused FastCGI connects need kernel resets")
@@ -76,5 +84,8 @@ def upstream_exited_first(ctx: PodContext) -> Finding | Undecidable | None:
     ev += [ctx.evidence(int(x["row"]), f"FastCGI connect to :{x['port']} refused") for _, x in refused.head(4).iterrows()]
     if len(refused) > 4:
         ev.append({"t": None, "ts": None, "kind": None, "what": f"... and {len(refused) - 4} more", "event": None})
+    if len(backlog):
+        ev += [dict(e, what=e["what"] + " (queued, never accepted)") for e in conn_ev(ctx, backlog, limit=3)]
     return Finding(f"php-fpm was gone at {fmt_t(ctx.rel(gone_ts))} while {n.label} still served: "
-                   f"{len(refused) + len(late)} FastCGI connection attempt(s) failed (502 for the client).", ev)
+                   f"{len(refused) + len(late) + len(backlog)} FastCGI connection(s) refused or reset "
+                   "(502 for the client).", ev)

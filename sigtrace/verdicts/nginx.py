@@ -28,12 +28,18 @@ def conn_ev(ctx: PodContext, conns: pd.DataFrame, limit: int = 4) -> list[dict]:
     return ev
 
 
-def cut_connections(ctx: PodContext, ts: float, port_class: str) -> pd.DataFrame:
-    """Server-side connections open at ts that the pod then closed or reset (the client did not close first)."""
+def cut_connections(ctx: PodContext, ts: float, port_class: str, closer_roles: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Server-side connections open at ts that the pod then closed or reset (the client did not close
+    first). With closer_roles, only those closed by such a process (or an unknown one): a reset by the
+    master as it closes its listener is a connection still in the accept queue, not a request cut."""
     c = ctx.conns_open_at(ts, port_class)
     if c.empty:
         return c
-    return c[(c["closed_by"] == "pod") & ((c["close_kind"] == "rst") | c["at_exit"])]
+    c = c[(c["closed_by"] == "pod") & ((c["close_kind"] == "rst") | c["at_exit"])]
+    if closer_roles and len(c):
+        roles = c["closer_pid"].map(lambda p: ctx.procs[int(p)].role if p == p and int(p) in ctx.procs else None)
+        c = c[roles.isna() | roles.isin(closer_roles)]
+    return c
 
 
 @rule("prestop-quit-superseded", "preStop `nginx -s quit` returned at once; the runtime's TERM/INT hit a draining master",
@@ -60,7 +66,7 @@ def prestop_quit_superseded(ctx: PodContext) -> Finding | Undecidable | None:
                                       "later: fast shutdown")]
             if workers:
                 ev.append(ctx.evidence(None, f"{len(workers)} nginx worker(s) still draining at the {t.sig}", ts=t.ts))
-            ev += conn_ev(ctx, cut_connections(ctx, t.ts, "serving"))
+            ev += conn_ev(ctx, cut_connections(ctx, t.ts, "serving", (NGINX_WORKER,)))
             return Finding(f"The preStop `nginx -s quit` returned at once and the runtime's {t.sig} followed "
                            f"{t.ts - q.ts:.3f} s later, turning the graceful drain of {m.label} into a fast shutdown.",
                            ev, about=m.pid)
@@ -75,7 +81,7 @@ def nginx_fast_shutdown(ctx: PodContext) -> Finding | Undecidable | None:
         for s in ctx.signals_to(pid=m.pid):
             if s.sig not in FAST or not s.reached or (ctx.t0 is not None and s.ts < ctx.t0 - 1.0):
                 continue
-            cut = cut_connections(ctx, s.ts, "serving")
+            cut = cut_connections(ctx, s.ts, "serving", (NGINX_WORKER,))
             if cut.empty:
                 if not ctx.has(C.TCP_STATES) and m.alive_at(s.ts):
                     return Undecidable([C.TCP_STATES], f"{m.label} got {s.sig}; whether connections were open "

@@ -105,6 +105,7 @@ class ProcTable:
         self._tgid: dict[int, int] = {}
         self._ns_to_host: dict[tuple[str, int], int] = {}     # (pidns, nspid) -> node pid
         self._pidns: dict[int, str] = {}
+        self._host_to_ns: dict[int, int] = {}                 # learnt from strace's pidns comments
         self.fallback_pod: PodRef = NO_POD
 
     def tgid(self, tid: int) -> int:
@@ -137,7 +138,7 @@ class ProcTable:
         except OSError:
             pidns = self._pidns.get(ppid or -1, "")
         self._pidns[pid] = pidns
-        nspid = nspids[-1] if nspids else None
+        nspid = nspids[-1] if nspids else self._host_to_ns.get(pid)
         if nspid is not None and pidns:
             self._ns_to_host[(pidns, nspid)] = pid
         return ProcFacts(pid, nspid, ppid, pod, bool(nspids and len(nspids) > 1))
@@ -147,6 +148,10 @@ class ProcTable:
         ns = self._pidns.get(self.tgid(like))
         if ns:
             self._ns_to_host[(ns, nspid)] = host_pid
+        self._host_to_ns[host_pid] = nspid
+        f = self._facts.get(host_pid)
+        if f is not None and f.nspid is None:
+            f.nspid = nspid
 
     def host_pid(self, nspid: int, seen_from: int) -> int | None:
         """The node pid of `nspid` as process `seen_from` names it (kill's argument)."""
@@ -158,5 +163,18 @@ class ProcTable:
     def forget(self, pid: int) -> None:
         """After a process exit: pids are reused."""
         self._facts.pop(pid, None)
+        self._host_to_ns.pop(pid, None)
         for tid in [t for t, g in self._tgid.items() if g == pid]:
             del self._tgid[tid]
+
+    def seed(self, pid: int, *, tgid: int | None = None, nspid: int | None = None, ppid: int | None = None,
+             pod: PodRef = NO_POD, pidns: str = "", in_child_ns: bool | None = None) -> None:
+        """Known facts for a pid that /proc cannot give (gone already; tests over recorded lines)."""
+        self._tgid[pid] = tgid or pid
+        if tgid and tgid != pid:
+            return
+        self._pidns[pid] = pidns
+        if nspid is not None and pidns:
+            self._ns_to_host[(pidns, nspid)] = pid
+        child = in_child_ns if in_child_ns is not None else (nspid is not None and nspid != pid)
+        self._facts[pid] = ProcFacts(pid, nspid, ppid, pod, child)
