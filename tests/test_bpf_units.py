@@ -94,7 +94,7 @@ def test_cgroup_mounts_from_mountinfo():
     assert pods.cgroup_mounts(info) == ([Path("/sys/fs/cgroup/unified")], [Path("/sys/fs/cgroup/pids")])
 
 
-def test_fallback_headers_join_the_debian_trees(tmp_path):
+def test_fallback_headers_join_the_debian_trees(tmp_path, monkeypatch):
     flavour = tmp_path / "linux-headers-6.1.0-9-amd64"
     common = tmp_path / "linux-headers-6.1.0-9-common"
     (flavour / "include" / "generated").mkdir(parents=True)
@@ -103,7 +103,11 @@ def test_fallback_headers_join_the_debian_trees(tmp_path):
     (common / "include" / "linux").mkdir(parents=True)
     (common / "include" / "linux" / "kconfig.h").write_text("")
     (common / "arch" / "x86" / "include" / "asm").mkdir(parents=True)
+    from sigtrace.backends.bpf import headers
+    monkeypatch.setattr(headers, "CACHE_DIRS", (tmp_path / "cache",))
     src = find_headers("0.0-no-such-kernel", usr_src=tmp_path)
+    again = find_headers("0.0-no-such-kernel", usr_src=tmp_path)
+    assert again.path == src.path == str(tmp_path / "cache" / "headers-linux-headers-6.1.0-9-amd64")    # reused
     try:
         assert src.kind == "fallback" and "linux-headers-6.1.0-9-amd64" in src.note
         root = Path(src.path)
@@ -113,7 +117,7 @@ def test_fallback_headers_join_the_debian_trees(tmp_path):
             assert (root / rel).exists(), rel
     finally:
         src.cleanup()
-    assert not Path(src.path).exists()
+    assert Path(src.path).exists()           # a cache, not a temp dir
     with pytest.raises(KernelProblem, match="no kernel headers"):
         find_headers("0.0-no-such-kernel", usr_src=tmp_path / "empty")
 

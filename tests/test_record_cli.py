@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -106,6 +107,9 @@ def test_strace_backend_is_wired(tmp_path, sigtrace_cli):
         import sigtrace.backends.strace.backend  # noqa: F401
     except ImportError:
         assert r.returncode != 0 and "strace backend is not available" in r.stderr
+    else:
+        if shutil.which("strace") and os.geteuid() == 0:
+            assert r.returncode == 0 and r.stdout.startswith("strace: attached"), r.stderr
 
 
 def test_not_root_is_one_line(tmp_path, sigtrace_cli):
@@ -165,3 +169,14 @@ def test_status_line_shows_rates_and_lost():
     per_s = rates.per_second(now=11.0)
     assert per_s == {"p1": 2.0, "p2": 0.5}
     assert status_line(3.0, 5, per_s, 7) == "sigtrace: recording 3s, 5 events (2.5/s), 2 pods, lost 7"
+
+
+def test_live_table_shows_pods_and_lost_per_probe():
+    from rich.console import Console
+    from sigtrace.record.live import Rates, render_table
+    rates = Rates()
+    rates.add({"pod_uid": "pod-a"})
+    console = Console(record=True, width=120)
+    console.print(render_table(3.0, 1, rates, {"tcp:tcp_send_reset": 2, "signal:signal_generate": 0}, "/tmp/rec"))
+    text = " ".join(console.export_text().split())
+    assert "pod-a" in text and "lost events: 2 (tcp:tcp_send_reset 2)" in text

@@ -54,6 +54,8 @@ Examples:
               help="php-fpm process_control_timeout (built-in config).")
 @click.option("--worker-shutdown-timeout", type=float, help="nginx worker_shutdown_timeout (built-in config).")
 @click.option("--shell-wrapper", is_flag=True, help="Run nginx under `sh -c` as PID 1 (drops SIGTERM).")
+@click.option("--wrapper", type=click.Choice(["none", "sh", "sh-trap"]), default="none", show_default=True,
+              help="nginx's PID 1: sh drops SIGTERM; sh-trap catches it and never forwards it.")
 @click.option("--request-ms", type=int, default=2000, show_default=True, help="How long each request runs in PHP.")
 @click.option("--concurrency", type=int, default=4, show_default=True, help="Concurrent clients.")
 @click.option("--lb-delay", type=float, default=1.0, show_default=True,
@@ -67,7 +69,7 @@ Examples:
 @click.option("--pod-uid", help="Use this pod uid (default: a new uuid4).")
 @click.option("--demo", is_flag=True, help="Run the article's case (preStop `nginx -s quit`, TERM), then the fix.")
 def lab(nginx_conf, fpm_conf, workers, prestop, stop_signal, grace, stop_order, stop_delay,
-        process_control_timeout, worker_shutdown_timeout, shell_wrapper, request_ms, concurrency, lb_delay,
+        process_control_timeout, worker_shutdown_timeout, shell_wrapper, wrapper, request_ms, concurrency, lb_delay,
         layout, backend, output, fmt, pod_uid, demo) -> None:
     """Reproduce a pod's shutdown locally: real runc containers (nginx + php-fpm), load through
     them, a deletion like kubelet + containerd, and the client's view beside the report."""
@@ -83,7 +85,7 @@ def lab(nginx_conf, fpm_conf, workers, prestop, stop_signal, grace, stop_order, 
                      stop_signal=_per_container(stop_signal, "--stop-signal", None),
                      grace_s=grace, stop_order=[c.strip() for c in stop_order.split(",")] if stop_order else None,
                      stop_delay_s=stop_delay, process_control_timeout_s=process_control_timeout,
-                     worker_shutdown_timeout_s=worker_shutdown_timeout, shell_wrapper=shell_wrapper,
+                     worker_shutdown_timeout_s=worker_shutdown_timeout, shell_wrapper=shell_wrapper, wrapper=wrapper,
                      request_ms=request_ms, concurrency=concurrency, lb_delay_s=lb_delay, layout=layout,
                      uid=pod_uid)
         runs = [("lab", s)]

@@ -77,7 +77,10 @@ def record(output: str, duration: float | None, all_processes: bool, pids: tuple
         finally:
             be.close()
         startup = meta.get("startup_s")
-        click.echo(f"{backend}: probes compiled and attached in {startup}s; headers: {meta.get('header_source')}")
+        if backend == "bpf":
+            click.echo(f"bpf: probes compiled and attached in {startup}s; headers: {meta.get('header_source')}")
+        else:
+            click.echo(f"{backend}: attached in {startup}s")
         return 0
     session = RecordSession(be, out, console=console, live=not no_live)
     result = session.run(duration=duration)

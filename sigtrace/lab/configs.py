@@ -114,14 +114,24 @@ def write_app_dir(root: Path, *, nginx: str | Path | None = None, fpm: str | Pat
     return files
 
 
-def nginx_container(app: AppFiles, *, name: str = "nginx", stop_signal: str = "SIGTERM",
-                    prestop: list[str] | None = None, shell_wrapper: bool = False) -> ContainerSpec:
-    """nginx in exec form (PID 1 = nginx master), or wrapped in a shell that stays PID 1.
+# PID 1 variants for nginx. "sh": `sh -c 'nginx; exit $?'` keeps the shell as PID 1 (a
+# trailing command prevents sh's exec of the last command); a PID 1 without a handler drops
+# SIGTERM (the FIELD-GUIDE's case). "sh-trap": an entrypoint script that traps TERM (so the
+# signal IS delivered) but never forwards it to nginx: the app waits for the SIGKILL.
+WRAPPERS = {
+    "none": ["nginx"],
+    "sh": ["sh", "-c", "nginx; exit $?"],
+    "sh-trap": ["sh", "-c", "trap 'echo wrapper: got TERM, not forwarding >&2' TERM; nginx & pid=$!; "
+                            "while kill -0 $pid 2>/dev/null; do wait $pid; done"],
+}
 
-    `sh -c 'nginx; exit $?'` keeps the shell as PID 1 (a trailing command prevents sh's exec
-    of the last command); a PID 1 without a handler drops SIGTERM: the FIELD-GUIDE's case.
-    """
-    args = ["sh", "-c", "nginx; exit $?"] if shell_wrapper else ["nginx"]
+
+def nginx_container(app: AppFiles, *, name: str = "nginx", stop_signal: str = "SIGTERM",
+                    prestop: list[str] | None = None, shell_wrapper: bool = False,
+                    wrapper: str = "none") -> ContainerSpec:
+    """nginx in exec form (PID 1 = nginx master), or under a wrapper (see WRAPPERS) as PID 1;
+    shell_wrapper=True is wrapper="sh"."""
+    args = WRAPPERS["sh" if shell_wrapper else wrapper]
     return ContainerSpec(name=name, args=args, stop_signal=stop_signal, prestop=prestop,
                          ready_ports=(NGINX_PORT,),
                          mounts=[Mount(str(app.nginx_conf), NGINX_CONF_PATH)])

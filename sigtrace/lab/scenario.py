@@ -42,6 +42,7 @@ class Scenario:
     prestop: dict[str, str] = field(default_factory=dict)        # name -> shell-like command line
     stop_signal: dict[str, str] = field(default_factory=dict)    # name -> SIGTERM/QUIT/...
     shell_wrapper: bool = False               # nginx as `sh -c 'nginx; exit $?'` (PID 1 = sh)
+    wrapper: str = "none"                     # nginx PID 1: none, sh, sh-trap (configs.WRAPPERS)
     grace_s: float = 30.0
     stop_order: list[str] | None = None       # None: all containers in parallel (kubelet)
     stop_delay_s: float = 0.0                 # between containers when stop_order is given
@@ -113,6 +114,8 @@ def validate(s: Scenario) -> None:
     for c in s.stop_order or []:
         if c not in CONTAINERS:
             raise LabError(f"--stop-order names unknown container {c!r}: use nginx,php-fpm")
+    if s.wrapper not in configs.WRAPPERS:
+        raise LabError(f"unknown --wrapper {s.wrapper!r}: use one of {', '.join(configs.WRAPPERS)}")
     if s.layout not in ("cgroupfs", "systemd"):
         raise LabError(f"unknown --layout {s.layout!r}: use cgroupfs or systemd")
     for label, value, low in (("--workers", s.workers, 1), ("--concurrency", s.concurrency, 1),
@@ -152,7 +155,7 @@ def _check_configs(nginx: Path | None, fpm: Path | None) -> None:
 def build_pod_spec(s: Scenario, app: configs.AppFiles) -> PodSpec:
     containers = [
         configs.nginx_container(app, stop_signal=s.signal_of("nginx"), prestop=s.prestop_of("nginx"),
-                                shell_wrapper=s.shell_wrapper),
+                                shell_wrapper=s.shell_wrapper, wrapper=s.wrapper),
         configs.fpm_container(app, stop_signal=s.signal_of("php-fpm"), prestop=s.prestop_of("php-fpm")),
     ]
     kw = {"uid": s.uid} if s.uid else {}

@@ -43,7 +43,7 @@ def render_table(elapsed: float, events: int, rates: Rates, lost_by_probe: dict[
     per_s = rates.per_second()
     lost = sum(lost_by_probe.values())
     title = f"sigtrace record → {out_dir}  {elapsed:.0f}s  {events} events"
-    table = Table(title=title, title_justify="left", expand=False)
+    table = Table(title=title, title_justify="left", caption_justify="left", min_width=72)
     table.add_column("pod")
     table.add_column("events/s", justify="right")
     table.add_column("events", justify="right")

@@ -34,6 +34,7 @@ class BpfBackend:
         self.note = note or (lambda line: print(f"sigtrace: {line}", file=sys.stderr))
         self.registry = PodRegistry()
         self.registry.selected_pids.update(pids)
+        self.registry.selected_comms.update(c[:15] for c in comms)
         self.loaded: program.LoadedProgram | None = None
         self.decode_errors = 0
         self.startup_s: float | None = None

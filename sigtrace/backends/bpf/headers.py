@@ -45,9 +45,31 @@ def _version_key(path: Path) -> tuple:
     return tuple(int(x) for x in re.findall(r"\d+", path.name))
 
 
-def _join_debian(flavour: Path, common: Path, arch: str) -> str:
-    """A tree where bcc's relative -I paths (include/, arch/<arch>/include/...) find both halves."""
-    tmp = tempfile.mkdtemp(prefix="sigtrace-headers-")
+CACHE_DIRS = (Path("/run/sigtrace"), Path(tempfile.gettempdir()) / f"sigtrace-{os.getuid()}")
+
+
+def _cache_dir() -> Path | None:
+    """A private (0700, ours) directory for the joined tree, reused by later runs: a SIGKILLed
+    recorder must not leave a temp tree behind each time."""
+    for d in CACHE_DIRS:
+        try:
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+            st = d.lstat()
+            if st.st_uid == os.getuid() and not (st.st_mode & 0o077) and d.is_dir() and not d.is_symlink():
+                return d
+        except OSError:
+            continue
+    return None
+
+
+def _join_debian(flavour: Path, common: Path, arch: str) -> tuple[str, str | None]:
+    """(path, temp dir to remove or None): a tree where bcc's relative -I paths (include/,
+    arch/<arch>/include/...) find both halves of Debian's split headers."""
+    cache = _cache_dir()
+    final = cache / f"headers-{flavour.name}" if cache else None
+    if final is not None and (final / "include" / "linux" / "kconfig.h").exists():
+        return str(final), None
+    tmp = tempfile.mkdtemp(prefix="sigtrace-headers-", dir=cache)
     root = Path(tmp)
     (root / "include").mkdir()
     (root / "arch" / arch / "include").mkdir(parents=True)
@@ -65,7 +87,15 @@ def _join_debian(flavour: Path, common: Path, arch: str) -> str:
     for name in (".config", "Makefile", "scripts"):
         if (flavour / name).exists():
             (root / name).symlink_to(flavour / name)
-    return tmp
+    if final is not None:
+        try:
+            os.rename(tmp, final)            # atomic: a concurrent recorder sees all or nothing
+            return str(final), None
+        except OSError:
+            if (final / "include" / "linux" / "kconfig.h").exists():   # another one won the race
+                shutil.rmtree(tmp, ignore_errors=True)
+                return str(final), None
+    return tmp, tmp
 
 
 def find_headers(release: str | None = None, usr_src: Path = USR_SRC) -> HeaderSource:
@@ -96,8 +126,7 @@ def find_headers(release: str | None = None, usr_src: Path = USR_SRC) -> HeaderS
     if common is None:
         path, tmp = str(flavour), None
     else:
-        tmp = _join_debian(flavour, common, arch)
-        path = tmp
+        path, tmp = _join_debian(flavour, common, arch)
     note = (f"no headers for kernel {release}: using {flavour.name} (tracepoint-only probes, "
             f"layouts from the running kernel's format files)")
     return HeaderSource(path, "fallback", note, tmp)

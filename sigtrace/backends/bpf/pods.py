@@ -210,6 +210,7 @@ class PodRegistry:
     cgroups: dict[int, int] = field(default_factory=dict)               # cgroup v2 id -> cidx
     endpoints: dict[tuple[bytes, int], set[int]] = field(default_factory=dict)
     selected_pids: set[int] = field(default_factory=set)
+    selected_comms: set[str] = field(default_factory=set)
     pidns: dict[int, int] = field(default_factory=dict)                 # cidx -> PID namespace inode
     nsfs_dev: int = 0
 
@@ -282,6 +283,12 @@ class PodRegistry:
         for pid in list(self.selected_pids):
             if Path(f"{self.proc}/{pid}").exists():
                 found.setdefault(self.cidx_of(None, None), []).append(pid)
+        if self.selected_comms:
+            # --comm processes join the selection (children, TCP endpoints, exit codes), like --pid
+            for name in os.listdir(self.proc):
+                if name.isdigit() and _read(f"{self.proc}/{name}/comm").strip() in self.selected_comms:
+                    if not any(int(name) in pids for pids in found.values()):
+                        found.setdefault(self.cidx_of(None, None), []).append(int(name))
         for cidx, pids in found.items():
             found[cidx] = sorted(set(pids))
             for pid in found[cidx]:

@@ -65,7 +65,8 @@ class StraceBackend:
 
     def __init__(self, *, all_processes: bool = False, pids: tuple[int, ...] | list[int] = (),
                  comms: tuple[str, ...] = (), strace: str = "strace", rescan_s: float = RESCAN_S,
-                 note: Callable[[str], None] | None = None, proc: str = "/proc", **_ignored: Any):
+                 note: Callable[[str], None] | None = None, proc: str = "/proc", raw_log: str | None = None,
+                 **_ignored: Any):
         if all_processes:
             raise UsageProblem("--all is not possible with --backend strace (ptrace follows given processes); "
                                "pass --pid PID (repeatable) or use --backend bpf")
@@ -90,6 +91,9 @@ class StraceBackend:
         self._keys: set[tuple] = set()                    # container keys of the targets
         self._last_rescan = 0.0
         self._sink: EventSink | None = None
+        # every trace line as strace wrote it (tests keep real lines; SIGTRACE_STRACE_LOG for debugging)
+        raw_log = raw_log or os.environ.get("SIGTRACE_STRACE_LOG")
+        self._raw = open(raw_log, "a", encoding="utf-8") if raw_log else None
 
     # -- Backend protocol
     def open(self, sink: EventSink) -> None:
@@ -157,6 +161,9 @@ class StraceBackend:
 
     def close(self) -> None:
         self._stop_all()
+        if self._raw is not None:
+            self._raw.close()
+            self._raw = None
 
     def lost(self) -> dict[str, int]:
         # a line we could not parse may have been an event
@@ -340,6 +347,8 @@ class StraceBackend:
 
     def _trace_line(self, line: str) -> None:
         assert self.translator is not None
+        if self._raw is not None:
+            self._raw.write(line + "\n")
         for rec in self.parser.feed(line):
             try:
                 self.translator.handle(rec)

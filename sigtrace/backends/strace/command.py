@@ -7,7 +7,7 @@ Flag choices (strace 6.1), each needed by the parser:
   --decode-pids=comm,pidns
                      `1<nginx> /* 4242 in strace's PID NS */`: kill() targets and si_pid come with
                      the node pid and the command name, so no NSpid lookups race with exits
-  -s 256             execve argv long enough to recognise `nginx -s quit` in a preStop
+  -s 64              execve argv long enough to recognise `nginx -s quit` in a preStop
   -e signal=all      every received signal: `--- SIGTERM {si_code=SI_USER, si_pid=0, ...} ---`
   -o /dev/fd/N       trace lines alone on a pipe ("PID<comm> TS ..." on every line); strace's own
                      messages (attach results, failures) stay on stderr
@@ -29,7 +29,7 @@ SOCKET_SYSCALLS = ("close", "shutdown", "connect", "accept", "accept4", "getsock
 # Read/write calls only matter when they fail with ECONNRESET on a socket (a reset received).
 IO_SYSCALLS = ("read", "readv", "recvfrom", "recvmsg", "write", "writev", "sendto", "sendmsg", "sendfile")
 SYSCALLS = SIGNAL_SYSCALLS + PROCESS_SYSCALLS + SOCKET_SYSCALLS + IO_SYSCALLS
-STRING_LIMIT = 256
+STRING_LIMIT = 64
 
 
 class StraceMissing(SigtraceError):

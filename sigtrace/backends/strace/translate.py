@@ -133,6 +133,7 @@ class Translator:
         self.counts: dict[str, int] = {"failed_signal_calls": 0, "thread_exits": 0}
         self._tuples: dict[tuple[int, int], Tuple] = {}          # (pid, fd) -> last known tuple
         self._connecting: dict[tuple[int, int], Tuple] = {}      # non-blocking connect in progress
+        self._owned: set[tuple[int, int]] = set()                # (pid, fd) this process accepted/connected
 
     # -- common fields
     def _common(self, tid: int, comm: str | None) -> dict[str, Any]:
@@ -167,11 +168,17 @@ class Translator:
         if pid != rec.tid:
             self.counts["thread_exits"] += 1         # a thread ending is not the process exiting
             return
-        ev = S.new_event(S.PROCESS_EXIT, rec.ts, exit_code=rec.code, exit_signal=rec.sig,
-                         **self._common(rec.tid, rec.comm))
-        self.emit(ev)
+        common = self._common(rec.tid, rec.comm)
+        # the kernel closes what the process still held: connections it alone owned (accepted or
+        # connected by it; a listener is shared with the forked workers and stays open)
         for key in [k for k in self._tuples if k[0] == pid]:
-            del self._tuples[key]
+            saddr, sport, daddr, dport = self._tuples.pop(key)
+            if dport is not None and key in self._owned:
+                self.emit(S.new_event(S.SOCK_CLOSE, rec.ts, saddr=saddr, sport=sport, daddr=daddr, dport=dport,
+                                      reason="exit", **common))
+        self._owned = {k for k in self._owned if k[0] != pid}
+        ev = S.new_event(S.PROCESS_EXIT, rec.ts, exit_code=rec.code, exit_signal=rec.sig, **common)
+        self.emit(ev)
         for key in [k for k in self._connecting if k[0] == pid]:
             del self._connecting[key]
         self.procs.forget(pid)
@@ -272,6 +279,7 @@ class Translator:
         if rec.name == "close":
             self._tuples.pop((pid, fd), None)
             self._connecting.pop((pid, fd), None)
+            self._owned.discard((pid, fd))
         if rec.failed or (t[1] is None and t[3] is None):
             return                                    # EBADF, or a socket that never had an address
         how = "close" if rec.name == "close" else f"shutdown {args[1].strip() if len(args) > 1 else ''}".strip()
@@ -288,6 +296,8 @@ class Translator:
         daddr, dport = sockaddr(args[1])
         t = (t[0], t[1], t[2] or daddr, t[3] or dport)
         self._tuples[(pid, fd)] = t
+        if not rec.failed or rec.errno in ("EINPROGRESS", "EALREADY"):
+            self._owned.add((pid, fd))
         if rec.errno in ("EINPROGRESS", "EALREADY"):
             self._connecting[(pid, fd)] = t
         elif rec.errno in CONNECT_ERRORS:
@@ -307,6 +317,7 @@ class Translator:
             nt = parse_tuple(rec.retfd)
             if nt is not None and nt != NO_TUPLE:
                 self._tuples[(pid, int(rec.ret))] = nt
+                self._owned.add((pid, int(rec.ret)))
 
     def _getsockopt(self, rec: Syscall) -> None:
         m = _SO_ERROR.search(rec.args)
