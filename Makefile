@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	fi
 	test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-build-isolation -e '.[test]'
 	touch $@
 
 test: setup
