@@ -142,3 +142,36 @@ def test_odd_values_round_trip(tmp_path_factory, events, node):
     else:   # the pandas fallback cannot tell "" from null
         assert len(got) == len(want)
     assert all(math.isfinite(t) for t in got["ts"])
+
+
+def test_readme_documents_every_column_in_order():
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("<!-- section: export -->", 1)[1].split("<!-- section:", 1)[0]
+    rows = [line.split("|")[2].strip().strip("`") for line in section.splitlines() if line.startswith("| ") and
+            line.split("|")[1].strip().isdigit()]
+    assert tuple(rows) == COLUMNS
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["export", str(DATA / "node-a")], "nothing to write"),
+    (["export", "/nonexistent/rec", "--csv", "/tmp/x.csv"], "no such recording directory"),
+    (["export", str(DATA / "node-a"), "--csv", "/nonexistent/dir/x.csv"], "cannot write /nonexistent/dir/x.csv"),
+])
+def test_export_bad_input_is_one_line(capsys, args, expect):
+    from sigtrace.cli import main
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    out, err = capsys.readouterr()
+    assert exc.value.code != 0 and "Traceback" not in err
+    assert err.count("\n") == 1 and expect in err, err
+
+
+def test_export_cli_writes_and_tells(tmp_path, capsys):
+    from sigtrace.cli import main
+    out = tmp_path / "f.csv"
+    with pytest.raises(SystemExit) as exc:
+        main(["export", *map(str, NODES), "--csv", str(out)])
+    assert exc.value.code == 0
+    err = capsys.readouterr().err
+    assert f"wrote 35 events from 2 node(s) (node-a, node-b) to {out}" in err
+    assert "3 events were lost by the recorder" in err   # node-b's meta.json said so

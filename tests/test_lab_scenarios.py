@@ -133,3 +133,25 @@ def test_missing_runc_is_one_line(sigtrace_cli, tmp_path):
     p = sigtrace_cli("lab", "--backend", "none", env={"PATH": str(tmp_path)})
     assert p.returncode == 1 and p.stderr.strip() == ("sigtrace: error: runc not found: sigtrace lab needs runc, "
                                                       "nginx, php-fpm 8.2 and iproute2 (make setup installs them)")
+
+
+@pytest.mark.kernel
+def test_lab_with_strace_backend_sees_prestop_quit_then_runtime_term(sigtrace_cli, tmp_path):
+    require_kernel(tools=TOOLS + ("strace",))
+    out = tmp_path / "rec"
+    p = sigtrace_cli("lab", "--backend", "strace", "--output", str(out), "--grace", "5", "--request-ms", "1000",
+                     "--concurrency", "2", "--lb-delay", "0.3", "--workers", "1", "--prestop", "nginx -s quit",
+                     "--stop-signal", "nginx=TERM", "--stop-signal", "php-fpm=QUIT", "--process-control-timeout", "5",
+                     "--format", "json", timeout=180)
+    assert p.returncode == 0, p.stderr
+    run = json.loads(p.stdout)[0]
+    nginx_id = next(cid for cid, name in run["containers"].items() if name == "nginx")
+    ev = read_recording(out).events
+    got = ev[(ev.kind == "signal_deliver") & (ev.container_id == nginx_id) & (ev.nspid == 1)
+             & ev.sig.isin(["SIGQUIT", "SIGTERM"])]
+    assert set(got.pod_uid) == {run["pod_uid"]}
+    quit_, term = got[got.sig == "SIGQUIT"].iloc[0], got[got.sig == "SIGTERM"].iloc[0]
+    # the preStop's `nginx -s quit` runs inside the container: si_pid is its in-namespace pid;
+    # the runtime's TERM comes from outside the PID namespace: si_pid 0
+    assert quit_.si_pid > 1 and term.si_pid == 0 and quit_.ts < term.ts
+    no_leftovers(run["pod_uid"])

@@ -53,12 +53,13 @@ class SubprocessRecorder:
         if not _module_exists("sigtrace.commands.record"):
             raise LabError("the recorder (sigtrace record) is not available in this build: use --backend none")
         self.backend = backend
+        self.needs_pids = backend == "strace"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, out_dir: Path, pod: LocalPod) -> None:
+    def start(self, out_dir: Path, pod: LocalPod | None) -> None:
         args = [sys.executable, "-m", "sigtrace", "record", "--output", str(out_dir), "--backend", self.backend,
                 "--no-live"]
-        if self.backend == "strace":   # strace attaches to the pod's processes; they run already
+        if self.needs_pids and pod is not None:   # strace attaches to the pod's processes
             for name in pod.container_names().values():
                 for pid in pod.pids(name):
                     args += ["--pid", str(pid)]
@@ -109,7 +110,14 @@ def _report(out_dir: Path, fmt: str, console: Console) -> Any:
             return {"error": (p.stderr.strip().splitlines() or ["report failed"])[-1]}
         return json.loads(p.stdout)
     console.file.flush()
-    subprocess.run(cmd, timeout=120, env=dict(os.environ, COLUMNS=str(console.width)))
+    # stdout straight to the terminal (the report's own rendering); stderr kept, so a failing
+    # report is one line here, not a traceback
+    p = subprocess.run(cmd, timeout=120, stderr=subprocess.PIPE, text=True,
+                       env=dict(os.environ, COLUMNS=str(console.width)))
+    if p.returncode != 0:
+        lines = [l for l in p.stderr.strip().splitlines() if l.strip()]
+        console.print(f"[red]report failed:[/red] {lines[-1] if lines else f'exit {p.returncode}'} "
+                      f"(run `sigtrace report {out_dir}` for details)", markup=True, highlight=False)
     return None
 
 

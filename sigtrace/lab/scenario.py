@@ -69,9 +69,12 @@ class Scenario:
 
 
 class Recorder(Protocol):
-    """What the lab needs from a recorder: start once the pod runs (the strace backend needs its
-    pids), stop after every container exited."""
-    def start(self, out_dir: Path, pod: LocalPod) -> None: ...
+    """What the lab needs from a recorder. It starts before the pod (so it sees the containers'
+    processes being made, which tells masters from workers), or once the pod runs when it
+    needs_pids (strace attaches to processes); it stops after every container exited."""
+    needs_pids: bool
+
+    def start(self, out_dir: Path, pod: LocalPod | None) -> None: ...
     def stop(self) -> None: ...
 
 
@@ -184,18 +187,23 @@ def run_scenario(s: Scenario, out_dir: Path | None = None, recorder: Recorder | 
         _check_configs(app.nginx_conf, app.fpm_conf)
         spec = build_pod_spec(s, app)
         emit = on_event or (lambda e: None)
-        with LocalPod(spec) as pod:
-            emit(lifecycle_event(pod, lifecycle.POD_SEEN, time.time(), containers=pod.container_names(),
-                                 grace_period_s=s.grace_s,
-                                 prestop={c: s.prestop[c] for c in s.prestop if s.prestop[c]},
-                                 stop_signal={c: s.signal_of(c) for c in CONTAINERS}, lab=True))
-            if recorder is not None:
-                recorder.start(out_dir, pod)
-            try:
+        early = recorder is not None and not recorder.needs_pids
+        if early:
+            recorder.start(out_dir, None)
+        try:
+            with LocalPod(spec) as pod:
+                emit(lifecycle_event(pod, lifecycle.POD_SEEN, time.time(), containers=pod.container_names(),
+                                     grace_period_s=s.grace_s,
+                                     prestop={c: s.prestop[c] for c in s.prestop if s.prestop[c]},
+                                     stop_signal={c: s.signal_of(c) for c in CONTAINERS}, lab=True))
+                if recorder is not None and not early:
+                    recorder.start(out_dir, pod)
                 result = _drive(s, pod, emit)
-            finally:
                 if recorder is not None:
                     recorder.stop()
+        finally:
+            if recorder is not None:
+                recorder.stop()      # idempotent; after a failure too (then after the pod cleanup)
     result.out_dir = out_dir
     return result
 

@@ -76,23 +76,32 @@ def own_lineage(proc: str = "/proc") -> set[int]:
 
 
 def expand_targets(pids: list[int], proc: str = "/proc") -> dict[int, list[int]]:
-    """For each target pid, every live process of its container (itself first)."""
+    """For each target pid, every live process of its container and its live descendants
+    (itself first): -f only follows children born after the attach."""
     keys = {pid: container_key(pid, proc) for pid in pids}
-    wanted = {k for k in keys.values() if k is not None}
-    members: dict[tuple, list[int]] = {k: [] for k in wanted}
-    if wanted:
-        skip = own_lineage(proc)
-        for entry in os.listdir(proc):
-            if not entry.isdigit() or int(entry) in skip:
-                continue
-            k = container_key(int(entry), proc)
+    members: dict[tuple, list[int]] = {k: [] for k in keys.values() if k is not None}
+    skip = own_lineage(proc)
+    parent: dict[int, int] = {}
+    for entry in os.listdir(proc):
+        if not entry.isdigit() or int(entry) in skip:
+            continue
+        pid = int(entry)
+        st = parse_status(_read(f"{proc}/{pid}/status") or "")
+        parent[pid] = (st.get("PPid") or [0])[0]
+        if members:
+            k = container_key(pid, proc)
             if k in members:
-                members[k].append(int(entry))
+                members[k].append(pid)
     out: dict[int, list[int]] = {}
     for pid in pids:
         k = keys[pid]
-        rest = sorted(p for p in members.get(k, []) if p != pid) if k is not None else []
-        out[pid] = [pid] + rest
+        found = set(members.get(k, [])) if k is not None else set()
+        frontier = {pid}
+        while frontier:               # descendants, whatever their container
+            frontier = {c for c, p in parent.items() if p in frontier and c not in found and c != pid}
+            found |= frontier
+        found.discard(pid)
+        out[pid] = [pid] + sorted(found)
     return out
 
 
@@ -159,6 +168,25 @@ class ProcTable:
         if not f.in_child_ns:
             return nspid
         return self._ns_to_host.get((self._pidns.get(f.pid, ""), nspid))
+
+    def handler(self, tid: int, signum: int) -> str | None:
+        """default/ignore/handler for signum in tid now (SigCgt/SigIgn), None when it is gone.
+
+        Read when the delivery line arrives, a few ms after the fact: a handler installed or reset
+        in between is missed, which sigaction calls around a stop signal rarely do."""
+        text = _read(f"{self.proc}/{tid}/status")
+        if not text or signum <= 0:
+            return None
+        masks = dict(re.findall(r"^(SigCgt|SigIgn):\s*([0-9a-fA-F]+)", text, re.M))
+        try:
+            bit = 1 << (signum - 1)
+            if int(masks["SigCgt"], 16) & bit:
+                return "handler"
+            if int(masks["SigIgn"], 16) & bit:
+                return "ignore"
+        except (KeyError, ValueError):
+            return None
+        return "default"
 
     def forget(self, pid: int) -> None:
         """After a process exit: pids are reused."""

@@ -3,7 +3,9 @@
 What strace shows and what it cannot:
 - `--- SIG ---` lines are deliveries in the receiver: signal_deliver with si_code and si_pid as the
   receiver sees them (si_pid=0: the sender is outside the receiver's PID namespace, the runtime).
-  The handler is not printed, so `handler` stays null.
+  strace prints no handler: it is read from /proc/PID/status (SigCgt/SigIgn) as the line arrives,
+  null when the process is gone. Under ptrace the kernel does not drop signals at generation, so
+  a TERM to a handler-less PID 1 shows up here (handler=default) and is then discarded.
 - kill/tkill/tgkill/rt_(tg)sigqueueinfo/pidfd_send_signal of traced processes: signal_generate.
   A returned 0 does not say whether the kernel delivered or dropped the signal (PID 1 without a
   handler), so `result` stays null; a failed call generated nothing and is only counted.
@@ -159,8 +161,13 @@ class Translator:
             if n is not None and host is not None:
                 self.procs.learn(host, n, rec.tid)
         sig = rec.sig if rec.sig.startswith("SIG") else S.signal_name(int(rec.sig))
+        common = self._common(rec.tid, rec.comm)
+        num = S.SIGNAL_NUMBERS.get(sig, 0)
+        # strace prints no handler; /proc says whether one is installed. Under ptrace even a signal the
+        # kernel would drop (PID 1 of a namespace without handler) is shown here, then discarded.
+        handler = self.procs.handler(rec.tid, num) if num else None
         self.emit(S.new_event(S.SIGNAL_DELIVER, rec.ts, sig=sig, code=si_code(info.get("si_code")),
-                              si_pid=si_pid, **self._common(rec.tid, rec.comm)))
+                              si_pid=si_pid, handler=handler, **common))
 
     # -- exits
     def _exit(self, rec: Exit) -> None:

@@ -1,0 +1,182 @@
+"""Starting and stopping the things measured: recorders, tcpstates, wrk, timed commands.
+
+Every process is ended by its own pid (SIGINT, then SIGKILL after a bound), never by name.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+SIGTRACE = [sys.executable, "-m", "sigtrace"]
+TCPSTATES = "/usr/sbin/tcpstates-bpfcc"
+
+
+def vm_hwm_kb(pid: int) -> int | None:
+    """Peak resident set size of a live process (VmHWM), in KiB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 20.0) -> int | None:
+    """SIGINT (the recorder's clean stop), then SIGKILL if it does not exit in time."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    return proc.returncode
+
+
+@dataclass
+class Tracer:
+    """A running tracer (sigtrace record or tcpstates) and what it reported."""
+    mode: str
+    proc: subprocess.Popen
+    out_dir: Path
+    spawned: float
+    ready_s: float | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def start_record(out_dir: Path, args: list[str], mode: str, timeout: float = 60.0) -> Tracer:
+    """`sigtrace record` in the background; ready when meta.json exists (the recorder writes it
+    right after the probes are attached and the output is open)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log = open(out_dir / "recorder.log", "wb")
+    t0 = time.monotonic()
+    proc = subprocess.Popen(SIGTRACE + ["record", "--output", str(out_dir), "--no-live", *args],
+                            stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+    tr = Tracer(mode, proc, out_dir, t0)
+    meta = out_dir / "meta.json"
+    while time.monotonic() - t0 < timeout:
+        if meta.exists():
+            tr.ready_s = time.monotonic() - t0
+            return tr
+        if proc.poll() is not None:
+            break
+        time.sleep(0.01)
+    stop_process(proc)
+    raise RuntimeError(f"recorder {mode} did not become ready: {_tail(out_dir / 'recorder.log')}")
+
+
+def finish_record(tr: Tracer) -> dict[str, Any]:
+    """Stop the recorder, then collect meta.json's figures and its peak RSS."""
+    rss = vm_hwm_kb(tr.proc.pid)
+    rc = stop_process(tr.proc)
+    meta = json.loads((tr.out_dir / "meta.json").read_text())
+    events = _count_lines(tr.out_dir / "events.jsonl")
+    tr.info = {"rc": rc, "ready_s": tr.ready_s, "startup_s": meta.get("startup_s"), "peak_rss_kb": rss,
+               "events": events, "lost_events": int(meta.get("lost_events") or 0),
+               "lost_by_probe": {k: v for k, v in (meta.get("lost_by_probe") or {}).items() if v},
+               "kernel_filtered": meta.get("kernel_filtered"), "clean_end": meta.get("end") is not None}
+    return tr.info
+
+
+def start_tcpstates(out_dir: Path, timeout: float = 60.0) -> Tracer:
+    """bcc's tcpstates (the naive baseline: every transition of every socket to user space);
+    ready when it printed its header (after compile and attach)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = open(out_dir / "tcpstates.out", "wb")
+    err = open(out_dir / "tcpstates.err", "wb")
+    t0 = time.monotonic()
+    proc = subprocess.Popen([TCPSTATES], stdout=out, stderr=err, start_new_session=True)
+    tr = Tracer("tcpstates", proc, out_dir, t0)
+    while time.monotonic() - t0 < timeout:
+        if (out_dir / "tcpstates.out").stat().st_size > 0:
+            tr.ready_s = time.monotonic() - t0
+            return tr
+        if proc.poll() is not None:
+            break
+        time.sleep(0.01)
+    stop_process(proc)
+    raise RuntimeError(f"tcpstates did not start: {_tail(out_dir / 'tcpstates.err')}")
+
+
+def finish_tcpstates(tr: Tracer) -> dict[str, Any]:
+    rss = vm_hwm_kb(tr.proc.pid)
+    rc = stop_process(tr.proc)
+    err = (tr.out_dir / "tcpstates.err").read_text(errors="replace")
+    # bcc's perf reader without lost_cb only prints "Possibly lost N samples"
+    lost = sum(int(n) for n in re.findall(r"[Ll]ost (\d+) samples", err))
+    tr.info = {"rc": rc, "ready_s": tr.ready_s, "peak_rss_kb": rss,
+               "events": max(0, _count_lines(tr.out_dir / "tcpstates.out") - 1), "lost_events": lost}
+    return tr.info
+
+
+@dataclass
+class Timed:
+    rc: int | None
+    wall_s: float
+    cpu_s: float
+    max_rss_kb: int
+    timed_out: bool
+    stdout: str
+    stderr: str
+
+
+def run_timed(cmd: list[str], timeout: float, cwd: Path = REPO) -> Timed:
+    """Run a command; wall time, CPU and peak RSS of that child (wait4), killed at the timeout."""
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd, start_new_session=True)
+    out_chunks: list[bytes] = []
+    err_chunks: list[bytes] = []
+    import threading
+
+    def pump(stream, sink):
+        for chunk in iter(lambda: stream.read(1 << 16), b""):
+            if sum(map(len, sink)) < 1 << 20:
+                sink.append(chunk)
+    threads = [threading.Thread(target=pump, args=(proc.stdout, out_chunks), daemon=True),
+               threading.Thread(target=pump, args=(proc.stderr, err_chunks), daemon=True)]
+    for t in threads:
+        t.start()
+    timed_out = False
+    while True:
+        pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.monotonic() - t0 > timeout:
+            timed_out = True
+            os.killpg(proc.pid, signal.SIGKILL)
+            pid, status, ru = os.wait4(proc.pid, 0)
+            break
+        time.sleep(0.02)
+    wall = time.monotonic() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    for t in threads:
+        t.join(5)
+    return Timed(None if timed_out else proc.returncode, wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss,
+                 timed_out, b"".join(out_chunks).decode(errors="replace"), b"".join(err_chunks).decode(errors="replace"))
+
+
+def _count_lines(path: Path) -> int:
+    if not path.exists():
+        return 0
+    n = 0
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            n += block.count(b"\n")
+    return n
+
+
+def _tail(path: Path, n: int = 400) -> str:
+    try:
+        return path.read_text(errors="replace")[-n:].strip().replace("\n", " | ")
+    except OSError:
+        return "(no log)"
