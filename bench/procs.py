@@ -95,8 +95,13 @@ def start_tcpstates(out_dir: Path, timeout: float = 60.0) -> Tracer:
     out = open(out_dir / "tcpstates.out", "wb")
     err = open(out_dir / "tcpstates.err", "wb")
     t0 = time.monotonic()
-    proc = subprocess.Popen([TCPSTATES], stdout=out, stderr=err, start_new_session=True)
-    tr = Tracer("tcpstates", proc, out_dir, t0)
+    # bcc compiles tcpstates against kernel headers too: give it the tree sigtrace uses (this
+    # kernel ships none; the tool only reads tracepoint fields, so the fallback is safe)
+    from sigtrace.backends.bpf.headers import ENV, find_headers
+    headers = find_headers()
+    env = dict(os.environ, **{ENV: headers.path})
+    proc = subprocess.Popen([TCPSTATES], stdout=out, stderr=err, start_new_session=True, env=env)
+    tr = Tracer("tcpstates", proc, out_dir, t0, info={"_headers": headers})
     while time.monotonic() - t0 < timeout:
         if (out_dir / "tcpstates.out").stat().st_size > 0:
             tr.ready_s = time.monotonic() - t0
@@ -105,12 +110,14 @@ def start_tcpstates(out_dir: Path, timeout: float = 60.0) -> Tracer:
             break
         time.sleep(0.01)
     stop_process(proc)
+    headers.cleanup()
     raise RuntimeError(f"tcpstates did not start: {_tail(out_dir / 'tcpstates.err')}")
 
 
 def finish_tcpstates(tr: Tracer) -> dict[str, Any]:
     rss = vm_hwm_kb(tr.proc.pid)
     rc = stop_process(tr.proc)
+    tr.info.pop("_headers").cleanup()
     err = (tr.out_dir / "tcpstates.err").read_text(errors="replace")
     # bcc's perf reader without lost_cb only prints "Possibly lost N samples"
     lost = sum(int(n) for n in re.findall(r"[Ll]ost (\d+) samples", err))

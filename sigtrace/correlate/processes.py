@@ -144,7 +144,8 @@ def assign_roles(procs: dict[int, Process], parents: dict[int, int], pe: pd.Data
     sg = pe[(pe["kind"] == S.SIGNAL_GENERATE) & (pe["sig"] != "SIGCHLD") & pe["target_pid"].notna()]
     senders: dict[int, set[int]] = {}
     for pid, tpid in zip(sg["pid"], sg["target_pid"]):
-        if pid is not pd.NA and tpid is not pd.NA:
+        # a process signalling itself (fpm children re-raise TERM) is not directing anyone
+        if pid is not pd.NA and tpid is not pd.NA and pid != tpid:
             senders.setdefault(int(pid), set()).add(int(tpid))
 
     for p in procs.values():

@@ -90,7 +90,7 @@ def _conn_entries(ctx: PodContext, start: float) -> list[dict[str, Any]]:
         r = r[r["ts"] >= start]
         for _, x in r.head(MAX_PER_TYPE).iterrows():
             kind = "FastCGI connect" if x["port_class"] == "upstream" else "connection attempt"
-            cp = int(x["client_port"]) if x["client_port"] == x["client_port"] else "?"
+            cp = int(x["client_port"]) if pd.notna(x["client_port"]) else "?"
             out.append(_entry(ctx, float(x["ts"]), "refused", f"{kind} {x['client_addr']}:{cp} → :{x['port']} refused (RST)",
                               int(x["row"]), port=int(x["port"]), port_class=x["port_class"]))
         if len(r) > MAX_PER_TYPE:

@@ -14,6 +14,7 @@ from ..errors import UsageProblem
 from ..events.reader import read_recording
 from ..events.schema import SCHEMA_VERSION
 from .columns import COLUMNS, EXPORT_DTYPES, sidecar_path
+from .fast import read_clean_recording
 from .frame import export_frame
 from .write import have_pyarrow, write_export
 
@@ -35,7 +36,8 @@ def export_recordings(dirs: Sequence[str | os.PathLike], csv: str | None = None,
         raise UsageProblem("nothing to write: give --csv FILE and/or --parquet FILE")
     if parquet and not have_pyarrow():
         raise UsageProblem("--parquet needs pyarrow, which is not installed; pip install pyarrow, or use --csv")
-    recordings = [read_recording(d) for d in dirs]
+    # the vectorised reader where the file is clean, the tolerant one where it is not
+    recordings = [read_clean_recording(d) or read_recording(d) for d in dirs]
     df, metas, notes = export_frame(recordings)
     meta = {"schema_version": SCHEMA_VERSION, "columns": list(COLUMNS), "nodes": metas, "notes": notes}
     written = []

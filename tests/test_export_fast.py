@@ -1,0 +1,76 @@
+"""The export's vectorised recording reader gives exactly what the tolerant reader gives, or declines."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sigtrace.events.reader import read_recording
+from sigtrace.export.fast import read_clean_recording
+from sigtrace.export.write import have_pyarrow
+
+pytestmark = pytest.mark.skipif(not have_pyarrow(), reason="the fast path needs pyarrow")
+DATA = Path(__file__).parent / "data"
+RECORDINGS = sorted(p.parent for p in DATA.rglob("events.jsonl"))
+
+
+def assert_same(fast, slow) -> None:
+    assert fast is not None
+    assert fast.meta == slow.meta and fast.incomplete == slow.incomplete and fast.source == slow.source
+    pd.testing.assert_frame_equal(fast.events, slow.events)
+
+
+@pytest.mark.parametrize("rec_dir", RECORDINGS, ids=lambda p: str(p.relative_to(DATA)))
+def test_same_as_read_recording(rec_dir):
+    assert_same(read_clean_recording(rec_dir), read_recording(rec_dir))
+
+
+@pytest.mark.parametrize("tail, meta", [
+    ('{"ts": 5, "kind": "process_exit", "pid": 1', None),                 # truncated last line
+    ('not json', None),
+    ('{"ts": 5, "kind": "from_the_future"}', None),                       # unknown kind
+    ('{"ts": 5, "kind": "process_exit", "newfield": 1}', None),           # unknown field
+    ('{"ts": 5, "kind": "process_exit", "pid": "12"}', None),             # wrongly typed
+    ('{"kind": "process_exit"}', None),                                   # no ts
+    ('{"ts": 5, "kind": "process_exit", "comm": "\\ud800"}', None),        # lone surrogate
+])
+def test_declines_what_needs_the_tolerant_reader(tmp_path, tail, meta):
+    good = (DATA / "fleet" / "node-a" / "events.jsonl").read_text()
+    (tmp_path / "events.jsonl").write_text(good + tail + "\n")
+    assert read_clean_recording(tmp_path) is None
+    read_recording(tmp_path)   # which copes
+
+
+def test_meta_notes_match(tmp_path):
+    good = (DATA / "fleet" / "node-a" / "events.jsonl").read_text()
+    (tmp_path / "events.jsonl").write_text(good)
+    assert_same(read_clean_recording(tmp_path), read_recording(tmp_path))          # no meta.json
+    (tmp_path / "meta.json").write_text("{broken")
+    assert_same(read_clean_recording(tmp_path), read_recording(tmp_path))
+    (tmp_path / "meta.json").write_text(json.dumps({"node": "n", "end": None, "lost_events": 7}))
+    assert_same(read_clean_recording(tmp_path), read_recording(tmp_path))
+
+
+EVENT = st.fixed_dictionaries({
+    "ts": st.floats(min_value=0, max_value=4e9, allow_nan=False),
+    "kind": st.sampled_from(["signal_generate", "process_exit", "tcp_state", "pod_lifecycle"]),
+}, optional={
+    "pid": st.integers(min_value=-(2**53), max_value=2**53),
+    "comm": st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=16),
+    "sig": st.sampled_from(["SIGTERM", "SIGKILL", ""]),
+    "exit_code": st.integers(0, 255),
+    "detail": st.text(max_size=8, alphabet=st.characters(blacklist_categories=("Cs",))),
+})
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(events=st.lists(EVENT, min_size=1, max_size=10))
+def test_property_same_as_read_recording(tmp_path_factory, events):
+    d = tmp_path_factory.mktemp("rec")
+    (d / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
+    (d / "meta.json").write_text(json.dumps({"node": "n", "end": 1.0}))
+    assert_same(read_clean_recording(d), read_recording(d))
