@@ -2,9 +2,9 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := python3-bpfcc python3-venv linux-headers-amd64 runc nginx-light php-fpm strace wrk iproute2 procps
+APT_PACKAGES := python3-bpfcc python3-venv linux-headers-amd64 runc nginx-light php-fpm strace wrk iproute2 procps bpfcc-tools
 
-.PHONY: setup test demo clean
+.PHONY: setup test demo clean bench
 
 # Idempotent: apt only when a package is missing; the venv sees Debian's bcc through
 # --system-site-packages (bcc is not on PyPI), pip installs the rest by name.
@@ -23,6 +23,11 @@ $(VENV)/.installed: pyproject.toml
 
 test: setup
 	$(PY) -m pytest -ra tests
+
+# Benchmarks (root, ~15 min on 2 cores; BENCH_* variables in bench/__main__.py): writes
+# docs/benchmarks.md and docs/benchmarks.json. bpfcc-tools provides tcpstates, the baseline.
+bench: setup
+	$(PY) -m bench
 
 demo: setup
 	.venv/bin/sigtrace lab --demo

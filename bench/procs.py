@@ -31,6 +31,20 @@ def vm_hwm_kb(pid: int) -> int | None:
     return None
 
 
+def mem_kb(pid: int) -> dict[str, int]:
+    """Rss, Pss (shared pages divided among their users: bcc's LLVM is file-backed) and anonymous
+    memory of a live process, in KiB (/proc/<pid>/smaps_rollup)."""
+    out: dict[str, int] = {}
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in ("Rss", "Pss", "Anonymous"):
+                out[key.lower()] = int(rest.split()[0])
+    except OSError:
+        pass
+    return out
+
+
 def stop_process(proc: subprocess.Popen, timeout: float = 20.0) -> int | None:
     """SIGINT (the recorder's clean stop), then SIGKILL if it does not exit in time."""
     if proc.poll() is None:
@@ -78,10 +92,12 @@ def start_record(out_dir: Path, args: list[str], mode: str, timeout: float = 60.
 def finish_record(tr: Tracer) -> dict[str, Any]:
     """Stop the recorder, then collect meta.json's figures and its peak RSS."""
     rss = vm_hwm_kb(tr.proc.pid)
+    mem = mem_kb(tr.proc.pid)
     rc = stop_process(tr.proc)
     meta = json.loads((tr.out_dir / "meta.json").read_text())
     events = _count_lines(tr.out_dir / "events.jsonl")
     tr.info = {"rc": rc, "ready_s": tr.ready_s, "startup_s": meta.get("startup_s"), "peak_rss_kb": rss,
+               "rss_kb": mem.get("rss"), "pss_kb": mem.get("pss"), "anon_kb": mem.get("anonymous"),
                "events": events, "lost_events": int(meta.get("lost_events") or 0),
                "lost_by_probe": {k: v for k, v in (meta.get("lost_by_probe") or {}).items() if v},
                "kernel_filtered": meta.get("kernel_filtered"), "clean_end": meta.get("end") is not None}

@@ -3,6 +3,7 @@ layouts, a shared netns, and the kubelet + containerd stop sequence (preStop via
 STOPSIGNAL via runc kill, runc kill --all KILL at grace end). Everything must be gone after."""
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import time
@@ -13,7 +14,7 @@ import pytest
 from conftest import require_kernel
 from sigtrace.errors import LabError
 from sigtrace.lab import configs
-from sigtrace.lab.load import LoadClient, one_request
+from sigtrace.lab.load import LoadClient
 from sigtrace.lab.pod import LocalPod, PodSpec, cgroup_hierarchies
 from sigtrace.pods.cgroup import parse_proc_cgroup
 
@@ -96,9 +97,12 @@ def test_prestop_nginx_quit_runs_through_runc_exec(app):
     with LocalPod(spec) as pod:
         o = pod.stop()["nginx"]
         log = pod.log("nginx")
-    assert o.prestop_rc == 0 and o.prestop_start <= o.prestop_end
-    # the hook is a process exec'd inside the container: nginx sees its in-namespace pid
-    assert "signal 3 (SIGQUIT) received from" in log and "received from 0" not in log.split("SIGQUIT")[0]
+    # 137: an idle nginx exits on QUIT at once, and the PID 1 exit SIGKILLs whatever is left in
+    # the namespace, the exiting `nginx -s quit` included (the kubelet then logs FailedPreStopHook)
+    assert o.prestop_rc in (0, 137) and o.prestop_start <= o.prestop_end
+    # the hook is a process exec'd inside the container: nginx sees its in-namespace pid (> 1)
+    m = re.search(r"signal 3 \(SIGQUIT\) received from (\d+)", log)
+    assert m and int(m.group(1)) > 1, log
     assert o.exit_code == 0 and not o.killed
     assert_gone(pod)
 

@@ -4,7 +4,6 @@ the clean shutdown, across both cgroup layouts, several worker counts and timing
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -58,11 +57,16 @@ MATRIX = [
                          ids=[m[0] if isinstance(m, tuple) else None for m in MATRIX])
 def test_verdict_matrix(sigtrace_cli, tmp_path, name, args, verdicts, client_fail):
     require_kernel(bpf=True, tools=("runc", "nginx", "php-fpm8.2", "ip"))
-    out = tmp_path / name
-    p = sigtrace_cli("lab", "--backend", "bpf", "--output", str(out), "--format", "json", "--grace",
-                     "15", *args, timeout=240)
-    assert p.returncode == 0, p.stderr
-    run = json.loads(p.stdout)[0]
+    for attempt in range(3):
+        out = tmp_path / f"{name}-{attempt}"
+        p = sigtrace_cli("lab", "--backend", "bpf", "--output", str(out), "--format", "json", "--grace",
+                         "15", *args, timeout=240)
+        assert p.returncode == 0, p.stderr
+        run = json.loads(p.stdout)[0]
+        # The recorder is node-wide: a signal storm from another process (other suites run in
+        # parallel here) can overflow its buffers. A lossy recording proves nothing: run again.
+        if not (run["report"] or {}).get("lost_events"):
+            break
     counts = run["client"]["counts"]
     failed = {k for k, v in counts.items() if v and k != "ok"}
     assert client_fail <= failed, counts
@@ -70,6 +74,8 @@ def test_verdict_matrix(sigtrace_cli, tmp_path, name, args, verdicts, client_fai
         assert not failed, counts
     report = run["report"]
     assert report and "error" not in report, report
+    assert report["lost_events"] == 0, (f"the recorder lost {report['lost_events']} events in 3 attempts: "
+                                        "another process is flooding signals or connections on this node")
     pods = [pod for pod in report["pods"] if pod["pod_uid"] == run["pod_uid"]]
     assert len(pods) == 1
     fired = {v["id"] for v in pods[0]["verdicts"]}
@@ -79,4 +85,3 @@ def test_verdict_matrix(sigtrace_cli, tmp_path, name, args, verdicts, client_fai
         assert fired == set(), pods[0]["verdicts"]   # a false alarm is as bad as a miss
     for v in pods[0]["verdicts"]:
         assert v["evidence"] and v["fix"]
-    assert report["lost_events"] == 0

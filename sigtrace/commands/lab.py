@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 
@@ -75,6 +76,11 @@ def lab(nginx_conf, fpm_conf, workers, prestop, stop_signal, grace, stop_order, 
     them, a deletion like kubelet + containerd, and the client's view beside the report."""
     from ..lab.driver import demo_scenarios, run_and_show
     from ..lab.scenario import Scenario
+
+    def interrupted(signum, frame):
+        # SIGTERM unwinds like Ctrl-C: containers, cgroups and the netns are removed on the way out
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, interrupted)
 
     out_root = output or Path(f"/tmp/sigtrace-lab-{time.strftime('%Y%m%d-%H%M%S')}")
     if demo:

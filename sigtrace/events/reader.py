@@ -69,8 +69,19 @@ def events_frame(rows: list[dict]) -> pd.DataFrame:
     return df.sort_values("ts", kind="stable").reset_index(drop=True)
 
 
-def read_recording(directory: str | Path) -> Recording:
-    """Load DIR/events.jsonl and DIR/meta.json. Raises DataError when there is nothing usable."""
+def read_recording(directory: str | Path, *, fast: bool = True) -> Recording:
+    """Load DIR/events.jsonl and DIR/meta.json. Raises DataError when there is nothing usable.
+
+    A clean file (every line a complete object of known kinds, fields and types: what the
+    recorder writes) is parsed by pyarrow's JSON reader straight into columns; json.loads per
+    line and a list of dicts cost ~50x the time and ~3.5 KB per event (docs/benchmarks.md).
+    Anything else, or fast=False, takes the tolerant line-by-line path below, which gives the
+    same Recording (tests/test_export_fast.py) and lists what it skipped."""
+    if fast:
+        from ..export.fast import read_clean_recording   # lazy: it imports this module
+        rec = read_clean_recording(directory)
+        if rec is not None:
+            return rec
     d = Path(directory)
     if not d.is_dir():
         raise DataError(f"{d}: no such recording directory; pass the --output DIR of 'sigtrace record'")

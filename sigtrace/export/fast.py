@@ -80,7 +80,8 @@ def read_clean_recording(directory: str | Path) -> Recording | None:
         if dtype == "category":
             if df[name].cat.categories.empty:
                 # an all-null column: the very dtype read_recording's astype gives one
-                df[name] = df[name].astype(object).astype("category")
+                # (from_records makes an absent field a float NaN column)
+                df[name] = pd.Series(float("nan"), index=df.index).astype("category")
             else:
                 # astype("category") in read_recording sorts the categories: same order here
                 df[name] = df[name].cat.reorder_categories(sorted(df[name].cat.categories))

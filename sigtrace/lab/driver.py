@@ -98,12 +98,13 @@ class SubprocessRecorder:
         self.proc = None
 
 
-def _report(out_dir: Path, fmt: str, console: Console) -> Any:
-    """The report of the recording, as `sigtrace report` renders it."""
+def _report(out_dir: Path, fmt: str, console: Console, pod_uid: str) -> Any:
+    """The report of the lab pod, as `sigtrace report DIR --pod UID` renders it (the recorder is
+    node-wide: other pods' events may be in the recording too)."""
     if not _module_exists("sigtrace.commands.report"):
         console.print("[yellow]report: sigtrace report is not available in this build[/yellow]")
         return None
-    cmd = [sys.executable, "-m", "sigtrace", "report", str(out_dir), "--format", fmt]
+    cmd = [sys.executable, "-m", "sigtrace", "report", str(out_dir), "--format", fmt, "--pod", pod_uid]
     if fmt == "json":
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if p.returncode != 0:
@@ -145,7 +146,7 @@ def run_and_show(runs: list[tuple[str, Scenario]], out_root: Path, *, backend: s
         console.print("client: " + render.summary_line(r))
         report = None
         if backend != "none":
-            report = _report(out_dir, fmt, console)
+            report = _report(out_dir, fmt, console, r.pod_uid)
         console.print(f"recording: {out_dir}")
         summaries.append((title, r))
         results.append({**r.as_dict(), "out_dir": str(out_dir), "report": report})

@@ -26,6 +26,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -350,7 +351,9 @@ class LocalPod:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.cleanup()
+        problems = self.cleanup()
+        if problems:   # say what is left, so a leftover is never silent
+            print(f"sigtrace lab: cleanup of pod {self.uid} left: {'; '.join(problems)}", file=sys.stderr)
 
     def stop(self, order: list[str] | None = None, delay_s: float = 0.0,
              grace_period_s: float | None = None) -> dict[str, StopOutcome]:

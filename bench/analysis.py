@@ -1,0 +1,86 @@
+"""Analysis throughput: read, report, export and analyze on synthetic recordings (bench/synth.py).
+
+Each stage runs as its own process (`sigtrace report DIR --format json`, `sigtrace export DIR
+--parquet F`, `sigtrace analyze F --json`, and read_recording alone), timed with its CPU and
+peak RSS (wait4). A stage that would not finish in its time limit, judged from the smaller size,
+is skipped and says so; one that runs over is killed and reported as timed out.
+"""
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from . import procs, synth
+
+READ = [sys.executable, "-c", "import sys; from sigtrace.events.reader import read_recording; "
+        "r = read_recording(sys.argv[1]); print(len(r.events))"]
+
+
+def dataset(cache: Path, n: int, log: Callable[[str], None]) -> tuple[Path, dict[str, Any]]:
+    """The synthetic recording of n events, generated once per format version and reused."""
+    d = cache / f"synth-{n}-v{synth.FORMAT_VERSION}"
+    done = d / ".complete"
+    if not done.exists():
+        shutil.rmtree(d, ignore_errors=True)
+        log(f"analysis: generating {n} synthetic events in {d}")
+        t = procs.run_timed([sys.executable, "-m", "bench.synth", str(d), "--events", str(n)], timeout=3600)
+        if t.rc != 0:
+            raise RuntimeError(f"synth failed: {t.stderr[-300:]}")
+        done.write_text(t.stdout)
+    import json
+    info = json.loads(done.read_text())
+    return d, info
+
+
+def stage_cmds(d: Path, parquet: Path) -> dict[str, list[str]]:
+    return {
+        "read": READ + [str(d)],
+        "report": procs.SIGTRACE + ["report", str(d), "--format", "json", "-o", "/dev/null"],
+        "export": procs.SIGTRACE + ["export", str(d), "--parquet", str(parquet)],
+        "analyze": procs.SIGTRACE + ["analyze", str(parquet), "--json"],
+    }
+
+
+def measure(sizes: list[int], report_sizes: list[int], cache: Path, timeout: float = 300.0,
+            log: Callable[[str], None] = print) -> dict[str, Any]:
+    """read and export at every size; report and analyze (the correlation) at report_sizes too."""
+    cache.mkdir(parents=True, exist_ok=True)
+    results: list[dict[str, Any]] = []
+    last_rate: dict[str, float] = {}
+    for n in sorted(set(sizes) | set(report_sizes)):
+        d, info = dataset(cache, n, log)
+        parquet = d / "export.parquet"
+        cmds = stage_cmds(d, parquet)
+        stages = ["read", "export"] if n in sizes else []
+        if n in report_sizes:
+            stages = ["read", "report", "export", "analyze"]
+        for stage in stages:
+            row: dict[str, Any] = {"stage": stage, "events": info["events"], "pods": info["pods"],
+                                   "file_mb": round(info["bytes"] / 1e6, 1)}
+            if stage == "analyze" and not parquet.exists():
+                row["skipped"] = "no export"
+            elif stage in last_rate and info["events"] / last_rate[stage] > timeout:
+                row["skipped"] = (f"projected {info['events'] / last_rate[stage]:.0f} s at "
+                                  f"{last_rate[stage]:.0f} events/s > limit {timeout:.0f} s")
+            else:
+                t = procs.run_timed(cmds[stage], timeout)
+                row.update({"wall_s": round(t.wall_s, 2), "cpu_s": round(t.cpu_s, 2),
+                            "peak_rss_mb": round(t.max_rss_kb / 1024), "rc": t.rc, "timed_out": t.timed_out})
+                if t.rc == 0:
+                    row["events_per_s"] = round(info["events"] / t.wall_s)
+                    last_rate[stage] = info["events"] / t.wall_s
+                else:
+                    row["error"] = "timed out" if t.timed_out else t.stderr.strip()[-300:]
+                    last_rate[stage] = info["events"] / max(t.wall_s, 1e-9) if t.timed_out else last_rate.get(stage, 1.0)
+            results.append(row)
+            log(f"analysis: {stage:8s} {n:>9} events: " + (row.get("skipped") or row.get("error") or
+                f"{row['wall_s']} s, {row['events_per_s']} events/s, peak {row['peak_rss_mb']} MB"))
+        if parquet.exists():
+            parquet.unlink()
+        for extra in d.glob("export.parquet*"):
+            extra.unlink()
+    return {"config": {"sizes": sizes, "report_sizes": report_sizes, "timeout_s": timeout, "cache": str(cache),
+                       "events_per_pod": 400, "stories": synth.STORIES},
+            "stages": results}
