@@ -13,10 +13,6 @@ from conftest import require_kernel
 FPM_GRACEFUL = ["--stop-signal", "php-fpm=QUIT", "--prestop", "php-fpm=sleep 3", "--process-control-timeout", "10"]
 NGINX_GRACEFUL = ["--stop-signal", "nginx=QUIT", "--prestop", "nginx=sleep 3"]
 
-# Known report bug (reported to the lead): an fpm child re-raising SIGTERM to itself is taken
-# for a master (correlate/processes.py), so phpfpm-abrupt-stop is missed about one run in three.
-FPM_ROLE_BUG = pytest.mark.xfail(strict=False, reason="report: fpm child counted as master (self-signal)")
-
 # id, CLI args, verdicts that must fire, client outcomes that must be seen (none: all ok)
 MATRIX = [
     ("clean-cgroupfs", ["--layout", "cgroupfs", "--workers", "2", "--concurrency", "2", "--lb-delay", "1", *NGINX_GRACEFUL, *FPM_GRACEFUL],
@@ -25,7 +21,7 @@ MATRIX = [
                        *NGINX_GRACEFUL, *FPM_GRACEFUL], set(), set()),
     pytest.param("article", ["--layout", "systemd", "--workers", "2", "--prestop", "nginx=nginx -s quit",
                              "--stop-signal", "nginx=TERM", "--lb-delay", "1"],
-                 {"phpfpm-abrupt-stop", "endpoint-race"}, {"http_502", "refused"}, marks=FPM_ROLE_BUG, id="article"),
+                 {"phpfpm-abrupt-stop", "endpoint-race"}, {"http_502", "refused"}, id="article"),
     ("prestop-quit-superseded", ["--workers", "2", "--prestop", "nginx=nginx -s quit", "--stop-signal", "nginx=TERM",
                                  "--lb-delay", "0", *FPM_GRACEFUL],
      {"prestop-quit-superseded"}, set()),
@@ -33,7 +29,7 @@ MATRIX = [
                              *FPM_GRACEFUL], {"nginx-fast-shutdown"}, set()),
     pytest.param("phpfpm-abrupt-stop", ["--workers", "2", "--stop-signal", "php-fpm=TERM", "--lb-delay", "0",
                                         *NGINX_GRACEFUL],
-                 {"phpfpm-abrupt-stop"}, {"http_502"}, marks=FPM_ROLE_BUG, id="phpfpm-abrupt-stop"),
+                 {"phpfpm-abrupt-stop"}, {"http_502"}, id="phpfpm-abrupt-stop"),
     ("upstream-exited-first", ["--workers", "1", "--stop-order", "php-fpm,nginx", "--stop-delay", "2",
                                "--stop-signal", "php-fpm=QUIT", "--process-control-timeout", "10",
                                "--stop-signal", "nginx=QUIT", "--request-ms", "300", "--lb-delay", "1.5"],

@@ -2,7 +2,7 @@
 wrapper, or replaced by the SIGKILL at the end of the grace period."""
 from __future__ import annotations
 
-from ..correlate.pod import PodContext
+from ..correlate.pod import NOT_STOP, PodContext
 from ..correlate.processes import INIT, SHELL
 from ..events import capabilities as C
 from .base import Finding, Undecidable, fmt_t, rule
@@ -14,8 +14,9 @@ WRAPPER_ROLES = (SHELL, INIT)
       "Make the app PID 1 (exec-form CMD/ENTRYPOINT, `exec` in entrypoint scripts) or run an init that "
       "forwards signals (tini, dumb-init, `shareProcessNamespace` is not a fix).")
 def pid1_signal_ignored(ctx: PodContext) -> Finding | Undecidable | None:
+    # only stop requests count: kernel notifications (SIGIO, SIGCHLD...) dropped at PID 1 hurt nobody
     hits = [s for s in ctx.signals if s.target is not None and s.target.is_pid1 and s.result == "ignored"
-            and s.sig != "SIGKILL"]
+            and s.sig != "SIGKILL" and s.sig not in NOT_STOP]
     if hits:
         ev, names = [], []
         for s in hits:
