@@ -6,7 +6,7 @@ inside a ctypes callback), so every stop path flushes and writes meta.json's end
 """
 from __future__ import annotations
 
-import importlib
+import sys
 import signal
 import threading
 import time
@@ -16,6 +16,7 @@ from typing import Any
 
 from ..backends import Backend
 from ..events.writer import EventWriter, base_meta, prepare_output_dir, write_meta
+from ..correlate.live import LiveReporter
 from .live import LiveView, Rates
 
 POLL_S = 0.2
@@ -31,16 +32,6 @@ class RecordResult:
     lost_by_probe: dict[str, int] = field(default_factory=dict)
     duration_s: float = 0.0
     stopped_by: str = ""
-
-
-def load_live_reporter(out_dir: Path, console: Any) -> Any | None:
-    """sigtrace.correlate.live.LiveReporter when that module exists (issue 3), else None."""
-    try:
-        mod = importlib.import_module("sigtrace.correlate.live")
-    except ImportError:
-        return None
-    cls = getattr(mod, "LiveReporter", None)
-    return cls(out_dir, console) if cls is not None else None
 
 
 class RecordSession:
@@ -81,8 +72,8 @@ class RecordSession:
             if self.reporter is not None:
                 try:
                     self.reporter.feed(event)
-                except Exception:       # a live report bug must never lose the recording
-                    self.reporter = None
+                except Exception as exc:    # a live report bug must never lose the recording
+                    self._drop_reporter(exc)
 
     def request_stop(self, reason: str = "requested") -> None:
         self.stopped_by = self.stopped_by or reason
@@ -110,7 +101,7 @@ class RecordSession:
             for event in pending:
                 self.add_event(event)
             if self.live_reports:
-                self.reporter = load_live_reporter(self.out_dir, self.console)
+                self.reporter = LiveReporter(self.out_dir, self.console)
             self._write_meta()          # end=None until we stop: a killed recorder is recognisable
             self.view.start()
             last_meta = last_view = time.monotonic()
@@ -145,8 +136,8 @@ class RecordSession:
                 if self.reporter is not None:
                     try:
                         self.reporter.close()
-                    except Exception:
-                        pass
+                    except Exception as exc:
+                        self._drop_reporter(exc)
                 if opened and self._meta:
                     self._meta["end"] = time.time()
                     self._write_meta()
@@ -156,14 +147,19 @@ class RecordSession:
         return RecordResult(self.out_dir, self.events, sum(lost.values()), lost,
                             time.monotonic() - started, self.stopped_by)
 
+    def _drop_reporter(self, exc: Exception) -> None:
+        self.reporter = None
+        print(f"sigtrace: warning: live reports stopped ({type(exc).__name__}: {exc}); the recording goes on, "
+              f"run 'sigtrace report {self.out_dir}' afterwards", file=sys.stderr)
+
     def _poll_reporter(self) -> None:
         """Live reports are due some time after a pod's last exit, also when no event follows."""
         with self._lock:
-            if self.reporter is not None and hasattr(self.reporter, "poll"):
+            if self.reporter is not None:
                 try:
                     self.reporter.poll()
-                except Exception:
-                    self.reporter = None
+                except Exception as exc:
+                    self._drop_reporter(exc)
 
     def _write_meta(self) -> None:
         lost = self.backend.lost()
