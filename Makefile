@@ -25,8 +25,10 @@ test: setup
 	$(PY) -m pytest -ra tests
 
 # Benchmarks (root, ~15 min on 2 cores; BENCH_* variables in bench/__main__.py): writes
-# docs/benchmarks.md and docs/benchmarks.json. bpfcc-tools provides tcpstates, the baseline.
+# docs/benchmarks.md and docs/benchmarks.json. bpfcc-tools provides tcpstates, the baseline;
+# py-spy (PyPI) profiles the report.
 bench: setup
+	test -x $(VENV)/bin/py-spy || $(PY) -m pip install -q py-spy
 	$(PY) -m bench
 
 demo: setup

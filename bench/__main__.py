@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -56,6 +57,9 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench: needs root (runc, BPF, ip netns)", file=sys.stderr)
         return 77
+    # started in the background by a non-interactive shell, SIGINT is ignored and children (bcc's
+    # tcpstates) inherit that: they could only be SIGKILLed. Restore the default for everyone.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     cfg = config()
     started = time.time()
     results: dict = {"config": cfg, "machine": machine.describe(), "started": started,

@@ -70,6 +70,7 @@ def measure(sizes: list[int], report_sizes: list[int], cache: Path, timeout: flo
                             "peak_rss_mb": round(t.max_rss_kb / 1024), "rc": t.rc, "timed_out": t.timed_out})
                 if t.rc == 0:
                     row["events_per_s"] = round(info["events"] / t.wall_s)
+                    row["ms_per_pod"] = round(1000 * t.wall_s / info["pods"], 1)
                     last_rate[stage] = info["events"] / t.wall_s
                 else:
                     row["error"] = "timed out" if t.timed_out else t.stderr.strip()[-300:]
@@ -81,6 +82,12 @@ def measure(sizes: list[int], report_sizes: list[int], cache: Path, timeout: flo
             parquet.unlink()
         for extra in d.glob("export.parquet*"):
             extra.unlink()
-    return {"config": {"sizes": sizes, "report_sizes": report_sizes, "timeout_s": timeout, "cache": str(cache),
+    prof = {}
+    if report_sizes:
+        from .profile import profile_report
+        d, _ = dataset(cache, min(report_sizes), log)
+        log(f"analysis: profiling report on {min(report_sizes)} events (py-spy)")
+        prof = profile_report(d, timeout) | {"events": min(report_sizes)}
+    return {"profile": prof, "config": {"sizes": sizes, "report_sizes": report_sizes, "timeout_s": timeout, "cache": str(cache),
                        "events_per_pod": 400, "stories": synth.STORIES},
             "stages": results}

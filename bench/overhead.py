@@ -92,8 +92,25 @@ def one_run(mode: str, pod: Any, tmp: Path, seconds: float, threads: int, conns:
     else:
         time.sleep(1.2)
     load_before = loadavg()
-    result = run_wrk(pod.netns, seconds, threads, conns)
+    cpu0 = procs.group_cpu_s(tracer.proc.pid) if tracer else None
+    bpf_mode = mode in ("bpf", "bpf-armed", "tcpstates")
+    with procs.bpf_stats_enabled():
+        b0 = procs.bpf_prog_stats(tracer.proc.pid) if bpf_mode and tracer else None
+        result = run_wrk(pod.netns, seconds, threads, conns)
+        b1 = procs.bpf_prog_stats(tracer.proc.pid) if bpf_mode and tracer else None
     result["loadavg_before"] = load_before
+    if b0 is not None and b1 is not None:
+        ns, runs = b1[0] - b0[0], b1[1] - b0[1]
+        result["bpf_ns"], result["bpf_runs"] = ns, runs
+        if result.get("requests"):
+            result["bpf_us_per_request"] = round(ns / 1000 / result["requests"], 2)
+        if runs:
+            result["bpf_ns_per_run"] = round(ns / runs)
+    if tracer is not None and cpu0 is not None:
+        used = procs.group_cpu_s(tracer.proc.pid) - cpu0
+        result["tracer_cpu_s"] = round(used, 3)
+        if result.get("requests"):
+            result["tracer_cpu_us_per_request"] = round(1e6 * used / result["requests"], 1)
     if tracer is not None:
         info = procs.finish_tcpstates(tracer) if mode == "tcpstates" else procs.finish_record(tracer)
         result["tracer"] = info
@@ -158,5 +175,10 @@ def summarize(runs: list[dict[str, Any]], modes: tuple[str, ...]) -> dict[str, A
             "spread": spread(rps), "lost_events": lost, "runs_with_loss": sum(1 for x in lost if x),
             "events": events, "errors": [r["error"] for r in rs if "error" in r],
             "peak_rss_kb": median([r.get("tracer", {}).get("peak_rss_kb") for r in rs if "tracer" in r]),
+            "bpf_us_per_request": median([r.get("bpf_us_per_request") for r in rs
+                                          if r.get("bpf_us_per_request") is not None]),
+            "bpf_ns_per_run": median([r.get("bpf_ns_per_run") for r in rs if r.get("bpf_ns_per_run") is not None]),
+            "tracer_cpu_us_per_request": median([r.get("tracer_cpu_us_per_request") for r in rs
+                                                 if r.get("tracer_cpu_us_per_request") is not None]),
         }
     return out

@@ -31,6 +31,69 @@ def vm_hwm_kb(pid: int) -> int | None:
     return None
 
 
+def group_cpu_s(pgid: int) -> float:
+    """CPU seconds (user + system) used so far by the live processes of a process group: the
+    tracer and its helpers (strace runs as the recorder's child). Less noisy than req/s ratios
+    on a shared machine: it is the tracer's own cost, whatever else runs."""
+    hz = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            stat = (p / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[2]) == pgid:           # field 5 of stat: pgrp
+            total += int(fields[11]) + int(fields[12])
+    return total / hz
+
+
+BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
+
+
+def bpf_prog_stats(pid: int) -> tuple[int, int]:
+    """(run_time_ns, run_cnt) summed over the BPF programs a process holds (/proc/<pid>/fdinfo;
+    counted only while kernel.bpf_stats_enabled=1): the in-kernel cost user-space CPU misses."""
+    ns = cnt = 0
+    try:
+        fds = list(Path(f"/proc/{pid}/fdinfo").iterdir())
+    except OSError:
+        return 0, 0
+    for f in fds:
+        try:
+            text = f.read_text()
+        except OSError:
+            continue
+        if "prog_type:" not in text:
+            continue
+        m1 = re.search(r"^run_time_ns:\s+(\d+)", text, re.M)
+        m2 = re.search(r"^run_cnt:\s+(\d+)", text, re.M)
+        ns += int(m1.group(1)) if m1 else 0
+        cnt += int(m2.group(1)) if m2 else 0
+    return ns, cnt
+
+
+class bpf_stats_enabled:
+    """Turn kernel.bpf_stats_enabled on for a measurement and restore the previous value."""
+
+    def __enter__(self) -> "bpf_stats_enabled":
+        try:
+            self.old = BPF_STATS.read_text().strip()
+            BPF_STATS.write_text("1")
+        except OSError:
+            self.old = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.old is not None:
+            try:
+                BPF_STATS.write_text(self.old)
+            except OSError:
+                pass
+
+
 def mem_kb(pid: int) -> dict[str, int]:
     """Rss, Pss (shared pages divided among their users: bcc's LLVM is file-backed) and anonymous
     memory of a live process, in KiB (/proc/<pid>/smaps_rollup)."""
@@ -96,9 +159,11 @@ def finish_record(tr: Tracer) -> dict[str, Any]:
     rc = stop_process(tr.proc)
     meta = json.loads((tr.out_dir / "meta.json").read_text())
     events = _count_lines(tr.out_dir / "events.jsonl")
+    # a live report (a pod on this node stopped meanwhile) loads pandas into the recorder
+    live_reports = len(list((tr.out_dir / "reports").glob("*.json"))) if (tr.out_dir / "reports").is_dir() else 0
     tr.info = {"rc": rc, "ready_s": tr.ready_s, "startup_s": meta.get("startup_s"), "peak_rss_kb": rss,
                "rss_kb": mem.get("rss"), "pss_kb": mem.get("pss"), "anon_kb": mem.get("anonymous"),
-               "events": events, "lost_events": int(meta.get("lost_events") or 0),
+               "events": events, "live_reports": live_reports, "lost_events": int(meta.get("lost_events") or 0),
                "lost_by_probe": {k: v for k, v in (meta.get("lost_by_probe") or {}).items() if v},
                "kernel_filtered": meta.get("kernel_filtered"), "clean_end": meta.get("end") is not None}
     return tr.info
@@ -132,7 +197,9 @@ def start_tcpstates(out_dir: Path, timeout: float = 60.0) -> Tracer:
 
 def finish_tcpstates(tr: Tracer) -> dict[str, Any]:
     rss = vm_hwm_kb(tr.proc.pid)
-    rc = stop_process(tr.proc)
+    # bcc tools poll in C with the Python callback in between: SIGINT is often swallowed
+    # (bcc's own killsnoop test uses SIGKILL), so do not wait long for it
+    rc = stop_process(tr.proc, timeout=3.0)
     tr.info.pop("_headers").cleanup()
     err = (tr.out_dir / "tcpstates.err").read_text(errors="replace")
     # bcc's perf reader without lost_cb only prints "Possibly lost N samples"

@@ -124,17 +124,31 @@ def _overhead(ov: dict | None) -> list[str]:
         return []
     out = ["", "## Overhead under connection churn", "",
            "| mode | median req/s | vs untraced (median of per-round ratios) | ratio of medians | spread | "
-           "lost events per run | events recorded per run | tracer peak RSS |",
-           "|---|---|---|---|---|---|---|---|"]
+           "lost events per run | events recorded per run | tracer CPU per request | BPF per request (per run) | "
+           "tracer peak RSS |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for mode, s in ov["summary"].items():
         lost = s.get("lost_events") or []
         out.append(f"| {mode} | {_f(s.get('median_rps'))} | {_f(s.get('median_paired_ratio'), '{:.3f}')} | "
                    f"{_f(s.get('ratio_of_medians'), '{:.3f}')} | {_f(s.get('spread'), '{:.0%}')} | "
                    f"{', '.join(_f(x) for x in lost) if lost else '–'} | "
                    f"{', '.join(_f(x) for x in s.get('events') or []) or '–'} | "
+                   f"{_f(s.get('tracer_cpu_us_per_request'), '{:.1f} µs')} | "
+                   f"{_f(s.get('bpf_us_per_request'), '{:.2f} µs')} ({_f(s.get('bpf_ns_per_run'), '{:.0f} ns')}) | "
                    f"{_f((s.get('peak_rss_kb') or 0) / 1024 if s.get('peak_rss_kb') else None, '{:.0f} MB')} |")
         if s.get("errors"):
-            out.append(f"| | errors: {'; '.join(s['errors'])[:300]} | | | | | | |")
+            out.append(f"| | errors: {'; '.join(s['errors'])[:300]} | | | | | | | | |")
+    out += ["", "Tracer CPU per request: CPU time of the tracer's processes (user space; BPF programs run "
+            "in the kernel on behalf of nginx and wrk and show up as their lost throughput) during wrk, "
+            "divided by the requests served: the tracer's own cost, less sensitive to other jobs than req/s. "
+            "BPF per request: run time of the tracer's BPF programs (kernel.bpf_stats_enabled on during "
+            "wrk, /proc/<pid>/fdinfo run_time_ns), per request and per program run."]
+    empty = [m for m, s in ov["summary"].items() if s.get("events") and not any(s["events"])]
+    if empty:
+        why = (" strace's `-yy`, run from the host's network namespace, cannot name the pod's sockets "
+               "(`TCP:[inode]`, no address tuple), so the backend drops every close." if "strace" in empty else "")
+        out += ["", f"**Recorded no events in any run**: {', '.join(empty)}. Their req/s is the cost of "
+                f"tracing, not of a useful recording.{why}"]
     lossy = [m for m, s in ov["summary"].items() if s.get("runs_with_loss")]
     out += ["", "Runs per mode in order: " + "; ".join(
         f"{m}: {', '.join(_f(x) for x in s['rps'])}" for m, s in ov["summary"].items())]
@@ -169,12 +183,14 @@ def _startup(st: dict | None) -> list[str]:
     if not st:
         return []
     out = ["", "## Startup and memory of `sigtrace record`", "",
-           "| run | spawn → ready | compile + attach (meta.json startup_s) | RSS | PSS | anonymous | peak RSS |",
-           "|---|---|---|---|---|---|---|"]
+           "| run | spawn → ready | compile + attach (meta.json startup_s) | RSS | PSS | anonymous | peak RSS | live reports |",
+           "|---|---|---|---|---|---|---|---|"]
     for i, s in enumerate(st["runs"]):
         out.append(f"| {i + 1} | {s['ready_s']:.2f} s | {_f(s['startup_s'], '{:.2f}')} s | "
                    f"{_f((s['rss_kb'] or 0) / 1024, '{:.0f}')} MB | {_f((s.get('pss_kb') or 0) / 1024, '{:.0f}')} MB | "
-                   f"{_f((s.get('anon_kb') or 0) / 1024, '{:.0f}')} MB | {_f((s['peak_rss_kb'] or 0) / 1024, '{:.0f}')} MB |")
+                   f"{_f((s.get('anon_kb') or 0) / 1024, '{:.0f}')} MB | {_f((s['peak_rss_kb'] or 0) / 1024, '{:.0f}')} MB | {s.get('live_reports', '–')} |")
+    out += ["", "A live report (a pod on the node stopped while recording, e.g. another job's lab pod) loads "
+            "pandas into the recorder: about +115 MB RSS from then on."]
     return out
 
 
@@ -182,11 +198,22 @@ def _analysis(an: dict | None) -> list[str]:
     if not an:
         return []
     out = ["", "## Analysis throughput (synthetic recordings)", "",
-           "| stage | events | pods | file | wall | events/s | peak RSS | note |", "|---|---|---|---|---|---|---|---|"]
+           "| stage | events | pods | file | wall | events/s | ms per pod | peak RSS | note |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for s in an["stages"]:
         out.append(f"| {s['stage']} | {_f(s['events'])} | {_f(s['pods'])} | {s['file_mb']} MB | "
                    f"{_f(s.get('wall_s'), '{:.1f} s')} | {_f(s.get('events_per_s'))} | "
+                   f"{_f(s.get('ms_per_pod'), '{:.1f}')} | "
                    f"{_f(s.get('peak_rss_mb'), '{:,.0f} MB')} | {s.get('skipped') or s.get('error') or ''} |")
+    prof = an.get("profile") or {}
+    if prof.get("inclusive"):
+        out += ["", f"Where `sigtrace report` spends its time ({_f(prof['events'])} events, py-spy, "
+                f"{prof['samples']} samples; inclusive share per function):", ""]
+        out += [f"- {pct}% {name}" for name, pct in prof["inclusive"]]
+        out += ["", "Library calls the report's own frames wait in:", ""]
+        out += [f"- {pct}% {name}" for name, pct in prof["waiting_in"]]
+    elif prof.get("skipped"):
+        out += ["", f"Profile: {prof['skipped']}."]
     return out
 
 

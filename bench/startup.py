@@ -34,7 +34,7 @@ def measure(runs: int = 3, log: Callable[[str], None] = print) -> dict[str, Any]
             info = procs.finish_record(tr)
             r = {"ready_s": round(tr.ready_s or 0, 3), "startup_s": info["startup_s"], "rss_kb": rss,
                  "peak_rss_kb": info["peak_rss_kb"],
-                 "pss_kb": info["pss_kb"], "anon_kb": info["anon_kb"], "lost_events": info["lost_events"]}
+                 "pss_kb": info["pss_kb"], "anon_kb": info["anon_kb"], "live_reports": info["live_reports"], "lost_events": info["lost_events"]}
             out.append(r)
             log(f"startup: ready in {r['ready_s']:.2f}s (compile+attach {r['startup_s']}s), "
                 f"RSS {rss} KiB, peak {r['peak_rss_kb']} KiB")

@@ -133,3 +133,17 @@ def test_sidecar_meta_is_used(good_csv):
     meta = json.loads(Path(f"{good_csv}.meta.json").read_text())
     assert meta["schema_version"] == 1 and set(meta["nodes"]) == {"node-a", "node-b"}
     assert read_exports([str(good_csv)]).incomplete == []
+
+
+def test_rows_the_recording_reader_would_skip_are_skipped_and_said(tmp_path, good_csv):
+    def spoil(df):
+        df.loc[0, "kind"] = "from_the_future"
+        df.loc[1, "ts"] = ""
+        df.loc[2, "node"] = ""
+        return df
+    p = rewrite(good_csv, tmp_path / "odd.csv", spoil)
+    export = read_exports([str(p)])
+    assert len(export.events) == 33
+    assert "skipped 1 rows of unknown kind (from_the_future)" in export.incomplete
+    assert "skipped 1 rows without ts/kind" in export.incomplete
+    assert (export.events["node"] == "unknown").sum() == 1

@@ -26,7 +26,7 @@ def assert_same(fast, slow) -> None:
 
 @pytest.mark.parametrize("rec_dir", RECORDINGS, ids=lambda p: str(p.relative_to(DATA)))
 def test_same_as_read_recording(rec_dir):
-    assert_same(read_clean_recording(rec_dir), read_recording(rec_dir))
+    assert_same(read_clean_recording(rec_dir), read_recording(rec_dir, fast=False))
 
 
 @pytest.mark.parametrize("tail, meta", [
@@ -43,17 +43,17 @@ def test_declines_what_needs_the_tolerant_reader(tmp_path, tail, meta):
     (tmp_path / "events.jsonl").write_text(good + tail + "\n")
     assert read_clean_recording(tmp_path) is None
     if "ud800" not in tail:   # (read_recording itself stumbles on a lone surrogate: reported)
-        read_recording(tmp_path)   # which copes
+        read_recording(tmp_path, fast=False)   # which copes
 
 
 def test_meta_notes_match(tmp_path):
     good = (DATA / "fleet" / "node-a" / "events.jsonl").read_text()
     (tmp_path / "events.jsonl").write_text(good)
-    assert_same(read_clean_recording(tmp_path), read_recording(tmp_path))          # no meta.json
+    assert_same(read_clean_recording(tmp_path), read_recording(tmp_path, fast=False))          # no meta.json
     (tmp_path / "meta.json").write_text("{broken")
-    assert_same(read_clean_recording(tmp_path), read_recording(tmp_path))
+    assert_same(read_clean_recording(tmp_path), read_recording(tmp_path, fast=False))
     (tmp_path / "meta.json").write_text(json.dumps({"node": "n", "end": None, "lost_events": 7}))
-    assert_same(read_clean_recording(tmp_path), read_recording(tmp_path))
+    assert_same(read_clean_recording(tmp_path), read_recording(tmp_path, fast=False))
 
 
 EVENT = st.fixed_dictionaries({
@@ -74,4 +74,4 @@ def test_property_same_as_read_recording(tmp_path_factory, events):
     d = tmp_path_factory.mktemp("rec")
     (d / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
     (d / "meta.json").write_text(json.dumps({"node": "n", "end": 1.0}))
-    assert_same(read_clean_recording(d), read_recording(d))
+    assert_same(read_clean_recording(d), read_recording(d, fast=False))

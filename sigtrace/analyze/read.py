@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from ..errors import DataError
-from ..events.schema import FIELD_NAMES, SCHEMA_VERSION
+from ..events.schema import FIELD_NAMES, KINDS, SCHEMA_VERSION
 from ..export.columns import (COLUMNS, EXPORT_DTYPES, NODE, REQUIRED_COLUMNS, SCHEMA_VERSION_COLUMN,
                               sidecar_path)
 from ..export.write import have_pyarrow
@@ -179,6 +179,29 @@ def _conform(df: pd.DataFrame) -> pd.DataFrame:
     return df[list(COLUMNS)]
 
 
+def _usable_rows(df: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
+    """What read_recording would skip (no ts/kind, unknown kind) is skipped here too, and said;
+    rows without a node are kept under one "unknown" node rather than lost by the grouping."""
+    bad = df["ts"].isna() | df["kind"].isna()
+    unknown = ~df["kind"].isin(KINDS) & ~bad
+    if bad.any():
+        notes.append(f"skipped {int(bad.sum())} rows without ts/kind")
+    if unknown.any():
+        kinds = ", ".join(sorted(map(str, pd.unique(df.loc[unknown, "kind"].astype(str)))))[:120]
+        notes.append(f"skipped {int(unknown.sum())} rows of unknown kind ({kinds})")
+    if bad.any() or unknown.any():
+        df = df[~(bad | unknown)].reset_index(drop=True)
+        df["kind"] = df["kind"].cat.remove_unused_categories()
+    if df.empty:
+        raise DataError("no usable events in the export(s): every row lacks ts/kind or has an unknown kind")
+    if df[NODE].isna().any():
+        notes.append(f"{int(df[NODE].isna().sum())} rows without a node: analysed as node 'unknown'")
+        if "unknown" not in df[NODE].cat.categories:
+            df[NODE] = df[NODE].cat.add_categories("unknown")
+        df[NODE] = df[NODE].fillna("unknown")
+    return df
+
+
 def _load_meta(path: Path, embedded: dict | None, notes: list[str]) -> dict[str, dict]:
     side = Path(sidecar_path(str(path)))
     meta = embedded
@@ -224,6 +247,7 @@ def read_exports(paths: Sequence[str]) -> Export:
         frames.append(df)
     df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     df = _conform(df)
+    df = _usable_rows(df, notes)
     if len(frames) > 1:
         df = df.sort_values("ts", kind="stable", ignore_index=True)
     return Export(events=df, metas=metas, incomplete=notes)

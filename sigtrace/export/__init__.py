@@ -14,7 +14,6 @@ from ..errors import UsageProblem
 from ..events.reader import read_recording
 from ..events.schema import SCHEMA_VERSION
 from .columns import COLUMNS, EXPORT_DTYPES, sidecar_path
-from .fast import read_clean_recording
 from .frame import export_frame
 from .write import have_pyarrow, write_export
 
@@ -36,8 +35,9 @@ def export_recordings(dirs: Sequence[str | os.PathLike], csv: str | None = None,
         raise UsageProblem("nothing to write: give --csv FILE and/or --parquet FILE")
     if parquet and not have_pyarrow():
         raise UsageProblem("--parquet needs pyarrow, which is not installed; pip install pyarrow, or use --csv")
-    # the vectorised reader where the file is clean, the tolerant one where it is not
-    recordings = [read_clean_recording(d) or read_recording(d) for d in dirs]
+    # read_recording takes the vectorised pyarrow path (sigtrace.export.fast) for a clean
+    # events.jsonl and the tolerant line-by-line one otherwise; everything after is vectorised
+    recordings = [read_recording(d) for d in dirs]
     df, metas, notes = export_frame(recordings)
     meta = {"schema_version": SCHEMA_VERSION, "columns": list(COLUMNS), "nodes": metas, "notes": notes}
     written = []
