@@ -66,6 +66,25 @@ def test_reused_sock_address_is_two_connections_and_syn_sent_has_no_port_yet():
     assert list(ctx.refused["client_port"]) == [40001]
 
 
+def test_reused_sock_address_without_a_visible_start_is_split_by_its_tuple():
+    # the recorder does not stream handshakes: a sock address freed by one connection and reused
+    # by an accepted FastCGI connection shows no CLOSE -> ... start, only a new 4-tuple
+    rows = [
+        tcp(1.0, 58358, 9000, "ESTABLISHED", "FIN_WAIT1", "0xb", pid=10, comm="nginx"),
+        tcp(2.0, 9000, 38930, "ESTABLISHED", "CLOSE", "0xb", pid=20, comm="php-fpm8.2"),
+        dict(ts=2.0001, kind="tcp_reset_sent", pid=20, comm="php-fpm8.2", pod_uid=POD, saddr="127.0.0.1",
+             sport=9000, daddr="127.0.0.1", dport=38930, old_state="CLOSE", sock="0xb", reason="TCP_ABORT_ON_CLOSE"),
+        tcp(0.5, 9000, 0, "CLOSE", "LISTEN", "0xl", pid=20, comm="php-fpm8.2"),
+    ]
+    c = ctx_of(rows).conns.set_index("key")
+    assert len(c) == 2
+    fcgi = c[c["sport"] == 9000].iloc[0]
+    assert (fcgi["side"], fcgi["port"], fcgi["port_class"], fcgi["close_kind"], fcgi["closed_by"], fcgi["dport"]) \
+        == ("server", 9000, "upstream", "rst", "pod", 38930)
+    older = c[c["sport"] == 58358].iloc[0]
+    assert (older["side"], older["port"]) == ("client", 9000)
+
+
 def test_connection_first_seen_established_was_open_before_and_its_reset_is_matched():
     rows = [
         dict(ts=0.5, kind="process_exit", pid=2010, comm="php-fpm8.2", pod_uid=POD, container_id="bb22", nspid=5,

@@ -180,8 +180,19 @@ def _sock_ids(st: pd.DataFrame) -> pd.Series:
 
 def _incarnations(st: pd.DataFrame, sock: pd.Series) -> pd.Series:
     old, new = _s(st["old_state"]), _s(st["new_state"])
-    start = ((old == "CLOSE") | ((old == "LISTEN") & (new == "SYN_RECV"))).astype(int)
-    return start.groupby(sock.values).cumsum()
+    start = (old == "CLOSE") | ((old == "LISTEN") & (new == "SYN_RECV"))
+    # The recorder streams only some transitions (handshakes are counted, not streamed), so a
+    # reused sock address often shows no CLOSE -> start: a changed 4-tuple starts a new connection
+    # too. sport 0 is a SYN_SENT before the kernel picked the port: not a change.
+    by = sock.values
+    peer = st["daddr"].astype("object").astype(str) + ":" + st["dport"].astype("object").astype(str)
+    local = st["saddr"].astype("object").astype(str)
+    sport = st["sport"].astype("Float64").fillna(0)
+    prev_peer, prev_local = peer.groupby(by).shift(), local.groupby(by).shift()
+    prev_sport = sport.groupby(by).shift()
+    changed = prev_peer.notna() & ((peer != prev_peer) | (local != prev_local)
+                                   | ((sport != prev_sport) & (sport != 0) & (prev_sport.fillna(0) != 0)))
+    return (start | changed.fillna(False).astype(bool)).astype(int).groupby(by).cumsum()
 
 
 def _conn_key(st: pd.DataFrame) -> pd.Series:
