@@ -50,6 +50,8 @@ class Signal:
             return f"{self.sender_comm}[{self.sender_pid}] (host)"
         if self.sender_role == "kernel":
             return "kernel"
+        if self.sender_pid is None:
+            return "unknown sender (only the delivery was seen)"
         return f"{ROLE_LABELS.get(self.sender_role, self.sender_role)} {self.sender_comm}[{self.sender_pid}]"
 
     @property

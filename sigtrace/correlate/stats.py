@@ -38,6 +38,6 @@ def build_stats(ctx: PodContext) -> dict[str, Any]:
         "signals": len(ctx.signals),
         "killed_by_sigkill": len(killed),
         "listener_close_t": ctx.rel(min(closes)) if closes else None,
-        "trigger_to_last_exit_s": round(last_exit - t0, 6) if (last_exit is not None and t0 is not None and last_exit >= t0) else None,
+        "trigger_to_last_exit_s": round(last_exit - t0, 3) if (last_exit is not None and t0 is not None and last_exit >= t0) else None,
         "grace_period_s": ctx.grace_s,
     }

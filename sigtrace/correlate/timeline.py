@@ -5,7 +5,7 @@ from typing import Any
 
 import pandas as pd
 
-from .pod import PodContext
+from .pod import NOT_STOP, PodContext
 from .processes import PRESTOP
 
 MAX_PER_TYPE = 20          # connection entries per type; the rest become one summary line
@@ -44,6 +44,8 @@ def build_timeline(ctx: PodContext) -> list[dict[str, Any]]:
     for s in ctx.signals:
         if s.ts < start:
             continue
+        if s.sig in NOT_STOP and s.target is not None and s.sender_pid == s.target.pid:
+            continue        # a process's own notifications (nginx's SIGIO, Go's SIGURG): noise on a timeline
         parts = [s.result or ("delivered" if s.handler else None), HANDLER_TEXT.get(s.handler or "")]
         detail = ", ".join(p for p in parts if p)
         text = f"{s.sender_label} → {s.target_label}: {s.sig}" + (f" ({detail})" if detail else "")
