@@ -8,6 +8,7 @@ import pandas as pd
 
 from ..events import capabilities as C
 from ..events import schema as S
+from .connections import aggregate_connections
 from .model import PodReport, ReportSet
 from .pod import PodContext, build_context
 from .stats import build_stats
@@ -85,21 +86,55 @@ def _conn_lanes(ctx: PodContext) -> list[dict[str, Any]]:
     return out
 
 
+def work_frame(events: pd.DataFrame) -> pd.DataFrame:
+    """The frame correlation works on: string and categorical columns as plain numpy object columns
+    (NA kept as pd.NA / NaN, which every consumer already treats as missing). Every per-pod filter
+    takes all columns; pyarrow-backed strings and categoricals cost ~10x a numpy take each, which was
+    most of a pod's time (profile: ArrowExtensionArray.take, astype). Same index, same values."""
+    conv = {c: "object" for c, dt in events.dtypes.items()
+            if isinstance(dt, (pd.StringDtype, pd.CategoricalDtype)) or str(dt) in ("string", "str")}
+    return events.astype(conv) if conv else events
+
+
+_NO_CONNS = pd.DataFrame()
+
+
+def _conn_aggs(events: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """pod uid -> its connections aggregated (connections.aggregate_connections), grouped once for
+    all pods: per pod, the grouping's fixed cost (~0.1 s) was most of a report."""
+    tcp = events[events["kind"].isin(S.TCP_KINDS) & events["pod_uid"].notna()]
+    agg = aggregate_connections(tcp, by_pod=True) if len(tcp) else None
+    if agg is None or agg.empty:
+        return {}
+    out = {}
+    for uid, idx in agg.groupby("pod", sort=False).indices.items():
+        c = agg.iloc[idx].drop(columns="pod")
+        # the key without the pod prefix, as the pod alone would have named it
+        c.index = pd.Index([k[len(uid) + 1:] for k in c.index], name=c.index.name)
+        out[uid] = c
+    return out
+
+
 def build_reports(events: pd.DataFrame, meta: dict[str, Any], incomplete: Iterable[str] = ()) -> ReportSet:
     """One report per pod seen in the events (as the current task's pod or a signal's target)."""
     meta = meta or {}
     notes = list(incomplete)
     caps, cap_notes = capabilities_of(meta, events)
     notes += cap_notes
-    own_idx = events.groupby(events["pod_uid"].astype("object"), sort=False).indices if len(events) else {}
+    events = work_frame(events)
+    own_idx = events.groupby(events["pod_uid"], sort=False).indices if len(events) else {}
     gen = events[(events["kind"] == S.SIGNAL_GENERATE) & events["target_pod_uid"].notna()]
-    in_idx = gen.groupby(gen["target_pod_uid"].astype("object"), sort=False).indices if len(gen) else {}
+    in_idx = gen.groupby(gen["target_pod_uid"], sort=False).indices if len(gen) else {}
+    from .timeline import exec_rows
+    execs = exec_rows(events)
+    conn_aggs = _conn_aggs(events)
     reports = []
     for uid in pod_uids(events):
         own = events.iloc[own_idx[uid]] if uid in own_idx else events.iloc[0:0]
         incoming = gen.iloc[in_idx[uid]] if uid in in_idx else gen.iloc[0:0]
         endpoints = (meta.get("pod_endpoints") or {}).get(uid) if isinstance(meta.get("pod_endpoints"), dict) else None
-        ctx = build_context(events, uid, caps, own, incoming, endpoints)
+        ctx = build_context(events, uid, caps, own, incoming, endpoints, conn_aggs.get(uid, _NO_CONNS))
+        ctx.exec_rows = execs
         reports.append(report_for(ctx))
     lost = meta.get("lost_events") or 0
     try:

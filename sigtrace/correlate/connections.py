@@ -70,18 +70,32 @@ def _na(v: Any) -> Any:
     return None if v is pd.NA or v is None or (isinstance(v, float) and v != v) else v
 
 
-def build_connections(tcp: pd.DataFrame, listeners: dict[int, Listener], exit_ts: dict[int, float]) -> pd.DataFrame:
-    """One row per socket (not listeners) with its classification."""
+def build_connections(tcp: pd.DataFrame, listeners: dict[int, Listener], exit_ts: dict[int, float],
+                      agg: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per socket (not listeners) with its classification. agg: this pod's rows of
+    aggregate_connections() over the whole recording (build_reports does the expensive grouping
+    once for all pods); without it, the pod's tcp events are aggregated here."""
+    c = aggregate_connections(tcp) if agg is None else agg
+    if c is None or c.empty:
+        return pd.DataFrame(columns=CONN_COLUMNS)
+    return _classify(c.copy(), listeners, exit_ts)
+
+
+def aggregate_connections(tcp: pd.DataFrame, by_pod: bool = False) -> pd.DataFrame | None:
+    """The listener-independent part of build_connections: one row per connection (index: its key)
+    with when it was established, how and when each side closed or reset it. by_pod: tcp holds
+    many pods' events; connections are told apart per pod_uid and a "pod" column says whose."""
     st = tcp[tcp["kind"] == S.TCP_STATE]
     if st.empty:
-        return pd.DataFrame(columns=CONN_COLUMNS)
-    key = _conn_key(st)
+        return None
+    pod = _s(st["pod_uid"]).astype(str) + "|" if by_pod else None
+    key = _conn_key(st, pod)
     new, old = _s(st["new_state"]), _s(st["old_state"])
     listening = set(key[(new == "LISTEN") | ((old == "LISTEN") & (new == "CLOSE"))])
     keep = ~key.isin(listening)
     st, key = st[keep], key[keep]
     if st.empty:
-        return pd.DataFrame(columns=CONN_COLUMNS)
+        return None
     new, old = _s(st["new_state"]), _s(st["old_state"])
     ts = st["ts"]
     pid = pd.Series(st["pid"].astype("Float64").to_numpy(dtype=float, na_value=np.nan), index=st.index)
@@ -99,6 +113,8 @@ def build_connections(tcp: pd.DataFrame, listeners: dict[int, Listener], exit_ts
         "rst_trans_pid": pid.where((new == "CLOSE") & old.isin(RST_FROM)),
         "rst_trans_row": pd.Series(st.index, index=st.index).where((new == "CLOSE") & old.isin(RST_FROM)),
     }, index=st.index)
+    if by_pod:
+        f["pod"] = _s(st["pod_uid"])
     g = f.groupby("key", sort=False)
     c = g.agg(first_ts=("ts", "min"), last_ts=("ts", "max"), first_row=("row", "min"),
               saddr=("saddr", "first"), sport=("sport", "max"), daddr=("daddr", "first"), dport=("dport", "max"),
@@ -109,11 +125,11 @@ def build_connections(tcp: pd.DataFrame, listeners: dict[int, Listener], exit_ts
               fin_local_row=("fin_local_row", "min"),
               fin_peer_ts=("fin_peer_ts", "min"),
               rst_trans_ts=("rst_trans_ts", "min"), rst_trans_pid=("rst_trans_pid", "first"),
-              rst_trans_row=("rst_trans_row", "min"))
+              rst_trans_row=("rst_trans_row", "min"), **({"pod": ("pod", "first")} if by_pod else {}))
     # resets reported by the kernel for full sockets
     rs = tcp[tcp["kind"].isin((S.TCP_RESET_SENT, S.TCP_RESET_RECEIVED)) & tcp["sock"].notna()]
     if len(rs):
-        rk = _reset_keys(rs, tcp[tcp["kind"] == S.TCP_STATE].sort_values("ts", kind="stable"))
+        rk = _reset_keys(rs, tcp[tcp["kind"] == S.TCP_STATE].sort_values("ts", kind="stable"), by_pod)
         sent = rs["kind"] == S.TCP_RESET_SENT
         r = pd.DataFrame({"key": rk, "rst_sent_ts": rs["ts"].where(sent), "rst_sent_row": pd.Series(rs.index, index=rs.index).where(sent),
                           "rst_sent_pid": pd.Series(rs["pid"].astype("Float64").to_numpy(dtype=float, na_value=np.nan), index=rs.index).where(sent),
@@ -128,6 +144,11 @@ def build_connections(tcp: pd.DataFrame, listeners: dict[int, Listener], exit_ts
         if col not in c:
             c[col] = np.nan
     c["sport"], c["dport"] = c["sport"].astype("Int64"), c["dport"].astype("Int64")
+    return c
+
+
+def _classify(c: pd.DataFrame, listeners: dict[int, Listener], exit_ts: dict[int, float]) -> pd.DataFrame:
+    """Side, port class, how it ended and who closed it: needs the pod's listeners and exits."""
     ports = set(listeners)
     upstream = {p for p, li in listeners.items() if li.upstream}
     sport = c["sport"].astype("Float64").fillna(-1).astype(int)
@@ -174,7 +195,9 @@ def _sock_ids(st: pd.DataFrame) -> pd.Series:
     sock = st["sock"].astype("object")
     tup = (st["saddr"].astype("object").astype(str) + ":" + st["sport"].astype("object").astype(str) + "-"
            + st["daddr"].astype("object").astype(str) + ":" + st["dport"].astype("object").astype(str))
-    sock = sock.where(sock.notna(), tup)
+    # recordings without sock (the strace backend, old recorders) and frames whose sock column came
+    # back as numbers or all-null floats (CSV/Parquet): the identity is always a string
+    sock = sock.where(sock.notna(), tup).astype(str).astype("object")
     return sock
 
 
@@ -195,17 +218,25 @@ def _incarnations(st: pd.DataFrame, sock: pd.Series) -> pd.Series:
     return (start | changed.fillna(False).astype(bool)).astype(int).groupby(by).cumsum()
 
 
-def _conn_key(st: pd.DataFrame) -> pd.Series:
+def _conn_key(st: pd.DataFrame, pod: pd.Series | None = None) -> pd.Series:
+    """sock#incarnation; with pod (many pods' events at once) prefixed by it, so that two pods'
+    sockets at one kernel address (reused over time) stay apart."""
     sock = _sock_ids(st)
+    if pod is not None:
+        sock = pod + sock
     return sock + "#" + _incarnations(st, sock).astype(str)
 
 
-def _reset_keys(rs: pd.DataFrame, st: pd.DataFrame) -> pd.Series:
+def _reset_keys(rs: pd.DataFrame, st: pd.DataFrame, by_pod: bool = False) -> pd.Series:
     """The connection a reset belongs to: its sock's incarnation current at the reset's time."""
     sock = _sock_ids(st)
+    rsock = rs["sock"].astype("object")
+    if by_pod:
+        sock = _s(st["pod_uid"]).astype(str) + "|" + sock
+        rsock = _s(rs["pod_uid"]).astype(str) + "|" + rsock
     inc = pd.DataFrame({"sock": sock.values, "ts": st["ts"].values, "inc": _incarnations(st, sock).values})
     inc = inc.sort_values("ts", kind="stable")
-    r = pd.DataFrame({"sock": rs["sock"].astype("object").values, "ts": rs["ts"].values, "idx": rs.index})
+    r = pd.DataFrame({"sock": rsock.values, "ts": rs["ts"].values, "idx": rs.index})
     r = r.sort_values("ts", kind="stable")
     m = pd.merge_asof(r, inc, on="ts", by="sock", direction="backward") if len(inc) else r.assign(inc=0)
     m["inc"] = m["inc"].fillna(0).astype(int)

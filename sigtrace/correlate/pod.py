@@ -106,6 +106,7 @@ class PodContext:
     prestops: list[Process] = field(default_factory=list)
     runtime_stops: list[Signal] = field(default_factory=list)
     first_ts: float = 0.0
+    exec_rows: dict[int, int] | None = None     # pid -> its first process_exec row, shared by all pods
 
     # ---- helpers for rules ---------------------------------------------------------------
     def has(self, *caps: str) -> bool:
@@ -153,7 +154,9 @@ def pod_events(events: pd.DataFrame, pod_uid: str) -> tuple[pd.DataFrame, pd.Dat
 
 def build_context(events: pd.DataFrame, pod_uid: str, caps: frozenset[str],
                   own: pd.DataFrame | None = None, incoming: pd.DataFrame | None = None,
-                  endpoints: list[str] | None = None) -> PodContext:
+                  endpoints: list[str] | None = None, conn_agg: pd.DataFrame | None = None) -> PodContext:
+    """conn_agg: the pod's rows of connections.aggregate_connections over the whole recording
+    (build_reports); without it, the pod's connections are aggregated from its own events."""
     if own is None or incoming is None:
         own, incoming = pod_events(events, pod_uid)
     ctx = PodContext(pod_uid=pod_uid, events=events, caps=caps)
@@ -178,7 +181,7 @@ def build_context(events: pd.DataFrame, pod_uid: str, caps: frozenset[str],
             ctx.listeners.setdefault(int(port), Listener(int(port), addr or None, None, None, None, None, None, None))
     _mark_upstream(ctx)
     exit_ts = {p.pid: p.exit_ts for p in ctx.procs.values() if p.exit_ts is not None}
-    ctx.conns = build_connections(tcp, ctx.listeners, exit_ts)
+    ctx.conns = build_connections(tcp, ctx.listeners, exit_ts, conn_agg)
     ctx.refused = build_refused(tcp, ctx.conns, ctx.listeners)
     return ctx
 

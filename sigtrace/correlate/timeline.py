@@ -64,9 +64,18 @@ def build_timeline(ctx: PodContext) -> list[dict[str, Any]]:
 
 
 def _exec_row(ctx: PodContext, pid: int) -> int | None:
-    ev = ctx.events
-    m = ev.index[(ev["kind"] == "process_exec") & (ev["pid"] == pid)]
-    return int(m[0]) if len(m) else None
+    """The first process_exec of pid in the whole recording. The pid -> row map is built once per
+    recording (scanning the frame per process made reports O(pods x events))."""
+    rows = ctx.exec_rows
+    if rows is None:
+        rows = ctx.exec_rows = exec_rows(ctx.events)
+    return rows.get(pid)
+
+
+def exec_rows(events: pd.DataFrame) -> dict[int, int]:
+    ex = events[(events["kind"] == "process_exec") & events["pid"].notna()]
+    first = ex.index.to_series().groupby(ex["pid"].to_numpy()).min() if len(ex) else {}
+    return {int(p): int(r) for p, r in dict(first).items()}
 
 
 def _conn_entries(ctx: PodContext, start: float) -> list[dict[str, Any]]:
