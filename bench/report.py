@@ -141,7 +141,7 @@ def write_docs(r: dict[str, Any]) -> str:
                 f"`/kubepods/burstable/pod<uid>/<id>`), nginx {ov['nginx_workers']} workers (`return 200` "
                 "location), idle php-fpm; modes interleaved per round, each tracer started fresh and ready "
                 "before wrk starts:"]
-        out += [f"  - `{k}`: {v}" for k, v in ov["modes"].items()]
+        out += [f"  - `{k}`: {v}" for k, v in _in_order(ov["modes"])]
         out += ["  - `sigtrace record --output DIR --no-live` (bpf); tracers stopped with SIGINT; "
                 "tcpstates gets the same kernel headers as sigtrace (`BCC_KERNEL_SOURCE`)."]
     out += ["- capacity: `python -m bench.siggen <nginx worker pid> RATE SECONDS` (SIGURG) under "
@@ -155,6 +155,12 @@ def write_docs(r: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _in_order(summary: dict) -> list[tuple[str, dict]]:
+    """Modes in run order (the JSON file sorts keys)."""
+    from .overhead import MODES
+    return sorted(summary.items(), key=lambda kv: MODES.index(kv[0]) if kv[0] in MODES else len(MODES))
+
+
 def _overhead(ov: dict | None) -> list[str]:
     if not ov:
         return []
@@ -163,7 +169,7 @@ def _overhead(ov: dict | None) -> list[str]:
            "lost events per run | events recorded per run | tracer CPU per request | BPF per request (per run) | "
            "tracer peak RSS |",
            "|---|---|---|---|---|---|---|---|---|---|"]
-    for mode, s in ov["summary"].items():
+    for mode, s in _in_order(ov["summary"]):
         lost = s.get("lost_events") or []
         out.append(f"| {mode} | {_f(s.get('median_rps'))} | {_f(s.get('median_paired_ratio'), '{:.3f}')} | "
                    f"{_f(s.get('ratio_of_medians'), '{:.3f}')} | {_f(s.get('spread'), '{:.0%}')} | "
@@ -179,15 +185,15 @@ def _overhead(ov: dict | None) -> list[str]:
             "divided by the requests served: the tracer's own cost, less sensitive to other jobs than req/s. "
             "BPF per request: run time of the tracer's BPF programs (kernel.bpf_stats_enabled on during "
             "wrk, /proc/<pid>/fdinfo run_time_ns), per request and per program run."]
-    empty = [m for m, s in ov["summary"].items() if s.get("events") and not any(s["events"])]
+    empty = [m for m, s in _in_order(ov["summary"]) if s.get("events") and not any(s["events"])]
     if empty:
         why = (" strace's `-yy`, run from the host's network namespace, cannot name the pod's sockets "
                "(`TCP:[inode]`, no address tuple), so the backend drops every close." if "strace" in empty else "")
         out += ["", f"**Recorded no events in any run**: {', '.join(empty)}. Their req/s is the cost of "
                 f"tracing, not of a useful recording.{why}"]
-    lossy = [m for m, s in ov["summary"].items() if s.get("runs_with_loss")]
+    lossy = [m for m, s in _in_order(ov["summary"]) if s.get("runs_with_loss")]
     out += ["", "Runs per mode in order: " + "; ".join(
-        f"{m}: {', '.join(_f(x) for x in s['rps'])}" for m, s in ov["summary"].items())]
+        f"{m}: {', '.join(_f(x) for x in s['rps'])}" for m, s in _in_order(ov["summary"]))]
     if lossy:
         out += ["", f"**Runs that lost events**: {', '.join(lossy)}. Their req/s are listed but are not a "
                 "measure of a complete recording: the tracer dropped events (counted above) to keep up."]

@@ -88,8 +88,13 @@ def aggregate_connections(tcp: pd.DataFrame, by_pod: bool = False) -> pd.DataFra
     st = tcp[tcp["kind"] == S.TCP_STATE]
     if st.empty:
         return None
-    pod = _s(st["pod_uid"]).astype(str) + "|" if by_pod else None
-    key = _conn_key(st, pod)
+    rs_all = tcp[tcp["kind"].isin((S.TCP_RESET_SENT, S.TCP_RESET_RECEIVED)) & tcp["sock"].notna()]
+    fast = _fast_keys(st, rs_all, by_pod)
+    if fast is not None:
+        key, rkey, names = fast
+    else:
+        pod = _s(st["pod_uid"]).astype(str) + "|" if by_pod else None
+        key = _conn_key(st, pod)
     new, old = _s(st["new_state"]), _s(st["old_state"])
     listening = set(key[(new == "LISTEN") | ((old == "LISTEN") & (new == "CLOSE"))])
     keep = ~key.isin(listening)
@@ -127,9 +132,9 @@ def aggregate_connections(tcp: pd.DataFrame, by_pod: bool = False) -> pd.DataFra
               rst_trans_ts=("rst_trans_ts", "min"), rst_trans_pid=("rst_trans_pid", "first"),
               rst_trans_row=("rst_trans_row", "min"), **({"pod": ("pod", "first")} if by_pod else {}))
     # resets reported by the kernel for full sockets
-    rs = tcp[tcp["kind"].isin((S.TCP_RESET_SENT, S.TCP_RESET_RECEIVED)) & tcp["sock"].notna()]
+    rs = rs_all
     if len(rs):
-        rk = _reset_keys(rs, tcp[tcp["kind"] == S.TCP_STATE].sort_values("ts", kind="stable"), by_pod)
+        rk = rkey if fast is not None else _reset_keys(rs, tcp[tcp["kind"] == S.TCP_STATE].sort_values("ts", kind="stable"), by_pod)
         sent = rs["kind"] == S.TCP_RESET_SENT
         r = pd.DataFrame({"key": rk, "rst_sent_ts": rs["ts"].where(sent), "rst_sent_row": pd.Series(rs.index, index=rs.index).where(sent),
                           "rst_sent_pid": pd.Series(rs["pid"].astype("Float64").to_numpy(dtype=float, na_value=np.nan), index=rs.index).where(sent),
@@ -144,7 +149,104 @@ def aggregate_connections(tcp: pd.DataFrame, by_pod: bool = False) -> pd.DataFra
         if col not in c:
             c[col] = np.nan
     c["sport"], c["dport"] = c["sport"].astype("Int64"), c["dport"].astype("Int64")
+    if fast is not None:
+        # the integer keys' names, built per connection instead of per event
+        c.index = pd.Index([f"{names[k >> _INC_BITS]}#{k & _INC_MASK}" for k in c.index.tolist()], name="key")
     return c
+
+
+_INC_BITS = 32
+_INC_MASK = (1 << _INC_BITS) - 1
+
+
+def _codes(col: pd.Series) -> np.ndarray:
+    """Factorized codes of a column, -1 for missing (equality of codes = equality of values)."""
+    return pd.factorize(col.to_numpy(dtype=object) if col.dtype == object else col, use_na_sentinel=True)[0]
+
+
+def _fast_keys(st: pd.DataFrame, rs: pd.DataFrame, by_pod: bool) -> tuple[pd.Series, pd.Series, list[str]] | None:
+    """_conn_key and _reset_keys on integer codes: (key per state row, key per reset row, sock id name
+    per code); a key is sock code << 32 | incarnation. Building "pod|sock#n" strings per event was
+    most of a big recording's report (profile: arrow string construction and object comparisons).
+    None when a value is unusual (a sock id that is no string, missing pod): the string path decides."""
+    sock = st["sock"].astype("object")
+    na = sock.isna()
+    if na.any():
+        sub = st[na]
+        tup = (sub["saddr"].astype("object").astype(str) + ":" + sub["sport"].astype("object").astype(str) + "-"
+               + sub["daddr"].astype("object").astype(str) + ":" + sub["dport"].astype("object").astype(str))
+        sock = sock.where(~na, tup)
+    svals = np.concatenate([sock.to_numpy(dtype=object), rs["sock"].astype("object").to_numpy(dtype=object)])
+    scodes, suniq = pd.factorize(svals, use_na_sentinel=True)
+    if (scodes < 0).any() or not all(type(u) is str for u in suniq):
+        return None
+    if by_pod:
+        pvals = np.concatenate([_s(st["pod_uid"]).to_numpy(dtype=object), _s(rs["pod_uid"]).to_numpy(dtype=object)])
+        pcodes, puniq = pd.factorize(pvals, use_na_sentinel=True)
+        if (pcodes < 0).any() or not all(type(u) is str for u in puniq):
+            return None
+        comb, cuniq = pd.factorize(pcodes.astype(np.int64) * len(suniq) + scodes)
+        names = [f"{suniq[u % len(suniq)]}" for u in cuniq.tolist()]     # the pod alone names it without its uid
+    else:
+        comb, names = scodes, [str(u) for u in suniq]
+    comb = comb.astype(np.int64)
+    n = len(st)
+    by, rby = comb[:n], comb[n:]
+    ocodes, ouniq = pd.factorize(_s(st["old_state"]).to_numpy(dtype=object), use_na_sentinel=True)
+    ncodes, nuniq = pd.factorize(_s(st["new_state"]).to_numpy(dtype=object), use_na_sentinel=True)
+
+    def is_(codes: np.ndarray, uniq: Any, value: str) -> np.ndarray:
+        hits = [i for i, u in enumerate(uniq) if u == value]
+        return codes == hits[0] if hits else np.zeros(len(codes), dtype=bool)
+
+    start = is_(ocodes, ouniq, "CLOSE") | (is_(ocodes, ouniq, "LISTEN") & is_(ncodes, nuniq, "SYN_RECV"))
+    dcodes, pcodes2 = _codes(_s(st["daddr"])), _codes(st["dport"])
+    peer = np.where((dcodes < 0) | (pcodes2 < 0), -1, dcodes.astype(np.int64) * (int(pcodes2.max(initial=0)) + 1) + pcodes2)
+    local = _codes(_s(st["saddr"])).astype(np.int64)
+    sport = st["sport"].astype("Float64").to_numpy(dtype=float, na_value=0.0)
+    ts = st["ts"].to_numpy(dtype=float)
+    inc = _incarnations_codes(by, start, peer, local, sport)
+    key = pd.Series((by << _INC_BITS) | inc, index=st.index)
+    if not len(rs):
+        return key, pd.Series([], dtype=np.int64), names
+    # a reset's connection: its sock's incarnation current at the reset's time, counted in time order
+    order = np.argsort(ts, kind="stable")
+    inc_t = _incarnations_codes(by[order], start[order], peer[order], local[order], sport[order])
+    incf = pd.DataFrame({"sock": by[order], "ts": ts[order], "inc": inc_t})
+    r = pd.DataFrame({"sock": rby, "ts": rs["ts"].to_numpy(dtype=float), "idx": rs.index})
+    r = r.sort_values("ts", kind="stable")
+    m = pd.merge_asof(r, incf, on="ts", by="sock", direction="backward")
+    minc = m["inc"].fillna(0).astype(np.int64).to_numpy()
+    rkey = pd.Series((m["sock"].to_numpy(dtype=np.int64) << _INC_BITS) | minc, index=m["idx"].values).reindex(rs.index)
+    return key, rkey, names
+
+
+def _incarnations_codes(by: np.ndarray, start: np.ndarray, peer: np.ndarray, local: np.ndarray,
+                        sport: np.ndarray) -> np.ndarray:
+    """_incarnations on codes: -1 is missing (a missing peer or address is never "unchanged")."""
+    n = len(by)
+    if not n:
+        return np.zeros(0, dtype=np.int64)
+    order = np.argsort(by, kind="stable")
+    bs = by[order]
+    has_prev_s = np.r_[False, bs[1:] == bs[:-1]]
+    prev = np.full(n, -1, dtype=np.int64)
+    prev[order] = np.where(has_prev_s, np.r_[0, order[:-1]], -1)
+    hp = prev >= 0
+    pi = np.where(hp, prev, 0)
+    pp, pl, ps = peer[pi], local[pi], sport[pi]
+    changed = hp & (pp >= 0) & ((peer != pp) | (peer < 0) | (local != pl) | (local < 0) | (pl < 0)
+                                | ((sport != ps) & (sport != 0) & (ps != 0)))
+    x = (start | changed).astype(np.int64)
+    xs = x[order]
+    cs = np.cumsum(xs)
+    first = ~has_prev_s
+    # the running sum at each group's first row, carried over the group
+    base = np.maximum.accumulate(np.where(first, np.arange(n), 0))
+    inc_s = cs - (cs - xs)[base]
+    out = np.empty(n, dtype=np.int64)
+    out[order] = inc_s
+    return out
 
 
 def _classify(c: pd.DataFrame, listeners: dict[int, Listener], exit_ts: dict[int, float]) -> pd.DataFrame:
