@@ -30,7 +30,28 @@ RESCAN_S = 0.5
 ATTACH_WAIT_S = 5.0
 STOP_WAIT_S = 5.0
 READ_CHUNK = 1 << 16
+CLONE_NEWNET = 0x40000000
 PR_SET_PDEATHSIG = 1
+
+
+def _netns_of(pid: int, proc: str = "/proc") -> str | None:
+    try:
+        return os.readlink(f"{proc}/{pid}/ns/net")
+    except OSError:
+        return None
+
+
+def _enter_netns(path: str) -> None:
+    """setns(2) into a network namespace (os.setns is Python >= 3.12). Best effort: without it
+    strace still records everything but socket tuples."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET)
+    finally:
+        os.close(fd)
 
 
 def _die_with_parent() -> None:
@@ -225,11 +246,27 @@ class StraceBackend:
         return True
 
     def _start(self, pids: list[int]) -> None:
+        # strace's -yy asks the kernel (sock_diag) for socket tuples in its own network namespace: a
+        # pod's sockets only decode from inside the pod's. One strace per network namespace.
+        groups: dict[str | None, list[int]] = {}
+        for pid in pids:
+            groups.setdefault(_netns_of(pid, self.proc), []).append(pid)
+        own = _netns_of(os.getpid(), self.proc)
+        for netns, members in groups.items():
+            self._start_one(members, members[0] if netns is not None and netns != own else None)
+
+    def _start_one(self, pids: list[int], netns_pid: int | None) -> None:
         rfd, wfd = os.pipe()
         argv = command.build_argv(self.binary, pids, wfd)
+        ns_path = f"{self.proc}/{netns_pid}/ns/net" if netns_pid is not None else None
+
+        def prepare() -> None:
+            _die_with_parent()
+            if ns_path is not None:
+                _enter_netns(ns_path)
         try:
             proc = subprocess.Popen(argv, pass_fds=(wfd,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE, start_new_session=True, preexec_fn=_die_with_parent)
+                                    stderr=subprocess.PIPE, start_new_session=True, preexec_fn=prepare)
         except OSError as exc:
             os.close(rfd)
             os.close(wfd)
