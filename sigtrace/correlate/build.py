@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+import numpy as np
 import pandas as pd
 
 from ..events import capabilities as C
@@ -105,10 +106,16 @@ def work_frame(events: pd.DataFrame) -> pd.DataFrame:
 _NO_CONNS = pd.DataFrame()
 
 
-def _conn_aggs(events: pd.DataFrame) -> dict[str, pd.DataFrame]:
+# what aggregate_connections reads: taking only these of a big recording's TCP rows, not every column
+_CONN_INPUT = ["ts", "kind", "pid", "pod_uid", "saddr", "sport", "daddr", "dport", "old_state", "new_state", "sock"]
+
+
+def _conn_aggs(events: pd.DataFrame, is_tcp: "pd.Series | None" = None) -> dict[str, pd.DataFrame]:
     """pod uid -> its connections aggregated (connections.aggregate_connections), grouped once for
     all pods: per pod, the grouping's fixed cost (~0.1 s) was most of a report."""
-    tcp = events[events["kind"].isin(S.TCP_KINDS) & events["pod_uid"].notna()]
+    if is_tcp is None:
+        is_tcp = events["kind"].isin(S.TCP_KINDS)
+    tcp = events.loc[is_tcp & events["pod_uid"].notna(), [c for c in _CONN_INPUT if c in events.columns]]
     agg = aggregate_connections(tcp, by_pod=True) if len(tcp) else None
     if agg is None or agg.empty:
         return {}
@@ -136,13 +143,18 @@ def build_reports(events: pd.DataFrame, meta: dict[str, Any], incomplete: Iterab
     in_idx = gen.groupby(gen["target_pod_uid"], sort=False).indices if len(gen) else {}
     from .timeline import exec_rows
     execs = exec_rows(events)
-    conn_aggs = _conn_aggs(events)
+    is_tcp = events["kind"].isin(S.TCP_KINDS)
+    conn_aggs = _conn_aggs(events, is_tcp)
+    tcp_mask = is_tcp.to_numpy(dtype=bool)
     reports = []
     for uid in pod_uids(events):
-        own = events.iloc[own_idx[uid]] if uid in own_idx else events.iloc[0:0]
+        idx = own_idx[uid] if uid in own_idx else np.zeros(0, dtype=np.intp)
+        # the pod's TCP events apart from the rest, split once (build_context)
+        own, tcp = events.iloc[idx[~tcp_mask[idx]]], events.iloc[idx[tcp_mask[idx]]]
         incoming = gen.iloc[in_idx[uid]] if uid in in_idx else gen.iloc[0:0]
         endpoints = (meta.get("pod_endpoints") or {}).get(uid) if isinstance(meta.get("pod_endpoints"), dict) else None
-        ctx = build_context(events, uid, caps, own, incoming, endpoints, conn_aggs.get(uid, _NO_CONNS))
+        ctx = build_context(events, uid, caps, own, incoming, endpoints, conn_aggs.get(uid, _NO_CONNS),
+                            tcp=tcp)
         ctx.exec_rows = execs
         reports.append(report_for(ctx))
     lost = meta.get("lost_events") or 0

@@ -107,6 +107,8 @@ class PodContext:
     runtime_stops: list[Signal] = field(default_factory=list)
     first_ts: float = 0.0
     exec_rows: dict[int, int] | None = None     # pid -> its first process_exec row, shared by all pods
+    socket_calls: pd.DataFrame = field(default_factory=pd.DataFrame)   # sock_close/connect_error/resets as the
+                                                                       # pod's processes saw them (strace view)
 
     # ---- helpers for rules ---------------------------------------------------------------
     def has(self, *caps: str) -> bool:
@@ -154,13 +156,21 @@ def pod_events(events: pd.DataFrame, pod_uid: str) -> tuple[pd.DataFrame, pd.Dat
 
 def build_context(events: pd.DataFrame, pod_uid: str, caps: frozenset[str],
                   own: pd.DataFrame | None = None, incoming: pd.DataFrame | None = None,
-                  endpoints: list[str] | None = None, conn_agg: pd.DataFrame | None = None) -> PodContext:
+                  endpoints: list[str] | None = None, conn_agg: pd.DataFrame | None = None,
+                  tcp: pd.DataFrame | None = None) -> PodContext:
     """conn_agg: the pod's rows of connections.aggregate_connections over the whole recording
-    (build_reports); without it, the pod's connections are aggregated from its own events."""
+    (build_reports); without it, the pod's connections are aggregated from its own events.
+    tcp: the pod's TCP events, given apart (build_reports splits once for all pods); own then holds
+    the other events only. Every non-TCP step filters TCP kinds out anyway, and a busy pod's events
+    are mostly TCP: its processes and signals were found by scanning them all many times."""
     if own is None or incoming is None:
         own, incoming = pod_events(events, pod_uid)
     ctx = PodContext(pod_uid=pod_uid, events=events, caps=caps)
+    if tcp is None:
+        is_tcp = own["kind"].isin(S.TCP_KINDS)
+        tcp, own = own[is_tcp], own[~is_tcp]
     ctx.first_ts = float(min(own["ts"].min() if len(own) else float("inf"),
+                             tcp["ts"].min() if len(tcp) else float("inf"),
                              incoming["ts"].min() if len(incoming) else float("inf")))
     _lifecycle(ctx, own[own["kind"] == S.POD_LIFECYCLE])
     ctx.procs = build_processes(own, incoming, pod_uid)
@@ -172,7 +182,7 @@ def build_context(events: pd.DataFrame, pod_uid: str, caps: frozenset[str],
     for s in ctx.signals:      # roles are final now (preStop vs exec is decided by the trigger)
         if s.sender_in_pod and s.sender_pid in ctx.procs:
             s.sender_role = ctx.procs[s.sender_pid].role
-    tcp = own[own["kind"].isin(S.TCP_KINDS)]
+    ctx.socket_calls = tcp[tcp["kind"].isin((S.SOCK_CLOSE, S.CONNECT_ERROR, S.TCP_RESET_RECEIVED))]
     ctx.listeners = build_listeners(tcp[tcp["kind"] == S.TCP_STATE])
     for ep in endpoints or ():
         # "*:8080", "127.0.0.1:9000": what the recorder learned from /proc/<pid>/net (LISTEN may predate it)

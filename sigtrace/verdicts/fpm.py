@@ -7,6 +7,7 @@ import pandas as pd
 from ..correlate.pod import PodContext
 from ..correlate.processes import FPM_CHILD, FPM_MASTER, NGINX_MASTER
 from ..events import capabilities as C
+from ..events import schema as S
 from .base import Finding, Undecidable, fmt_t, rule
 from .nginx import conn_ev, cut_connections
 
@@ -26,6 +27,17 @@ def phpfpm_abrupt_stop(ctx: PodContext) -> Finding | Undecidable | None:
                            and x.target.role == FPM_CHILD and x.sig in ("SIGTERM", "SIGKILL", "SIGINT")]
             killed = [p for p in ctx.by_role(FPM_CHILD) if p.container_id == m.container_id
                       and p.exit_signal is not None and p.exit_ts is not None and p.exit_ts >= s.ts]
+            if cut.empty and not ctx.has(C.TCP_STATES) and ctx.has(C.SOCKET_CALLS):
+                cut_calls = fastcgi_cut_by_calls(ctx, s.ts)
+                if len(cut_calls):
+                    ev = [ctx.evidence(s.row, f"{s.sender_label} → {s.target_label}: {s.sig}")]
+                    ev += [ctx.evidence(p.exit_row, f"{p.label} killed by {p.exit_signal}") for p in killed[:2]]
+                    ev += call_ev(ctx, cut_calls)
+                    # both ends of one connection may show (fpm died holding it, nginx read the reset)
+                    n_conns = len(set(cut_calls["dport"].where(cut_calls["kind"] == S.SOCK_CLOSE, cut_calls["sport"])))
+                    return Finding(f"{m.label} got {s.sig} and its children ended with requests in flight: "
+                                   f"{n_conns} FastCGI connection(s) cut (seen in the processes' socket calls).",
+                                   ev, about=m.pid)
             if cut.empty:
                 if not ctx.has(C.TCP_STATES) and (killed or to_children):
                     return Undecidable([C.TCP_STATES], f"php-fpm children were terminated after {s.sig}; whether "
@@ -70,6 +82,17 @@ def upstream_exited_first(ctx: PodContext) -> Finding | Undecidable | None:
     if len(backlog):
         roles = backlog["closer_pid"].map(lambda p: ctx.procs[int(p)].role if p == p and int(p) in ctx.procs else None)
         backlog = backlog[roles != FPM_CHILD]
+    if refused.empty and late.empty and backlog.empty and not ctx.has(C.TCP_STATES) and ctx.has(C.SOCKET_CALLS):
+        # strace: nginx's own connect()/recv() to the FastCGI port failing after php-fpm was gone
+        sc = ctx.socket_calls
+        fails = sc[sc["kind"].isin((S.CONNECT_ERROR, S.TCP_RESET_RECEIVED)) & sc["dport"].isin(upstream_ports(ctx))
+                   & (sc["ts"] >= gone_ts) & (sc["ts"] <= until)] if len(sc) else sc
+        if len(fails):
+            ev = [ctx.evidence(m.exit_row, f"{m.label} exited") for m in masters if m.exit_ts is not None][:1]
+            ev.append(ctx.evidence(None, f"{n.label} still running", ts=gone_ts))
+            ev += call_ev(ctx, fails)
+            return Finding(f"php-fpm was gone at {fmt_t(ctx.rel(gone_ts))} while {n.label} still served: "
+                           f"{len(fails)} FastCGI connect/read(s) failed (502 for the client).", ev)
     if refused.empty and late.empty and backlog.empty:
         if not ctx.has(C.KERNEL_RESETS) and not ctx.has(C.TCP_STATES):
             return Undecidable([C.KERNEL_RESETS, C.TCP_STATES], f"php-fpm was gone at {fmt_t(ctx.rel(gone_ts))} "
@@ -89,3 +112,31 @@ def upstream_exited_first(ctx: PodContext) -> Finding | Undecidable | None:
     return Finding(f"php-fpm was gone at {fmt_t(ctx.rel(gone_ts))} while {n.label} still served: "
                    f"{len(refused) + len(late) + len(backlog)} FastCGI connection(s) refused or reset "
                    "(502 for the client).", ev)
+
+
+def upstream_ports(ctx: PodContext) -> list[int]:
+    return [li.port for li in ctx.listeners.values() if li.upstream]
+
+
+def fastcgi_cut_by_calls(ctx: PodContext, since: float) -> pd.DataFrame:
+    """FastCGI connections cut as the pod's processes saw them (strace): nginx's read got ECONNRESET,
+    or an fpm child still held its connection when it died."""
+    sc = ctx.socket_calls
+    if sc.empty:
+        return sc
+    ports = upstream_ports(ctx)
+    reset_seen = (sc["kind"] == S.TCP_RESET_RECEIVED) & sc["dport"].isin(ports)
+    held_at_death = (sc["kind"] == S.SOCK_CLOSE) & (sc["reason"].astype("object") == "exit") & sc["sport"].isin(ports)
+    return sc[(reset_seen | held_at_death) & (sc["ts"] >= since)]
+
+
+def call_ev(ctx: PodContext, calls: pd.DataFrame, limit: int = 4) -> list[dict]:
+    what = {S.TCP_RESET_RECEIVED: "reset seen by {comm}[{pid}] on {saddr}:{sport} → :{dport}",
+            S.CONNECT_ERROR: "connect by {comm}[{pid}] to :{dport} failed ({reason})",
+            S.SOCK_CLOSE: "{comm}[{pid}] died holding {daddr}:{dport} → :{sport}"}
+    ev = [ctx.evidence(int(i), what[r["kind"]].format(**{k: r[k] for k in ("comm", "pid", "saddr", "sport", "daddr",
+                                                                            "dport", "reason")}))
+          for i, r in calls.head(limit).iterrows()]
+    if len(calls) > limit:
+        ev.append({"t": None, "ts": None, "kind": None, "what": f"... and {len(calls) - limit} more", "event": None})
+    return ev
