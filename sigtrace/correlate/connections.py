@@ -95,28 +95,34 @@ def aggregate_connections(tcp: pd.DataFrame, by_pod: bool = False) -> pd.DataFra
     else:
         pod = _s(st["pod_uid"]).astype(str) + "|" if by_pod else None
         key = _conn_key(st, pod)
-    new, old = _s(st["new_state"]), _s(st["old_state"])
-    listening = set(key[(new == "LISTEN") | ((old == "LISTEN") & (new == "CLOSE"))])
+    # states compared through their codes: one factorization, then integer masks (an object
+    # comparison per state over every event was a good part of a big recording's report)
+    is_new, is_old = _matcher(_s(st["new_state"])), _matcher(_s(st["old_state"]))
+    listening = set(key[is_new("LISTEN") | (is_old("LISTEN") & is_new("CLOSE"))])
     keep = ~key.isin(listening)
     st, key = st[keep], key[keep]
     if st.empty:
         return None
-    new, old = _s(st["new_state"]), _s(st["old_state"])
+    k = keep.to_numpy(dtype=bool)
+    new_is = {v: pd.Series(is_new(v).to_numpy()[k], index=st.index)
+              for v in ("SYN_RECV", "SYN_SENT", "ESTABLISHED", "CLOSE", "FIN_WAIT1", "CLOSE_WAIT")}
+    rst_from = pd.Series(is_old(*RST_FROM).to_numpy()[k], index=st.index)
+    old = _s(st["old_state"])
     ts = st["ts"]
     pid = pd.Series(st["pid"].astype("Float64").to_numpy(dtype=float, na_value=np.nan), index=st.index)
     f = pd.DataFrame({
         "key": key, "row": st.index, "ts": ts, "saddr": _s(st["saddr"]), "sport": st["sport"].astype("Float64"),
         "daddr": _s(st["daddr"]), "dport": st["dport"].astype("Float64"), "old_state": old,
-        "syn_recv": new == "SYN_RECV", "syn_sent": new == "SYN_SENT",
-        "est_ts": ts.where(new == "ESTABLISHED"),
-        "close_ts": ts.where(new == "CLOSE"),
-        "fin_local_ts": ts.where(new == "FIN_WAIT1"),
-        "fin_local_pid": pid.where(new == "FIN_WAIT1"),
-        "fin_local_row": pd.Series(st.index, index=st.index).where(new == "FIN_WAIT1"),
-        "fin_peer_ts": ts.where(new == "CLOSE_WAIT"),
-        "rst_trans_ts": ts.where((new == "CLOSE") & old.isin(RST_FROM)),
-        "rst_trans_pid": pid.where((new == "CLOSE") & old.isin(RST_FROM)),
-        "rst_trans_row": pd.Series(st.index, index=st.index).where((new == "CLOSE") & old.isin(RST_FROM)),
+        "syn_recv": new_is["SYN_RECV"], "syn_sent": new_is["SYN_SENT"],
+        "est_ts": ts.where(new_is["ESTABLISHED"]),
+        "close_ts": ts.where(new_is["CLOSE"]),
+        "fin_local_ts": ts.where(new_is["FIN_WAIT1"]),
+        "fin_local_pid": pid.where(new_is["FIN_WAIT1"]),
+        "fin_local_row": pd.Series(st.index, index=st.index).where(new_is["FIN_WAIT1"]),
+        "fin_peer_ts": ts.where(new_is["CLOSE_WAIT"]),
+        "rst_trans_ts": ts.where(new_is["CLOSE"] & rst_from),
+        "rst_trans_pid": pid.where(new_is["CLOSE"] & rst_from),
+        "rst_trans_row": pd.Series(st.index, index=st.index).where(new_is["CLOSE"] & rst_from),
     }, index=st.index)
     if by_pod:
         f["pod"] = _s(st["pod_uid"])
@@ -153,6 +159,18 @@ def aggregate_connections(tcp: pd.DataFrame, by_pod: bool = False) -> pd.DataFra
         # the integer keys' names, built per connection instead of per event
         c.index = pd.Index([f"{names[k >> _INC_BITS]}#{k & _INC_MASK}" for k in c.index.tolist()], name="key")
     return c
+
+
+def _matcher(col: pd.Series) -> Any:
+    """col's values factorized once; the returned function gives the mask of rows equal to any of
+    the values (missing rows never match, as with ==)."""
+    codes, uniq = pd.factorize(col.to_numpy(dtype=object), use_na_sentinel=True)
+    pos = {u: i for i, u in enumerate(uniq)}
+
+    def eq(*values: str) -> pd.Series:
+        hits = [pos[v] for v in values if v in pos]
+        return pd.Series(np.isin(codes, hits) if hits else np.zeros(len(codes), dtype=bool), index=col.index)
+    return eq
 
 
 _INC_BITS = 32

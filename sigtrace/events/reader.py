@@ -69,25 +69,8 @@ def events_frame(rows: list[dict]) -> pd.DataFrame:
     return df.sort_values("ts", kind="stable").reset_index(drop=True)
 
 
-def read_recording(directory: str | Path, *, fast: bool = True) -> Recording:
-    """Load DIR/events.jsonl and DIR/meta.json. Raises DataError when there is nothing usable.
-
-    A clean file (every line a complete object of known kinds, fields and types: what the
-    recorder writes) is parsed by pyarrow's JSON reader straight into columns; json.loads per
-    line and a list of dicts cost ~50x the time and ~3.5 KB per event (docs/benchmarks.md).
-    Anything else, or fast=False, takes the tolerant line-by-line path below, which gives the
-    same Recording (tests/test_export_fast.py) and lists what it skipped."""
-    if fast:
-        from ..export.fast import read_clean_recording   # lazy: it imports this module
-        rec = read_clean_recording(directory)
-        if rec is not None:
-            return rec
-    d = Path(directory)
-    if not d.is_dir():
-        raise DataError(f"{d}: no such recording directory; pass the --output DIR of 'sigtrace record'")
-    path = d / EVENTS_FILE
-    if not path.exists():
-        raise DataError(f"{d}: has no {EVENTS_FILE}; is it the --output DIR of 'sigtrace record'?")
+def read_meta(d: Path) -> tuple[dict[str, Any], list[str]]:
+    """meta.json, and what its absence or state says about the recording's completeness."""
     meta: dict[str, Any] = {}
     incomplete: list[str] = []
     meta_path = d / META_FILE
@@ -98,8 +81,36 @@ def read_recording(directory: str | Path, *, fast: bool = True) -> Recording:
             incomplete.append(f"{META_FILE} is unreadable: node, backend and lost-event counts unknown")
     else:
         incomplete.append(f"no {META_FILE}: the recorder did not finish (killed?); lost-event counts unknown")
-    if meta and meta.get("end") is None:
+    if isinstance(meta, dict) and meta and meta.get("end") is None:
         incomplete.append("the recorder did not stop cleanly (no end time): the last second may be missing")
+    return meta, incomplete
+
+
+def lost_note(meta: dict[str, Any]) -> str | None:
+    lost = meta.get("lost_events") if isinstance(meta, dict) else None
+    return f"{lost} events were lost by the recorder (ring buffer full)" if lost else None
+
+
+def read_recording(directory: str | Path, *, fast: bool = True) -> Recording:
+    """Load DIR/events.jsonl and DIR/meta.json. Raises DataError when there is nothing usable.
+
+    A clean file (every line a complete object of known kinds, fields and types: what the
+    recorder writes) is parsed by pyarrow's JSON reader straight into columns; json.loads per
+    line and a list of dicts cost ~50x the time and ~3.5 KB per event (docs/benchmarks.md).
+    Anything else, or fast=False, takes the tolerant line-by-line path below, which gives the
+    same Recording (tests/test_fast_reader.py) and lists what it skipped."""
+    if fast:
+        from .fast_reader import read_clean_recording   # lazy: it imports this module (and pyarrow)
+        rec = read_clean_recording(directory)
+        if rec is not None:
+            return rec
+    d = Path(directory)
+    if not d.is_dir():
+        raise DataError(f"{d}: no such recording directory; pass the --output DIR of 'sigtrace record'")
+    path = d / EVENTS_FILE
+    if not path.exists():
+        raise DataError(f"{d}: has no {EVENTS_FILE}; is it the --output DIR of 'sigtrace record'?")
+    meta, incomplete = read_meta(d)
     problems: Counter = Counter()
     examples: dict = {}
     rows = list(iter_event_lines(path, problems, examples))
@@ -108,6 +119,6 @@ def read_recording(directory: str | Path, *, fast: bool = True) -> Recording:
         incomplete.append(f"skipped {n} {what}{at}" if not what.startswith("unknown field") else f"{n} x {what}")
     if not rows:
         raise DataError(f"{path}: no readable events ({sum(problems.values())} unusable lines); record again")
-    if meta.get("lost_events"):
-        incomplete.append(f"{meta['lost_events']} events were lost by the recorder (ring buffer full)")
+    if lost_note(meta):
+        incomplete.append(lost_note(meta))
     return Recording(events=events_frame(rows), meta=meta, incomplete=incomplete, source=str(d))

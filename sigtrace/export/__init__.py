@@ -35,7 +35,7 @@ def export_recordings(dirs: Sequence[str | os.PathLike], csv: str | None = None,
         raise UsageProblem("nothing to write: give --csv FILE and/or --parquet FILE")
     if parquet and not have_pyarrow():
         raise UsageProblem("--parquet needs pyarrow, which is not installed; pip install pyarrow, or use --csv")
-    # read_recording takes the vectorised pyarrow path (sigtrace.export.fast) for a clean
+    # read_recording takes the vectorised pyarrow path (sigtrace.events.fast_reader) for a clean
     # events.jsonl and the tolerant line-by-line one otherwise; everything after is vectorised
     recordings = [read_recording(d) for d in dirs]
     df, metas, notes = export_frame(recordings)

@@ -3,10 +3,11 @@
 10 million events through json.loads and DataFrame.from_records take minutes and many GB of
 dicts; pyarrow parses the file in C++ threads straight into columns. It accepts only what the
 tolerant reader (sigtrace.events.reader.read_recording) would read unchanged: every line an
-object of known fields, types and kinds. Anything else (a truncated last line, garbage, an
-unknown field or kind, a wrongly typed value) returns None and the export falls back to
-read_recording, which skips and lists what it cannot use. tests/test_export_fast.py checks
-that both give the same Recording.
+object of known fields, types and kinds, except a truncated last line (what a SIGKILLed
+recorder leaves), which is cut off and listed exactly as the tolerant reader lists it. Anything
+else (garbage, an unknown field or kind, a wrongly typed value) returns None and read_recording
+falls back to its line-by-line path, which skips and lists what it cannot use.
+tests/test_fast_reader.py checks that both give the same Recording.
 """
 from __future__ import annotations
 
@@ -16,10 +17,9 @@ from typing import Any
 
 import pandas as pd
 
-from ..events.reader import Recording
-from ..events.schema import DTYPES, FIELD_NAMES, KINDS
-from ..events.writer import EVENTS_FILE, META_FILE
-from .write import have_pyarrow
+from .reader import Recording, lost_note, read_meta
+from .schema import DTYPES, FIELD_NAMES, KINDS
+from .writer import EVENTS_FILE
 
 
 def _arrow_schema():
@@ -28,44 +28,55 @@ def _arrow_schema():
     return pa.schema([pa.field(name, by_dtype[DTYPES[name]]) for name in FIELD_NAMES])
 
 
-def _meta(d: Path) -> tuple[dict[str, Any], list[str]]:
-    # the same notes, in the same order, as read_recording (kept equal by tests/test_export_fast.py)
-    meta: dict[str, Any] = {}
-    incomplete: list[str] = []
-    meta_path = d / META_FILE
-    if meta_path.exists():
-        try:
-            meta = json.loads(meta_path.read_text())
-        except ValueError:
-            incomplete.append(f"{META_FILE} is unreadable: node, backend and lost-event counts unknown")
-    else:
-        incomplete.append(f"no {META_FILE}: the recorder did not finish (killed?); lost-event counts unknown")
-    if meta and meta.get("end") is None:
-        incomplete.append("the recorder did not stop cleanly (no end time): the last second may be missing")
-    if meta.get("lost_events"):
-        incomplete.append(f"{meta['lost_events']} events were lost by the recorder (ring buffer full)")
-    return meta, incomplete
+def _complete_part(path: Path) -> tuple[int, str | None]:
+    """How many bytes of the file are complete lines, and the note for a cut-off last line."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        fh.seek(max(0, size - 65536))
+        tail = fh.read()
+    if tail.endswith(b"\n"):
+        return size, None
+    nl = tail.rfind(b"\n")
+    last = tail[nl + 1:]
+    try:
+        json.loads(last)
+        return size, None        # a complete object without its newline: pyarrow reads it as is
+    except ValueError:
+        pass
+    cut = size - len(last)
+    with open(path, "rb") as fh:
+        lines = sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
+    return cut, f"skipped 1 truncated last line (first at line {lines + 1})"
 
 
 def read_clean_recording(directory: str | Path) -> Recording | None:
     """The Recording read_recording would return, or None when the file needs the tolerant reader."""
-    if not have_pyarrow():
+    try:
+        import pyarrow as pa
+        import pyarrow.json as pajson
+    except ImportError:
         return None
-    import pyarrow as pa
-    import pyarrow.json as pajson
 
     d = Path(directory)
     path = d / EVENTS_FILE
     if not d.is_dir() or not path.is_file() or path.stat().st_size == 0:
         return None   # read_recording gives the right error
-    meta, incomplete = _meta(d)
+    meta, incomplete = read_meta(d)
     if not isinstance(meta, dict):
         return None
+    complete, truncated = _complete_part(path)
+    if complete == 0:
+        return None
     try:
-        table = pajson.read_json(str(path), parse_options=pajson.ParseOptions(
+        source = pa.BufferReader(pa.memory_map(str(path)).read_buffer(complete)) if truncated else str(path)
+        table = pajson.read_json(source, parse_options=pajson.ParseOptions(
             explicit_schema=_arrow_schema(), unexpected_field_behavior="error"))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, ValueError):
         return None
+    if truncated:
+        incomplete.append(truncated)
+    if lost_note(meta):
+        incomplete.append(lost_note(meta))
     if table.num_rows == 0 or table.column("ts").null_count or table.column("kind").null_count:
         return None
     # repeated strings become categoricals inside Arrow (dictionary encoding, no Python strings)

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sigtrace.events.reader import read_recording
-from sigtrace.export.fast import read_clean_recording
+from sigtrace.events.fast_reader import read_clean_recording
 from sigtrace.export.write import have_pyarrow
 
 pytestmark = pytest.mark.skipif(not have_pyarrow(), reason="the fast path needs pyarrow")
@@ -44,6 +44,16 @@ def test_declines_what_needs_the_tolerant_reader(tmp_path, tail, meta):
     assert read_clean_recording(tmp_path) is None
     if "ud800" not in tail:   # (read_recording itself stumbles on a lone surrogate: reported)
         read_recording(tmp_path, fast=False)   # which copes
+
+
+def test_truncated_last_line_of_a_killed_recorder_stays_on_the_fast_path(tmp_path):
+    good = (DATA / "fleet" / "node-a" / "events.jsonl").read_text()
+    (tmp_path / "events.jsonl").write_text(good + '{"ts": 5, "kind": "process_exit", "pi')   # no newline: cut off
+    fast = read_clean_recording(tmp_path)
+    assert_same(fast, read_recording(tmp_path, fast=False))
+    assert any(n.startswith("skipped 1 truncated last line") for n in fast.incomplete)
+    (tmp_path / "events.jsonl").write_text(good + '{"ts": 5, "kind": "process_exit", "pid": 1}')  # whole, no newline
+    assert_same(read_clean_recording(tmp_path), read_recording(tmp_path, fast=False))
 
 
 def test_meta_notes_match(tmp_path):
