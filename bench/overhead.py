@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from sigtrace.lab.netns import in_netns
+
 from . import procs
 from .stats import interleaved, median, paired_ratios, ratio, spread
 
@@ -52,8 +54,8 @@ def bench_pod(workdir: Path, workers: int = 2) -> Iterator[Any]:
 
 
 def run_wrk(netns: str, seconds: float, threads: int, connections: int) -> dict[str, Any]:
-    cmd = ["ip", "netns", "exec", netns, "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s",
-           "-H", "Connection: close", f"http://127.0.0.1:8080{STATIC_PATH}"]
+    cmd = in_netns(netns, ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s",
+           "-H", "Connection: close", f"http://127.0.0.1:8080{STATIC_PATH}"])
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
     return parse_wrk(out.stdout) | {"rc": out.returncode}
 

@@ -136,7 +136,7 @@ def write_docs(r: dict[str, Any]) -> str:
             "```", "", "Per part, what runs:", ""]
     ov = (r.get("overhead") or {}).get("config") or {}
     if ov:
-        out += [f"- load: `ip netns exec <pod netns> wrk -t{ov['wrk_threads']} -c{ov['wrk_connections']} "
+        out += [f"- load: `nsenter --net=/run/netns/<pod netns> wrk -t{ov['wrk_threads']} -c{ov['wrk_connections']} "
                 f"-d{ov['seconds']:g}s -H \"Connection: close\" {ov['url']}` against a LocalPod (runc, "
                 f"`/kubepods/burstable/pod<uid>/<id>`), nginx {ov['nginx_workers']} workers (`return 200` "
                 "location), idle php-fpm; modes interleaved per round, each tracer started fresh and ready "

@@ -1,6 +1,6 @@
 """HTTP load from inside a pod's network namespace: the client's view of a pod shutdown.
 
-Runs as its own process (`ip netns exec <ns> python -m sigtrace.lab.load ...`) so that its
+Runs as its own process (`nsenter --net=/run/netns/<ns> python -m sigtrace.lab.load ...`) so that its
 sockets live in the pod's netns and its CPU use stays out of the recorder's process. It sends
 requests from `concurrency` closed-loop workers until SIGTERM (the load balancer stops
 sending: endpoint propagation has caught up) or --max-duration, lets in-flight requests end
@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import LabError
+from .netns import in_netns
 
 OUTCOMES = ("ok", "http_502", "http_5xx", "http_other", "reset", "closed", "refused", "timeout")
 FAILURES = tuple(o for o in OUTCOMES if o != "ok")
@@ -181,8 +182,8 @@ class LoadClient:
         self._err = tempfile.TemporaryFile(dir=self.workdir)
         env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
         # stdout to a file: the JSON may be large and nobody reads a pipe while it runs.
-        self.proc = subprocess.Popen(["ip", "netns", "exec", self.netns, sys.executable, "-m", "sigtrace.lab.load",
-                                      *self.args], stdin=subprocess.DEVNULL, stdout=self._out, stderr=self._err,
+        self.proc = subprocess.Popen(in_netns(self.netns, [sys.executable, "-m", "sigtrace.lab.load", *self.args]),
+                                     stdin=subprocess.DEVNULL, stdout=self._out, stderr=self._err,
                                      env=env)
         deadline = time.monotonic() + warmup_s
         while time.monotonic() < deadline:      # wait for "started" so load is on before the stop

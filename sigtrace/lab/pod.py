@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import LabError
+from .netns import NETNS_DIR, in_netns
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-NETNS_DIR = Path("/run/netns")
 WORK_PREFIX = "sigtrace-lab-"
 MIN_GRACE_AFTER_PRESTOP_S = 2.0   # kubelet's minimumGracePeriodInSeconds
 PR_SET_CHILD_SUBREAPER = 36
@@ -393,7 +393,7 @@ class LocalPod:
             raise LabError(f"network namespace {self.netns} already exists: another pod with this uid runs")
         _run(["ip", "netns", "add", self.netns])
         self._made_netns = True
-        _run(["ip", "netns", "exec", self.netns, "ip", "link", "set", "lo", "up"])
+        _run(in_netns(self.netns, ["ip", "link", "set", "lo", "up"]))
         for c in self._containers.values():
             self._write_bundle(c)
             log = open(c.bundle / "log", "ab")

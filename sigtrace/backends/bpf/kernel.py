@@ -64,9 +64,8 @@ def symbolic_values(text: str, field: str) -> dict[int, str]:
 
 
 def has_capabilities() -> bool:
-    """Root, or CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN) in the effective set."""
-    if os.geteuid() == 0:
-        return True
+    """CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN) in the effective set. Not the uid: root in a
+    container without those capabilities cannot load probes either."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("CapEff:"):
@@ -74,7 +73,7 @@ def has_capabilities() -> bool:
                 return bool(eff & (1 << CAP_SYS_ADMIN)) or (
                     bool(eff & (1 << CAP_BPF)) and bool(eff & (1 << CAP_PERFMON)))
     except OSError:
-        pass
+        return os.geteuid() == 0        # no /proc status to read: the uid is all there is
     return False
 
 
