@@ -405,7 +405,12 @@ class LocalPod:
             finally:
                 log.close()
             if p.returncode != 0:
-                raise LabError(f"runc run {c.spec.name} failed: {self._last_line(c)}")
+                why = self._last_line(c)
+                if "error preparing rootfs: mount /" in why:
+                    # runc makes / a slave mount first: impossible where / is no mount point (a chroot)
+                    raise LabError(f"runc cannot start {c.spec.name}: / is not a mount point here (a chroot?); "
+                                   "run sigtrace lab on a real root filesystem")
+                raise LabError(f"runc run {c.spec.name} failed: {why}")
             c.pid1 = int((c.bundle / "pid").read_text())
             c.start_reaper()
         self._wait_ready()
