@@ -471,10 +471,54 @@ static __always_inline int emit_tcp(struct st_event *t, u32 kind, int probe)
     return 0;
 }
 
+/* Listener transitions (listen(), close() of a listener) are rare and run in the owner's context:
+ * a pod's (or a not yet classified cgroup's) always reach user space, which learns the pod's
+ * endpoints from them instead of rescanning /proc/<pid>/net/tcp (every TIME_WAIT socket of a
+ * churning pod) every second. Flagged ST_EV_INFO_ONLY when the recording would not keep them. */
+static __always_inline int emit_listener(struct st_event *t)
+{
+    u32 cidx = 0;
+    int stream = tcp_attribute(t, &cidx);
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    struct st_task cur = {};
+    int cur_pod = current_task(&cur, tgid);
+    int unknown = !cur_pod && unknown_cgroup();
+    if (!stream && !cur_pod && !unknown)
+        return 0;
+    if (cur_pod) {
+        t->pidx = cur.pidx;
+        cidx = cur.cidx;
+    }
+    struct st_event *e = new_tcp_event(ST_KIND_TCP_STATE, ST_PROBE_TCP_STATE);
+    if (!e)
+        return 0;
+    e->cidx = cidx;
+    e->flags = ST_EV_LISTENER | (stream ? 0 : ST_EV_INFO_ONLY) | (unknown ? ST_EV_UNKNOWN_CGROUP : 0);
+    e->skaddr = t->skaddr;
+    e->pidx = t->pidx;
+    e->role = t->role;
+    e->old_state = t->old_state;
+    e->new_state = t->new_state;
+    e->family = t->family;
+    e->sport = t->sport;
+    e->dport = t->dport;
+    __builtin_memcpy(e->saddr, t->saddr, 16);
+    __builtin_memcpy(e->daddr, t->daddr, 16);
+    events.ringbuf_submit(e, 0);
+    return 0;
+}
+
 TRACEPOINT_PROBE(sock, inet_sock_set_state)
 {
     if (args->protocol != 6 /* IPPROTO_TCP */)
         return 0;
+    int old = args->oldstate, new = args->newstate;
+    int listener = new == 10 || (old == 10 && new == 7);
+    /* most transitions of a churning server are routine: decided before anything is copied */
+    if (!listener && routine_transition(old, new)) {
+        count(ST_COUNT_TCP_ROUTINE);
+        return 0;
+    }
     struct st_event t = {};
     t.skaddr = (u64)args->skaddr;
     t.old_state = args->oldstate;
@@ -499,10 +543,8 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
             endpoints.update(&key, &value);
         }
     }
-    if (routine_transition(t.old_state, t.new_state)) {
-        count(ST_COUNT_TCP_ROUTINE);
-        return 0;
-    }
+    if (listener)
+        return emit_listener(&t);
     return emit_tcp(&t, ST_KIND_TCP_STATE, ST_PROBE_TCP_STATE);
 }
 

@@ -44,6 +44,8 @@
 #define ST_HANDLER_HANDLER 2
 
 #define ST_EV_UNKNOWN_CGROUP 1     /* streamed only because user space has not classified its cgroup */
+#define ST_EV_LISTENER 2           /* a listener opened or closed (pidx/cidx: the owner's, from its context) */
+#define ST_EV_INFO_ONLY 4          /* streamed for user space's endpoint knowledge, not for the recording */
 #define ST_TASK_INIT 1             /* pod_tasks flag: the container's PID 1 */
 #define ST_AMBIGUOUS 0xffffffff    /* an endpoint claimed by several pods (e.g. 127.0.0.1:9000) */
 #define ST_FAMILY_INET 2

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from ..errors import OutputError
 
 EVENTS_FILE = "events.jsonl"
@@ -30,14 +32,14 @@ def prepare_output_dir(path: str | os.PathLike) -> Path:
 
 
 class EventWriter:
-    """Appends events as JSON lines; a timer thread flushes so that a SIGKILLed recorder loses at most ~1 s.
+    """Appends events as JSON lines (UTF-8); a timer thread flushes so that a SIGKILLed recorder loses at most ~1 s.
 
     Only non-null fields are written: readers fill the rest from the schema.
     """
 
     def __init__(self, out_dir: Path, flush_interval: float = FLUSH_INTERVAL_S):
         self.path = Path(out_dir) / EVENTS_FILE
-        self._fh = open(self.path, "a", encoding="utf-8", buffering=1 << 16)
+        self._fh = open(self.path, "ab", buffering=1 << 16)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.count = 0
@@ -45,9 +47,12 @@ class EventWriter:
         self._flusher.start()
 
     def write(self, event: dict[str, Any]) -> None:
-        line = json.dumps({k: v for k, v in event.items() if v is not None}, separators=(",", ":"))
+        # the recorder's hot path: orjson encodes several times faster than json.dumps
+        if None in event.values():
+            event = {k: v for k, v in event.items() if v is not None}
+        line = orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE)
         with self._lock:
-            self._fh.write(line + "\n")
+            self._fh.write(line)
             self.count += 1
 
     def flush(self) -> None:

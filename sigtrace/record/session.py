@@ -6,8 +6,8 @@ inside a ctypes callback), so every stop path flushes and writes meta.json's end
 """
 from __future__ import annotations
 
-import sys
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ..backends import Backend
-from ..events.writer import EventWriter, base_meta, prepare_output_dir, write_meta
 from ..correlate.live import LiveReporter
+from ..events.writer import EventWriter, base_meta, prepare_output_dir, write_meta
 from .live import LiveView, Rates
 
 POLL_S = 0.2

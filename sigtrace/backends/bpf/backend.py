@@ -11,9 +11,9 @@ from ...events import capabilities as caps
 from .. import EventSink
 from . import program
 from .decode import Decoder, STRUCT_FIELDS
-from .pods import RUNTIME_COMMS, MapSync, PodRegistry, cgroup_mounts, format_endpoint
+from .pods import AMBIGUOUS, RUNTIME_COMMS, MapSync, PodRegistry, cgroup_mounts, format_endpoint
 
-REFRESH_S = 1.0                # rescan pods, processes and listeners
+REFRESH_S = 1.0                # rescan pods and processes (listeners: from the probes, and once per new process)
 ARM_WINDOW_S = 600.0           # a stopping pod streams TCP detail this long after it was armed
 
 
@@ -42,6 +42,7 @@ class BpfBackend:
         self._last_refresh = 0.0
         self._mounts = cgroup_mounts()
         self._found: dict[int, list[int]] = {}
+        self._listeners_scanned: set[int] = set()    # pids whose /proc listeners were read once
         self._armed_cache: set[int] = set()
         self._armed_at = 0.0
 
@@ -69,6 +70,8 @@ class BpfBackend:
         self.maps.set_comms("runtime_comms", RUNTIME_COMMS)
         self.maps.set_comms("select_comms", self.comms)
         self._unknown_flag = self.loaded.defines["ST_EV_UNKNOWN_CGROUP"]
+        self._listener_flag = self.loaded.defines["ST_EV_LISTENER"]
+        self._info_only_flag = self.loaded.defines["ST_EV_INFO_ONLY"]
         self._mark_other_cgroups()
         self.refresh()
         self.decoder.armed_pods = self._armed_pods
@@ -136,11 +139,19 @@ class BpfBackend:
 
     # -- internals
     def refresh(self) -> None:
-        """Rescan kubepods cgroups, pod processes and their listeners; push into the maps."""
+        """Rescan kubepods cgroups and pod processes; push into the maps. Listeners come from the
+        probes' listener events; /proc/<pid>/net/tcp (which lists every TIME_WAIT socket of the
+        pod: most of the recorder's CPU under connection churn when read every second) is read
+        once per new process, for the listeners it opened before the probes were attached."""
         self._last_refresh = time.monotonic()
         v2, v1 = self._mounts
         found = self.registry.scan(v2, v1)
-        self.registry.learn_endpoints(found)
+        new = {cidx: fresh for cidx, pids in found.items()
+               if (fresh := [p for p in pids if p not in self._listeners_scanned])}
+        if new:
+            self.registry.learn_endpoints(new)
+            for pids in new.values():
+                self._listeners_scanned.update(pids)
         self.maps.sync(found)
         self._found = found
 
@@ -154,18 +165,36 @@ class BpfBackend:
     def _on_raw(self, raw: Any) -> None:
         assert self.loaded is not None and self._sink is not None
         cidx = raw.cidx      # ring buffer pages are read-only to user space: never write to raw
-        if raw.flags & self._unknown_flag:
+        flags = raw.flags
+        if flags & self._unknown_flag:
             cidx = self._classify(raw)
             if not cidx:
                 return       # not a pod's: the kernel drops this cgroup's events from now on
+        if flags & self._listener_flag:
+            self._on_listener(raw, cidx)
         try:
             event = self.decoder.decode(raw, cidx)
         except Exception:    # a bug in decoding must not stop the recording; counted in meta.json
             self.decode_errors += 1
             return
+        if flags & self._info_only_flag:
+            return           # decoded for the decoder's listener history, not recorded
         if event["kind"] == "process_exec" and cidx:
             self._maybe_arm_exec(raw, cidx)
         self._sink(event)
+
+    def _on_listener(self, raw: Any, cidx: int) -> None:
+        """A pod process listens: learn the endpoint and push it into the kernel's map (the probe
+        already wrote the exact key when it knew the pod; wildcards also go under the netns's
+        addresses, and a listener of a cgroup classified only now is written here)."""
+        if raw.new_state != 10:
+            return           # a listener closed: the endpoint is remembered (refusals name the pod)
+        ref = self.registry.container(cidx) if cidx else None
+        pidx = ref.pidx if ref is not None else raw.pidx
+        if not pidx or pidx == AMBIGUOUS:
+            return
+        if self.registry.learn_listener(raw.pid, pidx, bytes(raw.saddr), raw.sport):
+            self.maps.sync(self._found)
 
     def _mark_other_cgroups(self) -> None:
         """Classify the cgroup v2 directories outside kubepods up front, so the kernel filters

@@ -35,9 +35,27 @@ PROBE_NAMES = {
 }
 HANDLERS = {"ST_HANDLER_DEFAULT": "default", "ST_HANDLER_IGNORE": "ignore", "ST_HANDLER_HANDLER": "handler"}
 
+# Every field the decoder writes, checked against the schema once (Decoder construction) instead of
+# per event: events are built sparse (non-null fields only, what the writer keeps anyway), since
+# schema.new_event's ~40-key dict per event is a large share of the recorder's per-event cost.
+DECODED_FIELDS = (
+    "ts", "kind", "pid", "tid", "comm", "pod_uid", "container_id", "nspid",
+    "sig", "code", "target_pid", "target_comm", "target_pod_uid", "target_container_id", "target_nspid", "result",
+    "handler", "filename", "ppid", "exit_code", "exit_signal",
+    "saddr", "sport", "daddr", "dport", "old_state", "new_state", "sock", "reason",
+)
+
+
+def _opt(event: dict[str, Any], **fields: Any) -> None:
+    """Add the fields that are known (not None): events are sparse."""
+    for k, v in fields.items():
+        if v is not None:
+            event[k] = v
+
 
 def _str(raw: Any) -> str:
-    b = bytes(raw)
+    # bcc's ctypes char arrays read as bytes already cut at the NUL; keep the cut for other views
+    b = raw if isinstance(raw, bytes) else bytes(raw)
     return b.split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
@@ -49,6 +67,9 @@ def monotonic_offset() -> float:
 class Decoder:
     def __init__(self, defines: dict[str, int], registry: PodRegistry, reset_reasons: dict[int, str],
                  resolve_unknown: bool = False):
+        unknown = set(DECODED_FIELDS) - set(schema.FIELD_NAMES)
+        if unknown:
+            raise ValueError(f"decoder fields not in the event schema: {sorted(unknown)}")
         self.reg = registry
         self.kinds = {defines[k]: v for k, v in KIND_NAMES.items()}
         self.probes = {defines[k]: v for k, v in PROBE_NAMES.items()}
@@ -99,7 +120,7 @@ class Decoder:
         if kind is None:
             raise ValueError(f"unknown event kind {e.kind}")
         ts = e.ts_ns / 1e9 + self.offset
-        common: dict[str, Any] = {"pid": e.pid, "tid": e.tid, "comm": _str(e.comm)}
+        common: dict[str, Any] = {"ts": ts, "kind": kind, "pid": e.pid, "tid": e.tid, "comm": _str(e.comm)}
         if kind in schema.TCP_KINDS:
             return self._tcp(kind, ts, e, common)
         pod_uid, cid, nspid = self._task(e.pid, e.cidx if cidx is None else cidx)
@@ -108,27 +129,29 @@ class Decoder:
             info = self.reg.tasks.get(e.pid)
             if info is not None and info.nspid is None:
                 info.nspid = nspid
-        common.update(pod_uid=pod_uid, container_id=cid, nspid=nspid)
+        if pod_uid is not None:
+            _opt(common, pod_uid=pod_uid, container_id=cid, nspid=nspid)
         if kind == schema.SIGNAL_GENERATE:
             t_pod, t_cid, t_nspid = self._task(e.target_pid, e.target_cidx)
             result = schema.GENERATE_RESULTS[e.result] if 0 <= e.result < len(schema.GENERATE_RESULTS) else str(e.result)
-            return schema.new_event(kind, ts, **common, sig=schema.signal_name(e.sig), code=e.code,
-                                    target_pid=e.target_pid, target_comm=_str(e.target_comm),
-                                    target_pod_uid=t_pod, target_container_id=t_cid, target_nspid=t_nspid,
-                                    result=result)
-        if kind == schema.SIGNAL_DELIVER:
-            return schema.new_event(kind, ts, **common, sig=schema.signal_name(e.sig), code=e.code,
-                                    handler=self.handlers.get(e.handler, "handler"))
-        if kind == schema.PROCESS_EXEC:
+            common.update(sig=schema.signal_name(e.sig), code=e.code,
+                          target_pid=e.target_pid, target_comm=_str(e.target_comm))
+            if t_pod is not None:
+                _opt(common, target_pod_uid=t_pod, target_container_id=t_cid, target_nspid=t_nspid)
+            common["result"] = result
+        elif kind == schema.SIGNAL_DELIVER:
+            common.update(sig=schema.signal_name(e.sig), code=e.code, handler=self.handlers.get(e.handler, "handler"))
+        elif kind == schema.PROCESS_EXEC:
             ppid = e.ppid or None
             if ppid is None:
                 info = self.reg.tasks.get(e.pid)
                 ppid = info.ppid if info else None
-            return schema.new_event(kind, ts, **common, filename=_str(e.filename), ppid=ppid)
-        # process_exit
-        return schema.new_event(kind, ts, **common,
-                                exit_code=e.exit_code if e.exit_code >= 0 and not e.exit_signal else None,
-                                exit_signal=schema.signal_name(e.exit_signal) if e.exit_signal else None)
+            common["filename"] = _str(e.filename)
+            _opt(common, ppid=ppid)
+        else:    # process_exit
+            _opt(common, exit_code=e.exit_code if e.exit_code >= 0 and not e.exit_signal else None,
+                 exit_signal=schema.signal_name(e.exit_signal) if e.exit_signal else None)
+        return common
 
     def _tcp(self, kind: str, ts: float, e: Any, common: dict[str, Any]) -> dict[str, Any]:
         # the socket's pod (by endpoint), not the current task's: TCP runs in softirq context
@@ -139,11 +162,11 @@ class Decoder:
         if e.cidx:
             ref = self.reg.container(e.cidx)
             cid = ref.container_id if ref and ref.pod_uid == pod_uid else None
-        fields: dict[str, Any] = dict(
-            common, pod_uid=pod_uid, container_id=cid,
-            saddr=format_addr(bytes(e.saddr)), sport=e.sport, daddr=format_addr(bytes(e.daddr)), dport=e.dport,
-            sock=f"{e.skaddr:#x}" if e.skaddr else None,
-        )
+        fields = common
+        _opt(fields, pod_uid=pod_uid, container_id=cid)
+        fields.update(saddr=format_addr(bytes(e.saddr)), sport=e.sport, daddr=format_addr(bytes(e.daddr)), dport=e.dport)
+        if e.skaddr:
+            fields["sock"] = f"{e.skaddr:#x}"
         if kind == schema.TCP_STATE and e.old_state == 10 and e.new_state == 7 and pod_uid is not None:
             self.listener_closed[(pod_uid, e.sport)] = ts
         if kind == schema.TCP_STATE:
@@ -151,9 +174,9 @@ class Decoder:
                           new_state=schema.TCP_STATES.get(e.new_state, str(e.new_state)))
         elif kind == schema.TCP_RESET_SENT:
             # state of the socket that sent it (none: the kernel answered a packet for no socket)
-            fields.update(old_state=schema.TCP_STATES.get(e.old_state) if e.old_state else None,
-                          reason=self.reset_reasons.get(e.reason, str(e.reason)) if self.reset_reasons else None)
-        return schema.new_event(kind, ts, **fields)
+            _opt(fields, old_state=schema.TCP_STATES.get(e.old_state) if e.old_state else None,
+                 reason=self.reset_reasons.get(e.reason, str(e.reason)) if self.reset_reasons else None)
+        return fields
 
     def probe_name(self, index: int) -> str:
         return self.probes.get(index, f"probe{index}")

@@ -4,14 +4,17 @@ The probes can read only tracepoint fields and the current task's cgroup v2 id, 
 known about a pod is learned here and written to BPF maps:
   pod_cgroups  cgroup v2 id of each kubepods container cgroup -> (container index, pod index)
   pod_tasks    tgid of each pod process (also --pid) -> (container index, pod index, INIT flag)
-  endpoints    each pod's listening (address, port) -> pod index, from /proc/<pid>/net/tcp{,6}
-               and the pod processes' socket inodes; a wildcard listener also under each address
-               of the pod's network namespace; remembered after the listener closes (refusals)
+  endpoints    each pod's listening (address, port) -> pod index: from the probes' listener events
+               (listen() in the owner's context), and once per new process from /proc/<pid>/net/tcp{,6}
+               and its socket inodes (listeners opened before the recorder started); a wildcard
+               listener also under each address of the pod's network namespace; remembered after
+               the listener closes (refusals)
   armed        pod index -> when user space saw an exec into a running container (preStop)
 Indices are small integers assigned here; decode.py maps them back to pod_uid / container_id.
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import re
@@ -150,6 +153,21 @@ def _read(path: str) -> str:
         return ""
 
 
+def netns_local_addrs(pid: int, proc: str = "/proc") -> set[bytes]:
+    """Local addresses (v4 mapped and v6) of the network namespace of this process."""
+    return parse_fib_trie_local(_read(f"{proc}/{pid}/net/fib_trie")) | parse_if_inet6(_read(f"{proc}/{pid}/net/if_inet6"))
+
+
+def expand_wildcard(addr: bytes, port: int, local: set[bytes]) -> set[tuple[bytes, int]]:
+    """A listener's endpoints: a wildcard also under each address of its netns (0.0.0.0
+    accepts IPv4 only, :: dual stack both)."""
+    if addr not in WILDCARDS:
+        return {(addr, port)}
+    out = {(WILDCARDS[0], port)}
+    out.update((a, port) for a in local if addr == WILDCARDS[0] or a[:12] == WILDCARDS[1][:12])
+    return out
+
+
 def listening_endpoints(pids: Iterable[int], proc: str = "/proc") -> set[tuple[bytes, int]]:
     """(addr16, port) that these processes listen on; wildcards also under each netns address."""
     pids = list(pids)
@@ -173,18 +191,15 @@ def listening_endpoints(pids: Iterable[int], proc: str = "/proc") -> set[tuple[b
             listeners += [(a, p) for a, p, ino in parse_proc_net_tcp(_read(f"{proc}/{pid}/net/{name}")) if ino in inodes]
         if not listeners:
             continue
-        local = parse_fib_trie_local(_read(f"{proc}/{pid}/net/fib_trie")) | parse_if_inet6(_read(f"{proc}/{pid}/net/if_inet6"))
+        local = netns_local_addrs(pid, proc)
         for addr, port in listeners:
-            if addr in WILDCARDS:
-                # 0.0.0.0 accepts IPv4 only; :: (dual stack) both
-                out.add((WILDCARDS[0], port))
-                out.update((a, port) for a in local if addr == WILDCARDS[0] or a[:12] == WILDCARDS[1][:12])
-            else:
-                out.add((addr, port))
+            out |= expand_wildcard(addr, port, local)
     return out
 
 
+@functools.lru_cache(maxsize=65536)
 def format_addr(addr16: bytes) -> str:
+    # cached: ipaddress is most of a TCP event's decoding cost, and a node's addresses repeat
     ip = ipaddress.IPv6Address(addr16)
     return str(ip.ipv4_mapped) if ip.ipv4_mapped is not None else str(ip)
 
@@ -317,6 +332,18 @@ class PodRegistry:
                 if pidx not in owners:
                     owners.add(pidx)
                     changed = True
+        return changed
+
+    def learn_listener(self, pid: int, pidx: int, addr16: bytes, port: int) -> bool:
+        """A listen() the probes streamed (in the owner's context): add the pod's endpoint(s);
+        True when something new. Kept after the listener closes (refusals name the pod)."""
+        local = netns_local_addrs(pid, self.proc) if addr16 in WILDCARDS else set()
+        changed = False
+        for key in expand_wildcard(addr16, port, local):
+            owners = self.endpoints.setdefault(key, set())
+            if pidx not in owners:
+                owners.add(pidx)
+                changed = True
         return changed
 
     def endpoint_value(self, key: tuple[bytes, int]) -> int:
