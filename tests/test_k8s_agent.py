@@ -3,6 +3,7 @@ fake API server on 127.0.0.1). With real BPF when the kernel allows it."""
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -108,13 +109,30 @@ def test_agent_with_bpf_merges_kernel_and_api_events(fake_api, tmp_path, sigtrac
         fake_api.apply("ADDED", obj)
     kc = write_kubeconfig(tmp_path / "kubeconfig", fake_api.url)
     t = replay_when_watching(fake_api)
-    r = sigtrace_cli("agent", "--node", "node-a", "--kubeconfig", str(kc), "--all", "--duration", "8",
-                     "--output", str(tmp_path / "out"), "--ready-file", str(tmp_path / "ready"), timeout=120)
+    ready, done = tmp_path / "ready", threading.Event()
+    marker = "sigtrace-agent-test-marker"
+
+    def node_activity() -> None:
+        # kernel events of our own making once the agent is ready: a quiet node may have none
+        while not done.is_set() and not ready.exists():
+            time.sleep(0.1)
+        while not done.is_set():
+            subprocess.run(["sh", "-c", f"exec -a {marker} sleep 0.01"], check=False)
+            time.sleep(0.2)
+    activity = threading.Thread(target=node_activity, daemon=True)
+    activity.start()
+    try:
+        r = sigtrace_cli("agent", "--node", "node-a", "--kubeconfig", str(kc), "--all", "--duration", "8",
+                         "--output", str(tmp_path / "out"), "--ready-file", str(ready), timeout=120)
+    finally:
+        done.set()
+        activity.join(timeout=5)
     t.join(timeout=5)
     assert r.returncode == 0, r.stderr
     rec = read_recording(only_recording(tmp_path / "out"))
     assert rec.meta["backend"] == "bpf"
     kinds = set(rec.events["kind"].astype(str))
     assert "pod_lifecycle" in kinds and kinds - {"pod_lifecycle"}, kinds    # both halves in one file
+    assert "process_exec" in kinds and "process_exit" in kinds, kinds       # our own sleeps, from the kernel
     ev = rec.events[rec.events["event"].astype(str) == "endpoints_not_ready"]
     assert list(ev["pod_uid"]) == [EXP["old_uid"]]

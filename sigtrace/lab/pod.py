@@ -37,13 +37,13 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import LabError
+from ..pods.sockets import parse_proc_net_tcp, read_proc_text, socket_inodes
 from .netns import NETNS_DIR, in_netns
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 WORK_PREFIX = "sigtrace-lab-"
 MIN_GRACE_AFTER_PRESTOP_S = 2.0   # kubelet's minimumGracePeriodInSeconds
 PR_SET_CHILD_SUBREAPER = 36
-_TCP_LISTEN = "0A"
 
 Layout = Literal["cgroupfs", "systemd"]
 
@@ -169,38 +169,15 @@ def _set_subreaper() -> None:
         raise LabError(f"prctl(PR_SET_CHILD_SUBREAPER) failed: errno {ctypes.get_errno()}")
 
 
-def _socket_inodes(pids: list[int]) -> set[int]:
-    inodes = set()
-    for pid in pids:
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                link = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if link.startswith("socket:["):
-                inodes.add(int(link[8:-1]))
-    return inodes
-
-
 def listening_ports(pid: int, owners: list[int] | None = None) -> set[int]:
     """TCP ports in LISTEN in the network namespace of pid (read from its /proc/<pid>/net),
     only those whose socket is held by one of owners when given (a port bound by another
     container of the same netns does not make this one ready)."""
-    inodes = _socket_inodes(owners) if owners is not None else None
-    ports = set()
+    inodes = set().union(*(socket_inodes(o) for o in owners)) if owners is not None else None
+    ports: set[int] = set()
     for name in ("tcp", "tcp6"):
-        try:
-            lines = Path(f"/proc/{pid}/net/{name}").read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            cols = line.split()
-            if len(cols) > 9 and cols[3] == _TCP_LISTEN and (inodes is None or int(cols[9]) in inodes):
-                ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+        ports |= {port for _addr, port, ino in parse_proc_net_tcp(read_proc_text(f"/proc/{pid}/net/{name}"))
+                  if inodes is None or ino in inodes}
     return ports
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable, NamedTuple
 
 from ...pods.cgroup import parse_cgroup_path, parse_proc_cgroup
+from ...pods.sockets import parse_proc_net_tcp, read_proc_text as _read, socket_inodes
 
 SELECTED_PIDX = 1          # pseudo-pod of --pid / --comm processes that are not in a pod
 AMBIGUOUS = 0xFFFFFFFF
@@ -87,27 +88,6 @@ def read_nspid(pid: int, proc: str = "/proc") -> tuple[int | None, int | None, s
 
 
 # ---- /proc/<pid>/net parsing ------------------------------------------------------------
-def _hex_addr(text: str) -> bytes:
-    """/proc/net/tcp{,6} address: 32-bit words in host (little-endian) order -> 16 bytes (v4 mapped)."""
-    raw = bytes.fromhex(text)
-    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
-    if len(words) == 4:
-        return b"\0" * 10 + b"\xff\xff" + words
-    return words
-
-
-def parse_proc_net_tcp(text: str, state: str = "0A") -> list[tuple[bytes, int, int]]:
-    """(addr16, port, inode) of the sockets in `state` (0A = LISTEN)."""
-    out = []
-    for line in text.splitlines()[1:]:
-        f = line.split()
-        if len(f) < 10 or f[3] != state:
-            continue
-        addr, port = f[1].split(":")
-        out.append((_hex_addr(addr), int(port, 16), int(f[9])))
-    return out
-
-
 def parse_fib_trie_local(text: str) -> set[bytes]:
     """Local IPv4 addresses of a network namespace from /proc/<pid>/net/fib_trie."""
     out: set[bytes] = set()
@@ -126,31 +106,6 @@ def parse_if_inet6(text: str) -> set[bytes]:
 
 
 WILDCARDS = (b"\0" * 16, b"\0" * 10 + b"\xff\xff" + b"\0" * 4)
-
-
-def socket_inodes(pid: int, proc: str = "/proc", limit: int = 4096) -> set[int]:
-    out: set[int] = set()
-    try:
-        for i, name in enumerate(os.listdir(f"{proc}/{pid}/fd")):
-            if i >= limit:     # a process with huge fd tables: its listeners come first in practice
-                break
-            try:
-                target = os.readlink(f"{proc}/{pid}/fd/{name}")
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                out.add(int(target[8:-1]))
-    except OSError:
-        pass
-    return out
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path, encoding="ascii", errors="replace") as fh:
-            return fh.read()
-    except OSError:
-        return ""
 
 
 def netns_local_addrs(pid: int, proc: str = "/proc") -> set[bytes]:
