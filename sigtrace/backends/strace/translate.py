@@ -237,7 +237,9 @@ class Translator:
             self.procs.learn(target_host, target_n, rec.tid)
         target: dict[str, Any] = {"target_comm": comm}
         if target_host is not None:
-            tf = self.procs.facts(target_host)
+            # a target already gone (a child SIGKILLed a moment ago) is resolved through the sender:
+            # a pid named from inside a PID namespace shares it, so shares the sender's container
+            tf = self.procs.facts(target_host, parent=self.procs.tgid(rec.tid))
             target.update(target_pid=tf.pid, target_nspid=tf.nspid if tf.nspid is not None else target_n,
                           target_pod_uid=tf.pod.pod_uid, target_container_id=tf.pod.container_id)
         elif target_n is not None:
