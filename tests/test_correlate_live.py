@@ -52,3 +52,19 @@ def test_pod_still_running_gets_no_report(tmp_path):
     lr, _ = feed_all("clean", tmp_path, stop_before=lambda e: e["ts"] >= 1005.0)
     lr.close()
     assert not (tmp_path / "reports").exists()
+
+
+def test_tcp_events_kept_per_pod_are_bounded_and_the_cut_is_said(tmp_path):
+    meta = json.loads((DATA / "article" / "meta.json").read_text())
+    lr = LiveReporter(tmp_path, None, meta=meta, settle_s=0.5, max_tcp_events=5)
+    lines = [json.loads(x) for x in (DATA / "article" / "events.jsonl").read_text().splitlines()]
+    tcp_total = sum(1 for e in lines if e["kind"].startswith("tcp_") or e["kind"] in ("sock_close", "connect_error"))
+    assert tcp_total > 5
+    for ev in lines:
+        lr.feed(ev)
+    assert len(lr._tcp[POD]) == 5                      # memory: only the latest TCP events are held
+    lr.close()
+    report = json.loads((tmp_path / "reports" / f"{POD}.json").read_text())
+    assert any(f"kept the last 5 of {tcp_total} TCP events" in n for n in report["incomplete"])
+    # process and signal events are all kept: the signal verdict still stands
+    assert "prestop-quit-superseded" in {v["id"] for v in report["pods"][0]["verdicts"]}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +18,22 @@ from ..events.writer import META_FILE
 
 REPORTS_DIR = "reports"
 SETTLE_S = 0.5      # sockets are closed in do_exit after sched_process_exit: wait for their events
+# A stopping pod under load streams TCP events by the ten thousand per second: keep its latest ones
+# only, so a long-lived agent's memory stays bounded. Process and signal events (few) are all kept.
+MAX_TCP_EVENTS_PER_POD = 200_000
 
 
 class LiveReporter:
     def __init__(self, out_dir: Path, console: Any = None, meta: dict[str, Any] | None = None,
-                 settle_s: float = SETTLE_S):
+                 settle_s: float = SETTLE_S, max_tcp_events: int = MAX_TCP_EVENTS_PER_POD):
         self.out_dir = Path(out_dir)
         self.console = console
         self.meta = meta
         self.settle_s = settle_s
+        self.max_tcp_events = max_tcp_events
         self._events: dict[str, list[dict]] = {}
+        self._tcp: dict[str, deque] = {}
+        self._tcp_seen: dict[str, int] = {}
         self._containers: dict[str, set[str]] = {}
         self._exited: dict[str, set[str]] = {}
         self._due: dict[str, tuple[float, float]] = {}      # pod -> (event ts, wall time) when all exited
@@ -40,10 +47,18 @@ class LiveReporter:
         self._last_ts = max(self._last_ts, ts)
         pod = event.get("pod_uid")
         tpod = event.get("target_pod_uid")
+        is_tcp = event.get("kind") in S.TCP_KINDS
         for uid in {pod, tpod} - {None}:
             if uid in self._done:
                 continue
-            self._events.setdefault(uid, []).append(event)
+            if is_tcp:
+                q = self._tcp.get(uid)
+                if q is None:
+                    q = self._tcp[uid] = deque(maxlen=self.max_tcp_events)
+                q.append(event)
+                self._tcp_seen[uid] = self._tcp_seen.get(uid, 0) + 1
+            else:
+                self._events.setdefault(uid, []).append(event)
         if pod and pod not in self._done:
             cid = event.get("container_id")
             if cid:
@@ -105,8 +120,12 @@ class LiveReporter:
         from .build import build_reports
         self._due.pop(uid, None)
         self._done.add(uid)
-        rows = [{k: v for k, v in e.items() if k in S.DTYPES} for e in self._events.pop(uid, [])]
-        rs = build_reports(events_frame(rows), self._meta())
+        tcp = self._tcp.pop(uid, ())
+        dropped = self._tcp_seen.pop(uid, 0) - len(tcp)
+        rows = [{k: v for k, v in e.items() if k in S.DTYPES} for e in [*self._events.pop(uid, []), *tcp]]
+        incomplete = [f"live report: kept the last {len(tcp)} of {len(tcp) + dropped} TCP events of this pod; "
+                      f"`sigtrace report {self.out_dir}` reads them all"] if dropped > 0 else []
+        rs = build_reports(events_frame(rows), self._meta(), incomplete)
         pod = rs.pod(uid)
         if pod is None:
             return
