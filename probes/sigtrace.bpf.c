@@ -72,6 +72,16 @@ static __always_inline int unknown_cgroup(void)
     return !pod_cgroups.lookup(&cg) && !other_cgroups.lookup(&cg);
 }
 
+/* Whether a process event is recorded: ST_SKIP when not; else the flags it carries
+ * (ST_EV_UNKNOWN_CGROUP when only its unclassified cgroup let it through). */
+#define ST_SKIP (-1)
+static __always_inline int selection_flags(int selected)
+{
+    if (selected)
+        return 0;
+    return unknown_cgroup() ? ST_EV_UNKNOWN_CGROUP : ST_SKIP;
+}
+
 /* bcc needs each map named directly, hence one helper per comm map */
 static __always_inline int runtime_comm(const char *comm)
 {
@@ -178,10 +188,9 @@ TRACEPOINT_PROBE(signal, signal_generate)
     char tcomm[16];
     bpf_probe_read_kernel(tcomm, sizeof(tcomm), args->comm);
     int runtime = args->sig != 23 && args->sig != 17 && runtime_comm(comm);   /* not SIGURG/SIGCHLD */
-    int selected = ST_FILTER_ALL || cur_pod || tp || runtime ||
-                   selected_comm(comm) || selected_comm(tcomm);
-    int unknown = !selected && unknown_cgroup();
-    if (!selected && !unknown)
+    int sel = selection_flags(ST_FILTER_ALL || cur_pod || tp || runtime ||
+                              selected_comm(comm) || selected_comm(tcomm));
+    if (sel == ST_SKIP)
         return 0;
     if (tp) {
         tgt = *tp;
@@ -200,7 +209,7 @@ TRACEPOINT_PROBE(signal, signal_generate)
     if (!e)
         return 0;
     e->cidx = cur.cidx;
-    e->flags = unknown ? ST_EV_UNKNOWN_CGROUP : 0;
+    e->flags = sel;
     set_nspid(e, &cur);
     e->sig = args->sig;
     e->code = args->code;
@@ -219,9 +228,8 @@ TRACEPOINT_PROBE(signal, signal_deliver)
     int cur_pod = current_task(&cur, tgid);
     char comm[16];
     bpf_get_current_comm(comm, sizeof(comm));
-    int selected = ST_FILTER_ALL || cur_pod || selected_comm(comm);
-    int unknown = !selected && unknown_cgroup();
-    if (!selected && !unknown)
+    int sel = selection_flags(ST_FILTER_ALL || cur_pod || selected_comm(comm));
+    if (sel == ST_SKIP)
         return 0;
     u32 handler = args->sa_handler == 0 ? ST_HANDLER_DEFAULT :
                   args->sa_handler == 1 ? ST_HANDLER_IGNORE : ST_HANDLER_HANDLER;
@@ -241,7 +249,7 @@ TRACEPOINT_PROBE(signal, signal_deliver)
     if (!e)
         return 0;
     e->cidx = cur.cidx;
-    e->flags = unknown ? ST_EV_UNKNOWN_CGROUP : 0;
+    e->flags = sel;
     set_nspid(e, &cur);
     e->sig = args->sig;
     e->code = args->code;
@@ -280,15 +288,14 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     }
     /* An exec in a cgroup user space has not classified yet may be a new container's first
      * process: stream it so user space rescans at once instead of at its next periodic scan. */
-    int selected = ST_FILTER_ALL || cur_pod || selected_comm(comm);
-    int unknown = !selected && unknown_cgroup();
-    if (!selected && !unknown)
+    int sel = selection_flags(ST_FILTER_ALL || cur_pod || selected_comm(comm));
+    if (sel == ST_SKIP)
         return 0;
     struct st_event *e = new_event(ST_KIND_PROCESS_EXEC, ST_PROBE_PROCESS_EXEC);
     if (!e)
         return 0;
     e->cidx = cur.cidx;
-    e->flags = unknown ? ST_EV_UNKNOWN_CGROUP : 0;
+    e->flags = sel;
     set_nspid(e, &cur);
     u32 *ppid = parents.lookup(&tgid);
     if (ppid)
@@ -327,16 +334,15 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     }
     char comm[16];
     bpf_get_current_comm(comm, sizeof(comm));
-    int selected = ST_FILTER_ALL || cur_pod || selected_comm(comm);
-    int unknown = !selected && unknown_cgroup();
+    int sel = selection_flags(ST_FILTER_ALL || cur_pod || selected_comm(comm));
     struct st_exit *x = exits.lookup(&tgid);
-    if (selected || unknown) {
+    if (sel != ST_SKIP) {
         if (cur_pod && (cur.flags & ST_TASK_INIT))
             arm(cur.pidx);   /* a container's init is gone: the pod is stopping */
         struct st_event *e = new_event(ST_KIND_PROCESS_EXIT, ST_PROBE_PROCESS_EXIT);
         if (e) {
             e->cidx = cur.cidx;
-            e->flags = unknown ? ST_EV_UNKNOWN_CGROUP : 0;
+            e->flags = sel;
             set_nspid(e, &cur);
             if (x) {
                 e->exit_signal = x->sig;
