@@ -21,6 +21,8 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
+import pytest
+
 _PATH = re.compile(r"^/(?:api/v1|apis/(?P<group>[^/]+)/(?P<version>[^/]+))(?P<rest>(?:/[^/]+)*)$")
 KINDS = {"pods": "Pod", "endpointslices": "EndpointSlice", "namespaces": "Namespace",
          "serviceaccounts": "ServiceAccount", "clusterroles": "ClusterRole",
@@ -291,3 +293,11 @@ class FakeApi:
                 self._send_json(200, status_body(200, "", "deleted") | {"status": "Success"})
 
         return Handler
+
+
+@pytest.fixture
+def fake_api():
+    """A started FakeApi on 127.0.0.1, closed after the test."""
+    api = FakeApi().start()
+    yield api
+    api.close()

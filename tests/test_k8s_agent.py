@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import require_kernel
-from k8s_fake_api import FakeApi
+from k8s_fake_api import FakeApi, fake_api  # noqa: F401 (the fixture)
 from sigtrace.events.reader import read_recording
 
 DATA = json.loads((Path(__file__).parent / "data/k8s/rolling-update.json").read_text())
@@ -25,13 +25,6 @@ def write_kubeconfig(path: Path, url: str) -> Path:
         "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u", "namespace": "sigtrace"}}],
         "users": [{"name": "u", "user": {"token": "t0ken"}}]}))
     return path
-
-
-@pytest.fixture
-def fake_api():
-    api = FakeApi().start()
-    yield api
-    api.close()
 
 
 def replay_when_watching(api: FakeApi, delay: float = 0.1) -> threading.Thread:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from k8s_fake_api import FakeApi
+from k8s_fake_api import fake_api  # noqa: F401 (the fixture)
 from sigtrace import kubectl_plugin
 from sigtrace.k8s import manifests
 
@@ -18,13 +18,6 @@ def run_plugin(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     code = "import sys; from sigtrace.kubectl_plugin import main; main(sys.argv[1:])"
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout,
                           cwd=Path(__file__).resolve().parent.parent)
-
-
-@pytest.fixture
-def fake_api():
-    api = FakeApi().start()
-    yield api
-    api.close()
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from k8s_fake_api import FakeApi
+from k8s_fake_api import fake_api  # noqa: F401 (the fixture)
 from sigtrace.events import lifecycle
 from sigtrace.k8s.translate import PodTracker, SliceTracker, parse_time, pod_facts
 
@@ -76,13 +76,6 @@ def test_endpoint_not_ready_at_startup_is_not_a_stop():
 
 
 # ---- the watcher against the fake API server ----------------------------------------------
-@pytest.fixture
-def fake_api():
-    api = FakeApi().start()
-    yield api
-    api.close()
-
-
 @pytest.fixture
 def run_watcher():
     started: list[tuple[threading.Event, threading.Thread]] = []

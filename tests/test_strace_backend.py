@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import require_kernel
+from strace_fixtures.make_fixtures import children, wait_for
 from sigtrace.backends.strace import command
 from sigtrace.backends.strace.backend import StraceBackend
 from sigtrace.errors import PermissionProblem, UsageProblem
@@ -19,20 +20,6 @@ from sigtrace.events import capabilities as C
 from sigtrace.events import schema as S
 
 LAB_TOOLS = ("strace", "runc", "nginx", "php-fpm8.2", "ip")
-
-
-def children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
-def wait_for(pred, timeout: float = 10.0) -> None:
-    end = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < end, "timed out"
-        time.sleep(0.02)
 
 
 def run_backend(be: StraceBackend, seconds: float, until=None) -> list[dict]:
