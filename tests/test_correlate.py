@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sigtrace.correlate.build import capabilities_of
-from sigtrace.correlate.pod import build_context
+from sigtrace.correlate.build import build_context
 from sigtrace.events import capabilities as C
 from sigtrace.events.reader import events_frame, read_recording
 

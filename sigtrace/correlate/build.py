@@ -9,11 +9,11 @@ import pandas as pd
 
 from ..events import capabilities as C
 from ..events import schema as S
-from .connections import aggregate_connections
 from .model import PodReport, ReportSet
-from .pod import PodContext, build_context
+from .pod import PodContext, process_context
+from .rows import Row, to_rows
 from .stats import build_stats
-from .timeline import build_timeline
+from .timeline import build_timeline, exec_rows
 
 
 def capabilities_of(meta: dict[str, Any], events: pd.DataFrame) -> tuple[frozenset[str], list[str]]:
@@ -103,32 +103,42 @@ def work_frame(events: pd.DataFrame) -> pd.DataFrame:
     return events.astype(conv) if conv else events
 
 
-_NO_CONNS = pd.DataFrame()
+def build_contexts(events: pd.DataFrame, caps: frozenset[str], meta: dict[str, Any] | None = None) -> dict[str, PodContext]:
+    """Every pod's context (pod uid -> PodContext), in pod uid order. Processes and signals per pod
+    from a few rows each; TCP for all pods at once (network.attach_tcp)."""
+    from .network import TCP_INPUT, attach_tcp
+    meta = meta or {}
+    events = work_frame(events)
+    if len(events) and not events["ts"].is_monotonic_increasing:
+        events = events.sort_values("ts", kind="stable")
+    is_tcp = events["kind"].isin(S.TCP_KINDS)
+    own: dict[str, list[Row]] = {}
+    incoming: dict[str, list[Row]] = {}
+    for r in to_rows(events[~is_tcp]):
+        uid = r.get("pod_uid")
+        if uid:
+            own.setdefault(str(uid), []).append(r)
+        if r["kind"] == S.SIGNAL_GENERATE and r.get("target_pod_uid"):
+            incoming.setdefault(str(r["target_pod_uid"]), []).append(r)
+    tcp = events.loc[is_tcp & events["pod_uid"].notna(), [c for c in TCP_INPUT if c in events.columns]]
+    first_tcp = tcp.groupby(tcp["pod_uid"].astype(object), sort=False)["ts"].min().to_dict() if len(tcp) else {}
+    ctxs = {uid: process_context(events, uid, caps, own.get(uid, []), incoming.get(uid, []), first_tcp.get(uid))
+            for uid in pod_uids(events)}
+    execs = exec_rows(events)
+    for ctx in ctxs.values():
+        ctx.exec_rows = execs
+    endpoints = meta.get("pod_endpoints") if isinstance(meta.get("pod_endpoints"), dict) else None
+    attach_tcp(ctxs, tcp, endpoints)
+    return ctxs
 
 
-# what aggregate_connections reads: taking only these of a big recording's TCP rows, not every column
-_CONN_INPUT = ["ts", "kind", "pid", "pod_uid", "saddr", "sport", "daddr", "dport", "old_state", "new_state", "sock"]
-
-
-def _conn_aggs(events: pd.DataFrame, is_tcp: "pd.Series | None" = None) -> dict[str, pd.DataFrame]:
-    """pod uid -> its connections aggregated (connections.aggregate_connections), grouped once for
-    all pods: per pod, the grouping's fixed cost (~0.1 s) was most of a report."""
-    if is_tcp is None:
-        is_tcp = events["kind"].isin(S.TCP_KINDS)
-    tcp = events.loc[is_tcp & events["pod_uid"].notna(), [c for c in _CONN_INPUT if c in events.columns]]
-    agg = aggregate_connections(tcp, by_pod=True) if len(tcp) else None
-    if agg is None or agg.empty:
-        return {}
-    out = {}
-    for uid, idx in agg.groupby("pod", sort=False).indices.items():
-        c = agg.iloc[idx].drop(columns="pod")
-        # the key without the pod prefix, as the pod alone would have named it
-        # (the fast path names them so already)
-        pre = uid + "|"
-        if len(c) and str(c.index[0]).startswith(pre):
-            c.index = pd.Index([k[len(pre):] for k in c.index], name=c.index.name)
-        out[uid] = c
-    return out
+def build_context(events: pd.DataFrame, pod_uid: str, caps: frozenset[str],
+                  meta: dict[str, Any] | None = None) -> PodContext:
+    """One pod's context (tests, tools): the same steps as for a whole recording."""
+    ctx = build_contexts(events, caps, meta).get(pod_uid)
+    if ctx is None:
+        raise KeyError(f"pod {pod_uid} has no events")
+    return ctx
 
 
 def build_reports(events: pd.DataFrame, meta: dict[str, Any], incomplete: Iterable[str] = ()) -> ReportSet:
@@ -137,26 +147,7 @@ def build_reports(events: pd.DataFrame, meta: dict[str, Any], incomplete: Iterab
     notes = list(incomplete)
     caps, cap_notes = capabilities_of(meta, events)
     notes += cap_notes
-    events = work_frame(events)
-    own_idx = events.groupby(events["pod_uid"], sort=False).indices if len(events) else {}
-    gen = events[(events["kind"] == S.SIGNAL_GENERATE) & events["target_pod_uid"].notna()]
-    in_idx = gen.groupby(gen["target_pod_uid"], sort=False).indices if len(gen) else {}
-    from .timeline import exec_rows
-    execs = exec_rows(events)
-    is_tcp = events["kind"].isin(S.TCP_KINDS)
-    conn_aggs = _conn_aggs(events, is_tcp)
-    tcp_mask = is_tcp.to_numpy(dtype=bool)
-    reports = []
-    for uid in pod_uids(events):
-        idx = own_idx[uid] if uid in own_idx else np.zeros(0, dtype=np.intp)
-        # the pod's TCP events apart from the rest, split once (build_context)
-        own, tcp = events.iloc[idx[~tcp_mask[idx]]], events.iloc[idx[tcp_mask[idx]]]
-        incoming = gen.iloc[in_idx[uid]] if uid in in_idx else gen.iloc[0:0]
-        endpoints = (meta.get("pod_endpoints") or {}).get(uid) if isinstance(meta.get("pod_endpoints"), dict) else None
-        ctx = build_context(events, uid, caps, own, incoming, endpoints, conn_aggs.get(uid, _NO_CONNS),
-                            tcp=tcp)
-        ctx.exec_rows = execs
-        reports.append(report_for(ctx))
+    reports = [report_for(ctx) for ctx in build_contexts(events, caps, meta).values()]
     lost = meta.get("lost_events") or 0
     try:
         lost = int(lost)

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..events import schema as S
+from .rows import Row
 
 DEFAULT_UPSTREAM_PORTS = (9000,)     # php-fpm's default; used only when no listener owner is known
 RST_FROM = ("ESTABLISHED", "SYN_RECV", "CLOSE_WAIT")
@@ -41,44 +42,34 @@ def _s(col: pd.Series) -> pd.Series:
     return col.astype("object")
 
 
-def build_listeners(st: pd.DataFrame) -> dict[int, Listener]:
+def build_listeners(rows: list[Row], child_ports: "set[int] | None" = None) -> dict[int, Listener]:
+    """rows: the pod's LISTEN transitions (-> LISTEN, LISTEN -> CLOSE) in time order; child_ports:
+    ports of sockets cloned from a listener (LISTEN -> SYN_RECV), which prove a listener we did not
+    see open."""
     listeners: dict[int, Listener] = {}
-    new, old = _s(st["new_state"]), _s(st["old_state"])
-    opens = st[new == "LISTEN"]
-    closes = st[(old == "LISTEN") & (new == "CLOSE")]
-    for idx, r in pd.concat([opens, closes]).sort_values("ts", kind="stable").iterrows():
-        if r["sport"] is pd.NA:
+    for r in rows:
+        if r.get("sport") is None:
             continue
         port = int(r["sport"])
         li = listeners.get(port)
         if li is None:
-            li = listeners[port] = Listener(port, _na(r["saddr"]), None, None, None, None, None, None)
-        if r["new_state"] == "LISTEN":
+            li = listeners[port] = Listener(port, r.get("saddr"), None, None, None, None, None, None)
+        if r.get("new_state") == "LISTEN":
             li.open_ts = li.open_ts if li.open_ts is not None else float(r["ts"])
             li.close_ts = li.close_row = None          # reopened (restart): the last close counts
         else:
-            li.close_ts, li.close_row = float(r["ts"]), int(idx)
-        if li.owner_pid is None and r["pid"] is not pd.NA and r["pid"]:
-            li.owner_pid, li.owner_comm, li.container_id = int(r["pid"]), _na(r["comm"]), _na(r["container_id"])
-    # a child socket cloned from a listener (LISTEN -> SYN_RECV) proves a listener we did not see open
-    for port in pd.unique(st.loc[(old == "LISTEN") & (new == "SYN_RECV"), "sport"].dropna()):
+            li.close_ts, li.close_row = float(r["ts"]), r["row"]
+        if li.owner_pid is None and r.get("pid"):
+            li.owner_pid, li.owner_comm, li.container_id = int(r["pid"]), r.get("comm"), r.get("container_id")
+    for port in child_ports or ():
         listeners.setdefault(int(port), Listener(int(port), None, None, None, None, None, None, None))
     return listeners
 
 
-def _na(v: Any) -> Any:
-    return None if v is pd.NA or v is None or (isinstance(v, float) and v != v) else v
-
-
-def build_connections(tcp: pd.DataFrame, listeners: dict[int, Listener], exit_ts: dict[int, float],
-                      agg: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per socket (not listeners) with its classification. agg: this pod's rows of
-    aggregate_connections() over the whole recording (build_reports does the expensive grouping
-    once for all pods); without it, the pod's tcp events are aggregated here."""
-    c = aggregate_connections(tcp) if agg is None else agg
-    if c is None or c.empty:
-        return pd.DataFrame(columns=CONN_COLUMNS)
-    return _classify(c.copy(), listeners, exit_ts)
+def listener_masks(st: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """(LISTEN opens and closes, children cloned from a listener) among tcp_state rows."""
+    new, old = _s(st["new_state"]), _s(st["old_state"])
+    return (new == "LISTEN") | ((old == "LISTEN") & (new == "CLOSE")), (old == "LISTEN") & (new == "SYN_RECV")
 
 
 def aggregate_connections(tcp: pd.DataFrame, by_pod: bool = False) -> pd.DataFrame | None:
@@ -267,18 +258,37 @@ def _incarnations_codes(by: np.ndarray, start: np.ndarray, peer: np.ndarray, loc
     return out
 
 
-def _classify(c: pd.DataFrame, listeners: dict[int, Listener], exit_ts: dict[int, float]) -> pd.DataFrame:
-    """Side, port class, how it ended and who closed it: needs the pod's listeners and exits."""
-    ports = set(listeners)
-    upstream = {p for p, li in listeners.items() if li.upstream}
-    sport = c["sport"].astype("Float64").fillna(-1).astype(int)
-    dport = c["dport"].astype("Float64").fillna(-1).astype(int)
-    server = c["syn_recv"] | (sport.isin(ports) & ~c["syn_sent"])
-    client = ~server & (c["syn_sent"] | dport.isin(ports))
-    c["side"] = np.where(server, "server", np.where(dport.isin(ports), "client", "outbound"))
-    c["port"] = np.where(server, sport, dport)
-    c["port_class"] = np.where(c["port"].isin(upstream), "upstream",
-                               np.where(c["port"].isin(ports), "serving", "other"))
+PodSets = dict[str, "set[int]"]
+
+
+def _pod_keys(pcode: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """(pod code, non-negative integer) as one int64, to test many pods' sets in one np.isin."""
+    return (pcode.astype(np.int64) << 32) | values.astype(np.int64)
+
+
+def _set_keys(sets: PodSets, pod_index: dict[str, int]) -> np.ndarray:
+    return np.array([(pod_index[u] << 32) | int(v) for u, vs in sets.items() if u in pod_index for v in vs],
+                    dtype=np.int64)
+
+
+def classify(c: pd.DataFrame, ports: PodSets, upstream: PodSets, exits: dict[str, dict[int, float]]) -> pd.DataFrame:
+    """Side, port class, how it ended and who closed it, for every pod's connections at once.
+    c: aggregate_connections(by_pod=True); ports/upstream: each pod's listening / FastCGI ports;
+    exits: each pod's pid -> exit time."""
+    pcode, puniq = pd.factorize(c["pod"].to_numpy(dtype=object))
+    pod_index = {u: i for i, u in enumerate(puniq)}
+    port_keys, up_keys = _set_keys(ports, pod_index), _set_keys(upstream, pod_index)
+    sport = c["sport"].astype("Float64").fillna(-1).astype(int).to_numpy()
+    dport = c["dport"].astype("Float64").fillna(-1).astype(int).to_numpy()
+    # -1 (no port) becomes 65536: in no set
+    s_listen = np.isin(_pod_keys(pcode, np.where(sport < 0, 65536, sport)), port_keys)
+    d_listen = np.isin(_pod_keys(pcode, np.where(dport < 0, 65536, dport)), port_keys)
+    server = c["syn_recv"].to_numpy(dtype=bool) | (s_listen & ~c["syn_sent"].to_numpy(dtype=bool))
+    c["side"] = np.where(server, "server", np.where(d_listen, "client", "outbound"))
+    port = np.where(server, sport, dport)
+    c["port"] = port
+    pkeys = _pod_keys(pcode, np.where(port < 0, 65536, port))
+    c["port_class"] = np.where(np.isin(pkeys, up_keys), "upstream", np.where(np.isin(pkeys, port_keys), "serving", "other"))
     # how it ended
     rst_any = c["rst_sent_ts"].notna() | c["rst_recv_ts"].notna() | c["rst_trans_ts"].notna()
     c["refused"] = c["syn_sent"] & c["est_ts"].isna() & c["close_ts"].notna()
@@ -295,10 +305,17 @@ def _classify(c: pd.DataFrame, listeners: dict[int, Listener], exit_ts: dict[int
     c["closer_pid"] = c["closer_pid"].where(c["close_kind"] == "rst", c["fin_local_pid"].where(c["closed_by"] == "pod"))
     c["close_row"] = c["rst_sent_row"].fillna(c["rst_trans_row"]).fillna(c["rst_recv_row"])
     c["close_row"] = c["close_row"].where(c["close_kind"] == "rst", c["fin_local_row"])
-    closer_exit = pd.to_numeric(c["closer_pid"].map({float(k): v for k, v in exit_ts.items()}), errors="coerce")
-    c["at_exit"] = (closer_exit.notna() & (closer_exit <= c["end_ts"] + 1e-6)
-                    & (closer_exit >= c["end_ts"] - EXIT_CLOSE_WINDOW_S))
-    return c.reset_index().rename(columns={"index": "key"})[CONN_COLUMNS]
+    exit_keys = [(pod_index[u] << 32) | int(pid) for u, m in exits.items() if u in pod_index for pid in m]
+    exit_vals = [ts for u, m in exits.items() if u in pod_index for ts in m.values()]
+    closer = c["closer_pid"].to_numpy(dtype=float)
+    has = ~np.isnan(closer) & (closer >= 0) & (closer < 1 << 32)
+    ckeys = _pod_keys(pcode, np.where(has, closer, 0))
+    closer_exit = pd.Series(exit_vals, index=pd.Index(exit_keys, dtype=np.int64), dtype=float)
+    closer_exit = closer_exit[~closer_exit.index.duplicated()].reindex(ckeys).to_numpy()
+    closer_exit = np.where(has, closer_exit, np.nan)
+    end = c["end_ts"].to_numpy(dtype=float)
+    c["at_exit"] = ~np.isnan(closer_exit) & (closer_exit <= end + 1e-6) & (closer_exit >= end - EXIT_CLOSE_WINDOW_S)
+    return c.reset_index().rename(columns={"index": "key"})[["pod"] + CONN_COLUMNS]
 
 
 CONN_COLUMNS = ["key", "first_ts", "first_row", "saddr", "sport", "daddr", "dport", "side", "port", "port_class",
@@ -363,38 +380,50 @@ def _reset_keys(rs: pd.DataFrame, st: pd.DataFrame, by_pod: bool = False) -> pd.
     return pd.Series((m["sock"] + "#" + m["inc"].astype(str)).values, index=m["idx"].values).reindex(rs.index)
 
 
-def build_refused(tcp: pd.DataFrame, conns: pd.DataFrame, listeners: dict[int, Listener]) -> pd.DataFrame:
-    """Refused connection attempts to the pod's ports, one row per (port, client port)."""
+def build_refused(tcp: pd.DataFrame, conns: pd.DataFrame, upstream: PodSets) -> pd.DataFrame:
+    """Refused connection attempts to every pod's ports, one row per (pod, port, client port).
+    conns: classify()'s connections of all pods."""
     parts = []
-    rs = tcp[(tcp["kind"] == S.TCP_RESET_SENT) & tcp["sock"].isna() & tcp["sport"].notna()]
+    kind = tcp["kind"]
+    rs = tcp[(kind == S.TCP_RESET_SENT) & tcp["sock"].isna() & tcp["sport"].notna()]
     if len(rs):
-        parts.append(pd.DataFrame({"ts": rs["ts"], "row": rs.index, "port": rs["sport"].astype(int),
-                                   "client_addr": rs["daddr"].astype("object"),
+        parts.append(pd.DataFrame({"pod": _s(rs["pod_uid"]), "ts": rs["ts"], "row": rs.index,
+                                   "port": rs["sport"].astype(int), "client_addr": _s(rs["daddr"]),
                                    "client_port": rs["dport"].astype("Float64")}))
     if len(conns):
         cl = conns[conns["refused"] & (conns["side"] == "client")]
         if len(cl):
-            parts.append(pd.DataFrame({"ts": cl["close_ts"].values, "row": cl["first_row"].values,
-                                       "port": cl["dport"].astype(int).values,
-                                       "client_addr": cl["saddr"].values,
+            parts.append(pd.DataFrame({"pod": cl["pod"].values, "ts": cl["close_ts"].values, "row": cl["first_row"].values,
+                                       "port": cl["dport"].astype(int).values, "client_addr": cl["saddr"].values,
                                        "client_port": cl["sport"].astype("Float64").values}))
-    ce = tcp[(tcp["kind"] == S.CONNECT_ERROR) & (tcp["reason"].astype("object") == "ECONNREFUSED") & tcp["dport"].notna()]
+    ce = tcp[(kind == S.CONNECT_ERROR) & (_s(tcp["reason"]) == "ECONNREFUSED") & tcp["dport"].notna()]
     if len(ce):
-        parts.append(pd.DataFrame({"ts": ce["ts"], "row": ce.index, "port": ce["dport"].astype(int),
-                                   "client_addr": ce["saddr"].astype("object"),
+        parts.append(pd.DataFrame({"pod": _s(ce["pod_uid"]), "ts": ce["ts"], "row": ce.index,
+                                   "port": ce["dport"].astype(int), "client_addr": _s(ce["saddr"]),
                                    "client_port": ce["sport"].astype("Float64")}))
     if not parts:
-        return pd.DataFrame(columns=REFUSED_COLUMNS)
+        return pd.DataFrame(columns=["pod"] + REFUSED_COLUMNS)
     r = pd.concat(parts, ignore_index=True).sort_values("ts", kind="stable")
+    pcode, puniq = pd.factorize(r["pod"].to_numpy(dtype=object))
+    pod_index = {u: i for i, u in enumerate(puniq)}
+    port = r["port"].to_numpy(dtype=np.int64)
     # a reset without a socket that answers a segment of a connection we know is not a refusal
     if len(conns):
-        est = conns[conns["est_ts"].notna()]
-        known = set(zip(est["port"].astype(int), est["dport"].where(est["side"] == "server", est["sport"]).astype("Float64")))
-        r = r[[(p, cp) not in known for p, cp in zip(r["port"], r["client_port"])]]
-    r = r.drop_duplicates(subset=["port", "client_port"], keep="first")
-    upstream = {p for p, li in listeners.items() if li.upstream}
-    r["port_class"] = np.where(r["port"].isin(upstream), "upstream", "serving")
-    return r[REFUSED_COLUMNS].reset_index(drop=True)
+        est = conns[conns["est_ts"].notna() & conns["pod"].isin(pod_index)]
+        if len(est):
+            cport = est["dport"].where(est["side"] == "server", est["sport"]).astype("Float64").fillna(-1)
+            ecode = np.array([pod_index[u] for u in est["pod"]], dtype=np.int64)
+            known = (ecode << 40) | (est["port"].to_numpy(dtype=np.int64) << 20) | cport.to_numpy(dtype=np.int64)
+            # a missing client port is never known (it matched nothing before either)
+            rport = r["client_port"].fillna(-2).to_numpy(dtype=np.int64)
+            mine = (pcode.astype(np.int64) << 40) | (port << 20) | rport
+            r = r[~(np.isin(mine, known[cport.to_numpy() >= 0]) & (rport >= 0))]
+    r = r.drop_duplicates(subset=["pod", "port", "client_port"], keep="first")
+    pcode, puniq = pd.factorize(r["pod"].to_numpy(dtype=object))
+    pod_index = {u: i for i, u in enumerate(puniq)}
+    r["port_class"] = np.where(np.isin(_pod_keys(pcode, r["port"].to_numpy(dtype=np.int64)), _set_keys(upstream, pod_index)),
+                               "upstream", "serving")
+    return r[["pod"] + REFUSED_COLUMNS].reset_index(drop=True)
 
 
 REFUSED_COLUMNS = ["ts", "row", "port", "client_addr", "client_port", "port_class"]

@@ -11,9 +11,10 @@ import pandas as pd
 from ..events import capabilities as C
 from ..events import lifecycle as L
 from ..events import schema as S
-from .connections import DEFAULT_UPSTREAM_PORTS, Listener, build_connections, build_listeners, build_refused
-from .processes import (EXEC, HOST, PRESTOP, RUNTIME, ROLE_LABELS, Process, _val, app_of, assign_roles,
+from .connections import DEFAULT_UPSTREAM_PORTS, Listener
+from .processes import (EXEC, HOST, PRESTOP, RUNTIME, ROLE_LABELS, Process, app_of, assign_roles,
                         build_processes, is_runtime_comm, parent_map)
+from .rows import Row
 
 # signals that are never a stop request (kernel notifications, timers)
 NOT_STOP = frozenset({"SIGCHLD", "SIGPIPE", "SIGURG", "SIGALRM", "SIGVTALRM", "SIGPROF", "SIGIO", "SIGWINCH",
@@ -147,66 +148,40 @@ class PodContext:
         return max(ts) if ts else None
 
 
-def pod_events(events: pd.DataFrame, pod_uid: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(the pod's own events, signal_generate rows targeting the pod from anywhere)."""
-    own = events[events["pod_uid"] == pod_uid]
-    incoming = events[(events["kind"] == S.SIGNAL_GENERATE) & (events["target_pod_uid"] == pod_uid)]
-    return own, incoming
-
-
-def build_context(events: pd.DataFrame, pod_uid: str, caps: frozenset[str],
-                  own: pd.DataFrame | None = None, incoming: pd.DataFrame | None = None,
-                  endpoints: list[str] | None = None, conn_agg: pd.DataFrame | None = None,
-                  tcp: pd.DataFrame | None = None) -> PodContext:
-    """conn_agg: the pod's rows of connections.aggregate_connections over the whole recording
-    (build_reports); without it, the pod's connections are aggregated from its own events.
-    tcp: the pod's TCP events, given apart (build_reports splits once for all pods); own then holds
-    the other events only. Every non-TCP step filters TCP kinds out anyway, and a busy pod's events
-    are mostly TCP: its processes and signals were found by scanning them all many times."""
-    if own is None or incoming is None:
-        own, incoming = pod_events(events, pod_uid)
+def process_context(events: pd.DataFrame, pod_uid: str, caps: frozenset[str], own: list[Row],
+                    incoming: list[Row], first_tcp_ts: float | None = None) -> PodContext:
+    """The pod's processes, signals, containers and stop trigger, from its non-TCP events as rows
+    (own: pod_uid == pod, time order; incoming: signal_generate rows targeting it). The TCP side is
+    attached for all pods at once (network.attach_tcp)."""
     ctx = PodContext(pod_uid=pod_uid, events=events, caps=caps)
-    if tcp is None:
-        is_tcp = own["kind"].isin(S.TCP_KINDS)
-        tcp, own = own[is_tcp], own[~is_tcp]
-    ctx.first_ts = float(min(own["ts"].min() if len(own) else float("inf"),
-                             tcp["ts"].min() if len(tcp) else float("inf"),
-                             incoming["ts"].min() if len(incoming) else float("inf")))
-    _lifecycle(ctx, own[own["kind"] == S.POD_LIFECYCLE])
-    ctx.procs = build_processes(own, incoming, pod_uid)
+    ctx.first_ts = float(min((r["ts"] for r in own), default=float("inf")))
+    ctx.first_ts = min(ctx.first_ts, float(min((r["ts"] for r in incoming), default=float("inf"))),
+                       first_tcp_ts if first_tcp_ts is not None else float("inf"))
+    _lifecycle(ctx, [r for r in own if r["kind"] == S.POD_LIFECYCLE])
+    ctx.procs = build_processes(own, incoming)
     parents = parent_map(ctx.procs, own)
-    assign_roles(ctx.procs, parents, pd.concat([own, incoming[~incoming.index.isin(own.index)]]))
-    ctx.signals = _signals(ctx, own, incoming)
+    from_outside = [r for r in incoming if r.get("pod_uid") != pod_uid]    # the rest are in own already
+    assign_roles(ctx.procs, parents, own + from_outside)
+    ctx.signals = _signals(ctx, own, from_outside)
     _containers(ctx)
     _trigger(ctx)
     for s in ctx.signals:      # roles are final now (preStop vs exec is decided by the trigger)
         if s.sender_in_pod and s.sender_pid in ctx.procs:
             s.sender_role = ctx.procs[s.sender_pid].role
-    ctx.socket_calls = tcp[tcp["kind"].isin((S.SOCK_CLOSE, S.CONNECT_ERROR, S.TCP_RESET_RECEIVED))]
-    ctx.listeners = build_listeners(tcp[tcp["kind"] == S.TCP_STATE])
-    for ep in endpoints or ():
-        # "*:8080", "127.0.0.1:9000": what the recorder learned from /proc/<pid>/net (LISTEN may predate it)
-        addr, _, port = str(ep).rpartition(":")
-        if port.isdigit():
-            ctx.listeners.setdefault(int(port), Listener(int(port), addr or None, None, None, None, None, None, None))
-    _mark_upstream(ctx)
-    exit_ts = {p.pid: p.exit_ts for p in ctx.procs.values() if p.exit_ts is not None}
-    ctx.conns = build_connections(tcp, ctx.listeners, exit_ts, conn_agg)
-    ctx.refused = build_refused(tcp, ctx.conns, ctx.listeners)
     return ctx
 
 
-def _lifecycle(ctx: PodContext, lc: pd.DataFrame) -> None:
+def _lifecycle(ctx: PodContext, lc: list[Row]) -> None:
     names: dict[str, str] = {}
-    for idx, r in lc.iterrows():
+    for r in lc:
         try:
-            detail = json.loads(r["detail"]) if isinstance(_val(r["detail"]), str) else {}
+            detail = json.loads(r["detail"]) if isinstance(r.get("detail"), str) else {}
         except ValueError:
             detail = {}
         if not isinstance(detail, dict):
             detail = {}
-        ctx.pod_name = _val(r["pod_name"]) or ctx.pod_name
-        ctx.namespace = _val(r["namespace"]) or ctx.namespace
+        ctx.pod_name = r.get("pod_name") or ctx.pod_name
+        ctx.namespace = r.get("namespace") or ctx.namespace
         if detail.get("grace_period_s") is not None:
             try:
                 ctx.grace_s = float(detail["grace_period_s"])
@@ -214,52 +189,57 @@ def _lifecycle(ctx: PodContext, lc: pd.DataFrame) -> None:
                 pass
         if isinstance(detail.get("containers"), dict):
             names.update({str(k): str(v) for k, v in detail["containers"].items()})
-        if _val(r["container_name"]) and _val(r["container_id"]):
+        if r.get("container_name") and r.get("container_id"):
             names[str(r["container_id"])] = str(r["container_name"])
-        ctx.lifecycle.append({"ts": float(r["ts"]), "row": int(idx), "event": _val(r["event"]), "detail": detail})
+        ctx.lifecycle.append({"ts": float(r["ts"]), "row": r["row"], "event": r.get("event"), "detail": detail})
     ctx._names = names  # type: ignore[attr-defined]
 
 
-def _signals(ctx: PodContext, own: pd.DataFrame, incoming: pd.DataFrame) -> list[Signal]:
+def _is_exec_noise(r: Row) -> bool:
+    """execve kills the other threads of the exec'ing process (de_thread): SIGKILL deliveries to
+    threads of runc's init that are no signal anybody sent."""
+    if r.get("sig") != "SIGKILL":
+        return False
+    tid, comm = r.get("tid"), r.get("comm")
+    return (tid is not None and tid != r.get("pid")) or (isinstance(comm, str) and comm.startswith("runc:"))
+
+
+def _signals(ctx: PodContext, own: list[Row], from_outside: list[Row]) -> list[Signal]:
     procs = ctx.procs
-    gens = pd.concat([own[own["kind"] == S.SIGNAL_GENERATE], incoming[~incoming.index.isin(own.index)]])
-    gens = gens[(gens["sig"].astype("object") != "SIGCHLD")].sort_values("ts", kind="stable")
-    dels = own[(own["kind"] == S.SIGNAL_DELIVER) & (own["sig"].astype("object") != "SIGCHLD")]
-    # execve kills the other threads of the exec'ing process (de_thread): SIGKILL deliveries to
-    # threads of runc's init that are no signal anybody sent
-    noise = (dels["sig"].astype("object") == "SIGKILL") & (dels["tid"].notna() & (dels["tid"] != dels["pid"])
-                                                           | dels["comm"].astype("object").str.startswith("runc:").fillna(False))
-    dels = dels[~noise].sort_values("ts", kind="stable")
-    pending: dict[tuple[int, str], list[tuple[int, Any]]] = {}
-    for idx, r in dels.iterrows():
-        pending.setdefault((int(r["pid"]), str(r["sig"])), []).append((int(idx), r))
+    gens = [r for r in own if r["kind"] == S.SIGNAL_GENERATE and r.get("sig") != "SIGCHLD"]
+    gens += [r for r in from_outside if r.get("sig") != "SIGCHLD"]
+    gens.sort(key=lambda r: r["ts"])        # stable: the pod's own first at equal times
+    dels = [r for r in own if r["kind"] == S.SIGNAL_DELIVER and r.get("sig") != "SIGCHLD" and not _is_exec_noise(r)]
+    pending: dict[tuple[Any, str], list[Row]] = {}
+    for r in dels:
+        pending.setdefault((r.get("pid"), str(r.get("sig"))), []).append(r)
     used: set[int] = set()
     out: list[Signal] = []
-    for idx, r in gens.iterrows():
-        spid = _val(r["pid"])
-        in_pod = _val(r["pod_uid"]) == ctx.pod_uid
+    for r in gens:
+        spid = r.get("pid")
+        in_pod = r.get("pod_uid") == ctx.pod_uid
         if in_pod and spid in procs:
             role = procs[spid].role
         else:
-            role = RUNTIME if is_runtime_comm(_val(r["comm"])) else HOST
-        tpid = _val(r["target_pid"])
-        target = procs.get(tpid) if _val(r["target_pod_uid"]) in (ctx.pod_uid, None) else None
+            role = RUNTIME if is_runtime_comm(r.get("comm")) else HOST
+        tpid = r.get("target_pid")
+        target = procs.get(tpid) if r.get("target_pod_uid") in (ctx.pod_uid, None) else None
         if target is None and not in_pod:
             continue
         handler, drow = None, None
-        for cand in pending.get((tpid, str(r["sig"])), []):
-            if cand[0] not in used and cand[1]["ts"] >= r["ts"] - 1e-6:
-                used.add(cand[0])
-                handler, drow = _val(cand[1]["handler"]), cand[0]
+        for cand in pending.get((tpid, str(r.get("sig"))), ()):
+            if cand["row"] not in used and cand["ts"] >= r["ts"] - 1e-6:
+                used.add(cand["row"])
+                handler, drow = cand.get("handler"), cand["row"]
                 break
-        out.append(Signal(float(r["ts"]), str(r["sig"]), spid, _val(r["comm"]), role, in_pod, target, tpid,
-                          _val(r["result"]), handler, int(idx), drow))
-    for idx, r in dels.iterrows():
-        if int(idx) in used:
+        out.append(Signal(float(r["ts"]), str(r.get("sig")), spid, r.get("comm"), role, in_pod, target, tpid,
+                          r.get("result"), handler, r["row"], drow))
+    for r in dels:
+        if r["row"] in used:
             continue
         # a delivery without its generation (strace backend): the sender from si_pid / si_code
-        target = procs.get(int(r["pid"]))
-        si_pid, code = _val(r["si_pid"]), _val(r["code"])
+        target = procs.get(r.get("pid"))
+        si_pid, code = r.get("si_pid"), r.get("code")
         sender = None
         if code is not None and code > 0:
             role, in_pod = "kernel", True
@@ -272,9 +252,9 @@ def _signals(ctx: PodContext, own: pd.DataFrame, incoming: pd.DataFrame) -> list
                                and p.nspid == si_pid), None)
                 if sender is not None:
                     role = sender.role
-        out.append(Signal(float(r["ts"]), str(r["sig"]), sender.pid if sender else None,
-                          sender.comm if sender else None, role, in_pod, target, _val(r["pid"]),
-                          None, _val(r["handler"]), int(idx), int(idx), si_pid))
+        out.append(Signal(float(r["ts"]), str(r.get("sig")), sender.pid if sender else None,
+                          sender.comm if sender else None, role, in_pod, target, r.get("pid"),
+                          None, r.get("handler"), r["row"], r["row"], si_pid))
     out.sort(key=lambda s: (s.ts, s.row))
     return out
 
@@ -342,7 +322,7 @@ def _descends(p: Process, roots: set[int], ctx: PodContext) -> bool:
     return False
 
 
-def _mark_upstream(ctx: PodContext) -> None:
+def mark_upstream(ctx: PodContext) -> None:
     """The FastCGI port is the one php-fpm listens on: learned from the LISTEN transition's process,
     else from the container that owns it, else php-fpm's default when the pod runs php-fpm."""
     fpm_containers = {c.id for c in ctx.containers.values() if c.app == "php-fpm"}

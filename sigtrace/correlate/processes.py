@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 
 from ..events import schema as S
+from .rows import Row
 
 # comm names of container runtimes (comm is cut at 15 characters by the kernel)
 RUNTIME_COMMS = ("runc", "crun", "containerd-shim", "containerd", "conmon", "crio", "dockerd",
@@ -94,59 +95,76 @@ def _val(v: Any) -> Any:
     return v.item() if hasattr(v, "item") else v
 
 
-def build_processes(pe: pd.DataFrame, sigs_in: pd.DataFrame, pod_uid: str) -> dict[int, Process]:
-    """pe: the pod's own events (pod_uid == pod); sigs_in: signal_generate rows targeting the pod."""
+def build_processes(own: list[Row], incoming: list[Row]) -> dict[int, Process]:
+    """own: the pod's own non-TCP events (pod_uid == pod), in time order; incoming: signal_generate
+    rows targeting the pod (also those sent from inside it)."""
     procs: dict[int, Process] = {}
-    own = pe[pe["pid"].notna() & ~pe["kind"].isin(S.TCP_KINDS)]
-    if len(own):
-        g = own.groupby("pid", sort=False).agg(comm=("comm", "last"), container_id=("container_id", "first"),
-                                                nspid=("nspid", "first"))
-        for pid, r in g.iterrows():
-            procs[int(pid)] = Process(int(pid), _val(r["comm"]) or "?", _val(r["container_id"]), _val(r["nspid"]))
-    if len(sigs_in):
-        g = sigs_in.groupby("target_pid", sort=False).agg(
-            comm=("target_comm", "last"), container_id=("target_container_id", "first"), nspid=("target_nspid", "first"))
-        for pid, r in g.iterrows():
-            p = procs.get(int(pid))
-            if p is None:
-                procs[int(pid)] = Process(int(pid), _val(r["comm"]) or "?", _val(r["container_id"]), _val(r["nspid"]))
-            else:
-                p.container_id = p.container_id or _val(r["container_id"])
-                p.nspid = p.nspid if p.nspid is not None else _val(r["nspid"])
-    execs = pe[pe["kind"] == S.PROCESS_EXEC]
-    for idx, r in execs.iterrows():
-        p = procs.get(int(r["pid"]))
-        if p is not None and p.exec_ts is None:
-            p.exec_ts, p.filename, p.ppid = float(r["ts"]), _val(r["filename"]), _val(r["ppid"])
-    exits = pe[(pe["kind"] == S.PROCESS_EXIT) & (pe["tid"].isna() | (pe["tid"] == pe["pid"]))]
-    for idx, r in exits.iterrows():
-        p = procs.get(int(r["pid"]))
-        if p is not None:
-            p.exit_ts, p.exit_code, p.exit_signal = float(r["ts"]), _val(r["exit_code"]), _val(r["exit_signal"])
-            p.exit_row = int(idx)
+    for pid, (comm, cid, nspid) in _identities(own, "pid", "comm", "container_id", "nspid").items():
+        procs[pid] = Process(pid, comm or "?", cid, nspid)
+    for tpid, (comm, cid, nspid) in _identities(incoming, "target_pid", "target_comm", "target_container_id",
+                                                "target_nspid").items():
+        p = procs.get(tpid)
+        if p is None:
+            procs[tpid] = Process(tpid, comm or "?", cid, nspid)
+        else:
+            p.container_id = p.container_id or cid
+            p.nspid = p.nspid if p.nspid is not None else nspid
+    for r in own:
+        kind = r["kind"]
+        if kind == S.PROCESS_EXEC:
+            p = procs.get(r.get("pid"))
+            if p is not None and p.exec_ts is None:
+                p.exec_ts, p.filename, p.ppid = float(r["ts"]), r.get("filename"), r.get("ppid")
+        elif kind == S.PROCESS_EXIT and (r.get("tid") is None or r.get("tid") == r.get("pid")):
+            p = procs.get(r.get("pid"))
+            if p is not None:
+                p.exit_ts, p.exit_code, p.exit_signal = float(r["ts"]), r.get("exit_code"), r.get("exit_signal")
+                p.exit_row = r["row"]
     return procs
 
 
-def parent_map(procs: dict[int, Process], pe: pd.DataFrame) -> dict[int, int]:
+def _identities(rows: list[Row], pid: str, comm: str, cid: str, nspid: str) -> dict[int, list[Any]]:
+    """pid -> [the last comm seen (exec changes it), the first container id, the first namespace pid]."""
+    out: dict[int, list[Any]] = {}
+    for r in rows:
+        p = r.get(pid)
+        if p is None:
+            continue
+        seen = out.get(p)
+        if seen is None:
+            out[p] = [r.get(comm), r.get(cid), r.get(nspid)]
+            continue
+        if r.get(comm) is not None:
+            seen[0] = r[comm]
+        if seen[1] is None:
+            seen[1] = r.get(cid)
+        if seen[2] is None:
+            seen[2] = r.get(nspid)
+    return out
+
+
+def parent_map(procs: dict[int, Process], own: list[Row]) -> dict[int, int]:
     """child pid -> parent pid, from exec's ppid and from SIGCHLD (sent by the exiting child to its parent)."""
     parents = {p.pid: p.ppid for p in procs.values() if p.ppid}
-    chld = pe[(pe["kind"] == S.SIGNAL_GENERATE) & (pe["sig"] == "SIGCHLD") & pe["target_pid"].notna()]
-    for pid, tpid in zip(chld["pid"], chld["target_pid"]):
-        if pid is not pd.NA and tpid is not pd.NA:
-            parents.setdefault(int(pid), int(tpid))
+    for r in own:
+        if (r["kind"] == S.SIGNAL_GENERATE and r.get("sig") == "SIGCHLD" and r.get("pid") is not None
+                and r.get("target_pid") is not None):
+            parents.setdefault(r["pid"], r["target_pid"])
     return parents
 
 
-def assign_roles(procs: dict[int, Process], parents: dict[int, int], pe: pd.DataFrame) -> None:
+def assign_roles(procs: dict[int, Process], parents: dict[int, int], rows: list[Row]) -> None:
     """Give every process a role. Order matters: exec'd-from-outside first (a preStop `nginx -s quit`
     has comm nginx but is no nginx master), then the app masters, then their children."""
     # which in-pod processes send (non-SIGCHLD) signals to which pids
-    sg = pe[(pe["kind"] == S.SIGNAL_GENERATE) & (pe["sig"] != "SIGCHLD") & pe["target_pid"].notna()]
     senders: dict[int, set[int]] = {}
-    for pid, tpid in zip(sg["pid"], sg["target_pid"]):
+    for r in rows:
+        if r["kind"] != S.SIGNAL_GENERATE or r.get("sig") == "SIGCHLD":
+            continue
+        pid, tpid = r.get("pid"), r.get("target_pid")
         # a process signalling itself (fpm children re-raise TERM) is not directing anyone
-        if pid is not pd.NA and tpid is not pd.NA and pid != tpid:
-            senders.setdefault(int(pid), set()).add(int(tpid))
+        if pid is not None and tpid is not None and pid != tpid:
+            senders.setdefault(pid, set()).add(tpid)
 
     for p in procs.values():
         # runc exec: the new process's parent is the runtime, outside the container
