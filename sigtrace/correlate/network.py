@@ -53,6 +53,22 @@ def attach_tcp(ctxs: dict[str, PodContext], tcp: pd.DataFrame, endpoints: dict[s
             ctx.conns = _EMPTY_CONNS
         if ctx.refused.empty and not len(ctx.refused.columns):
             ctx.refused = _EMPTY_REFUSED
+    _attach_summaries(ctxs, conns if conns is not None else pd.DataFrame(columns=["pod"] + CONN_COLUMNS), refused)
+
+
+def _attach_summaries(ctxs: dict[str, PodContext], conns: pd.DataFrame, refused: pd.DataFrame) -> None:
+    """What the stats, the timeline and the HTML picture take from the connections, for all pods."""
+    from .build import conn_lanes
+    from .stats import conn_stats
+    from .timeline import PRE_WINDOW_S, conn_lines
+    t0 = {u: c.t0 for u, c in ctxs.items()}
+    ref = {u: (c.t0 if c.t0 is not None else c.first_ts) for u, c in ctxs.items()}
+    starts = {u: (c.t0 - PRE_WINDOW_S if c.t0 is not None else float("-inf")) for u, c in ctxs.items()}
+    for name, per_pod in (("conn_stats", conn_stats(conns, refused, t0)), ("conn_lines", conn_lines(conns, refused, starts)),
+                          ("lanes", conn_lanes(conns, t0, ref))):
+        for uid, value in per_pod.items():
+            if uid in ctxs:
+                setattr(ctxs[uid], name, value)
 
 
 def _attach_listeners(ctxs: dict[str, PodContext], st: pd.DataFrame, endpoints: dict[str, Any]) -> None:

@@ -36,13 +36,15 @@ def column_values(col: pd.Series) -> list[Any]:
 
 
 def to_rows(frame: pd.DataFrame, columns: tuple[str, ...] = PROCESS_COLUMNS) -> list[Row]:
-    """One dict per row (keys: columns present in the frame, plus "row": the event's index)."""
+    """One dict per row (keys: columns present in the frame, plus "row": the frame's index, unless
+    the frame has a column of that name)."""
     cols = [c for c in columns if c in frame.columns]
     values = [column_values(frame[c]) for c in cols]
     index = frame.index.tolist()
     out = []
     for i, vals in enumerate(zip(*values)) if values else enumerate([()] * len(frame)):
         r = dict(zip(cols, vals))
-        r["row"] = int(index[i])
+        if "row" not in r:
+            r["row"] = int(index[i])
         out.append(r)
     return out

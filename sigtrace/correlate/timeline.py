@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .pod import NOT_STOP, PodContext
 from .processes import PRESTOP
+from .rows import to_rows
 
 MAX_PER_TYPE = 20          # connection entries per type; the rest become one summary line
 HANDLER_TEXT = {"handler": "handled", "default": "default action", "ignore": "SIG_IGN"}
@@ -58,7 +60,7 @@ def build_timeline(ctx: PodContext) -> list[dict[str, Any]]:
             what = "FastCGI listener" if li.upstream else "listener"
             out.append(_entry(ctx, li.close_ts, "listener_close", f"{what} :{li.port} closed", li.close_row,
                               _cname(ctx, li.container_id), port=li.port))
-    out += _conn_entries(ctx, start)
+    out += _conn_entries(ctx)
     out.sort(key=lambda e: (e["ts"], e["event"] if e["event"] is not None else -1))
     return out
 
@@ -78,42 +80,76 @@ def exec_rows(events: pd.DataFrame) -> dict[int, int]:
     return {int(p): int(r) for p, r in dict(first).items()}
 
 
-def _conn_entries(ctx: PodContext, start: float) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    c = ctx.conns
-    if len(c):
+CONN_LINE_TYPES = ("conn_reset", "conn_cut", "conn_close")
+_LINE_COLUMNS = ("pod", "end_ts", "closer_pid", "at_exit", "closed_by", "port_class", "close_row", "first_row",
+                 "daddr", "dport", "port")
+
+
+def conn_lines(conns: pd.DataFrame, refused: pd.DataFrame, starts: dict[str, float]) -> dict[str, list[dict[str, Any]]]:
+    """pod uid -> the connection lines of its timeline, for all pods at once: per type the first
+    MAX_PER_TYPE connections by end time ({"type", "row"}) and a count of the rest ({"type", "more",
+    "ts"}). starts: each pod's timeline start. conns/refused: every pod's, with a pod column."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    if len(conns):
+        c = conns
+        start = c["pod"].map(starts).astype(float).to_numpy()
+        end = c["end_ts"].to_numpy(dtype=float)
+        kind = c["close_kind"].to_numpy(dtype=object)
+        by_pod = c["at_exit"].to_numpy(dtype=bool) & (c["closed_by"] == "pod").to_numpy(dtype=bool)
         # one line per connection, seen from the pod's serving side (the lab's client side would repeat it)
-        c = c[(c["side"] != "client") & c["end_ts"].notna() & (c["end_ts"] >= start) & ~c["refused"]]
-        groups = {
-            "conn_reset": c[c["close_kind"] == "rst"],
-            "conn_cut": c[(c["close_kind"] == "fin") & c["at_exit"] & (c["closed_by"] == "pod")],
-            "conn_close": c[(c["close_kind"] == "fin") & ~(c["at_exit"] & (c["closed_by"] == "pod"))],
-        }
-        for type_, g in groups.items():
-            g = g.sort_values("end_ts")
-            for _, r in g.head(MAX_PER_TYPE).iterrows():
-                out.append(_conn_entry(ctx, type_, r))
-            if len(g) > MAX_PER_TYPE:
-                out.append(_entry(ctx, float(g["end_ts"].iloc[MAX_PER_TYPE]), type_,
-                                  f"... and {len(g) - MAX_PER_TYPE} more like this", None))
-    r = ctx.refused
-    if len(r):
-        r = r[r["ts"] >= start]
-        for _, x in r.head(MAX_PER_TYPE).iterrows():
-            kind = "FastCGI connect" if x["port_class"] == "upstream" else "connection attempt"
-            cp = int(x["client_port"]) if pd.notna(x["client_port"]) else "?"
-            out.append(_entry(ctx, float(x["ts"]), "refused", f"{kind} {x['client_addr']}:{cp} → :{x['port']} refused (RST)",
-                              int(x["row"]), port=int(x["port"]), port_class=x["port_class"]))
-        if len(r) > MAX_PER_TYPE:
-            out.append(_entry(ctx, float(r["ts"].iloc[MAX_PER_TYPE]), "refused",
-                              f"... and {len(r) - MAX_PER_TYPE} more refused attempts", None))
+        shown = (c["side"] != "client").to_numpy(dtype=bool) & ~np.isnan(end) & (end >= start) & ~c["refused"].to_numpy(dtype=bool)
+        type_ = np.select([kind == "rst", (kind == "fin") & by_pod, kind == "fin"], [0, 1, 2], -1)
+        keep = shown & (type_ >= 0)
+        sel = c.loc[keep, list(_LINE_COLUMNS)].assign(type=type_[keep])
+        _ranked(sel, ["pod", "type"], "end_ts", lambda r: {"type": CONN_LINE_TYPES[r["type"]], "row": r},
+                lambda n, ts, r: {"type": CONN_LINE_TYPES[r["type"]], "more": n, "ts": ts}, out)
+    if len(refused):
+        start = refused["pod"].map(starts).astype(float).to_numpy()
+        sel = refused[refused["ts"].to_numpy(dtype=float) >= start]
+        _ranked(sel, ["pod"], "ts", lambda r: {"type": "refused", "row": r},
+                lambda n, ts, r: {"type": "refused", "more": n, "ts": ts}, out)
     return out
 
 
-def _conn_entry(ctx: PodContext, type_: str, r: pd.Series) -> dict[str, Any]:
+def _ranked(sel: pd.DataFrame, groups: list[str], by: str, line: Any, more: Any,
+            out: dict[str, list[dict[str, Any]]]) -> None:
+    """Per group, the first MAX_PER_TYPE rows by `by` as lines, then one "more" line for the rest."""
+    if not len(sel):
+        return
+    sel = sel.sort_values(groups + [by], kind="stable")
+    rank = sel.groupby(groups, sort=False).cumcount().to_numpy()
+    size = sel.groupby(groups, sort=False)[by].transform("size").to_numpy()
+    rows = to_rows(sel[rank <= MAX_PER_TYPE], tuple(sel.columns))
+    for r, k, n in zip(rows, rank[rank <= MAX_PER_TYPE], size[rank <= MAX_PER_TYPE]):
+        lines = out.setdefault(r["pod"], [])
+        if k < MAX_PER_TYPE:
+            lines.append(line(r))
+        else:
+            lines.append(more(int(n - MAX_PER_TYPE), float(r[by]), r))
+
+
+def _conn_entries(ctx: PodContext) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for x in ctx.conn_lines:
+        type_ = x["type"]
+        if "more" in x:
+            what = "more refused attempts" if type_ == "refused" else "more like this"
+            out.append(_entry(ctx, x["ts"], type_, f"... and {x['more']} {what}", None))
+        elif type_ == "refused":
+            r = x["row"]
+            kind = "FastCGI connect" if r["port_class"] == "upstream" else "connection attempt"
+            cp = int(r["client_port"]) if r["client_port"] is not None else "?"
+            out.append(_entry(ctx, float(r["ts"]), "refused", f"{kind} {r['client_addr']}:{cp} → :{r['port']} refused (RST)",
+                              int(r["row"]), port=int(r["port"]), port_class=r["port_class"]))
+        else:
+            out.append(_conn_entry(ctx, type_, x["row"]))
+    return out
+
+
+def _conn_entry(ctx: PodContext, type_: str, r: dict[str, Any]) -> dict[str, Any]:
     who = ""
     cp = r["closer_pid"]
-    if cp == cp and cp is not None and cp is not pd.NA:
+    if cp is not None:
         p = ctx.procs.get(int(cp))
         who = f" by {p.label if p else int(cp)}" + (" as it exited" if r["at_exit"] else "")
     elif r["closed_by"] == "peer":
@@ -121,8 +157,8 @@ def _conn_entry(ctx: PodContext, type_: str, r: pd.Series) -> dict[str, Any]:
     what = {"conn_reset": "reset (RST)", "conn_cut": "closed (FIN)", "conn_close": "closed (FIN)"}[type_]
     cls = "FastCGI connection" if r["port_class"] == "upstream" else "connection"
     row = r["close_row"]
-    closer = ctx.procs.get(int(cp)) if cp == cp and cp is not None else None
+    closer = ctx.procs.get(int(cp)) if cp is not None else None
     container = _cname(ctx, closer.container_id) if closer else None
     return _entry(ctx, float(r["end_ts"]), type_, f"{cls} {r['daddr']}:{r['dport']} → :{r['port']} {what}{who}",
-                  int(row) if row == row and row is not None else int(r["first_row"]), container,
+                  int(row) if row is not None else int(r["first_row"]), container,
                   port=int(r["port"]), port_class=r["port_class"], closed_by=r["closed_by"])

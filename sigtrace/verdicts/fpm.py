@@ -2,6 +2,7 @@
 still sends it requests."""
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from ..correlate.pod import PodContext
@@ -69,19 +70,27 @@ def upstream_exited_first(ctx: PodContext) -> Finding | Undecidable | None:
         return None
     n = nginx[0]
     until = n.exit_ts if n.exit_ts is not None else float("inf")
-    r = ctx.refused
-    refused = r[(r["port_class"] == "upstream") & (r["ts"] >= gone_ts) & (r["ts"] <= until)] if len(r) else r
-    c = ctx.conns
-    # connections nginx opened after php-fpm was gone and that were reset (accepted by a dying listener)
-    late = (c[(c["side"] == "client") & (c["port_class"] == "upstream") & (c["est_ts"] >= gone_ts)
-              & (c["close_kind"] == "rst")] if len(c) else c)
-    # connections still in php-fpm's accept queue are reset by the master as it closes its listener:
-    # nginx sent those requests to an upstream that was already going away
-    backlog = c[(c["side"] == "server") & (c["port_class"] == "upstream") & (c["close_kind"] == "rst")
-                & (c["reset_by"] == "pod") & (c["end_ts"] >= gone_ts - 0.005) & (c["end_ts"] <= until)] if len(c) else c
-    if len(backlog):
-        roles = backlog["closer_pid"].map(lambda p: ctx.procs[int(p)].role if p == p and int(p) in ctx.procs else None)
-        backlog = backlog[roles != FPM_CHILD]
+    refused = late = backlog = ctx.conns.iloc[:0]
+    if len(ctx.refused):
+        ts = ctx.col("ts", "refused")
+        refused = ctx.rows_where((ctx.col("port_class", "refused") == "upstream") & (ts >= gone_ts) & (ts <= until),
+                                 "refused")
+    if len(ctx.conns):
+        side, cls, kind = ctx.col("side"), ctx.col("port_class"), ctx.col("close_kind")
+        est, end = ctx.col("est_ts"), ctx.col("end_ts")
+        reset_upstream = (cls == "upstream") & (kind == "rst")
+        # connections nginx opened after php-fpm was gone and that were reset (accepted by a dying listener)
+        late = ctx.rows_where(reset_upstream & (side == "client") & (est >= gone_ts))
+        # connections still in php-fpm's accept queue are reset by the master as it closes its listener:
+        # nginx sent those requests to an upstream that was already going away
+        m = (reset_upstream & (side == "server") & (ctx.col("reset_by") == "pod") & (end >= gone_ts - 0.005)
+             & (end <= until))
+        closer = ctx.col("closer_pid")
+        for i in np.flatnonzero(m):
+            p = ctx.procs.get(int(closer[i])) if closer[i] == closer[i] else None
+            if p is not None and p.role == FPM_CHILD:
+                m[i] = False
+        backlog = ctx.rows_where(m)
     if refused.empty and late.empty and backlog.empty and not ctx.has(C.TCP_STATES) and ctx.has(C.SOCKET_CALLS):
         # strace: nginx's own connect()/recv() to the FastCGI port failing after php-fpm was gone
         sc = ctx.socket_calls

@@ -2,6 +2,7 @@
 whose graceful drain the runtime's TERM cut short."""
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from ..correlate.pod import PodContext, Signal
@@ -32,14 +33,17 @@ def cut_connections(ctx: PodContext, ts: float, port_class: str, closer_roles: t
     """Server-side connections open at ts that the pod then closed or reset (the client did not close
     first). With closer_roles, only those closed by such a process (or an unknown one): a reset by the
     master as it closes its listener is a connection still in the accept queue, not a request cut."""
-    c = ctx.conns_open_at(ts, port_class)
-    if c.empty:
-        return c
-    c = c[(c["closed_by"] == "pod") & ((c["close_kind"] == "rst") | c["at_exit"])]
-    if closer_roles and len(c):
-        roles = c["closer_pid"].map(lambda p: ctx.procs[int(p)].role if p == p and int(p) in ctx.procs else None)
-        c = c[roles.isna() | roles.isin(closer_roles)]
-    return c
+    m = ctx.open_mask(ts, port_class)
+    if not m.any():
+        return ctx.conns.iloc[:0]
+    m &= (ctx.col("closed_by") == "pod") & ((ctx.col("close_kind") == "rst") | ctx.col("at_exit"))
+    if closer_roles and m.any():
+        closer = ctx.col("closer_pid")
+        for i in np.flatnonzero(m):
+            p = ctx.procs.get(int(closer[i])) if closer[i] == closer[i] else None
+            if p is not None and p.role not in closer_roles:
+                m[i] = False
+    return ctx.rows_where(m)
 
 
 @rule("prestop-quit-superseded", "preStop `nginx -s quit` returned at once; the runtime's TERM/INT hit a draining master",
@@ -58,8 +62,8 @@ def prestop_quit_superseded(ctx: PodContext) -> Finding | Undecidable | None:
             t = terms[0]
             workers = [w for w in ctx.by_role(NGINX_WORKER) if w.container_id == m.container_id and w.alive_at(t.ts)
                        and (w.exec_ts is None or w.exec_ts <= t.ts)]
-            open_c = pd.concat([ctx.conns_open_at(t.ts, "serving"), ctx.conns_open_at(t.ts, "upstream")])
-            if not workers and open_c.empty:
+            open_c = ctx.open_mask(t.ts, "serving") | ctx.open_mask(t.ts, "upstream")
+            if not workers and not open_c.any():
                 continue      # the drain had finished: TERM found nothing left to cut
             ev = [ctx.evidence(q.row, f"{q.sender_label} → {q.target_label}: SIGQUIT (graceful drain starts)"),
                   ctx.evidence(t.row, f"{t.sender_label} → {t.target_label}: {t.sig} {t.ts - q.ts:.3f} s "

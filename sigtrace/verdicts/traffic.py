@@ -1,6 +1,8 @@
 """Verdicts about traffic that reached a pod that no longer listened."""
 from __future__ import annotations
 
+import numpy as np
+
 from ..correlate.pod import PodContext
 from ..events import capabilities as C
 from ..events import lifecycle as L
@@ -13,14 +15,17 @@ from .base import Finding, Undecidable, fmt_t, rule
 def endpoint_race(ctx: PodContext) -> Finding | Undecidable | None:
     if not ctx.stopped:
         return None
-    r = ctx.refused
     serving = {p: li for p, li in ctx.listeners.items() if not li.upstream}
-    hits = r[(r["port_class"] == "serving") & (r["ts"] >= ctx.t0)] if len(r) else r
+    hits = ctx.refused
     if len(hits):
-        # only attempts after that port's listener closed (when we saw it close) count
-        keep = [li is None or li.close_ts is None or ts >= li.close_ts - 1e-6
-                for ts, li in ((ts, serving.get(int(p))) for ts, p in zip(hits["ts"], hits["port"]))]
-        hits = hits[keep]
+        ts, port = ctx.col("ts", "refused"), ctx.col("port", "refused")
+        m = (ctx.col("port_class", "refused") == "serving") & (ts >= ctx.t0)
+        for i in np.flatnonzero(m):
+            # only attempts after that port's listener closed (when we saw it close) count
+            li = serving.get(int(port[i]))
+            if li is not None and li.close_ts is not None and ts[i] < li.close_ts - 1e-6:
+                m[i] = False
+        hits = ctx.rows_where(m, "refused")
     if hits.empty:
         if not ctx.has(C.KERNEL_RESETS):
             return Undecidable([C.KERNEL_RESETS], "refused connection attempts from outside the pod are RSTs the "
