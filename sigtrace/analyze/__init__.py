@@ -7,6 +7,7 @@ read_recording gives, and build_reports decides. This package only reads and agg
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -73,7 +74,7 @@ def template_hashes(events: pd.DataFrame) -> dict[str, str]:
 
 def _build_reports() -> Callable[..., Any]:
     from ..correlate import build_reports   # the one correlation + verdict implementation
-    return build_reports
+    return partial(build_reports, lanes=False)     # no HTML picture here
 
 
 def analyze_files(paths: Sequence[str], build_reports: Callable[..., Any] | None = None) -> Fleet:

@@ -34,7 +34,7 @@ def report(directory: Path, fmt: str, pods: tuple[str, ...], output: Path | None
     from ..events.reader import read_recording
 
     rec = read_recording(directory)
-    rs = build_reports(rec.events, rec.meta, rec.incomplete)
+    rs = build_reports(rec.events, rec.meta, rec.incomplete, lanes=fmt == "html")
     if pods:
         chosen = []
         for uid in pods:

@@ -11,7 +11,7 @@ from ..events import capabilities as C
 from ..events import schema as S
 from .model import PodReport, ReportSet
 from .pod import PodContext, process_context
-from .rows import Row, to_rows
+from .rows import EventLookup, Row, to_rows
 from .stats import build_stats
 from .timeline import build_timeline, exec_rows
 
@@ -93,22 +93,13 @@ def conn_lanes(conns: pd.DataFrame, t0: dict[str, float | None], ref: dict[str, 
     return out
 
 
-def work_frame(events: pd.DataFrame) -> pd.DataFrame:
-    """The frame correlation works on: string and categorical columns as plain numpy object columns
-    (NA kept as pd.NA / NaN, which every consumer already treats as missing). Every per-pod filter
-    takes all columns; pyarrow-backed strings and categoricals cost ~10x a numpy take each, which was
-    most of a pod's time (profile: ArrowExtensionArray.take, astype). Same index, same values."""
-    conv = {c: "object" for c, dt in events.dtypes.items()
-            if isinstance(dt, (pd.StringDtype, pd.CategoricalDtype)) or str(dt) in ("string", "str")}
-    return events.astype(conv) if conv else events
-
-
-def build_contexts(events: pd.DataFrame, caps: frozenset[str], meta: dict[str, Any] | None = None) -> dict[str, PodContext]:
+def build_contexts(events: pd.DataFrame, caps: frozenset[str], meta: dict[str, Any] | None = None,
+                   lanes: bool = True) -> dict[str, PodContext]:
     """Every pod's context (pod uid -> PodContext), in pod uid order. Processes and signals per pod
-    from a few rows each; TCP for all pods at once (network.attach_tcp)."""
+    from a few rows each; TCP for all pods at once (network.attach_tcp). lanes: also the HTML
+    picture's connection intervals."""
     from .network import TCP_INPUT, attach_tcp
     meta = meta or {}
-    events = work_frame(events)
     if len(events) and not events["ts"].is_monotonic_increasing:
         events = events.sort_values("ts", kind="stable")
     is_tcp = events["kind"].isin(S.TCP_KINDS)
@@ -124,11 +115,11 @@ def build_contexts(events: pd.DataFrame, caps: frozenset[str], meta: dict[str, A
     first_tcp = tcp.groupby(tcp["pod_uid"].astype(object), sort=False)["ts"].min().to_dict() if len(tcp) else {}
     ctxs = {uid: process_context(events, uid, caps, own.get(uid, []), incoming.get(uid, []), first_tcp.get(uid))
             for uid in pod_uids(events)}
-    execs = exec_rows(events)
+    execs, lookup = exec_rows(events), EventLookup(events)
     for ctx in ctxs.values():
-        ctx.exec_rows = execs
+        ctx.exec_rows, ctx.lookup = execs, lookup
     endpoints = meta.get("pod_endpoints") if isinstance(meta.get("pod_endpoints"), dict) else None
-    attach_tcp(ctxs, tcp, endpoints)
+    attach_tcp(ctxs, tcp, endpoints, lanes)
     return ctxs
 
 
@@ -141,13 +132,15 @@ def build_context(events: pd.DataFrame, pod_uid: str, caps: frozenset[str],
     return ctx
 
 
-def build_reports(events: pd.DataFrame, meta: dict[str, Any], incomplete: Iterable[str] = ()) -> ReportSet:
-    """One report per pod seen in the events (as the current task's pod or a signal's target)."""
+def build_reports(events: pd.DataFrame, meta: dict[str, Any], incomplete: Iterable[str] = (),
+                  lanes: bool = True) -> ReportSet:
+    """One report per pod seen in the events (as the current task's pod or a signal's target).
+    lanes=False leaves out PodReport.connections (only the HTML picture draws them)."""
     meta = meta or {}
     notes = list(incomplete)
     caps, cap_notes = capabilities_of(meta, events)
     notes += cap_notes
-    reports = [report_for(ctx) for ctx in build_contexts(events, caps, meta).values()]
+    reports = [report_for(ctx) for ctx in build_contexts(events, caps, meta, lanes).values()]
     lost = meta.get("lost_events") or 0
     try:
         lost = int(lost)

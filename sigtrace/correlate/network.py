@@ -20,11 +20,10 @@ TCP_INPUT = ["ts", "kind", "pid", "comm", "pod_uid", "container_id", "saddr", "s
              "old_state", "new_state", "sock", "reason"]
 SOCKET_CALL_KINDS = (S.SOCK_CLOSE, S.CONNECT_ERROR, S.TCP_RESET_RECEIVED)
 
-_EMPTY_CONNS = pd.DataFrame(columns=CONN_COLUMNS)
-_EMPTY_REFUSED = pd.DataFrame(columns=REFUSED_COLUMNS)
 
 
-def attach_tcp(ctxs: dict[str, PodContext], tcp: pd.DataFrame, endpoints: dict[str, Any] | None) -> None:
+def attach_tcp(ctxs: dict[str, PodContext], tcp: pd.DataFrame, endpoints: dict[str, Any] | None,
+               lanes: bool = True) -> None:
     """Fill listeners, conns, refused and socket_calls of every context. tcp: the recording's TCP
     events that belong to a pod (pod_uid set), in time order."""
     st = tcp[tcp["kind"] == S.TCP_STATE]
@@ -35,28 +34,51 @@ def attach_tcp(ctxs: dict[str, PodContext], tcp: pd.DataFrame, endpoints: dict[s
     upstream = {u: {p for p, li in c.listeners.items() if li.upstream} for u, c in ctxs.items()}
     exits = {u: {p.pid: p.exit_ts for p in c.procs.values() if p.exit_ts is not None} for u, c in ctxs.items()}
     agg = aggregate_connections(tcp, by_pod=True) if len(st) else None
-    conns = classify(_without_pod_prefix(agg), ports, upstream, exits) if agg is not None and len(agg) else None
-    refused = build_refused(tcp, conns if conns is not None else pd.DataFrame(columns=["pod"] + CONN_COLUMNS),
-                            upstream)
+    conns = (classify(_without_pod_prefix(agg), ports, upstream, exits) if agg is not None and len(agg)
+             else pd.DataFrame(columns=["pod"] + CONN_COLUMNS))
+    refused = build_refused(tcp, conns, upstream)
     calls = tcp[tcp["kind"].isin(SOCKET_CALL_KINDS)]
-    for uid, part in _split(conns, "pod").items():
-        if uid in ctxs:
-            ctxs[uid].conns = part[CONN_COLUMNS].reset_index(drop=True)
-    for uid, part in _split(refused, "pod").items():
-        if uid in ctxs:
-            ctxs[uid].refused = part[REFUSED_COLUMNS].reset_index(drop=True)
-    for uid, part in _split(calls, "pod_uid").items():
-        if uid in ctxs:
-            ctxs[uid].socket_calls = part
-    for ctx in ctxs.values():
-        if ctx.conns.empty and not len(ctx.conns.columns):
-            ctx.conns = _EMPTY_CONNS
-        if ctx.refused.empty and not len(ctx.refused.columns):
-            ctx.refused = _EMPTY_REFUSED
-    _attach_summaries(ctxs, conns if conns is not None else pd.DataFrame(columns=["pod"] + CONN_COLUMNS), refused)
+    # each pod's rows made adjacent once: a pod's table is then a slice, not a copy
+    for table, frame, key, columns in (("conns", conns, "pod", CONN_COLUMNS), ("refused", refused, "pod", REFUSED_COLUMNS),
+                                       ("socket_calls", calls, "pod_uid", None)):
+        frame = frame.iloc[np.argsort(_keys(frame[key]), kind="stable")] if len(frame) else frame
+        parts = _ranges(frame[key]) if len(frame) else {}
+        view = frame[columns] if columns else frame
+        cols = numpy_columns(view) if columns else None
+        for uid, ctx in ctxs.items():
+            a, b = parts.get(uid, (0, 0))
+            ctx.share_table(table, view, cols, a, b)
+    _attach_summaries(ctxs, conns, refused, lanes)
 
 
-def _attach_summaries(ctxs: dict[str, PodContext], conns: pd.DataFrame, refused: pd.DataFrame) -> None:
+def numpy_columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Every column as numpy, converted once for all pods: bool as bool, numbers as float (NaN for
+    missing), the rest as objects."""
+    out = {}
+    for name in frame.columns:
+        s = frame[name]
+        if s.dtype == bool:
+            out[name] = s.to_numpy(dtype=bool)
+        elif s.dtype.kind in "fiu" or str(s.dtype) in ("Int64", "Float64", "boolean"):
+            out[name] = s.to_numpy(dtype=float, na_value=np.nan)
+        else:
+            out[name] = s.to_numpy(dtype=object)
+    return out
+
+
+def _keys(col: pd.Series) -> np.ndarray:
+    return pd.factorize(col.to_numpy(dtype=object))[0]
+
+
+def _ranges(col: pd.Series) -> dict[str, tuple[int, int]]:
+    """Of a column sorted so that equal values are adjacent: value -> [start, end) positions."""
+    vals = col.to_numpy(dtype=object)
+    starts = np.flatnonzero(np.r_[True, vals[1:] != vals[:-1]])
+    ends = np.r_[starts[1:], len(vals)]
+    return {str(vals[a]): (int(a), int(b)) for a, b in zip(starts, ends) if vals[a] is not None}
+
+
+def _attach_summaries(ctxs: dict[str, PodContext], conns: pd.DataFrame, refused: pd.DataFrame, lanes: bool) -> None:
     """What the stats, the timeline and the HTML picture take from the connections, for all pods."""
     from .build import conn_lanes
     from .stats import conn_stats
@@ -65,7 +87,7 @@ def _attach_summaries(ctxs: dict[str, PodContext], conns: pd.DataFrame, refused:
     ref = {u: (c.t0 if c.t0 is not None else c.first_ts) for u, c in ctxs.items()}
     starts = {u: (c.t0 - PRE_WINDOW_S if c.t0 is not None else float("-inf")) for u, c in ctxs.items()}
     for name, per_pod in (("conn_stats", conn_stats(conns, refused, t0)), ("conn_lines", conn_lines(conns, refused, starts)),
-                          ("lanes", conn_lanes(conns, t0, ref))):
+                          ("lanes", conn_lanes(conns, t0, ref) if lanes else {})):
         for uid, value in per_pod.items():
             if uid in ctxs:
                 setattr(ctxs[uid], name, value)
@@ -101,10 +123,3 @@ def _without_pod_prefix(agg: pd.DataFrame) -> pd.DataFrame:
     return agg
 
 
-def _split(frame: pd.DataFrame | None, column: str) -> dict[str, pd.DataFrame]:
-    if frame is None or not len(frame):
-        return {}
-    col = frame[column]
-    keys = col.astype(object).to_numpy() if not isinstance(col.dtype, np.dtype) else col.to_numpy()
-    return {str(u): frame.iloc[idx] for u, idx in pd.Series(keys).groupby(keys, sort=False).indices.items()
-            if u is not None and u == u}

@@ -12,10 +12,13 @@ import pandas as pd
 from ..events import capabilities as C
 from ..events import lifecycle as L
 from ..events import schema as S
-from .connections import DEFAULT_UPSTREAM_PORTS, Listener
+from .connections import CONN_COLUMNS, DEFAULT_UPSTREAM_PORTS, REFUSED_COLUMNS, Listener
 from .processes import (EXEC, HOST, PRESTOP, RUNTIME, ROLE_LABELS, Process, app_of, assign_roles,
                         build_processes, is_runtime_comm, parent_map)
-from .rows import Row
+from .rows import EventLookup, Row
+
+_EMPTY_TABLES = {"conns": pd.DataFrame(columns=CONN_COLUMNS), "refused": pd.DataFrame(columns=REFUSED_COLUMNS),
+                 "socket_calls": pd.DataFrame(columns=["ts", "kind"])}
 
 # signals that are never a stop request (kernel notifications, timers)
 NOT_STOP = frozenset({"SIGCHLD", "SIGPIPE", "SIGURG", "SIGALRM", "SIGVTALRM", "SIGPROF", "SIGIO", "SIGWINCH",
@@ -102,21 +105,53 @@ class PodContext:
     containers: dict[str, Container] = field(default_factory=dict)
     signals: list[Signal] = field(default_factory=list)
     listeners: dict[int, Listener] = field(default_factory=dict)
-    conns: pd.DataFrame = field(default_factory=pd.DataFrame)
-    refused: pd.DataFrame = field(default_factory=pd.DataFrame)
     lifecycle: list[dict[str, Any]] = field(default_factory=list)
     prestops: list[Process] = field(default_factory=list)
     runtime_stops: list[Signal] = field(default_factory=list)
     first_ts: float = 0.0
     exec_rows: dict[int, int] | None = None     # pid -> its first process_exec row, shared by all pods
-    socket_calls: pd.DataFrame = field(default_factory=pd.DataFrame)   # sock_close/connect_error/resets as the
-                                                                       # pod's processes saw them (strace view)
     # taken for all pods at once (network.attach_tcp): connection counts, the timeline's
     # connection lines (as rows) and the HTML picture's connection lanes
     conn_stats: dict[str, int] = field(default_factory=dict)
     conn_lines: list[dict[str, Any]] = field(default_factory=list)
     lanes: list[dict[str, Any]] = field(default_factory=list)
-    _cols: dict[tuple[str, str], np.ndarray] = field(default_factory=dict, repr=False)
+    lookup: EventLookup | None = None           # the recording's ts and kind by row, shared by all pods
+    # conns, refused and socket_calls of all pods (network.attach_tcp), this pod's rows at [start, end)
+    _tables: dict[str, tuple[pd.DataFrame, dict[str, np.ndarray] | None, int, int]] = field(default_factory=dict, repr=False)
+    _sliced: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
+
+    # ---- the pod's TCP tables --------------------------------------------------------------
+    def share_table(self, table: str, frame: pd.DataFrame, columns: dict[str, np.ndarray] | None,
+                    start: int, end: int) -> None:
+        self._tables[table] = (frame, columns, start, end)
+        self._sliced.pop(table, None)
+
+    def _table(self, table: str) -> pd.DataFrame:
+        # sliced on first use: most rules decide from numpy columns (col) and never need the frame
+        got = self._sliced.get(table)
+        if got is None:
+            frame, _, start, end = self._tables.get(table, (_EMPTY_TABLES[table], None, 0, 0))
+            got = self._sliced[table] = frame.iloc[start:end]
+        return got
+
+    @property
+    def conns(self) -> pd.DataFrame:
+        """One row per connection (connections.CONN_COLUMNS)."""
+        return self._table("conns")
+
+    @property
+    def refused(self) -> pd.DataFrame:
+        """Refused connection attempts (connections.REFUSED_COLUMNS)."""
+        return self._table("refused")
+
+    @property
+    def socket_calls(self) -> pd.DataFrame:
+        """sock_close/connect_error/resets as the pod's processes saw them (strace view)."""
+        return self._table("socket_calls")
+
+    def size(self, table: str) -> int:
+        got = self._tables.get(table)
+        return got[3] - got[2] if got else 0
 
     # ---- helpers for rules ---------------------------------------------------------------
     def has(self, *caps: str) -> bool:
@@ -129,9 +164,10 @@ class PodContext:
         return None if ts is None else round(ts - (self.t0 if self.t0 is not None else self.first_ts), 6)
 
     def evidence(self, row: int | None, what: str, ts: float | None = None) -> dict[str, Any]:
+        lookup = self.lookup or EventLookup(self.events)
         if row is not None and ts is None:
-            ts = float(self.events.at[row, "ts"])
-        kind = str(self.events.at[row, "kind"]) if row is not None else None
+            ts = lookup.ts(row)
+        kind = lookup.kind(row) if row is not None else None
         return {"t": self.rel(ts), "ts": ts, "kind": kind, "what": what, "event": row}
 
     def by_role(self, role: str) -> list[Process]:
@@ -142,21 +178,10 @@ class PodContext:
                 and (role is None or s.target.role == role) and (pid is None or s.target.pid == pid)]
 
     def col(self, name: str, table: str = "conns") -> np.ndarray:
-        """A column of conns or refused as numpy (missing numbers as NaN), cached: the rules ask for
-        the same few columns many times, and a numpy mask costs microseconds where a pandas one
-        costs ~0.1 ms."""
-        key = (table, name)
-        v = self._cols.get(key)
-        if v is None:
-            s = getattr(self, table)[name]
-            if s.dtype == bool:
-                v = s.to_numpy(dtype=bool)
-            elif s.dtype.kind in "fiu" or str(s.dtype) in ("Int64", "Float64"):
-                v = s.to_numpy(dtype=float, na_value=np.nan)
-            else:
-                v = s.to_numpy(dtype=object)
-            self._cols[key] = v
-        return v
+        """A column of conns or refused as numpy (missing numbers as NaN): the rules filter with
+        numpy masks, which cost microseconds where a pandas one costs ~0.1 ms."""
+        _, columns, start, end = self._tables[table]
+        return columns[name][start:end]
 
     def rows_where(self, mask: np.ndarray, table: str = "conns") -> pd.DataFrame:
         """The rows of conns or refused where mask holds."""
@@ -166,7 +191,7 @@ class PodContext:
 
     def open_mask(self, ts: float, port_class: str | None = None) -> np.ndarray:
         """Server-side connections established at ts and not yet ended."""
-        if not len(self.conns):
+        if not self.size("conns"):
             return np.zeros(0, dtype=bool)
         est, end = self.col("est_ts"), self.col("end_ts")
         m = (self.col("side") == "server") & ~np.isnan(est) & (est <= ts) & (np.isnan(end) | (end > ts))

@@ -27,12 +27,11 @@ def column_values(col: pd.Series) -> list[Any]:
             arr = col.to_numpy(dtype=object, na_value=None)
         except (TypeError, ValueError):
             arr = col.to_numpy(dtype=object)
-    out = arr.tolist()
-    if col.dtype == object or isinstance(col.dtype, pd.CategoricalDtype) or col.dtype.kind == "f":
-        # object columns may hold NaN or pd.NA; float columns NaN
-        out = [None if (v is None or v is pd.NA or (isinstance(v, float) and v != v)) else
-               (v.item() if isinstance(v, np.generic) else v) for v in out]
-    return out
+    missing = pd.isna(arr)
+    if missing.any():
+        arr = arr.copy()
+        arr[missing] = None
+    return [v.item() if isinstance(v, np.generic) else v for v in arr.tolist()] if col.dtype.kind in "iufb" else arr.tolist()
 
 
 def to_rows(frame: pd.DataFrame, columns: tuple[str, ...] = PROCESS_COLUMNS) -> list[Row]:
@@ -48,3 +47,29 @@ def to_rows(frame: pd.DataFrame, columns: tuple[str, ...] = PROCESS_COLUMNS) -> 
             r["row"] = int(index[i])
         out.append(r)
     return out
+
+
+class EventLookup:
+    """ts and kind of the recording's events by row (the frame's index label), for evidence: a
+    label lookup in the frame (.at) costs ~0.1 ms, and a report cites tens of events per pod."""
+
+    def __init__(self, events: pd.DataFrame) -> None:
+        self._events = events
+        labels = events.index.to_numpy()
+        self._ts = events["ts"].to_numpy(dtype=float)
+        self._kind = events["kind"].astype(object).to_numpy(dtype=object)
+        self._pos: np.ndarray | None = None
+        if len(labels) and labels.dtype.kind in "iu" and labels.min() >= 0 and labels.max() < 4 * len(labels) + 1024:
+            self._pos = np.full(int(labels.max()) + 1, -1, dtype=np.int64)
+            self._pos[labels] = np.arange(len(labels))
+
+    def _at(self, row: int) -> int:
+        if self._pos is not None and 0 <= row < len(self._pos) and self._pos[row] >= 0:
+            return int(self._pos[row])
+        return int(self._events.index.get_loc(row))
+
+    def ts(self, row: int) -> float:
+        return float(self._ts[self._at(row)])
+
+    def kind(self, row: int) -> str:
+        return str(self._kind[self._at(row)])

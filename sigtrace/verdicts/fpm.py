@@ -10,7 +10,7 @@ from ..correlate.processes import FPM_CHILD, FPM_MASTER, NGINX_MASTER
 from ..events import capabilities as C
 from ..events import schema as S
 from .base import Finding, Undecidable, fmt_t, rule
-from .nginx import conn_ev, cut_connections
+from .nginx import closed_by_roles, conn_ev, cut_connections
 
 STOPS = ("SIGTERM", "SIGINT", "SIGQUIT")
 
@@ -28,7 +28,7 @@ def phpfpm_abrupt_stop(ctx: PodContext) -> Finding | Undecidable | None:
                            and x.target.role == FPM_CHILD and x.sig in ("SIGTERM", "SIGKILL", "SIGINT")]
             killed = [p for p in ctx.by_role(FPM_CHILD) if p.container_id == m.container_id
                       and p.exit_signal is not None and p.exit_ts is not None and p.exit_ts >= s.ts]
-            if cut.empty and not ctx.has(C.TCP_STATES) and ctx.has(C.SOCKET_CALLS):
+            if not len(cut) and not ctx.has(C.TCP_STATES) and ctx.has(C.SOCKET_CALLS):
                 cut_calls = fastcgi_cut_by_calls(ctx, s.ts)
                 if len(cut_calls):
                     ev = [ctx.evidence(s.row, f"{s.sender_label} → {s.target_label}: {s.sig}")]
@@ -39,7 +39,7 @@ def phpfpm_abrupt_stop(ctx: PodContext) -> Finding | Undecidable | None:
                     return Finding(f"{m.label} got {s.sig} and its children ended with requests in flight: "
                                    f"{n_conns} FastCGI connection(s) cut (seen in the processes' socket calls).",
                                    ev, about=m.pid)
-            if cut.empty:
+            if not len(cut):
                 if not ctx.has(C.TCP_STATES) and (killed or to_children):
                     return Undecidable([C.TCP_STATES], f"php-fpm children were terminated after {s.sig}; whether "
                                        "they had requests in flight needs TCP state transitions")
@@ -70,28 +70,23 @@ def upstream_exited_first(ctx: PodContext) -> Finding | Undecidable | None:
         return None
     n = nginx[0]
     until = n.exit_ts if n.exit_ts is not None else float("inf")
-    refused = late = backlog = ctx.conns.iloc[:0]
-    if len(ctx.refused):
+    refused = late = backlog = np.zeros(0, dtype=np.intp)
+    if ctx.size("refused"):
         ts = ctx.col("ts", "refused")
-        refused = ctx.rows_where((ctx.col("port_class", "refused") == "upstream") & (ts >= gone_ts) & (ts <= until),
-                                 "refused")
-    if len(ctx.conns):
+        refused = np.flatnonzero((ctx.col("port_class", "refused") == "upstream") & (ts >= gone_ts) & (ts <= until))
+    if ctx.size("conns"):
         side, cls, kind = ctx.col("side"), ctx.col("port_class"), ctx.col("close_kind")
         est, end = ctx.col("est_ts"), ctx.col("end_ts")
         reset_upstream = (cls == "upstream") & (kind == "rst")
         # connections nginx opened after php-fpm was gone and that were reset (accepted by a dying listener)
-        late = ctx.rows_where(reset_upstream & (side == "client") & (est >= gone_ts))
+        late = np.flatnonzero(reset_upstream & (side == "client") & (est >= gone_ts))
         # connections still in php-fpm's accept queue are reset by the master as it closes its listener:
         # nginx sent those requests to an upstream that was already going away
-        m = (reset_upstream & (side == "server") & (ctx.col("reset_by") == "pod") & (end >= gone_ts - 0.005)
-             & (end <= until))
-        closer = ctx.col("closer_pid")
-        for i in np.flatnonzero(m):
-            p = ctx.procs.get(int(closer[i])) if closer[i] == closer[i] else None
-            if p is not None and p.role == FPM_CHILD:
-                m[i] = False
-        backlog = ctx.rows_where(m)
-    if refused.empty and late.empty and backlog.empty and not ctx.has(C.TCP_STATES) and ctx.has(C.SOCKET_CALLS):
+        queued = (reset_upstream & (side == "server") & (ctx.col("reset_by") == "pod") & (end >= gone_ts - 0.005)
+                  & (end <= until))
+        backlog = closed_by_roles(ctx, queued, (FPM_CHILD,), keep=False)
+    found = len(refused) + len(late) + len(backlog)
+    if not found and not ctx.has(C.TCP_STATES) and ctx.has(C.SOCKET_CALLS):
         # strace: nginx's own connect()/recv() to the FastCGI port failing after php-fpm was gone
         sc = ctx.socket_calls
         fails = sc[sc["kind"].isin((S.CONNECT_ERROR, S.TCP_RESET_RECEIVED)) & sc["dport"].isin(upstream_ports(ctx))
@@ -102,7 +97,7 @@ def upstream_exited_first(ctx: PodContext) -> Finding | Undecidable | None:
             ev += call_ev(ctx, fails)
             return Finding(f"php-fpm was gone at {fmt_t(ctx.rel(gone_ts))} while {n.label} still served: "
                            f"{len(fails)} FastCGI connect/read(s) failed (502 for the client).", ev)
-    if refused.empty and late.empty and backlog.empty:
+    if not found:
         if not ctx.has(C.KERNEL_RESETS) and not ctx.has(C.TCP_STATES):
             return Undecidable([C.KERNEL_RESETS, C.TCP_STATES], f"php-fpm was gone at {fmt_t(ctx.rel(gone_ts))} "
                                f"while {n.label} still ran; refused FastCGI connects need kernel resets")
@@ -113,13 +108,14 @@ def upstream_exited_first(ctx: PodContext) -> Finding | Undecidable | None:
         ev.append(ctx.evidence(li.close_row, f"php-fpm's listener :{li.port} closed"))
     ev += [ctx.evidence(m.exit_row, f"{m.label} exited") for m in masters if m.exit_ts is not None][:1]
     ev.append(ctx.evidence(None, f"{n.label} still running", ts=gone_ts))
-    ev += [ctx.evidence(int(x["row"]), f"FastCGI connect to :{x['port']} refused") for _, x in refused.head(4).iterrows()]
+    row, port = ctx.col("row", "refused"), ctx.col("port", "refused")
+    ev += [ctx.evidence(int(row[i]), f"FastCGI connect to :{int(port[i])} refused") for i in refused[:4]]
     if len(refused) > 4:
         ev.append({"t": None, "ts": None, "kind": None, "what": f"... and {len(refused) - 4} more", "event": None})
     if len(backlog):
         ev += [dict(e, what=e["what"] + " (queued, never accepted)") for e in conn_ev(ctx, backlog, limit=3)]
     return Finding(f"php-fpm was gone at {fmt_t(ctx.rel(gone_ts))} while {n.label} still served: "
-                   f"{len(refused) + len(late) + len(backlog)} FastCGI connection(s) refused or reset "
+                   f"{found} FastCGI connection(s) refused or reset "
                    "(502 for the client).", ev)
 
 

@@ -3,7 +3,6 @@ whose graceful drain the runtime's TERM cut short."""
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
 from ..correlate.pod import PodContext, Signal
 from ..correlate.processes import EXEC, NGINX_MASTER, NGINX_WORKER, PRESTOP
@@ -13,37 +12,49 @@ from .base import Finding, Undecidable, fmt_t, rule
 FAST = ("SIGTERM", "SIGINT")
 
 
-def conn_ev(ctx: PodContext, conns: pd.DataFrame, limit: int = 4) -> list[dict]:
+def conn_ev(ctx: PodContext, idx: np.ndarray, limit: int = 4) -> list[dict]:
+    """Evidence for the connections at positions idx of ctx.conns: the first `limit`, then a count."""
+    kind, closer, at_exit = ctx.col("close_kind"), ctx.col("closer_pid"), ctx.col("at_exit")
+    close_row, first_row, end = ctx.col("close_row"), ctx.col("first_row"), ctx.col("end_ts")
+    daddr, dport, port = ctx.col("daddr"), ctx.col("dport"), ctx.col("port")
     ev = []
-    for _, c in conns.head(limit).iterrows():
-        how = "reset (RST)" if c["close_kind"] == "rst" else "closed (FIN)"
+    for i in idx[:limit]:
+        how = "reset (RST)" if kind[i] == "rst" else "closed (FIN)"
         who = ""
-        if c["closer_pid"] == c["closer_pid"] and c["closer_pid"] is not None and c["closer_pid"] is not pd.NA:
-            p = ctx.procs.get(int(c["closer_pid"]))
-            who = f" by {p.label if p else int(c['closer_pid'])}" + (" as it exited" if c["at_exit"] else "")
-        row = int(c["close_row"]) if c["close_row"] == c["close_row"] else int(c["first_row"])
-        ev.append(ctx.evidence(row, f"connection {c['daddr']}:{c['dport']} → :{c['port']} {how}{who}",
-                               ts=float(c["end_ts"]) if c["end_ts"] == c["end_ts"] else None))
-    if len(conns) > limit:
-        ev.append({"t": None, "ts": None, "kind": None, "what": f"... and {len(conns) - limit} more connection(s)", "event": None})
+        if closer[i] == closer[i]:
+            p = ctx.procs.get(int(closer[i]))
+            who = f" by {p.label if p else int(closer[i])}" + (" as it exited" if at_exit[i] else "")
+        row = int(close_row[i]) if close_row[i] == close_row[i] else int(first_row[i])
+        dp = int(dport[i]) if dport[i] == dport[i] else "<NA>"
+        ev.append(ctx.evidence(row, f"connection {daddr[i]}:{dp} → :{int(port[i])} {how}{who}",
+                               ts=float(end[i]) if end[i] == end[i] else None))
+    if len(idx) > limit:
+        ev.append({"t": None, "ts": None, "kind": None, "what": f"... and {len(idx) - limit} more connection(s)", "event": None})
     return ev
 
 
-def cut_connections(ctx: PodContext, ts: float, port_class: str, closer_roles: tuple[str, ...] = ()) -> pd.DataFrame:
-    """Server-side connections open at ts that the pod then closed or reset (the client did not close
-    first). With closer_roles, only those closed by such a process (or an unknown one): a reset by the
-    master as it closes its listener is a connection still in the accept queue, not a request cut."""
+def cut_connections(ctx: PodContext, ts: float, port_class: str, closer_roles: tuple[str, ...] = ()) -> np.ndarray:
+    """Positions in ctx.conns of server-side connections open at ts that the pod then closed or reset
+    (the client did not close first). With closer_roles, only those closed by such a process (or an
+    unknown one): a reset by the master as it closes its listener is a connection still in the
+    accept queue, not a request cut."""
     m = ctx.open_mask(ts, port_class)
     if not m.any():
-        return ctx.conns.iloc[:0]
+        return np.flatnonzero(m)
     m &= (ctx.col("closed_by") == "pod") & ((ctx.col("close_kind") == "rst") | ctx.col("at_exit"))
-    if closer_roles and m.any():
-        closer = ctx.col("closer_pid")
-        for i in np.flatnonzero(m):
-            p = ctx.procs.get(int(closer[i])) if closer[i] == closer[i] else None
-            if p is not None and p.role not in closer_roles:
-                m[i] = False
-    return ctx.rows_where(m)
+    return closed_by_roles(ctx, m, closer_roles) if closer_roles else np.flatnonzero(m)
+
+
+def closed_by_roles(ctx: PodContext, mask: np.ndarray, roles: tuple[str, ...], keep: bool = True) -> np.ndarray:
+    """Positions where mask holds and whose closer has one of roles (keep) or not (not keep); an
+    unknown closer always stays."""
+    closer = ctx.col("closer_pid")
+    out = []
+    for i in np.flatnonzero(mask):
+        p = ctx.procs.get(int(closer[i])) if closer[i] == closer[i] else None
+        if p is None or (p.role in roles) == keep:
+            out.append(i)
+    return np.array(out, dtype=np.intp)
 
 
 @rule("prestop-quit-superseded", "preStop `nginx -s quit` returned at once; the runtime's TERM/INT hit a draining master",
@@ -86,7 +97,7 @@ def nginx_fast_shutdown(ctx: PodContext) -> Finding | Undecidable | None:
             if s.sig not in FAST or not s.reached or (ctx.t0 is not None and s.ts < ctx.t0 - 1.0):
                 continue
             cut = cut_connections(ctx, s.ts, "serving", (NGINX_WORKER,))
-            if cut.empty:
+            if not len(cut):
                 if not ctx.has(C.TCP_STATES) and m.alive_at(s.ts):
                     return Undecidable([C.TCP_STATES], f"{m.label} got {s.sig}; whether connections were open "
                                        "needs TCP state transitions")

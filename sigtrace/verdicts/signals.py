@@ -92,8 +92,8 @@ def killed_after_grace(ctx: PodContext) -> Finding | Undecidable | None:
         if not any(s.target is p for s in kills):
             ev.append(ctx.evidence(p.exit_row, f"{p.label} killed by SIGKILL (from outside the container)"))
     victims = {s.target.pid for s in kills} | {p.pid for p in pid1_killed}
-    open_conns = ctx.conns_open_at(first)
-    extra = f"; {len(open_conns)} connection(s) still open" if len(open_conns) else ""
+    n_open = int(ctx.open_mask(first).sum())
+    extra = f"; {n_open} connection(s) still open" if n_open else ""
     grace = f" (grace period {ctx.grace_s:g} s)" if ctx.grace_s is not None else ""
     return Finding(f"{len(victims)} process(es) were still running at {fmt_t(ctx.rel(first))}{grace} and were "
                    f"SIGKILLed{extra}.", ev)
