@@ -85,9 +85,11 @@ def measure(sizes: list[int], report_sizes: list[int], cache: Path, timeout: flo
     prof = {}
     if report_sizes:
         from .profile import profile_report
-        d, _ = dataset(cache, min(report_sizes), log)
-        log(f"analysis: profiling report on {min(report_sizes)} events (py-spy)")
-        prof = profile_report(d, timeout) | {"events": min(report_sizes)}
+        # the largest size up to 1M: on small files start-up and imports would dominate the picture
+        n = max([s for s in report_sizes if s <= 1_000_000] or [min(report_sizes)])
+        d, _ = dataset(cache, n, log)
+        log(f"analysis: profiling report on {n} events (py-spy)")
+        prof = profile_report(d, timeout) | {"events": n}
     return {"profile": prof, "config": {"sizes": sizes, "report_sizes": report_sizes, "timeout_s": timeout, "cache": str(cache),
                        "events_per_pod": 400, "stories": synth.STORIES},
             "stages": results}
