@@ -96,5 +96,6 @@ def read_clean_recording(directory: str | Path) -> Recording | None:
             else:
                 # astype("category") in read_recording sorts the categories: same order here
                 df[name] = df[name].cat.reorder_categories(sorted(df[name].cat.categories))
-    df = df.sort_values("ts", kind="stable").reset_index(drop=True)
+    if not df["ts"].is_monotonic_increasing:      # a sorted file (the usual case) needs no copy
+        df = df.sort_values("ts", kind="stable").reset_index(drop=True)
     return Recording(events=df, meta=meta, incomplete=incomplete, source=str(d))
