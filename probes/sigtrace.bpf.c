@@ -1,7 +1,8 @@
 /* sigtrace probes: signals, exec/exit and TCP closes/resets of pod processes.
  *
  * Loaded by sigtrace/backends/bpf/program.py, which prepends a prelude of #defines chosen from
- * the running kernel's tracepoint format files (ST_SR_*: tcp_send_reset's shape), the filter mode
+ * the running kernel's tracepoint format files (ST_SR_*: tcp_send_reset's shape) and BTF (ST_TCP_RAW,
+ * ST_SK_*, ST_INET_*: the socket fields the raw inet_sock_set_state probe reads), the filter mode
  * (ST_FILTER_ALL), the ring buffer size and the sigtrace.h header.
  *
  * Cost design: signals, exec and exit are rare and always streamed for pod processes. TCP
@@ -26,6 +27,7 @@ BPF_HASH(pod_cgroups, u64, struct st_task, 8192);      /* cgroup v2 id -> contai
 BPF_HASH(pod_tasks, u32, struct st_task, 65536);       /* tgid (and tids) -> container/pod */
 BPF_HASH(armed, u32, u64, 8192);                       /* pod index -> ktime when armed */
 BPF_HASH(endpoints, struct st_ep_key, u32, 16384);     /* endpoint -> pod index / ST_AMBIGUOUS */
+BPF_ARRAY(endpoint_ports, u8, 65536);                  /* port -> 1 when some endpoint has it (never cleared) */
 BPF_HASH(runtime_comms, struct st_comm, u32, 64);      /* runc, containerd-shim, conmon... */
 BPF_HASH(select_comms, struct st_comm, u32, 64);       /* --comm */
 BPF_HASH(exits, u32, struct st_exit, 65536);
@@ -360,6 +362,23 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 
 /* ---- TCP ------------------------------------------------------------------------------ */
 
+/* A TCP socket's tuple and state change, as attributed: small, so that the frequent transitions
+ * that do not stream cost no st_event; the ring buffer event is filled only when one streams. */
+struct st_tcp {
+    u64 skaddr;
+    u8 saddr[16];       /* IPv4 as ::ffff:a.b.c.d; 8-byte aligned (is_wildcard) */
+    u8 daddr[16];
+    s32 old_state;
+    s32 new_state;
+    u32 reason;
+    u32 pidx;
+    u32 role;
+    u16 family;
+    u16 sport;
+    u16 dport;
+    u16 pad;
+};
+
 /* Tracepoint arrays are read with bpf_probe_read_kernel: the verifier refuses loads through a
  * ctx pointer plus an offset. */
 static __always_inline void addr16(u8 *dst, u16 family, const u8 *a4, const u8 *a6)
@@ -382,9 +401,14 @@ static __always_inline int is_wildcard(const u8 *a)
     return hi == 0 && lo == 0 && (mid == 0 || mid == 0xffff0000);
 }
 
-/* Owner of an endpoint: exact (addr, port) learned for the pod, else its wildcard listener. */
+/* Owner of an endpoint: exact (addr, port) learned for the pod, else its wildcard listener. Most
+ * sockets are no pod's: a port no endpoint has (an array lookup) spares both hash lookups. */
 static __always_inline u32 ep_owner(const u8 *addr, u16 port)
 {
+    u32 idx = port;
+    u8 *used = endpoint_ports.lookup(&idx);
+    if (!used || !*used)
+        return 0;
     struct st_ep_key key = {.port = port};
     __builtin_memcpy(key.addr, addr, 16);
     u32 *p = endpoints.lookup(&key);
@@ -395,35 +419,45 @@ static __always_inline u32 ep_owner(const u8 *addr, u16 port)
     return p ? *p : 0;
 }
 
-/* Decide whether a TCP event streams; fill pidx/role. Returns 1 to stream. */
-static __always_inline int tcp_attribute(struct st_event *tmpl, u32 *cidx)
+/* Decide whether a TCP event streams; fill pidx/role. Returns 1 to stream. The cheap refusals
+ * come first: not a pod's endpoint, or a pod's that is not stopping (the current task is looked
+ * up only when it can matter: an ambiguous endpoint, or an event that streams). */
+static __always_inline int tcp_attribute(struct st_tcp *t, u32 *cidx)
 {
     u32 role = ST_ROLE_SERVER;
-    u32 pidx = ep_owner(tmpl->saddr, tmpl->sport);
+    u32 pidx = ep_owner(t->saddr, t->sport);
     if (!pidx) {
         role = ST_ROLE_CLIENT;
-        pidx = ep_owner(tmpl->daddr, tmpl->dport);
+        pidx = ep_owner(t->daddr, t->dport);
     }
     if (!pidx)
         role = ST_ROLE_NONE;
+    t->role = role;
+    t->pidx = pidx;
+    if (!ST_FILTER_ALL) {
+        if (!pidx) {
+            count(ST_COUNT_TCP_NOT_POD);
+            return 0;
+        }
+        if (pidx != ST_AMBIGUOUS && !is_armed(pidx)) {
+            count(ST_COUNT_TCP_UNARMED);
+            return 0;
+        }
+    }
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
     struct st_task cur = {};
     int cur_pod = current_task(&cur, tgid);
-    if (pidx == ST_AMBIGUOUS && cur_pod)
+    int ambiguous = pidx == ST_AMBIGUOUS;
+    if (ambiguous && cur_pod)
         /* several pods claim the endpoint (each pod's 127.0.0.1:9000): loopback traffic runs
          * in a task of the pod's own network namespace, so break the tie by the current pod */
         pidx = cur.pidx;
     if (cur_pod && cur.pidx == pidx)
         *cidx = cur.cidx;
-    tmpl->pidx = pidx;
-    tmpl->role = role;
+    t->pidx = pidx;
     if (ST_FILTER_ALL)
         return 1;
-    if (!pidx) {
-        count(ST_COUNT_TCP_NOT_POD);
-        return 0;
-    }
-    if (!is_armed(pidx)) {
+    if (ambiguous && !is_armed(pidx)) {     /* other pods' armed state was checked above */
         count(ST_COUNT_TCP_UNARMED);
         return 0;
     }
@@ -453,14 +487,8 @@ static __always_inline int routine_transition(int old, int new)
     return 0;
 }
 
-static __always_inline int emit_tcp(struct st_event *t, u32 kind, int probe)
+static __always_inline void fill_tcp_event(struct st_event *e, struct st_tcp *t, u32 cidx)
 {
-    u32 cidx = 0;
-    if (!tcp_attribute(t, &cidx))
-        return 0;
-    struct st_event *e = new_tcp_event(kind, probe);
-    if (!e)
-        return 0;
     e->cidx = cidx;
     e->skaddr = t->skaddr;
     e->pidx = t->pidx;
@@ -473,6 +501,17 @@ static __always_inline int emit_tcp(struct st_event *t, u32 kind, int probe)
     e->dport = t->dport;
     __builtin_memcpy(e->saddr, t->saddr, 16);
     __builtin_memcpy(e->daddr, t->daddr, 16);
+}
+
+static __always_inline int emit_tcp(struct st_tcp *t, u32 kind, int probe)
+{
+    u32 cidx = 0;
+    if (!tcp_attribute(t, &cidx))
+        return 0;
+    struct st_event *e = new_tcp_event(kind, probe);
+    if (!e)
+        return 0;
+    fill_tcp_event(e, t, cidx);
     events.ringbuf_submit(e, 0);
     return 0;
 }
@@ -481,7 +520,7 @@ static __always_inline int emit_tcp(struct st_event *t, u32 kind, int probe)
  * a pod's (or a not yet classified cgroup's) always reach user space, which learns the pod's
  * endpoints from them instead of rescanning /proc/<pid>/net/tcp (every TIME_WAIT socket of a
  * churning pod) every second. Flagged ST_EV_INFO_ONLY when the recording would not keep them. */
-static __always_inline int emit_listener(struct st_event *t)
+static __always_inline int emit_listener(struct st_tcp *t)
 {
     u32 cidx = 0;
     int stream = tcp_attribute(t, &cidx);
@@ -498,22 +537,103 @@ static __always_inline int emit_listener(struct st_event *t)
     struct st_event *e = new_tcp_event(ST_KIND_TCP_STATE, ST_PROBE_TCP_STATE);
     if (!e)
         return 0;
-    e->cidx = cidx;
+    fill_tcp_event(e, t, cidx);
     e->flags = ST_EV_LISTENER | (stream ? 0 : ST_EV_INFO_ONLY) | (unknown ? ST_EV_UNKNOWN_CGROUP : 0);
-    e->skaddr = t->skaddr;
-    e->pidx = t->pidx;
-    e->role = t->role;
-    e->old_state = t->old_state;
-    e->new_state = t->new_state;
-    e->family = t->family;
-    e->sport = t->sport;
-    e->dport = t->dport;
-    __builtin_memcpy(e->saddr, t->saddr, 16);
-    __builtin_memcpy(e->daddr, t->daddr, 16);
     events.ringbuf_submit(e, 0);
     return 0;
 }
 
+/* A TCP socket changed state (its tuple already read): learn listeners, stream or count. */
+static __always_inline int tcp_state(struct st_tcp *t)
+{
+    if (t->new_state == 10 /* LISTEN */) {
+        /* listen() runs in the owner's context: learn the pod's endpoint in the kernel */
+        u32 tgid = bpf_get_current_pid_tgid() >> 32;
+        struct st_task cur = {};
+        if (current_task(&cur, tgid)) {
+            struct st_ep_key key = {.port = t->sport};
+            if (!is_wildcard(t->saddr))
+                __builtin_memcpy(key.addr, t->saddr, 16);
+            u32 *owner = endpoints.lookup(&key);
+            u32 value = cur.pidx;
+            if (owner && *owner != cur.pidx)
+                value = ST_AMBIGUOUS;
+            u32 idx = t->sport;
+            u8 used = 1;
+            endpoint_ports.update(&idx, &used);     /* first: the probes look here first */
+            endpoints.update(&key, &value);
+        }
+    }
+    if (t->new_state == 10 || (t->old_state == 10 && t->new_state == 7))
+        return emit_listener(t);
+    return emit_tcp(t, ST_KIND_TCP_STATE, ST_PROBE_TCP_STATE);
+}
+
+#if ST_TCP_RAW
+/* inet_sock_set_state as a raw tracepoint: (const struct sock *sk, int oldstate, int newstate),
+ * no trace record filled by the kernel for every state change of every socket on the node. The
+ * socket's fields are read here, only for the transitions that are not routine, the way the
+ * tracepoint's TP_fast_assign reads them, at offsets taken from the running kernel's BTF
+ * (ST_SK_*, ST_INET_*: sigtrace/backends/bpf/kernel.py socket_layout), never from the compile
+ * headers. Each read costs a helper call: the fields come in windows (ST_*_WIN bytes from
+ * ST_*_BASE), one read each. */
+static __always_inline u16 win_u16(const u64 *win, int off)
+{
+    return *(const u16 *)((const u8 *)win + off);
+}
+
+static __always_inline u16 port_of(u16 be)
+{
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    return __builtin_bswap16(be);
+#else
+    return be;
+#endif
+}
+
+static __always_inline void v4mapped(u8 *dst, const u64 *win, int off)
+{
+    __builtin_memset(dst, 0, 10);
+    dst[10] = 0xff;
+    dst[11] = 0xff;
+    __builtin_memcpy(dst + 12, (const u8 *)win + off, 4);
+}
+
+RAW_TRACEPOINT_PROBE(inet_sock_set_state)
+{
+    const u8 *sk = (const u8 *)ctx->args[0];
+    int old = (int)ctx->args[1], new = (int)ctx->args[2];
+    int listener = new == 10 || (old == 10 && new == 7);
+    u16 protocol = 0;
+    bpf_probe_read_kernel(&protocol, sizeof(protocol), sk + ST_SK_PROTOCOL);
+    if (protocol != 6 /* IPPROTO_TCP */)
+        return 0;
+    /* most transitions of a churning server are routine: decided before the socket is read */
+    if (!listener && routine_transition(old, new)) {
+        count(ST_COUNT_TCP_ROUTINE);
+        return 0;
+    }
+    /* sock_common: skc_daddr, skc_dport, skc_family; inet_sock: inet_saddr, inet_sport */
+    u64 common[(ST_SKC_WIN + 7) / 8], inet[(ST_INET_WIN + 7) / 8];
+    bpf_probe_read_kernel(common, ST_SKC_WIN, sk + ST_SKC_BASE);
+    bpf_probe_read_kernel(inet, ST_INET_WIN, sk + ST_INET_BASE);
+    struct st_tcp t = {};
+    t.skaddr = (u64)sk;
+    t.old_state = old;
+    t.new_state = new;
+    t.family = win_u16(common, ST_SK_FAMILY - ST_SKC_BASE);
+    t.sport = port_of(win_u16(inet, ST_INET_SPORT - ST_INET_BASE));
+    t.dport = port_of(win_u16(common, ST_SK_DPORT - ST_SKC_BASE));
+    if (t.family == ST_FAMILY_INET6) {
+        bpf_probe_read_kernel(t.saddr, 16, sk + ST_SK_V6_RCV_SADDR);
+        bpf_probe_read_kernel(t.daddr, 16, sk + ST_SK_V6_DADDR);
+    } else {
+        v4mapped(t.saddr, inet, ST_INET_SADDR - ST_INET_BASE);
+        v4mapped(t.daddr, common, ST_SK_DADDR - ST_SKC_BASE);
+    }
+    return tcp_state(&t);
+}
+#else
 TRACEPOINT_PROBE(sock, inet_sock_set_state)
 {
     if (args->protocol != 6 /* IPPROTO_TCP */)
@@ -525,38 +645,22 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
         count(ST_COUNT_TCP_ROUTINE);
         return 0;
     }
-    struct st_event t = {};
+    struct st_tcp t = {};
     t.skaddr = (u64)args->skaddr;
-    t.old_state = args->oldstate;
-    t.new_state = args->newstate;
+    t.old_state = old;
+    t.new_state = new;
     t.family = args->family;
     t.sport = args->sport;
     t.dport = args->dport;
     addr16(t.saddr, args->family, args->saddr, args->saddr_v6);
     addr16(t.daddr, args->family, args->daddr, args->daddr_v6);
-    if (args->newstate == 10 /* LISTEN */) {
-        /* listen() runs in the owner's context: learn the pod's endpoint in the kernel */
-        u32 tgid = bpf_get_current_pid_tgid() >> 32;
-        struct st_task cur = {};
-        if (current_task(&cur, tgid)) {
-            struct st_ep_key key = {.port = t.sport};
-            if (!is_wildcard(t.saddr))
-                __builtin_memcpy(key.addr, t.saddr, 16);
-            u32 *owner = endpoints.lookup(&key);
-            u32 value = cur.pidx;
-            if (owner && *owner != cur.pidx)
-                value = ST_AMBIGUOUS;
-            endpoints.update(&key, &value);
-        }
-    }
-    if (listener)
-        return emit_listener(&t);
-    return emit_tcp(&t, ST_KIND_TCP_STATE, ST_PROBE_TCP_STATE);
+    return tcp_state(&t);
 }
+#endif
 
 TRACEPOINT_PROBE(tcp, tcp_receive_reset)
 {
-    struct st_event t = {};
+    struct st_tcp t = {};
     t.skaddr = (u64)args->skaddr;
     t.family = args->family;
     t.sport = args->sport;
@@ -568,7 +672,7 @@ TRACEPOINT_PROBE(tcp, tcp_receive_reset)
 
 TRACEPOINT_PROBE(tcp, tcp_send_reset)
 {
-    struct st_event t = {};
+    struct st_tcp t = {};
     t.skaddr = (u64)args->skaddr;
 #if ST_SR_HAS_STATE
     t.old_state = args->state;

@@ -2,8 +2,8 @@
  * decoder (sigtrace/backends/bpf/decode.py reads the #defines below and the compiled struct).
  *
  * One struct for every kind keeps the ring buffer protocol trivial; unused fields stay zero.
- * Only tracepoint fields and bpf_get_current_* helpers fill it: with fallback kernel headers
- * any read of a kernel struct would use the wrong layout.
+ * Only tracepoint fields, bpf_get_current_* helpers and socket fields at offsets from the running
+ * kernel's BTF fill it: with fallback kernel headers a header's struct layout would be wrong.
  */
 #ifndef SIGTRACE_H
 #define SIGTRACE_H

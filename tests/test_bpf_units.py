@@ -237,3 +237,108 @@ def test_decoded_events_are_sparse_and_within_the_schema():
         assert set(ev) <= set(decode.DECODED_FIELDS) <= set(schema.FIELD_NAMES), name
         assert None not in ev.values() and list(ev)[:3] == ["ts", "kind", "pid"], name
         assert ev["kind"] == decode.KIND_NAMES[name] and ev["pod_uid"] == reg.cref[cidx].pod_uid
+
+
+def _btf_or_skip():
+    from sigtrace.backends.bpf import btf
+    if not btf.VMLINUX.exists():
+        pytest.skip("the running kernel has no BTF (/sys/kernel/btf/vmlinux)")
+    return btf
+
+
+def test_socket_layout_from_the_running_kernels_btf():
+    """The raw tracepoint probe reads the socket where the tracepoint's TP_fast_assign does, at
+    offsets of the running kernel (never the compile headers'): sane, naturally aligned."""
+    _btf_or_skip()
+    layout = kernel.socket_layout()
+    for name, (_struct, _member, size) in kernel.SOCK_FIELDS.items():
+        assert layout[name] % size == 0 or size == 16 and layout[name] % 4 == 0, name
+    assert layout["ST_SK_DPORT"] < 64 and layout["ST_SK_FAMILY"] < 64            # struct sock_common
+    assert layout["ST_INET_SPORT"] > layout["ST_SK_PROTOCOL"]                     # inet_sock after sock
+    for prefix, names in kernel.SOCK_WINDOWS.items():
+        base, win = layout[f"{prefix}_BASE"], layout[f"{prefix}_WIN"]
+        assert base % 8 == 0 and 0 < win <= kernel.SOCK_WINDOW_MAX
+        assert all(base <= layout[n] and layout[n] + kernel.SOCK_FIELDS[n][2] <= base + win for n in names)
+
+
+def test_no_usable_btf_is_one_line_or_the_tracepoint(tmp_path):
+    from sigtrace.backends.bpf import btf
+    bad = tmp_path / "vmlinux"
+    bad.write_bytes(b"\0" * 64)
+    with pytest.raises(btf.BTFError, match="bad magic"):
+        kernel.socket_layout(bad)
+    with pytest.raises(KernelProblem, match="cannot probe TCP state changes as a raw tracepoint") as exc:
+        program.choose_tcp_probe(program.ProgramOptions(tcp_probe="raw"), bad)
+    assert "\n" not in str(exc.value)
+    auto = program.choose_tcp_probe(program.ProgramOptions(), tmp_path / "missing")
+    assert auto.defines == {"ST_TCP_RAW": 0} and auto.description == program.TCP_TRACEPOINT
+    assert "\n" not in auto.note and "tracepoint" in auto.note
+    forced = program.choose_tcp_probe(program.ProgramOptions(tcp_probe="tracepoint"))
+    assert forced.defines == {"ST_TCP_RAW": 0} and forced.note is None
+    if btf.VMLINUX.exists():
+        raw = program.choose_tcp_probe(program.ProgramOptions())
+        assert raw.defines["ST_TCP_RAW"] == 1 and raw.description == program.TCP_RAW and raw.note is None
+        missing = btf.BTF.vmlinux()
+        with pytest.raises(btf.BTFError, match="struct sock has no member sk_no_such_field"):
+            missing.member("sock", "sk_no_such_field")
+
+
+@pytest.mark.kernel
+def test_raw_tracepoint_reads_what_the_tracepoint_records():
+    """Both ways of probing TCP state changes loaded at once, streaming every transition of every
+    socket: IPv4, IPv6, IPv4-mapped (dual-stack listener), listeners, a refused connect. The raw
+    tracepoint's tuple (read from the socket at BTF offsets) equals the tracepoint record's."""
+    require_kernel(bpf=True)
+    _btf_or_skip()
+    import collections
+    import socket
+    import time
+    loaded = {}
+    got: dict[str, list] = {}
+    try:
+        for mode in ("raw", "tracepoint"):
+            opts = program.ProgramOptions(filter_all=True, tcp_all_states=True, ringbuf_pages=64, tcp_probe=mode)
+            loaded[mode] = program.load(opts)
+            assert bool(loaded[mode].bpf.raw_tracepoint_fds) == (mode == "raw")
+            typed = loaded[mode].bpf["events"]
+            got[mode] = []
+
+            def on(ctx, data, size, typed=typed, out=got[mode]):
+                e = typed.event(data)
+                out.append((e.skaddr, e.old_state, e.new_state, e.family, e.sport, e.dport,
+                            bytes(e.saddr), bytes(e.daddr)))
+            loaded[mode].bpf["tcp_events"].open_ring_buffer(on)
+        ports = set()
+        for fam, laddr, caddr in ((socket.AF_INET, "127.0.0.1", "127.0.0.1"), (socket.AF_INET6, "::1", "::1"),
+                                  (socket.AF_INET6, "::", "127.0.0.1")):
+            with socket.socket(fam, socket.SOCK_STREAM) as lsock:
+                if laddr == "::":
+                    lsock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                lsock.bind((laddr, 0))
+                lsock.listen(4)
+                port = lsock.getsockname()[1]
+                ports.add(port)
+                for server_first in (True, False):
+                    with socket.socket(socket.AF_INET if "." in caddr else socket.AF_INET6) as c:
+                        c.connect((caddr, port))
+                        s, _ = lsock.accept()
+                        first, second = (s, c) if server_first else (c, s)
+                        first.close()
+                        second.recv(1)
+                        s.close()
+        with socket.socket() as c:
+            with pytest.raises(OSError):
+                c.connect(("127.0.0.1", 1))
+        time.sleep(0.2)
+        for lp in loaded.values():
+            lp.bpf.ring_buffer_consume()
+    finally:
+        for lp in loaded.values():
+            lp.close()
+    ours = {mode: collections.Counter(e for e in evs if e[4] in ports or e[5] in ports or e[5] == 1)
+            for mode, evs in got.items()}
+    assert ours["raw"] == ours["tracepoint"]
+    kinds = {(e[3], e[1], e[2]) for e in ours["raw"]}
+    assert {(2, 7, 10), (10, 7, 10), (2, 1, 4), (2, 1, 8), (10, 1, 4), (10, 10, 7), (2, 2, 7)} <= kinds
+    mapped = b"\0" * 10 + b"\xff\xff" + bytes([127, 0, 0, 1])
+    assert any(e[3] == 10 and e[6] == mapped for e in ours["raw"])          # IPv4 on a dual-stack socket

@@ -53,6 +53,8 @@ class BpfBackend:
         self.loaded = program.load(self.opts)
         if self.loaded.headers.kind == "fallback":
             self.note(self.loaded.headers.note)
+        if self.loaded.tcp is not None and self.loaded.tcp.note:
+            self.note(self.loaded.tcp.note)
         try:
             self._attach(sink)
         except BaseException:
@@ -96,6 +98,7 @@ class BpfBackend:
         self._final_lost = self.lost()
         self._final_counters = self.counters()
         self._headers = self.loaded.headers
+        self._tcp = self.loaded.tcp
         self.loaded.close()
         self.loaded = None
 
@@ -118,6 +121,7 @@ class BpfBackend:
 
     def meta(self) -> dict[str, Any]:
         headers = self.loaded.headers if self.loaded else getattr(self, "_headers", None)
+        tcp = self.loaded.tcp if self.loaded else getattr(self, "_tcp", None)
         reg = self.registry
         endpoints: dict[str, list[str]] = {}
         for (addr, port), owners in sorted(reg.endpoints.items(), key=lambda kv: (kv[0][1], kv[0][0])):
@@ -126,6 +130,7 @@ class BpfBackend:
                 endpoints.setdefault(uid or "selected", []).append(format_endpoint(addr, port))
         return {
             "header_source": headers.note if headers else None,
+            "tcp_probe": tcp.description if tcp else None,
             "capabilities": list(self.capabilities),
             "filter": "all" if self.opts.filter_all else "pods",
             "pids": list(self.pids), "comms": list(self.comms),

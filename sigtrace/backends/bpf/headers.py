@@ -2,8 +2,9 @@
 
 bcc uses /lib/modules/$(uname -r)/build (+ /source) of the running kernel. Kernels without
 headers (like this one) fall back to the distribution's headers (Debian linux-headers-*-<flavour>
-plus its -common tree): the probes read only tracepoint fields, whose layout bcc takes from the
-running kernel's format files, so another version's headers are safe for them. bcc takes one tree
+plus its -common tree): the probes read tracepoint fields, whose layout bcc takes from the running
+kernel's format files, and socket fields at offsets from the running kernel's BTF (btf.py), never a
+header's struct layout, so another version's headers are safe for them. bcc takes one tree
 through BCC_KERNEL_SOURCE, so the split Debian trees are joined into a private symlink tree; the
 host's /lib/modules is never written.
 """
@@ -127,6 +128,6 @@ def find_headers(release: str | None = None, usr_src: Path = USR_SRC) -> HeaderS
         path, tmp = str(flavour), None
     else:
         path, tmp = _join_debian(flavour, common, arch)
-    note = (f"no headers for kernel {release}: using {flavour.name} (tracepoint-only probes, "
-            f"layouts from the running kernel's format files)")
+    note = (f"no headers for kernel {release}: using {flavour.name} (no header struct layout used: "
+            f"the running kernel's format files and BTF)")
     return HeaderSource(path, "fallback", note, tmp)

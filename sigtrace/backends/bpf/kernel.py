@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,3 +151,58 @@ def check_formats(root: Path, required: dict[str, tuple[str, ...]] = REQUIRED_FI
                                     f"{os.uname().release}; this sigtrace cannot read it (use --backend strace)")
         fields[tp], texts[tp] = parsed, text
     return KernelFormats(fields, texts)
+
+
+# The socket fields the TCP state probe reads as a raw tracepoint, where sock:inet_sock_set_state's
+# TP_fast_assign reads them: #define -> (struct, member, size). inet_sk(sk) is a cast: struct
+# inet_sock starts with its struct sock.
+SOCK_FIELDS: dict[str, tuple[str, str, int]] = {
+    "ST_SK_PROTOCOL": ("sock", "sk_protocol", 2),
+    "ST_SK_FAMILY": ("sock", "__sk_common.skc_family", 2),
+    "ST_SK_DPORT": ("sock", "__sk_common.skc_dport", 2),                # inet->inet_dport
+    "ST_SK_DADDR": ("sock", "__sk_common.skc_daddr", 4),                # inet->inet_daddr
+    "ST_SK_V6_RCV_SADDR": ("sock", "__sk_common.skc_v6_rcv_saddr", 16),  # sk->sk_v6_rcv_saddr
+    "ST_SK_V6_DADDR": ("sock", "__sk_common.skc_v6_daddr", 16),          # sk->sk_v6_daddr
+    "ST_INET_SPORT": ("inet_sock", "inet_sport", 2),
+    "ST_INET_SADDR": ("inet_sock", "inet_saddr", 4),
+}
+TCP_STATE_RAW_ARGS = [("ptr:sock", 8), ("int", 4), ("int", 4)]     # (const struct sock *, int, int)
+# fields read together, one bpf_probe_read_kernel per window: #define prefix -> members
+SOCK_WINDOWS = {"ST_SKC": ("ST_SK_DADDR", "ST_SK_DPORT", "ST_SK_FAMILY"),
+                "ST_INET": ("ST_INET_SADDR", "ST_INET_SPORT")}
+SOCK_WINDOW_MAX = 64
+
+
+def socket_layout(btf_path: Path | None = None) -> dict[str, int]:
+    """#defines of the socket field offsets on the running kernel, from its BTF; BTFError (one
+    line) when the BTF is missing or does not describe what the raw tracepoint probe needs."""
+    from . import btf as btfmod
+    try:
+        return _socket_layout(btfmod, btfmod.BTF.vmlinux(btf_path or btfmod.VMLINUX))
+    except (struct.error, IndexError, ValueError) as exc:     # a truncated or malformed BTF
+        raise btfmod.BTFError(f"malformed BTF ({exc})") from None
+
+
+def _socket_layout(btfmod, b) -> dict[str, int]:
+    args = b.raw_tracepoint_args("inet_sock_set_state")
+    if args != TCP_STATE_RAW_ARGS:
+        raise btfmod.BTFError(f"raw tracepoint inet_sock_set_state has arguments {args}, expected "
+                              f"(const struct sock *, int, int)")
+    if b.member("inet_sock", "sk").offset != 0:
+        raise btfmod.BTFError("struct inet_sock does not start with its struct sock")
+    defines: dict[str, int] = {}
+    for name, (struct_name, path, size) in SOCK_FIELDS.items():
+        m = b.member(struct_name, path)
+        if m.size != size:
+            raise btfmod.BTFError(f"{struct_name}.{path} is {m.size} bytes in the kernel's BTF, expected {size}")
+        defines[name] = m.offset
+    for prefix, names in SOCK_WINDOWS.items():
+        base = min(defines[n] for n in names)
+        end = max(defines[n] + SOCK_FIELDS[n][2] for n in names)
+        if base % 8:
+            base -= base % 8         # 8-byte aligned on the stack too: the fields keep their alignment
+        if end - base > SOCK_WINDOW_MAX:
+            raise btfmod.BTFError(f"the socket fields {', '.join(SOCK_FIELDS[n][1] for n in names)} "
+                                  f"span {end - base} bytes on this kernel (at most {SOCK_WINDOW_MAX} read at once)")
+        defines[f"{prefix}_BASE"], defines[f"{prefix}_WIN"] = base, end - base
+    return defines

@@ -1,7 +1,7 @@
 """User-space knowledge about pods, pushed into the probes' maps.
 
-The probes can read only tracepoint fields and the current task's cgroup v2 id, so what must be
-known about a pod is learned here and written to BPF maps:
+The probes can read only tracepoint fields (and a TCP socket's tuple) and the current task's cgroup
+v2 id, so what must be known about a pod is learned here and written to BPF maps:
   pod_cgroups  cgroup v2 id of each kubepods container cgroup -> (container index, pod index)
   pod_tasks    tgid of each pod process (also --pid) -> (container index, pod index, INIT flag)
   endpoints    each pod's listening (address, port) -> pod index: from the probes' listener events
@@ -9,6 +9,7 @@ known about a pod is learned here and written to BPF maps:
                and its socket inodes (listeners opened before the recorder started); a wildcard
                listener also under each address of the pod's network namespace; remembered after
                the listener closes (refusals)
+  endpoint_ports  the ports of those endpoints, never cleared: the probes' cheap first test
   armed        pod index -> when user space saw an exec into a running container (preStop)
 Indices are small integers assigned here; decode.py maps them back to pod_uid / container_id.
 """
@@ -316,6 +317,7 @@ class MapSync:
         self._nsfs_written = False
         self._written_tasks: dict[int, tuple[int, int, int]] = {}
         self._written_ep: dict[tuple[bytes, int], int] = {}
+        self._written_ports: set[int] = set()
         cfg = bpf["config"]
         cfg[cfg.Key(0)] = cfg.Leaf(int(arm_window_s * 1e9))
 
@@ -352,10 +354,13 @@ class MapSync:
                 if self._written_tasks.get(pid) != want:
                     tasks[tasks.Key(pid)] = self._task_leaf(tasks, cidx, flags)
                     self._written_tasks[pid] = want
-        ep = self.bpf["endpoints"]
+        ep, ports = self.bpf["endpoints"], self.bpf["endpoint_ports"]
         for key in self.reg.endpoints:
             value = self.reg.endpoint_value(key)
             if self._written_ep.get(key) != value:
+                if key[1] not in self._written_ports:      # before the endpoint: the probes look here first
+                    ports[ports.Key(key[1])] = ports.Leaf(1)
+                    self._written_ports.add(key[1])
                 k = ep.Key()
                 k.port = key[1]
                 for i, b in enumerate(key[0]):

@@ -40,12 +40,44 @@ class ProgramOptions:
     filter_all: bool = False
     ringbuf_pages: int = DEFAULT_RINGBUF_PAGES
     tcp_all_states: bool = False          # stream routine transitions too (connect, accept, orderly close)
+    # how TCP state changes are probed: "raw" (raw tracepoint, socket layout from the kernel's BTF),
+    # "tracepoint" (sock:inet_sock_set_state's trace record), "auto" (raw, else tracepoint)
+    tcp_probe: str = "auto"
 
 
-def program_text(formats: kernel.KernelFormats, opts: ProgramOptions) -> str:
+TCP_RAW = "raw tracepoint inet_sock_set_state (socket layout from the kernel's BTF)"
+TCP_TRACEPOINT = "tracepoint sock:inet_sock_set_state"
+
+
+@dataclass
+class TcpProbe:
+    defines: dict[str, int]
+    description: str                      # meta.json tcp_probe
+    note: str | None = None               # one line for stderr when the raw tracepoint was not usable
+
+
+def choose_tcp_probe(opts: ProgramOptions, btf_path: Path | None = None) -> TcpProbe:
+    """The raw tracepoint costs a fraction of the tracepoint (whose record the kernel fills for
+    every state change of every socket on the node); it needs the socket layout from BTF."""
+    from .btf import BTFError
+    if opts.tcp_probe == "tracepoint":
+        return TcpProbe({"ST_TCP_RAW": 0}, TCP_TRACEPOINT)
+    try:
+        layout = kernel.socket_layout(btf_path)
+    except BTFError as exc:
+        if opts.tcp_probe == "raw":
+            raise KernelProblem(f"cannot probe TCP state changes as a raw tracepoint on kernel "
+                                f"{os.uname().release}: {exc}") from None
+        return TcpProbe({"ST_TCP_RAW": 0}, TCP_TRACEPOINT,
+                        f"TCP state changes probed by the tracepoint (costlier): {exc}")
+    return TcpProbe({"ST_TCP_RAW": 1, **layout}, TCP_RAW)
+
+
+def program_text(formats: kernel.KernelFormats, opts: ProgramOptions, tcp: TcpProbe | None = None) -> str:
     defines: dict[str, int] = {"ST_FILTER_ALL": int(opts.filter_all), "ST_RINGBUF_PAGES": opts.ringbuf_pages,
                                "ST_TCP_ALL_STATES": int(opts.tcp_all_states)}
     defines.update(formats.send_reset_shape())
+    defines.update((tcp or TcpProbe({"ST_TCP_RAW": 0}, TCP_TRACEPOINT)).defines)
     prelude = "".join(f"#define {k} {v}\n" for k, v in defines.items())
     d = probes_dir()
     return prelude + (d / HEADER_FILE).read_text() + "\n" + (d / PROBE_FILE).read_text()
@@ -72,6 +104,7 @@ class LoadedProgram:
     headers: HeaderSource
     formats: kernel.KernelFormats
     defines: dict[str, int] = field(default_factory=dict)
+    tcp: TcpProbe | None = None
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -84,8 +117,9 @@ def load(opts: ProgramOptions) -> LoadedProgram:
     kernel.check_permissions()
     root = kernel.tracefs()
     formats = kernel.check_formats(root)
+    tcp = choose_tcp_probe(opts)
     headers = find_headers()
-    text = program_text(formats, opts)
+    text = program_text(formats, opts, tcp)
     try:
         import warnings
         # bcc 0.26 warns on every str table name; its API is fine with str
@@ -106,7 +140,7 @@ def load(opts: ProgramOptions) -> LoadedProgram:
                                     "CAP_BPF/CAP_PERFMON, or use --backend strace") from None
         raise KernelProblem(f"could not compile/load the probes against {headers.path} ({exc}); "
                             f"check the kernel headers, or use --backend strace") from None
-    return LoadedProgram(bpf, headers, formats, header_defines())
+    return LoadedProgram(bpf, headers, formats, header_defines(), tcp)
 
 
 def _errno_of(exc: Exception) -> int | None:
