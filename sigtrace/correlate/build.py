@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-import numpy as np
 import pandas as pd
 
 from ..events import capabilities as C
@@ -66,31 +65,6 @@ def report_for(ctx: PodContext) -> PodReport:
         })
     return PodReport(ctx.pod_uid, ctx.pod_name, ctx.namespace, ctx.stopped, ctx.t0, containers,
                      build_timeline(ctx), evaluate(ctx), build_stats(ctx), connections=ctx.lanes)
-
-
-MAX_LANE_CONNS = 2000
-
-
-def conn_lanes(conns: pd.DataFrame, t0: dict[str, float | None], ref: dict[str, float]) -> dict[str, list[dict[str, Any]]]:
-    """pod uid -> its server-side connections as intervals for the HTML picture, for all pods at once.
-    t0: each pod's trigger (None: not stopped); ref: the time its report counts from."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    if not len(conns):
-        return out
-    c = conns[(conns["side"] == "server") & conns["est_ts"].notna()]
-    # the picture is about the shutdown: connections still open within a second of the trigger
-    since = c["pod"].map(t0).astype(float).to_numpy() - 1.0
-    end = c["end_ts"].to_numpy(dtype=float)
-    c = c[np.isnan(since) | np.isnan(end) | (end >= since)]
-    c = c[c.groupby("pod", sort=False).cumcount().to_numpy() < MAX_LANE_CONNS]
-    for r in to_rows(c, ("pod", "port", "port_class", "est_ts", "end_ts", "close_kind", "closed_by", "at_exit")):
-        base, est = ref[r["pod"]], r["est_ts"]
-        out.setdefault(r["pod"], []).append({
-            "port": int(r["port"]), "port_class": r["port_class"],
-            "start_t": None if est == float("-inf") else round(float(est) - base, 6),
-            "end_t": round(float(r["end_ts"]) - base, 6) if r["end_ts"] is not None else None,
-            "close_kind": r["close_kind"], "closed_by": r["closed_by"], "at_exit": bool(r["at_exit"])})
-    return out
 
 
 def build_contexts(events: pd.DataFrame, caps: frozenset[str], meta: dict[str, Any] | None = None,

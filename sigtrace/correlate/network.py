@@ -19,7 +19,7 @@ from .rows import to_rows
 TCP_INPUT = ["ts", "kind", "pid", "comm", "pod_uid", "container_id", "saddr", "sport", "daddr", "dport",
              "old_state", "new_state", "sock", "reason"]
 SOCKET_CALL_KINDS = (S.SOCK_CLOSE, S.CONNECT_ERROR, S.TCP_RESET_RECEIVED)
-
+MAX_LANE_CONNS = 2000
 
 
 def attach_tcp(ctxs: dict[str, PodContext], tcp: pd.DataFrame, endpoints: dict[str, Any] | None,
@@ -80,7 +80,6 @@ def _ranges(col: pd.Series) -> dict[str, tuple[int, int]]:
 
 def _attach_summaries(ctxs: dict[str, PodContext], conns: pd.DataFrame, refused: pd.DataFrame, lanes: bool) -> None:
     """What the stats, the timeline and the HTML picture take from the connections, for all pods."""
-    from .build import conn_lanes
     from .stats import conn_stats
     from .timeline import PRE_WINDOW_S, conn_lines
     t0 = {u: c.t0 for u, c in ctxs.items()}
@@ -91,6 +90,28 @@ def _attach_summaries(ctxs: dict[str, PodContext], conns: pd.DataFrame, refused:
         for uid, value in per_pod.items():
             if uid in ctxs:
                 setattr(ctxs[uid], name, value)
+
+
+def conn_lanes(conns: pd.DataFrame, t0: dict[str, float | None], ref: dict[str, float]) -> dict[str, list[dict[str, Any]]]:
+    """pod uid -> its server-side connections as intervals for the HTML picture, for all pods at once.
+    t0: each pod's trigger (None: not stopped); ref: the time its report counts from."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    if not len(conns):
+        return out
+    c = conns[(conns["side"] == "server") & conns["est_ts"].notna()]
+    # the picture is about the shutdown: connections still open within a second of the trigger
+    since = c["pod"].map(t0).astype(float).to_numpy() - 1.0
+    end = c["end_ts"].to_numpy(dtype=float)
+    c = c[np.isnan(since) | np.isnan(end) | (end >= since)]
+    c = c[c.groupby("pod", sort=False).cumcount().to_numpy() < MAX_LANE_CONNS]
+    for r in to_rows(c, ("pod", "port", "port_class", "est_ts", "end_ts", "close_kind", "closed_by", "at_exit")):
+        base, est = ref[r["pod"]], r["est_ts"]
+        out.setdefault(r["pod"], []).append({
+            "port": int(r["port"]), "port_class": r["port_class"],
+            "start_t": None if est == float("-inf") else round(float(est) - base, 6),
+            "end_t": round(float(r["end_ts"]) - base, 6) if r["end_ts"] is not None else None,
+            "close_kind": r["close_kind"], "closed_by": r["closed_by"], "at_exit": bool(r["at_exit"])})
+    return out
 
 
 def _attach_listeners(ctxs: dict[str, PodContext], st: pd.DataFrame, endpoints: dict[str, Any]) -> None:

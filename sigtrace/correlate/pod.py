@@ -9,8 +9,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..events import capabilities as C
-from ..events import lifecycle as L
 from ..events import schema as S
 from .connections import CONN_COLUMNS, DEFAULT_UPSTREAM_PORTS, REFUSED_COLUMNS, Listener
 from .processes import (EXEC, HOST, PRESTOP, RUNTIME, ROLE_LABELS, Process, app_of, assign_roles,

@@ -68,7 +68,7 @@ class Process:
 
     @property
     def label(self) -> str:
-        ns = f" (PID 1)" if self.is_pid1 else ""
+        ns = " (PID 1)" if self.is_pid1 else ""
         return f"{ROLE_LABELS.get(self.role, self.role)} {self.comm}[{self.pid}]{ns}"
 
     def to_dict(self, t0: float) -> dict[str, Any]:

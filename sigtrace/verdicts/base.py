@@ -7,7 +7,7 @@ a rule confirms from what it sees even when some capability is missing.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..correlate.pod import PodContext

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..correlate.pod import PodContext, Signal
+from ..correlate.pod import PodContext
 from ..correlate.processes import EXEC, NGINX_MASTER, NGINX_WORKER, PRESTOP
 from ..events import capabilities as C
-from .base import Finding, Undecidable, fmt_t, rule
+from .base import Finding, Undecidable, rule
 
 FAST = ("SIGTERM", "SIGINT")
 
