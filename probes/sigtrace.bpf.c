@@ -2,8 +2,9 @@
  *
  * Loaded by sigtrace/backends/bpf/program.py, which prepends a prelude of #defines chosen from
  * the running kernel's tracepoint format files (ST_SR_*: tcp_send_reset's shape) and BTF (ST_TCP_RAW,
- * ST_SK_*, ST_INET_*: the socket fields the raw inet_sock_set_state probe reads), the filter mode
- * (ST_FILTER_ALL), the ring buffer size and the sigtrace.h header.
+ * ST_SK_*, ST_INET_*: the socket fields the raw inet_sock_set_state probe reads; ST_EXIT_TASK,
+ * ST_TASK_EXIT_CODE: where the exit status is read), the filter mode (ST_FILTER_ALL), the ring buffer
+ * size and the sigtrace.h header.
  *
  * Cost design: signals, exec and exit are rare and always streamed for pod processes. TCP
  * transitions are frequent: they are attributed to a pod by endpoint (a pod's listening
@@ -30,7 +31,9 @@ BPF_HASH(endpoints, struct st_ep_key, u32, 16384);     /* endpoint -> pod index 
 BPF_ARRAY(endpoint_ports, u8, 65536);                  /* port -> 1 when some endpoint has it (never cleared) */
 BPF_HASH(runtime_comms, struct st_comm, u32, 64);      /* runc, containerd-shim, conmon... */
 BPF_HASH(select_comms, struct st_comm, u32, 64);       /* --comm */
-BPF_HASH(exits, u32, struct st_exit, 65536);
+#if !ST_EXIT_TASK
+BPF_HASH(exits, u32, struct st_exit, 65536);           /* fallback: exit facts gathered before the exit */
+#endif
 BPF_HASH(other_cgroups, u64, u32, 16384);             /* cgroups user space found not to be pods */
 BPF_TABLE("lru_hash", u32, u32, parents, 16384);     /* child pid -> parent tgid, from fork */
 BPF_PERCPU_ARRAY(lost, u64, ST_NPROBES);
@@ -199,6 +202,7 @@ TRACEPOINT_PROBE(signal, signal_generate)
         if (stop_signal(args->sig))
             arm(tgt.pidx);
     }
+#if !ST_EXIT_TASK
     if (args->result == 0 && fatal_by_default(args->sig)) {
         /* A fatal default signal is delivered as SIGKILL to every thread (complete_signal's
          * shortcut): remember which signal it really was. */
@@ -207,6 +211,7 @@ TRACEPOINT_PROBE(signal, signal_generate)
         if (x && x->pending != 9)
             x->pending = args->sig;
     }
+#endif
     struct st_event *e = new_event(ST_KIND_SIGNAL_GENERATE, ST_PROBE_SIGNAL_GENERATE);
     if (!e)
         return 0;
@@ -235,6 +240,7 @@ TRACEPOINT_PROBE(signal, signal_deliver)
         return 0;
     u32 handler = args->sa_handler == 0 ? ST_HANDLER_DEFAULT :
                   args->sa_handler == 1 ? ST_HANDLER_IGNORE : ST_HANDLER_HANDLER;
+#if !ST_EXIT_TASK
     struct st_exit zero = {.code = -1};
     struct st_exit *x = exits.lookup(&tgid);
     if (handler == ST_HANDLER_DEFAULT && fatal_by_default(args->sig)) {
@@ -247,6 +253,7 @@ TRACEPOINT_PROBE(signal, signal_deliver)
     } else if (x && x->pending == args->sig) {
         x->pending = 0;   /* handled: not what kills it */
     }
+#endif
     struct st_event *e = new_event(ST_KIND_SIGNAL_DELIVER, ST_PROBE_SIGNAL_DELIVER);
     if (!e)
         return 0;
@@ -281,8 +288,10 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     int cur_pod = current_task(&cur, tgid);
     char comm[16];
     bpf_get_current_comm(comm, sizeof(comm));
+#if !ST_EXIT_TASK
     /* a new image: exec SIGKILLs the other threads (de_thread), which is no death of the process */
     exits.delete(&tgid);
+#endif
     if (cur_pod) {
         struct st_task *known = pod_tasks.lookup(&tgid);
         if (!known)
@@ -308,6 +317,9 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     return 0;
 }
 
+#if !ST_EXIT_TASK
+/* Fallback (no task_struct.exit_code in the BTF): exit_group()'s argument. A syscall tracepoint
+ * puts every task of the node on the syscall slow path (~20 ns per syscall), hence only then. */
 TRACEPOINT_PROBE(syscalls, sys_enter_exit_group)
 {
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
@@ -321,6 +333,33 @@ TRACEPOINT_PROBE(syscalls, sys_enter_exit_group)
     if (x)
         x->code = args->error_code & 0xff;
     return 0;
+}
+#endif
+
+/* The exit status as wait(2) would see it, read from the exiting task itself (this runs in its
+ * context): do_exit() stored it in task_struct.exit_code (offset ST_TASK_EXIT_CODE, from the
+ * running kernel's BTF) before the tracepoint: (status & 0xff) << 8 for an exit, the signal
+ * number (| 0x80 with a core dump) for a death by signal. A group exit (exit_group(), a fatal
+ * signal, delivered as SIGKILL to the other threads) gives every thread the group's code. */
+static __always_inline void exit_status(struct st_event *e, u32 tgid)
+{
+#if ST_EXIT_TASK
+    s32 status = 0;
+    u64 task = bpf_get_current_task();
+    if (bpf_probe_read_kernel(&status, sizeof(status), (void *)(task + ST_TASK_EXIT_CODE)) != 0)
+        return;
+    if (status & 0x7f) {
+        e->exit_signal = status & 0x7f;
+    } else {
+        e->exit_code = (status >> 8) & 0xff;
+    }
+#else
+    struct st_exit *x = exits.lookup(&tgid);
+    if (x) {
+        e->exit_signal = x->sig;
+        e->exit_code = x->sig ? -1 : x->code;
+    }
+#endif
 }
 
 TRACEPOINT_PROBE(sched, sched_process_exit)
@@ -337,7 +376,6 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     char comm[16];
     bpf_get_current_comm(comm, sizeof(comm));
     int sel = selection_flags(ST_FILTER_ALL || cur_pod || selected_comm(comm));
-    struct st_exit *x = exits.lookup(&tgid);
     if (sel != ST_SKIP) {
         if (cur_pod && (cur.flags & ST_TASK_INIT))
             arm(cur.pidx);   /* a container's init is gone: the pod is stopping */
@@ -346,14 +384,13 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
             e->cidx = cur.cidx;
             e->flags = sel;
             set_nspid(e, &cur);
-            if (x) {
-                e->exit_signal = x->sig;
-                e->exit_code = x->sig ? -1 : x->code;
-            }
+            exit_status(e, tgid);
             events.ringbuf_submit(e, 0);
         }
     }
+#if !ST_EXIT_TASK
     exits.delete(&tgid);
+#endif
     pod_tasks.delete(&tgid);
     if (tid != tgid)
         pod_tasks.delete(&tid);

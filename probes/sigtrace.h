@@ -2,8 +2,8 @@
  * decoder (sigtrace/backends/bpf/decode.py reads the #defines below and the compiled struct).
  *
  * One struct for every kind keeps the ring buffer protocol trivial; unused fields stay zero.
- * Only tracepoint fields, bpf_get_current_* helpers and socket fields at offsets from the running
- * kernel's BTF fill it: with fallback kernel headers a header's struct layout would be wrong.
+ * Only tracepoint fields, bpf_get_current_* helpers and socket and task fields at offsets from the
+ * running kernel's BTF fill it: with fallback kernel headers a header's struct layout would be wrong.
  */
 #ifndef SIGTRACE_H
 #define SIGTRACE_H
@@ -67,7 +67,7 @@ struct st_event {
     u32 target_cidx;
     u32 handler;
     u32 ppid;
-    s32 exit_code;      /* -1 = not known (killed, or exit without exit_group) */
+    s32 exit_code;      /* -1 = not known (killed; fallback probe: exit without exit_group) */
     s32 exit_signal;    /* 0 = none */
     u32 pidx;           /* TCP: pod index of the socket, ST_AMBIGUOUS, or 0 */
     u32 role;
@@ -107,7 +107,7 @@ struct st_comm {
     char c[16];
 };
 
-/* per-tgid exit facts collected before sched_process_exit */
+/* per-tgid exit facts collected before sched_process_exit (fallback without ST_EXIT_TASK) */
 struct st_exit {
     s32 code;           /* exit_group() argument & 0xff, -1 none */
     s32 sig;            /* fatal signal seen at delivery */

@@ -283,6 +283,19 @@ def test_no_usable_btf_is_one_line_or_the_tracepoint(tmp_path):
             missing.member("sock", "sk_no_such_field")
 
 
+def _drain(loaded: dict) -> None:
+    """Let the last events reach the ring buffers of every loaded variant, then read them."""
+    import time
+    time.sleep(0.2)
+    for lp in loaded.values():
+        lp.bpf.ring_buffer_consume()
+
+
+def _close(loaded: dict) -> None:
+    for lp in loaded.values():
+        lp.close()
+
+
 @pytest.mark.kernel
 def test_raw_tracepoint_reads_what_the_tracepoint_records():
     """Both ways of probing TCP state changes loaded at once, streaming every transition of every
@@ -292,7 +305,6 @@ def test_raw_tracepoint_reads_what_the_tracepoint_records():
     _btf_or_skip()
     import collections
     import socket
-    import time
     loaded = {}
     got: dict[str, list] = {}
     try:
@@ -329,12 +341,9 @@ def test_raw_tracepoint_reads_what_the_tracepoint_records():
         with socket.socket() as c:
             with pytest.raises(OSError):
                 c.connect(("127.0.0.1", 1))
-        time.sleep(0.2)
-        for lp in loaded.values():
-            lp.bpf.ring_buffer_consume()
+        _drain(loaded)
     finally:
-        for lp in loaded.values():
-            lp.close()
+        _close(loaded)
     ours = {mode: collections.Counter(e for e in evs if e[4] in ports or e[5] in ports or e[5] == 1)
             for mode, evs in got.items()}
     assert ours["raw"] == ours["tracepoint"]
@@ -342,3 +351,99 @@ def test_raw_tracepoint_reads_what_the_tracepoint_records():
     assert {(2, 7, 10), (10, 7, 10), (2, 1, 4), (2, 1, 8), (10, 1, 4), (10, 10, 7), (2, 2, 7)} <= kinds
     mapped = b"\0" * 10 + b"\xff\xff" + bytes([127, 0, 0, 1])
     assert any(e[3] == 10 and e[6] == mapped for e in ours["raw"])          # IPv4 on a dual-stack socket
+
+
+def test_exit_probe_from_the_task_or_the_syscall_tracepoint(tmp_path):
+    """Exit statuses come from task_struct.exit_code (offset from BTF); without it, from the
+    exit_group tracepoint, with one line saying so (it slows every syscall on the node)."""
+    auto = program.choose_exit_probe(program.ProgramOptions(), tmp_path / "missing")
+    assert auto.defines == {"ST_EXIT_TASK": 0} and auto.description == program.EXIT_SYSCALL
+    assert "\n" not in auto.note and "exit_group" in auto.note
+    assert auto.formats == {"syscalls/sys_enter_exit_group": ("error_code",)}
+    with pytest.raises(KernelProblem, match="cannot read exit codes from the exiting task") as exc:
+        program.choose_exit_probe(program.ProgramOptions(exit_probe="task"), tmp_path / "missing")
+    assert "\n" not in str(exc.value)
+    forced = program.choose_exit_probe(program.ProgramOptions(exit_probe="syscall"))
+    assert forced.defines == {"ST_EXIT_TASK": 0} and forced.note is None
+    assert "syscalls/sys_enter_exit_group" not in kernel.REQUIRED_FIELDS
+    from sigtrace.backends.bpf import btf
+    if btf.VMLINUX.exists():
+        task = program.choose_exit_probe(program.ProgramOptions())
+        assert task.defines["ST_EXIT_TASK"] == 1 and task.note is None and task.formats == {}
+        assert task.description == program.EXIT_TASK
+        assert task.defines["ST_TASK_EXIT_CODE"] % 4 == 0 and 0 < task.defines["ST_TASK_EXIT_CODE"] < 16384
+
+
+# (name, argv, signal sent to it once running, or None). Every one's status must be what wait(2)
+# says; the multi-threaded ones end by a group exit (exit_group from a worker, a fatal SIGTERM the
+# kernel delivers as SIGKILL to the other threads) or thread by thread (raw SYS_exit, no exit_group).
+_THREADS = ("import threading, time\n"
+            "for _ in range(3): threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n")
+EXIT_CASES = [
+    ("exit 3", ["sh", "-c", "exit 3"], None),
+    ("true", ["true"], None),
+    ("_exit(7)", ["PY", "-c", "import os; os._exit(7)"], None),
+    ("SIGTERM", ["sleep", "30"], 15),
+    ("SIGKILL", ["sleep", "30"], 9),
+    ("SIGQUIT (core)", ["sleep", "30"], 3),
+    ("threads: worker exit_group(5)", ["PY", "-c", _THREADS + "import os, threading\n"
+                                       "t = threading.Thread(target=os._exit, args=(5,)); t.start(); time.sleep(30)"], None),
+    ("threads: SIGTERM", ["PY", "-c", _THREADS + "print('up', flush=True); time.sleep(30)"], 15),
+    ("threads: sys.exit(4)", ["PY", "-c", _THREADS + "import sys; sys.exit(4)"], None),
+    ("threads: raw SYS_exit(6) each", ["PY", "-c",
+                                       "import ctypes, threading, time\n"
+                                       "libc = ctypes.CDLL(None)\n"
+                                       "def last():\n    time.sleep(0.3); libc.syscall(60, 6)\n"
+                                       "threading.Thread(target=last).start()\n"
+                                       "libc.syscall(60, 6)"], None),
+]
+
+
+@pytest.mark.kernel
+def test_exit_codes_and_signals_read_from_the_exiting_task():
+    """process_exit's exit_code/exit_signal for real processes equal wait(2)'s status, read from the
+    task (no syscall tracepoint); the exit_group fallback agrees except where no exit_group ran."""
+    require_kernel(bpf=True)
+    _btf_or_skip()
+    import resource
+    import subprocess
+    import sys
+    import time
+    loaded, got = {}, {}
+    waited: dict[int, tuple[str, int]] = {}
+    try:
+        for mode in ("task", "syscall"):
+            lp = loaded[mode] = program.load(program.ProgramOptions(filter_all=True, ringbuf_pages=64, exit_probe=mode))
+            assert lp.exit is not None and bool(lp.exit.defines["ST_EXIT_TASK"]) == (mode == "task")
+            assert any("sys_enter_exit_group" in str(k) for k in lp.bpf.tracepoint_fds) == (mode == "syscall")
+            typed, kind, out = lp.bpf["events"], lp.defines["ST_KIND_PROCESS_EXIT"], got.setdefault(mode, {})
+
+            def on(ctx, data, size, typed=typed, kind=kind, out=out):
+                e = typed.event(data)
+                if e.kind == kind:
+                    out[e.pid] = (e.exit_code, e.exit_signal)
+            lp.bpf["events"].open_ring_buffer(on)
+        for name, argv, sig in EXIT_CASES:
+            argv = [sys.executable if a == "PY" else a for a in argv]
+            p = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True,
+                                 preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_CORE, (0, 0)))
+            if sig is not None:
+                if name.startswith("threads"):
+                    assert p.stdout.readline().strip() == "up"
+                else:
+                    time.sleep(0.2)
+                p.send_signal(sig)
+            p.wait(timeout=10)
+            waited[p.pid] = (name, p.returncode)
+        _drain(loaded)
+    finally:
+        _close(loaded)
+    task = {name: got["task"].get(pid) for pid, (name, _) in waited.items()}
+    fallback = {name: got["syscall"].get(pid) for pid, (name, _) in waited.items()}
+    want = {name: (rc, 0) if rc >= 0 else (-1, -rc) for name, rc in waited.values()}
+    assert task == want
+    # the fallback's known misses: no exit_group ran (unknown); an exit_group with other threads
+    # alive SIGKILLs them, and it takes their SIGKILL delivery for the fatal signal
+    assert fallback == {**want, "threads: raw SYS_exit(6) each": (-1, 0), "threads: worker exit_group(5)": (-1, 9),
+                        "threads: sys.exit(4)": (-1, 9)}
+    assert {rc for _, rc in waited.values()} >= {3, 0, 7, -15, -9, -3, 5, 4, 6}

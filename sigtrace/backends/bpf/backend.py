@@ -55,6 +55,8 @@ class BpfBackend:
             self.note(self.loaded.headers.note)
         if self.loaded.tcp is not None and self.loaded.tcp.note:
             self.note(self.loaded.tcp.note)
+        if self.loaded.exit is not None and self.loaded.exit.note:
+            self.note(self.loaded.exit.note)
         try:
             self._attach(sink)
         except BaseException:
@@ -99,6 +101,7 @@ class BpfBackend:
         self._final_counters = self.counters()
         self._headers = self.loaded.headers
         self._tcp = self.loaded.tcp
+        self._exit = self.loaded.exit
         self.loaded.close()
         self.loaded = None
 
@@ -122,6 +125,7 @@ class BpfBackend:
     def meta(self) -> dict[str, Any]:
         headers = self.loaded.headers if self.loaded else getattr(self, "_headers", None)
         tcp = self.loaded.tcp if self.loaded else getattr(self, "_tcp", None)
+        exit_probe = self.loaded.exit if self.loaded else getattr(self, "_exit", None)
         reg = self.registry
         endpoints: dict[str, list[str]] = {}
         for (addr, port), owners in sorted(reg.endpoints.items(), key=lambda kv: (kv[0][1], kv[0][0])):
@@ -131,6 +135,7 @@ class BpfBackend:
         return {
             "header_source": headers.note if headers else None,
             "tcp_probe": tcp.description if tcp else None,
+            "exit_probe": exit_probe.description if exit_probe else None,
             "capabilities": list(self.capabilities),
             "filter": "all" if self.opts.filter_all else "pods",
             "pids": list(self.pids), "comms": list(self.comms),

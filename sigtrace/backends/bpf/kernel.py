@@ -11,6 +11,7 @@ import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ...errors import KernelProblem, PermissionProblem
 
@@ -24,7 +25,6 @@ REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     "sched/sched_process_exec": ("filename",),
     "sched/sched_process_exit": ("group_dead",),
     "sched/sched_process_fork": ("child_pid",),
-    "syscalls/sys_enter_exit_group": ("error_code",),
     "sock/inet_sock_set_state": ("skaddr", "oldstate", "newstate", "sport", "dport", "family",
                                  "protocol", "saddr", "daddr", "saddr_v6", "daddr_v6"),
     "tcp/tcp_receive_reset": ("skaddr", "sport", "dport", "family", "saddr", "daddr",
@@ -139,6 +139,10 @@ class KernelFormats:
         return symbolic_values(self.texts["tcp/tcp_send_reset"], "reason")
 
 
+# only when the exit status cannot be read from the task (no task_struct.exit_code in the BTF)
+EXIT_GROUP_FIELDS: dict[str, tuple[str, ...]] = {"syscalls/sys_enter_exit_group": ("error_code",)}
+
+
 def check_formats(root: Path, required: dict[str, tuple[str, ...]] = REQUIRED_FIELDS) -> KernelFormats:
     fields: dict[str, dict[str, FormatField]] = {}
     texts: dict[str, str] = {}
@@ -183,6 +187,17 @@ def socket_layout(btf_path: Path | None = None) -> dict[str, int]:
         raise btfmod.BTFError(f"malformed BTF ({exc})") from None
 
 
+def _member_offsets(btfmod: Any, b: Any, fields: dict[str, tuple[str, str, int]]) -> dict[str, int]:
+    """#define -> offset of each (struct, member, size) in the BTF; BTFError when a size differs."""
+    defines: dict[str, int] = {}
+    for name, (struct_name, path, size) in fields.items():
+        m = b.member(struct_name, path)
+        if m.size != size:
+            raise btfmod.BTFError(f"{struct_name}.{path} is {m.size} bytes in the kernel's BTF, expected {size}")
+        defines[name] = m.offset
+    return defines
+
+
 def _socket_layout(btfmod, b) -> dict[str, int]:
     args = b.raw_tracepoint_args("inet_sock_set_state")
     if args != TCP_STATE_RAW_ARGS:
@@ -190,12 +205,7 @@ def _socket_layout(btfmod, b) -> dict[str, int]:
                               f"(const struct sock *, int, int)")
     if b.member("inet_sock", "sk").offset != 0:
         raise btfmod.BTFError("struct inet_sock does not start with its struct sock")
-    defines: dict[str, int] = {}
-    for name, (struct_name, path, size) in SOCK_FIELDS.items():
-        m = b.member(struct_name, path)
-        if m.size != size:
-            raise btfmod.BTFError(f"{struct_name}.{path} is {m.size} bytes in the kernel's BTF, expected {size}")
-        defines[name] = m.offset
+    defines = _member_offsets(btfmod, b, SOCK_FIELDS)
     for prefix, names in SOCK_WINDOWS.items():
         base = min(defines[n] for n in names)
         end = max(defines[n] + SOCK_FIELDS[n][2] for n in names)
@@ -206,3 +216,20 @@ def _socket_layout(btfmod, b) -> dict[str, int]:
                                   f"span {end - base} bytes on this kernel (at most {SOCK_WINDOW_MAX} read at once)")
         defines[f"{prefix}_BASE"], defines[f"{prefix}_WIN"] = base, end - base
     return defines
+
+
+# The exit status, read from the exiting task at sched_process_exit (its own context):
+# task_struct.exit_code, as do_exit() stored it (wait(2) status). #define -> (struct, member, size)
+TASK_FIELDS: dict[str, tuple[str, str, int]] = {
+    "ST_TASK_EXIT_CODE": ("task_struct", "exit_code", 4),
+}
+
+
+def exit_layout(btf_path: Path | None = None) -> dict[str, int]:
+    """#defines of the task fields the exit probe reads, from the running kernel's BTF; BTFError
+    (one line) when the BTF is missing or lacks them."""
+    from . import btf as btfmod
+    try:
+        return _member_offsets(btfmod, btfmod.BTF.vmlinux(btf_path or btfmod.VMLINUX), TASK_FIELDS)
+    except (struct.error, IndexError, ValueError) as exc:     # a truncated or malformed BTF
+        raise btfmod.BTFError(f"malformed BTF ({exc})") from None

@@ -7,7 +7,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from ...errors import KernelProblem, PermissionProblem
 from . import kernel
@@ -43,6 +43,9 @@ class ProgramOptions:
     # how TCP state changes are probed: "raw" (raw tracepoint, socket layout from the kernel's BTF),
     # "tracepoint" (sock:inet_sock_set_state's trace record), "auto" (raw, else tracepoint)
     tcp_probe: str = "auto"
+    # how exit statuses are read: "task" (task_struct.exit_code at sched_process_exit, offset from the
+    # kernel's BTF), "syscall" (syscalls:sys_enter_exit_group's argument), "auto" (task, else syscall)
+    exit_probe: str = "auto"
 
 
 TCP_RAW = "raw tracepoint inet_sock_set_state (socket layout from the kernel's BTF)"
@@ -50,34 +53,65 @@ TCP_TRACEPOINT = "tracepoint sock:inet_sock_set_state"
 
 
 @dataclass
-class TcpProbe:
+class ProbeChoice:
+    """How one kind of fact is probed on this kernel: the #defines it adds to the program, what
+    meta.json says (tcp_probe, exit_probe), one line for stderr when the cheap way was not usable,
+    and the extra tracepoints (with fields) it needs."""
     defines: dict[str, int]
-    description: str                      # meta.json tcp_probe
-    note: str | None = None               # one line for stderr when the raw tracepoint was not usable
+    description: str
+    note: str | None = None
+    formats: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
-def choose_tcp_probe(opts: ProgramOptions, btf_path: Path | None = None) -> TcpProbe:
+def _choose_layout(mode: str, forced: str, costly: str, layout: Callable[[], dict[str, int]], flag: str,
+                   cannot: str) -> tuple[dict[str, int], str | None]:
+    """(defines, why not): the cheap probe with its BTF layout when usable, else the costly one and
+    why. mode == costly: the costly one, asked for; mode == forced: no layout is an error."""
+    from .btf import BTFError
+    if mode == costly:
+        return {flag: 0}, None
+    try:
+        return {flag: 1, **layout()}, None
+    except BTFError as exc:
+        if mode == forced:
+            raise KernelProblem(f"{cannot} on kernel {os.uname().release}: {exc}") from None
+        return {flag: 0}, str(exc)
+
+
+def choose_tcp_probe(opts: ProgramOptions, btf_path: Path | None = None) -> ProbeChoice:
     """The raw tracepoint costs a fraction of the tracepoint (whose record the kernel fills for
     every state change of every socket on the node); it needs the socket layout from BTF."""
-    from .btf import BTFError
-    if opts.tcp_probe == "tracepoint":
-        return TcpProbe({"ST_TCP_RAW": 0}, TCP_TRACEPOINT)
-    try:
-        layout = kernel.socket_layout(btf_path)
-    except BTFError as exc:
-        if opts.tcp_probe == "raw":
-            raise KernelProblem(f"cannot probe TCP state changes as a raw tracepoint on kernel "
-                                f"{os.uname().release}: {exc}") from None
-        return TcpProbe({"ST_TCP_RAW": 0}, TCP_TRACEPOINT,
-                        f"TCP state changes probed by the tracepoint (costlier): {exc}")
-    return TcpProbe({"ST_TCP_RAW": 1, **layout}, TCP_RAW)
+    defines, why = _choose_layout(opts.tcp_probe, "raw", "tracepoint", lambda: kernel.socket_layout(btf_path),
+                                  "ST_TCP_RAW", "cannot probe TCP state changes as a raw tracepoint")
+    if defines["ST_TCP_RAW"]:
+        return ProbeChoice(defines, TCP_RAW)
+    return ProbeChoice(defines, TCP_TRACEPOINT, f"TCP state changes probed by the tracepoint (costlier): {why}" if why else None)
 
 
-def program_text(formats: kernel.KernelFormats, opts: ProgramOptions, tcp: TcpProbe | None = None) -> str:
+EXIT_TASK = "task_struct.exit_code at sched:sched_process_exit (offset from the kernel's BTF)"
+EXIT_SYSCALL = "tracepoint syscalls:sys_enter_exit_group (slows every syscall on the node)"
+
+
+def choose_exit_probe(opts: ProgramOptions, btf_path: Path | None = None) -> ProbeChoice:
+    """Read the exit status from the exiting task (no cost outside exits), not from exit_group()'s
+    argument: attaching any syscall tracepoint puts every task of the node on the syscall slow
+    path. The syscall tracepoint only when the BTF does not give task_struct.exit_code."""
+    defines, why = _choose_layout(opts.exit_probe, "task", "syscall", lambda: kernel.exit_layout(btf_path),
+                                  "ST_EXIT_TASK", "cannot read exit codes from the exiting task")
+    if defines["ST_EXIT_TASK"]:
+        return ProbeChoice(defines, EXIT_TASK)
+    return ProbeChoice(defines, EXIT_SYSCALL,
+                       f"exit codes from the exit_group tracepoint (slows every syscall on the node): {why}" if why else None,
+                       dict(kernel.EXIT_GROUP_FIELDS))
+
+
+def program_text(formats: kernel.KernelFormats, opts: ProgramOptions, tcp: ProbeChoice | None = None,
+                 exit_probe: ProbeChoice | None = None) -> str:
     defines: dict[str, int] = {"ST_FILTER_ALL": int(opts.filter_all), "ST_RINGBUF_PAGES": opts.ringbuf_pages,
                                "ST_TCP_ALL_STATES": int(opts.tcp_all_states)}
     defines.update(formats.send_reset_shape())
-    defines.update((tcp or TcpProbe({"ST_TCP_RAW": 0}, TCP_TRACEPOINT)).defines)
+    defines.update((tcp or ProbeChoice({"ST_TCP_RAW": 0}, TCP_TRACEPOINT)).defines)
+    defines.update((exit_probe or ProbeChoice({"ST_EXIT_TASK": 0}, EXIT_SYSCALL)).defines)
     prelude = "".join(f"#define {k} {v}\n" for k, v in defines.items())
     d = probes_dir()
     return prelude + (d / HEADER_FILE).read_text() + "\n" + (d / PROBE_FILE).read_text()
@@ -104,7 +138,8 @@ class LoadedProgram:
     headers: HeaderSource
     formats: kernel.KernelFormats
     defines: dict[str, int] = field(default_factory=dict)
-    tcp: TcpProbe | None = None
+    tcp: ProbeChoice | None = None
+    exit: ProbeChoice | None = None
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -116,10 +151,11 @@ def load(opts: ProgramOptions) -> LoadedProgram:
     """Check privileges, tracefs, formats and headers; compile and attach. One-line errors."""
     kernel.check_permissions()
     root = kernel.tracefs()
-    formats = kernel.check_formats(root)
+    exit_probe = choose_exit_probe(opts)
+    formats = kernel.check_formats(root, {**kernel.REQUIRED_FIELDS, **exit_probe.formats})
     tcp = choose_tcp_probe(opts)
     headers = find_headers()
-    text = program_text(formats, opts, tcp)
+    text = program_text(formats, opts, tcp, exit_probe)
     try:
         import warnings
         # bcc 0.26 warns on every str table name; its API is fine with str
@@ -140,7 +176,7 @@ def load(opts: ProgramOptions) -> LoadedProgram:
                                     "CAP_BPF/CAP_PERFMON, or use --backend strace") from None
         raise KernelProblem(f"could not compile/load the probes against {headers.path} ({exc}); "
                             f"check the kernel headers, or use --backend strace") from None
-    return LoadedProgram(bpf, headers, formats, header_defines(), tcp)
+    return LoadedProgram(bpf, headers, formats, header_defines(), tcp, exit_probe)
 
 
 def _errno_of(exc: Exception) -> int | None:
