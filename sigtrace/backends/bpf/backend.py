@@ -10,7 +10,7 @@ from ...errors import UsageProblem
 from ...events import capabilities as caps
 from .. import EventSink
 from . import program
-from .decode import Decoder, STRUCT_FIELDS
+from .decode import Decoder
 from .pods import AMBIGUOUS, RUNTIME_COMMS, MapSync, PodRegistry, cgroup_mounts, format_endpoint
 
 REFRESH_S = 1.0                # rescan pods and processes (listeners: from the probes, and once per new process)
