@@ -83,7 +83,9 @@ def read_clean_recording(directory: str | Path) -> Recording | None:
         if DTYPES[name] == "category":
             table = table.set_column(i, name, table.column(i).dictionary_encode())
     mapper = {pa.int64(): pd.Int64Dtype(), pa.string(): pd.StringDtype()}.get
-    df = table.to_pandas(types_mapper=mapper)
+    # self_destruct: each Arrow column is freed as it is converted (no second copy of the whole table)
+    df = table.to_pandas(types_mapper=mapper, split_blocks=True, self_destruct=True)
+    del table
     if not df["kind"].isin(KINDS).all():
         return None
     for name, dtype in DTYPES.items():
