@@ -27,19 +27,11 @@ def busy_processes(limit: int = 6) -> list[str]:
     /proc/<pid>/stat twice), to say who else was running."""
     import time
 
+    from .procs import proc_stats
+
     def ticks() -> dict[int, tuple[int, str]]:
-        out = {}
-        for p in Path("/proc").iterdir():
-            if not p.name.isdigit():
-                continue
-            try:
-                stat = (p / "stat").read_text()
-            except OSError:
-                continue
-            comm = stat[stat.index("(") + 1:stat.rindex(")")]
-            fields = stat[stat.rindex(")") + 2:].split()
-            out[int(p.name)] = (int(fields[11]) + int(fields[12]), comm)
-        return out
+        # fields after comm: [11] utime, [12] stime
+        return {pid: (int(f[11]) + int(f[12]), comm) for pid, comm, f in proc_stats()}
     a = ticks()
     time.sleep(1.0)
     b = ticks()

@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 REPO = Path(__file__).resolve().parent.parent
 SIGTRACE = [sys.executable, "-m", "sigtrace"]
@@ -31,12 +31,8 @@ def vm_hwm_kb(pid: int) -> int | None:
     return None
 
 
-def group_cpu_s(pgid: int) -> float:
-    """CPU seconds (user + system) used so far by the live processes of a process group: the
-    tracer and its helpers (strace runs as the recorder's child). Less noisy than req/s ratios
-    on a shared machine: it is the tracer's own cost, whatever else runs."""
-    hz = os.sysconf("SC_CLK_TCK")
-    total = 0
+def proc_stats() -> Iterator[tuple[int, str, list[str]]]:
+    """(pid, comm, the /proc/<pid>/stat fields after comm) of every live process."""
     for p in Path("/proc").iterdir():
         if not p.name.isdigit():
             continue
@@ -44,9 +40,16 @@ def group_cpu_s(pgid: int) -> float:
             stat = (p / "stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[2]) == pgid:           # field 5 of stat: pgrp
-            total += int(fields[11]) + int(fields[12])
+        yield int(p.name), stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+
+
+def group_cpu_s(pgid: int) -> float:
+    """CPU seconds (user + system) used so far by the live processes of a process group: the
+    tracer and its helpers (strace runs as the recorder's child). Less noisy than req/s ratios
+    on a shared machine: it is the tracer's own cost, whatever else runs."""
+    hz = os.sysconf("SC_CLK_TCK")
+    # fields after comm: [2] pgrp, [11] utime, [12] stime
+    total = sum(int(f[11]) + int(f[12]) for _, _, f in proc_stats() if int(f[2]) == pgid)
     return total / hz
 
 
@@ -131,6 +134,18 @@ class Tracer:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+def _ready(tr: Tracer, is_ready: Callable[[], bool], timeout: float) -> bool:
+    """Poll until the tracer says it is ready (sets tr.ready_s), it exits, or timeout passes."""
+    while time.monotonic() - tr.spawned < timeout:
+        if is_ready():
+            tr.ready_s = time.monotonic() - tr.spawned
+            return True
+        if tr.proc.poll() is not None:
+            return False
+        time.sleep(0.01)
+    return False
+
+
 def start_record(out_dir: Path, args: list[str], mode: str, timeout: float = 60.0) -> Tracer:
     """`sigtrace record` in the background; ready when meta.json exists (the recorder writes it
     right after the probes are attached and the output is open)."""
@@ -141,13 +156,8 @@ def start_record(out_dir: Path, args: list[str], mode: str, timeout: float = 60.
                             stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
     tr = Tracer(mode, proc, out_dir, t0)
     meta = out_dir / "meta.json"
-    while time.monotonic() - t0 < timeout:
-        if meta.exists():
-            tr.ready_s = time.monotonic() - t0
-            return tr
-        if proc.poll() is not None:
-            break
-        time.sleep(0.01)
+    if _ready(tr, meta.exists, timeout):
+        return tr
     stop_process(proc)
     raise RuntimeError(f"recorder {mode} did not become ready: {_tail(out_dir / 'recorder.log')}")
 
@@ -183,13 +193,8 @@ def start_tcpstates(out_dir: Path, timeout: float = 60.0) -> Tracer:
     env = dict(os.environ, **{ENV: headers.path})
     proc = subprocess.Popen([TCPSTATES], stdout=out, stderr=err, start_new_session=True, env=env)
     tr = Tracer("tcpstates", proc, out_dir, t0, info={"_headers": headers})
-    while time.monotonic() - t0 < timeout:
-        if (out_dir / "tcpstates.out").stat().st_size > 0:
-            tr.ready_s = time.monotonic() - t0
-            return tr
-        if proc.poll() is not None:
-            break
-        time.sleep(0.01)
+    if _ready(tr, lambda: (out_dir / "tcpstates.out").stat().st_size > 0, timeout):
+        return tr
     stop_process(proc)
     headers.cleanup()
     raise RuntimeError(f"tcpstates did not start: {_tail(out_dir / 'tcpstates.err')}")
