@@ -41,10 +41,14 @@ def one_step(pod: Any, tmp: Path, rate: int, seconds: float) -> dict[str, Any]:
     target = next(p for p in pod.pids("nginx") if p != pod.pid1("nginx"))   # a worker
     tracer = procs.start_record(out, [], f"capacity-{rate}")
     time.sleep(1.2)                      # the pod scan has put the worker in the kernel's map
+    cpu0 = procs.group_cpu_s(tracer.proc.pid)
     gen = subprocess.Popen([sys.executable, "-m", "bench.siggen", str(target), str(rate), str(seconds)],
                            stdout=subprocess.PIPE, text=True, cwd=procs.REPO)
     sent = json.loads(gen.communicate(timeout=seconds + 60)[0])
     time.sleep(1.5)                      # let the recorder drain its ring buffer before stopping
+    # the recorder's own CPU for the step: decoding, encoding and writing (one write(2) per signal
+    # event, which the recorder makes durable at once); idle polling adds ~nothing
+    cpu = procs.group_cpu_s(tracer.proc.pid) - cpu0
     info = procs.finish_record(tracer)
     recorded = count_signals(out / "events.jsonl", gen.pid, target)
     lost_sig = int((info.get("lost_by_probe") or {}).get("signal:signal_generate", 0))
@@ -52,7 +56,8 @@ def one_step(pod: Any, tmp: Path, rate: int, seconds: float) -> dict[str, Any]:
     return {"rate_asked": rate, "rate_sent": round(sent["rate"]), "sent": sent["sent"], "seconds": seconds,
             "recorded": recorded, "lost_events": info["lost_events"], "lost_signal_generate": lost_sig,
             "unaccounted": sent["sent"] - recorded - lost_sig, "recorder_rc": info["rc"],
-            "peak_rss_kb": info["peak_rss_kb"], "recorded_rate": round(recorded / seconds)}
+            "peak_rss_kb": info["peak_rss_kb"], "recorded_rate": round(recorded / seconds),
+            "recorder_cpu_s": round(cpu, 2), "cpu_us_per_event": round(cpu / recorded * 1e6, 2) if recorded else None}
 
 
 def measure(rates: tuple[int, ...] = DEFAULT_RATES, seconds: float = 5.0,

@@ -211,14 +211,15 @@ def _capacity(cap: dict | None) -> list[str]:
     out = ["", "## Capacity of the bcc recorder", "",
            f"Highest rate recorded with zero lost events: **{_f(cap.get('max_lossless_rate'))} events/s** "
            f"({cap['config']['signal']}, {cap['config']['seconds']:g} s per step).", "",
-           "| asked/s | sent/s | sent | recorded | lost (meta.json) | sent − recorded − lost | recorded/s |",
-           "|---|---|---|---|---|---|---|"]
+           "| asked/s | sent/s | sent | recorded | lost (meta.json) | sent − recorded − lost | recorded/s | recorder CPU per event |",
+           "|---|---|---|---|---|---|---|---|"]
     for s in cap["steps"]:
         if "error" in s:
-            out.append(f"| {_f(s['rate_asked'])} | error: {s['error']} | | | | | |")
+            out.append(f"| {_f(s['rate_asked'])} | error: {s['error']} | | | | | | |")
             continue
         out.append(f"| {_f(s['rate_asked'])} | {_f(s['rate_sent'])} | {_f(s['sent'])} | {_f(s['recorded'])} | "
-                   f"{_f(s['lost_events'])} | {_f(s['unaccounted'])} | {_f(s['recorded_rate'])} |")
+                   f"{_f(s['lost_events'])} | {_f(s['unaccounted'])} | {_f(s['recorded_rate'])} | "
+                   f"{_f(s.get('cpu_us_per_event'), '{:.1f} µs')} |")
     out += ["", "Past the limit the kernel's ring buffer fills and reservations fail: each failure is "
             "counted per probe (meta.json `lost_by_probe`, the live view, the report). "
             "`sent − recorded − lost` is 0 when every event is either in the file or counted as lost; a "

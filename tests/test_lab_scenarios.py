@@ -138,9 +138,11 @@ def test_missing_runc_is_one_line(sigtrace_cli, tmp_path):
 def test_lab_with_strace_backend_sees_prestop_quit_then_runtime_term(sigtrace_cli, tmp_path):
     require_kernel(tools=TOOLS + ("strace",))
     out = tmp_path / "rec"
-    p = sigtrace_cli("lab", "--backend", "strace", "--output", str(out), "--grace", "5", "--request-ms", "1000",
+    # 5 s requests, started a second before the deletion: nginx still drains them when the runtime's
+    # TERM follows the preStop (with 1 s requests a slow `runc exec` let nginx finish first: no TERM)
+    p = sigtrace_cli("lab", "--backend", "strace", "--output", str(out), "--grace", "10", "--request-ms", "5000",
                      "--concurrency", "2", "--lb-delay", "0.3", "--workers", "1", "--prestop", "nginx -s quit",
-                     "--stop-signal", "nginx=TERM", "--stop-signal", "php-fpm=QUIT", "--process-control-timeout", "5",
+                     "--stop-signal", "nginx=TERM", "--stop-signal", "php-fpm=QUIT", "--process-control-timeout", "10",
                      "--format", "json", timeout=180)
     assert p.returncode == 0, p.stderr
     run = json.loads(p.stdout)[0]

@@ -21,6 +21,8 @@ Examples:
   sudo sigtrace record --output /tmp/rec --pid 4242 --comm php-fpm8.2
   sudo sigtrace record --output /tmp/rec --dry-run          # compile and attach, then exit
   sudo sigtrace record --output /tmp/rec --backend strace --pid 4242
+  sigtrace record --output /host/tmp/rec --backend strace --pod shop/web-7d9c5b8f6d-x2x4q
+                        # in `kubectl debug node/NODE --profile=sysadmin`: outlives the pod
 \b
 Stops on --duration, SIGINT or SIGTERM (exit 0); then: sigtrace report /tmp/rec
 """
@@ -51,15 +53,20 @@ def _console() -> Any:
               help="Record every process, not only pods and the runtime processes that signal them.")
 @click.option("--pid", "pids", type=int, multiple=True, help="Also record this process and its children (repeatable).")
 @click.option("--comm", "comms", multiple=True, help="Also record processes with this command name (repeatable).")
+@click.option("--pod", "pods", multiple=True, metavar="NAME|NS/NAME|UID",
+              help="strace: attach to every process of this pod, found by its cgroups (repeatable).")
+@click.option("--node-root", type=click.Path(file_okay=False), default=None,
+              help="Where the node's filesystem is, for --pod NAME (default: /, or /host in kubectl debug node/).")
 @click.option("--backend", type=click.Choice(sorted(BACKENDS)), default="bpf", show_default=True,
               help="bpf (eBPF tracepoints, needs root) or strace (ptrace, where eBPF is not allowed).")
 @click.option("--dry-run", is_flag=True, help="Compile and attach the probes, then exit.")
 @click.option("--no-live", is_flag=True, help="No live view (a status line every few seconds instead).")
 def record(output: str, duration: float | None, all_processes: bool, pids: tuple[int, ...],
-           comms: tuple[str, ...], backend: str, dry_run: bool, no_live: bool) -> int:
+           comms: tuple[str, ...], pods: tuple[str, ...], node_root: str | None, backend: str, dry_run: bool,
+           no_live: bool) -> int:
     """Record signals, exits and TCP closes/resets of pods (or --all / --pid / --comm processes).
 
-    Writes DIR/events.jsonl (flushed every second) and DIR/meta.json.
+    Writes DIR/events.jsonl (signals and exits at once, TCP events per batch) and DIR/meta.json.
     """
     from ..events.writer import prepare_output_dir
     from ..record import RecordSession
@@ -68,7 +75,11 @@ def record(output: str, duration: float | None, all_processes: bool, pids: tuple
     for pid in pids:
         if pid <= 0:
             raise UsageProblem(f"--pid {pid}: not a process id")
-    be = make_backend(backend, all_processes=all_processes, pids=pids, comms=comms)
+    if pods and backend != "strace":
+        raise UsageProblem("--pod picks the processes strace attaches to; the bpf backend records every pod "
+                           "on the node (choose one with: sigtrace report DIR --pod UID)")
+    extra = {"pods": pods, "node_root": node_root} if backend == "strace" else {}
+    be = make_backend(backend, all_processes=all_processes, pids=pids, comms=comms, **extra)
     console = _console()
     if dry_run:
         be.open(lambda event: None)

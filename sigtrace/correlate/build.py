@@ -8,6 +8,7 @@ import pandas as pd
 
 from ..events import capabilities as C
 from ..events import schema as S
+from .cut import mark_recorder_cut
 from .model import PodReport, ReportSet
 from .pod import PodContext, process_context
 from .rows import EventLookup, Row, to_rows
@@ -94,6 +95,7 @@ def build_contexts(events: pd.DataFrame, caps: frozenset[str], meta: dict[str, A
         ctx.exec_rows, ctx.lookup = execs, lookup
     endpoints = meta.get("pod_endpoints") if isinstance(meta.get("pod_endpoints"), dict) else None
     attach_tcp(ctxs, tcp, endpoints, lanes)
+    mark_recorder_cut(ctxs, meta, events)
     return ctxs
 
 

@@ -114,6 +114,7 @@ class PodContext:
     conn_lines: list[dict[str, Any]] = field(default_factory=list)
     lanes: list[dict[str, Any]] = field(default_factory=list)
     lookup: EventLookup | None = None           # the recording's ts and kind by row, shared by all pods
+    recorder_cut: Any = None                    # cut.RecorderCut: the recorder died with this pod's init
     # conns, refused and socket_calls of all pods (network.attach_tcp), this pod's rows at [start, end)
     _tables: dict[str, tuple[pd.DataFrame, dict[str, np.ndarray] | None, int, int]] = field(default_factory=dict, repr=False)
     _sliced: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)

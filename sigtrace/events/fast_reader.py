@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .reader import Recording, lost_note, read_meta
+from .reader import Recording, lost_note, read_meta, unfinished_note
 from .schema import DTYPES, FIELD_NAMES, KINDS
 from .writer import EVENTS_FILE
 
@@ -99,4 +99,6 @@ def read_clean_recording(directory: str | Path) -> Recording | None:
                 df[name] = df[name].cat.reorder_categories(sorted(df[name].cat.categories))
     if not df["ts"].is_monotonic_increasing:      # a sorted file (the usual case) needs no copy
         df = df.sort_values("ts", kind="stable").reset_index(drop=True)
+    if unfinished_note(meta, df):
+        incomplete.append(unfinished_note(meta, df))
     return Recording(events=df, meta=meta, incomplete=incomplete, source=str(d))

@@ -81,9 +81,32 @@ def read_meta(d: Path) -> tuple[dict[str, Any], list[str]]:
             incomplete.append(f"{META_FILE} is unreadable: node, backend and lost-event counts unknown")
     else:
         incomplete.append(f"no {META_FILE}: the recorder did not finish (killed?); lost-event counts unknown")
-    if isinstance(meta, dict) and meta and meta.get("end") is None:
-        incomplete.append("the recorder did not stop cleanly (no end time): the last second may be missing")
     return meta, incomplete
+
+
+def unfinished_note(meta: dict[str, Any], events: pd.DataFrame) -> str | None:
+    """A recorder that never wrote its end time was killed: say so, name the last event it kept (what
+    came later is missing), and whose death took it along when it lived in a traced PID namespace."""
+    if not isinstance(meta, dict) or not meta or meta.get("end") is not None:
+        return None
+    note = "the recorder did not stop cleanly (no end time; killed?)"
+    if len(events):
+        last = events.iloc[-1]
+        who = f" of {last['comm']}[{last['pid']}]" if pd.notna(last["comm"]) and pd.notna(last["pid"]) else ""
+        note += f": its last event is {last['kind']}{who} at {_utc(last['ts'])}, anything later is missing"
+    dies = meta.get("dies_with")
+    if isinstance(dies, dict):
+        cid = str(dies.get("container_id") or "")[:12] or "?"
+        note += (f"; it ran in the PID namespace of {dies.get('comm') or '?'} (PID 1 of container {cid}) "
+                 f"and was killed when that process exited")
+    return note
+
+
+def _utc(ts: Any) -> str:
+    try:
+        return pd.Timestamp(float(ts), unit="s", tz="UTC").strftime("%Y-%m-%d %H:%M:%S.%f UTC")
+    except (TypeError, ValueError, OverflowError):
+        return str(ts)
 
 
 def lost_note(meta: dict[str, Any]) -> str | None:
@@ -121,4 +144,7 @@ def read_recording(directory: str | Path, *, fast: bool = True) -> Recording:
         raise DataError(f"{path}: no readable events ({sum(problems.values())} unusable lines); record again")
     if lost_note(meta):
         incomplete.append(lost_note(meta))
-    return Recording(events=events_frame(rows), meta=meta, incomplete=incomplete, source=str(d))
+    events = events_frame(rows)
+    if unfinished_note(meta, events):
+        incomplete.append(unfinished_note(meta, events))
+    return Recording(events=events, meta=meta, incomplete=incomplete, source=str(d))

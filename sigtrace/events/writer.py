@@ -1,4 +1,14 @@
-"""Write a recording: DIR/events.jsonl (appended, flushed at least every second) and DIR/meta.json."""
+"""Write a recording: DIR/events.jsonl (appended) and DIR/meta.json.
+
+Durability: an event is safe from the writer's death once it is in the kernel's page cache (a
+write(2) done), not in our buffer. A recorder in a `kubectl debug --target` container is
+SIGKILLed by the kernel together with the PID 1 it watches, the very moment it records, so:
+- the rare events that decide verdicts (signals, execs, exits, lifecycle facts) are written out
+  as soon as they are encoded, together with whatever is buffered before them;
+- the bulk (TCP events, up to tens of thousands a second) is written at the end of each backend
+  batch (RecordSession calls flush() after every poll), so a batch costs one write(2), not one per
+  event; a timer thread flushes every second in case a backend never returns.
+The cost is measured in `make bench` (capacity) and docs/benchmarks.md."""
 from __future__ import annotations
 
 import json
@@ -12,10 +22,14 @@ from typing import Any
 import orjson
 
 from ..errors import OutputError
+from . import schema
 
 EVENTS_FILE = "events.jsonl"
 META_FILE = "meta.json"
 FLUSH_INTERVAL_S = 1.0
+# Kinds written out at once (see the module docstring); every other kind waits for the batch's end.
+DURABLE_AT_ONCE = frozenset({schema.SIGNAL_GENERATE, schema.SIGNAL_DELIVER, schema.PROCESS_EXEC,
+                             schema.PROCESS_EXIT, schema.POD_LIFECYCLE})
 
 
 def prepare_output_dir(path: str | os.PathLike) -> Path:
@@ -32,17 +46,21 @@ def prepare_output_dir(path: str | os.PathLike) -> Path:
 
 
 class EventWriter:
-    """Appends events as JSON lines (UTF-8); a timer thread flushes so that a SIGKILLed recorder loses at most ~1 s.
+    """Appends events as JSON lines (UTF-8), durable as the module docstring says.
 
     Only non-null fields are written: readers fill the rest from the schema.
     """
 
-    def __init__(self, out_dir: Path, flush_interval: float = FLUSH_INTERVAL_S):
+    def __init__(self, out_dir: Path, flush_interval: float = FLUSH_INTERVAL_S,
+                 at_once: frozenset[str] = DURABLE_AT_ONCE):
         self.path = Path(out_dir) / EVENTS_FILE
         self._fh = open(self.path, "ab", buffering=1 << 16)
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._at_once = at_once
+        self._unflushed = 0
         self.count = 0
+        self.flushes = 0                      # write(2) batches, for the bench
         self._flusher = threading.Thread(target=self._flush_loop, args=(flush_interval,), daemon=True)
         self._flusher.start()
 
@@ -54,11 +72,20 @@ class EventWriter:
         with self._lock:
             self._fh.write(line)
             self.count += 1
+            self._unflushed += 1
+            if event.get("kind") in self._at_once:
+                self._flush_locked()
 
     def flush(self) -> None:
+        """Hand every buffered event to the kernel (one write(2)); nothing to do when none is pending."""
         with self._lock:
-            if not self._fh.closed:
-                self._fh.flush()
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        if self._unflushed and not self._fh.closed:
+            self._fh.flush()
+            self._unflushed = 0
+            self.flushes += 1
 
     def _flush_loop(self, interval: float) -> None:
         while not self._stop.wait(interval):
@@ -89,10 +116,9 @@ def write_meta(out_dir: Path, meta: dict[str, Any]) -> None:
 
 def base_meta(backend: str) -> dict[str, Any]:
     """Fields every backend's meta.json starts with."""
-    from .schema import SCHEMA_VERSION
     u = os.uname()
     return {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": schema.SCHEMA_VERSION,
         "node": os.environ.get("NODE_NAME") or socket.gethostname(),
         "kernel": u.release,
         "backend": backend,

@@ -55,14 +55,20 @@ class SubprocessRecorder:
         self.backend = backend
         self.needs_pids = backend == "strace"
         self.proc: subprocess.Popen | None = None
+        self.returncode: int | None = None          # the recorder's, once stopped
 
-    def start(self, out_dir: Path, pod: LocalPod | None) -> None:
+    def argv(self, out_dir: Path, pod: LocalPod | None) -> list[str]:
+        """The recorder's command line (tests run it in other namespaces)."""
         args = [sys.executable, "-m", "sigtrace", "record", "--output", str(out_dir), "--backend", self.backend,
                 "--no-live"]
         if self.needs_pids and pod is not None:   # strace attaches to the pod's processes
             for name in pod.container_names().values():
                 for pid in pod.pids(name):
                     args += ["--pid", str(pid)]
+        return args
+
+    def start(self, out_dir: Path, pod: LocalPod | None) -> None:
+        args = self.argv(out_dir, pod)
         self._log = open(out_dir / "record.log", "ab")
         # A file, not a pipe: nobody reads the recorder's live view while the lab runs.
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log,
@@ -95,6 +101,7 @@ class SubprocessRecorder:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+        self.returncode = self.proc.returncode
         self.proc = None
 
 

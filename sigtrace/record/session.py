@@ -21,6 +21,9 @@ from .live import LiveView, Rates
 
 POLL_S = 0.2
 META_EVERY_S = 5.0
+# A recorder that will die with a traced process (meta.json dies_with) rewrites meta.json this often:
+# alive_at (+ alive_every_s) then bounds when it was killed, which the report needs.
+DOOMED_META_EVERY_S = 0.25
 VIEW_EVERY_S = 0.5
 
 
@@ -103,6 +106,9 @@ class RecordSession:
             if self.live_reports:
                 self.reporter = LiveReporter(self.out_dir, self.console)
             self._write_meta()          # end=None until we stop: a killed recorder is recognisable
+            meta_every = DOOMED_META_EVERY_S if self._meta.get("dies_with") else META_EVERY_S
+            # the next sign of life is due by then (a poll may run late by one poll_s)
+            self._meta["alive_every_s"] = meta_every + self.poll_s
             self.view.start()
             last_meta = last_view = time.monotonic()
             while not self.stop_event.is_set() and not (stop is not None and stop.is_set()):
@@ -112,12 +118,13 @@ class RecordSession:
                     break
                 timeout = self.poll_s if duration is None else max(0.0, min(self.poll_s, duration - elapsed))
                 self.backend.poll(timeout)
+                self._flush()                           # the batch is durable before the next one
                 now = time.monotonic()
                 if now - last_view >= VIEW_EVERY_S:     # poll returns per batch: keep its loop cheap
                     last_view = now
                     self.view.update(elapsed, self.events, self.rates, self.backend.lost())
                     self._poll_reporter()
-                if now - last_meta >= META_EVERY_S:
+                if now - last_meta >= meta_every:
                     last_meta = last_view = time.monotonic()
                     self._write_meta()
             if stop is not None and stop.is_set():
@@ -147,6 +154,11 @@ class RecordSession:
         return RecordResult(self.out_dir, self.events, sum(lost.values()), lost,
                             time.monotonic() - started, self.stopped_by)
 
+    def _flush(self) -> None:
+        writer = self._writer
+        if writer is not None:
+            writer.flush()
+
     def _drop_reporter(self, exc: Exception) -> None:
         self.reporter = None
         print(f"sigtrace: warning: live reports stopped ({type(exc).__name__}: {exc}); the recording goes on, "
@@ -166,6 +178,7 @@ class RecordSession:
         self._meta.update(self.backend.meta())
         self._meta["lost_events"] = sum(lost.values())
         self._meta["events"] = self.events
+        self._meta["alive_at"] = time.time()
         write_meta(self.out_dir, self._meta)
 
     def _install_signals(self) -> dict[int, Any]:

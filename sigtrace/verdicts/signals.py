@@ -2,6 +2,8 @@
 wrapper, or replaced by the SIGKILL at the end of the grace period."""
 from __future__ import annotations
 
+from typing import Any
+
 from ..correlate.pod import NOT_STOP, PodContext
 from ..correlate.processes import INIT, SHELL
 from ..events import capabilities as C
@@ -82,18 +84,61 @@ def killed_after_grace(ctx: PodContext) -> Finding | Undecidable | None:
              and s.ts >= ctx.t0 and s.reached and not s.target.external]
     # PID 1 cannot be SIGKILLed from inside its own namespace: its death by SIGKILL came from outside
     pid1_killed = [p for p in ctx.procs.values() if p.is_pid1 and p.exit_signal == "SIGKILL" and not p.external]
-    if not kills and not pid1_killed:
+    unsent = [] if ctx.has(C.SIGNAL_SENDER) else _killed_by_unseen_sender(ctx, pid1_killed)
+    cut, cut_victims = _killed_with_the_recorder(ctx)
+    if not kills and not pid1_killed and not unsent and not cut_victims:
         return None
     ev = []
-    first = min([s.ts for s in kills] + [p.exit_ts for p in pid1_killed if p.exit_ts is not None])
+    first = min([s.ts for s in kills] + [p.exit_ts for p in pid1_killed + unsent if p.exit_ts is not None]
+                + ([cut.after] if cut_victims else []))
     for s in kills:
         ev.append(ctx.evidence(s.row, f"{s.sender_label} → {s.target_label}: SIGKILL"))
     for p in pid1_killed:
         if not any(s.target is p for s in kills):
             ev.append(ctx.evidence(p.exit_row, f"{p.label} killed by SIGKILL (from outside the container)"))
-    victims = {s.target.pid for s in kills} | {p.pid for p in pid1_killed}
+    for p in unsent[:4]:
+        ev.append(ctx.evidence(p.exit_row, f"{p.label} killed by SIGKILL that no traced process sent "
+                                           "(from outside the container)"))
+    if cut_victims:
+        when = (f"between {fmt_t(ctx.rel(cut.after))} and {fmt_t(ctx.rel(cut.before))}" if cut.before is not None
+                else f"after {fmt_t(ctx.rel(cut.after))}")
+        others = ", ".join(f"{comm}[{pid}]" for pid, comm in sorted(cut.running.items()) if pid != cut.init.pid)
+        ev.append(ctx.evidence(None, f"{cut.init.label} ended {when} without calling exit (the recorder in its PID "
+                               f"namespace records every exit before it happens, and was killed with it): SIGKILL "
+                               f"from outside" + (f", together with {others}" if others else ""), ts=cut.after))
+    victims = ({s.target.pid for s in kills} | {p.pid for p in pid1_killed + unsent}
+               | (set(cut.running) if cut_victims else set()))
     n_open = int(ctx.open_mask(first).sum())
     extra = f"; {n_open} connection(s) still open" if n_open else ""
     grace = f" (grace period {ctx.grace_s:g} s)" if ctx.grace_s is not None else ""
     return Finding(f"{len(victims)} process(es) were still running at {fmt_t(ctx.rel(first))}{grace} and were "
                    f"SIGKILLed{extra}.", ev)
+
+
+def _killed_by_unseen_sender(ctx: PodContext, already: list) -> list:
+    """Without signal_sender (strace), the runtime's SIGKILL is invisible: it comes from outside the
+    traced processes, and a SIGKILL is never reported on delivery. A pod process that died by SIGKILL
+    after the stop began, with no traced process sending it one (php-fpm's master killing its
+    children would be a traced kill()), was killed from outside. This is what a recorder left when
+    it ran in the container's PID namespace and died with its PID 1: the workers' deaths by SIGKILL
+    reach the file, PID 1's does not."""
+    sent = {s.target.pid for s in ctx.signals if s.sig == "SIGKILL" and s.target is not None}
+    return [p for p in ctx.procs.values()
+            if p.exit_signal == "SIGKILL" and not p.external and p.exit_ts is not None and p.exit_ts >= ctx.t0
+            and p.pid not in sent and p not in already]
+
+
+# what kills a process although it has no handler and PID 1 is protected: the kernel's own signals
+CRASH_SIGNALS = frozenset({"SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT", "SIGSYS", "SIGTRAP"})
+
+
+def _killed_with_the_recorder(ctx: PodContext) -> tuple[Any, list]:
+    """The recording was cut by the end of a PID 1 that never called exit (cut.RecorderCut) after the
+    stop began: it was SIGKILLed, with the processes of its container still running (cut.running);
+    a crash would show its signal's delivery first."""
+    cut = ctx.recorder_cut
+    if cut is None or ctx.t0 is None or cut.after < ctx.t0 or ctx.has(C.SIGNAL_SENDER):
+        return cut, []
+    if any(s.target is cut.init and s.sig in CRASH_SIGNALS and s.handler == "default" for s in ctx.signals):
+        return cut, []
+    return cut, [cut.init]

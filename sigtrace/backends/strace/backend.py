@@ -16,14 +16,16 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from ...errors import PermissionProblem, UsageProblem
 from ...events import capabilities as caps
+from ...pods import node
 from .. import EventSink
 from . import command
 from .parser import LineParser, parse_message
-from .procs import ProcTable, container_key, expand_targets, own_lineage
+from .procs import ProcTable, container_key, expand_targets, own_lineage, pod_ref
 from .translate import Translator
 
 RESCAN_S = 0.5
@@ -85,18 +87,24 @@ class StraceBackend:
     capabilities = (caps.SIGNAL_DELIVERY, caps.PROCESS_EXEC, caps.PROCESS_EXIT, caps.SOCKET_CALLS)
 
     def __init__(self, *, all_processes: bool = False, pids: tuple[int, ...] | list[int] = (),
-                 comms: tuple[str, ...] = (), strace: str = "strace", rescan_s: float = RESCAN_S,
+                 comms: tuple[str, ...] = (), pods: tuple[str, ...] = (), node_root: str | None = None,
+                 strace: str = "strace", rescan_s: float = RESCAN_S,
                  note: Callable[[str], None] | None = None, proc: str = "/proc", raw_log: str | None = None,
                  **_ignored: Any):
         if all_processes:
             raise UsageProblem("--all is not possible with --backend strace (ptrace follows given processes); "
                                "pass --pid PID (repeatable) or use --backend bpf")
-        if not pids and not comms:
-            raise UsageProblem("--backend strace needs --pid PID (or --comm NAME): the processes to attach to")
+        if not pids and not comms and not pods:
+            raise UsageProblem("--backend strace needs --pid PID, --comm NAME or --pod NAME|UID: "
+                               "the processes to attach to")
         for pid in pids:
             if pid <= 0:
                 raise UsageProblem(f"--pid {pid}: not a process id")
         self.pids, self.comms = list(pids), tuple(comms)
+        root = Path(node_root) if node_root else node.default_node_root()
+        # pods are resolved before anything runs: a name that is no pod is a usage error
+        self.pod_uids = {node.resolve_pod(ref, root): ref for ref in pods}
+        self.dies_with: dict[str, Any] | None = None
         self.strace_name, self.rescan_s, self.proc = strace, rescan_s, proc
         self.note = note or (lambda line: print(f"sigtrace: {line}", file=sys.stderr))
         self.procs = ProcTable(proc)
@@ -124,8 +132,12 @@ class StraceBackend:
         self.version = command.strace_version(self.binary)
         self._sink = sink
         self.translator = Translator(self.procs, self._emit)
-        targets = self.pids + self._pids_by_comm()
+        targets = self.pids + self._pids_by_comm() + self._pids_of_pods()
         if not targets:
+            if self.pod_uids:
+                raise UsageProblem(f"pod {', '.join(self.pod_uids.values())} has no running process on this node "
+                                   f"(looked in {self.proc}/*/cgroup); run where the pod runs, with the host's "
+                                   f"PID namespace (kubectl debug node/NODE)")
             raise UsageProblem(f"no process named {', '.join(self.comms)}; check the name (comm, 15 chars) "
                                f"or pass --pid")
         groups = expand_targets(targets, self.proc)
@@ -144,6 +156,7 @@ class StraceBackend:
         if len(refs) == 1:
             # a child that exits before we read its cgroup belongs to the targets' (single) container
             self.procs.fallback_pod = refs.pop()
+        self.dies_with = self._traced_init_of_own_pidns(wanted)
         if wanted:
             self._start(wanted)
         attached = [p for p, r in self.attach.items() if r["status"] == "attached"]
@@ -154,11 +167,19 @@ class StraceBackend:
         if failed:
             self.note(f"strace attached to {len(attached)} of {len(self.attach)} processes; not attached: "
                       + "; ".join(f"{p}: {r['detail']}" for p, r in sorted(failed.items())))
+        if self.dies_with is not None:
+            self.note(f"note: this recorder runs in the PID namespace of {self.dies_with['comm']} (PID 1 here), "
+                      f"which it traces: when that process exits the kernel kills the recorder too, so what "
+                      f"follows is missing (exits are held {command.EXIT_DELAY_MS} ms to be recorded first); to "
+                      f"outlive the pod, record from the node (kubectl debug node/NODE ... --pod NAME, see the README)")
         self.startup_s = round(time.monotonic() - t0, 3)
         self._last_rescan = time.monotonic()
 
     def poll(self, timeout_s: float) -> None:
+        """Read what strace wrote; return as soon as a batch of lines gave events (the session
+        then makes them durable: a recorder killed with its tracees keeps them) or at timeout_s."""
         deadline = time.monotonic() + max(0.0, timeout_s)
+        before = self.events
         while True:
             streams = [s for t in self.tracers for s in (t.trace, t.err) if not s.eof]
             remaining = deadline - time.monotonic()
@@ -171,13 +192,13 @@ class StraceBackend:
                     ready = []
                 for t in self.tracers:
                     if t.trace.fd in ready:
-                        self._read(t.trace, self._trace_line)
+                        self._read(t.trace, self._trace_line, self._trace_partial)
                     if t.err.fd in ready:
                         self._read(t.err, lambda line, t=t: self._message(t, line))
             if time.monotonic() - self._last_rescan >= self.rescan_s:
                 self._last_rescan = time.monotonic()
                 self._rescan()
-            if time.monotonic() >= deadline:
+            if self.events != before or time.monotonic() >= deadline:
                 return
 
     def close(self) -> None:
@@ -203,6 +224,8 @@ class StraceBackend:
             "strace_messages": list(self.messages),
             "attach": {str(p): r for p, r in sorted(self.attach.items())},
             "attached_pids": attached,
+            "pods": sorted(self.pod_uids),
+            "dies_with": self.dies_with,
             "partial_attach": any(r["status"] != "attached" for r in self.attach.values()),
             "counts": dict(self.translator.counts) if self.translator else {},
             "startup_s": self.startup_s,
@@ -226,6 +249,30 @@ class StraceBackend:
             if entry.isdigit() and int(entry) not in skip and command.comm_of(int(entry), self.proc) in self.comms:
                 out.append(int(entry))
         return sorted(out)
+
+    def _pids_of_pods(self) -> list[int]:
+        if not self.pod_uids:
+            return []
+        found = node.pod_pids(set(self.pod_uids), self.proc, skip=own_lineage(self.proc))
+        return sorted(p for pids in found.values() for p in pids)
+
+    def _traced_init_of_own_pidns(self, pids: list[int]) -> dict[str, Any] | None:
+        """The PID 1 of our own PID namespace, when we trace it (a `kubectl debug --target`
+        container): the kernel SIGKILLs every process of a PID namespace when its init exits."""
+        try:
+            own = os.readlink(f"{self.proc}/self/ns/pid")
+        except OSError:
+            return None
+        for pid in pids:
+            f = self.procs.facts(pid)
+            try:
+                same = os.readlink(f"{self.proc}/{pid}/ns/pid") == own
+            except OSError:
+                continue
+            if same and f.nspid == 1:
+                return {"pid": pid, "comm": command.comm_of(pid, self.proc) or None,
+                        "pod_uid": f.pod.pod_uid, "container_id": f.pod.container_id}
+        return None
 
     def _precheck(self, pid: int, target: int) -> bool:
         """Record why a pid cannot be attached before strace says it less clearly."""
@@ -257,7 +304,7 @@ class StraceBackend:
 
     def _start_one(self, pids: list[int], netns_pid: int | None) -> None:
         rfd, wfd = os.pipe()
-        argv = command.build_argv(self.binary, pids, wfd)
+        argv = command.build_argv(self.binary, pids, wfd, delay_exits=self.dies_with is not None)
         ns_path = f"{self.proc}/{netns_pid}/ns/net" if netns_pid is not None else None
 
         def prepare() -> None:
@@ -288,7 +335,7 @@ class StraceBackend:
             if t.err.fd in ready:
                 self._read(t.err, lambda line: self._message(t, line))
             if t.trace.fd in ready:
-                self._read(t.trace, self._trace_line)
+                self._read(t.trace, self._trace_line, self._trace_partial)
             if t.proc.poll() is not None and t.err.eof:
                 break
         for p in t.pids:
@@ -332,8 +379,9 @@ class StraceBackend:
                             f"untraced process")
 
     def _rescan(self) -> None:
-        """Attach processes that joined a target container without being a traced child (runc exec)."""
-        if not self._keys:
+        """Attach processes that joined a target container (runc exec) or, with --pod, the pod (a
+        restarted container has a new id), without being a traced child."""
+        if not self._keys and not self.pod_uids:
             return
         skip = own_lineage(self.proc) | {t.proc.pid for t in self.tracers}
         new = []
@@ -347,7 +395,8 @@ class StraceBackend:
             pid = int(entry)
             if pid in skip or pid in self.attach:
                 continue
-            if container_key(pid, self.proc) not in self._keys:
+            ref = pod_ref(pid, self.proc)
+            if container_key(pid, self.proc, ref) not in self._keys and ref.pod_uid not in self.pod_uids:
                 continue
             if command.tracer_of(pid, self.proc):
                 continue                                # a traced process's child, already followed by -f
@@ -360,7 +409,8 @@ class StraceBackend:
             self._start(new)
 
     # -- reading
-    def _read(self, stream: _Stream, on_line: Callable[[str], None]) -> None:
+    def _read(self, stream: _Stream, on_line: Callable[[str], None],
+              on_partial: Callable[[str], None] | None = None) -> None:
         while True:
             try:
                 chunk = os.read(stream.fd, READ_CHUNK)
@@ -379,6 +429,8 @@ class StraceBackend:
             *lines, stream.buf = stream.buf.split(b"\n")
             for raw in lines:
                 on_line(raw.decode("utf-8", "replace"))
+            if on_partial is not None and b"exit_group(" in stream.buf:
+                on_partial(stream.buf.decode("utf-8", "replace"))
             if len(chunk) < READ_CHUNK:
                 return
 
@@ -392,6 +444,13 @@ class StraceBackend:
             except (ValueError, IndexError, KeyError, TypeError):
                 # a record of a shape we did not foresee: count it, keep recording
                 self.parser.unparsed += 1
+
+    def _trace_partial(self, partial: str) -> None:
+        """A line strace has begun but not ended: an exit_group() entry is an exit already."""
+        assert self.translator is not None
+        rec = self.parser.exit_entry(partial)
+        if rec is not None:
+            self.translator.handle(rec)
 
     def _emit(self, event: dict[str, Any]) -> None:
         self.events += 1
@@ -437,6 +496,6 @@ class StraceBackend:
         except (OSError, ValueError):
             return
         if t.trace.fd in ready:
-            self._read(t.trace, self._trace_line)
+            self._read(t.trace, self._trace_line, self._trace_partial)
         if t.err.fd in ready:
             self._read(t.err, lambda line: self._message(t, line))

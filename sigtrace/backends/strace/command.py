@@ -10,7 +10,11 @@ Flag choices (strace 6.1), each needed by the parser:
   -s 64              execve argv long enough to recognise `nginx -s quit` in a preStop
   -e signal=all      every received signal: `--- SIGTERM {si_code=SI_USER, si_pid=0, ...} ---`
   -o /dev/fd/N       trace lines alone on a pipe ("PID<comm> TS ..." on every line); strace's own
-                     messages (attach results, failures) stay on stderr
+                     messages (attach results, failures) stay on stderr. strace writes each line as it
+                     goes (a call's entry before the call runs), not at the end of a stdio buffer
+  exit_group         traced: its entry says a process exits, and with which code, before it is gone
+  -e inject=exit_group:delay_enter=200ms
+                     only when the recorder dies with a traced process (EXIT_DELAY_MS)
 Exit lines (`+++ exited with N +++`, `+++ killed by SIGKILL +++`) are kept: no -qq.
 """
 from __future__ import annotations
@@ -24,7 +28,7 @@ from ...errors import PermissionProblem, SigtraceError
 
 # The syscalls we print. ptrace stops every syscall anyway; this only limits decoding and output.
 SIGNAL_SYSCALLS = ("kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo", "pidfd_send_signal")
-PROCESS_SYSCALLS = ("execve", "execveat")
+PROCESS_SYSCALLS = ("execve", "execveat", "exit_group")
 SOCKET_SYSCALLS = ("close", "shutdown", "connect", "accept", "accept4", "getsockopt")
 # Read/write calls only matter when they fail with ECONNRESET on a socket (a reset received).
 IO_SYSCALLS = ("read", "readv", "recvfrom", "recvmsg", "write", "writev", "sendto", "sendmsg", "sendfile")
@@ -54,11 +58,19 @@ def strace_version(binary: str) -> str:
     return m.group(1) if m else ""
 
 
-def build_argv(binary: str, pids: list[int], out_fd: int) -> list[str]:
+# A recorder in the PID namespace of the init it traces dies with that init. Holding every traced
+# exit_group() this long gives it time to write the exit (strace prints the call's entry at once)
+# and whatever came before, so a graceful exit is never taken for a SIGKILL.
+EXIT_DELAY_MS = 200
+
+
+def build_argv(binary: str, pids: list[int], out_fd: int, *, delay_exits: bool = False) -> list[str]:
     """The full strace argv attaching to `pids`, trace lines written to file descriptor out_fd."""
     argv = [binary, "-f", "-ttt", "-yy", "--decode-pids=comm,pidns", "-s", str(STRING_LIMIT),
             "-e", "trace=" + ",".join("?" + s for s in SYSCALLS), "-e", "signal=all",
             "-o", f"/dev/fd/{out_fd}"]
+    if delay_exits:
+        argv += ["-e", f"inject=exit_group:delay_enter={EXIT_DELAY_MS}ms"]
     for pid in pids:
         argv += ["-p", str(pid)]
     return argv

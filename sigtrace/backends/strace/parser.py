@@ -23,6 +23,7 @@ _PREFIX = re.compile(
     r"^(?:\[pid\s+(?P<pid1>\d+)(?:<(?P<comm1>[^>]*)>)?\]\s|(?P<pid2>\d+)(?:<(?P<comm2>[^>]*)>)?\s+)?"
     r"(?P<ts>\d{9,11}\.\d{1,9})\s(?P<body>.*)$", re.S)
 _UNFINISHED = re.compile(r"^(?P<name>\w+)\((?P<args>.*?)\s*<unfinished \.\.\.>$", re.S)
+_CUT_BY_DETACH = re.compile(r"^(?P<name>\w+)\((?P<args>.*?)\s*<detached \.\.\.>$", re.S)
 _RESUMED = re.compile(r"^<\.\.\. (?P<name>\w+) resumed>\s?(?P<rest>.*)$", re.S)
 _CALL = re.compile(r"^(?P<name>\w+)\((?P<rest>.*)$", re.S)
 # the return value at the end of a completed call: `= 0`, `= -1 ECONNRESET (...)`, `= ? ERESTARTSYS (...)`,
@@ -35,6 +36,9 @@ _SIGNAL = re.compile(r"^--- (?P<sig>SIG[A-Z0-9+]+|\d+) (?P<info>\{.*\}|\(.*\).*)
 _STOPPED = re.compile(r"^--- stopped by (?P<sig>SIG[A-Z0-9]+) ---$")
 _EXITED = re.compile(r"^\+\+\+ exited with (?P<code>-?\d+) \+\+\+$")
 _KILLED = re.compile(r"^\+\+\+ killed by (?P<sig>SIG[A-Z0-9+]+|\d+)(?P<core> \(core dumped\))? \+\+\+$")
+# a process ending: exit_group(CODE) never returns; its entry alone is a complete fact
+EXIT_CALLS = ("exit_group",)
+_EXIT_ENTRY = re.compile(r"^(?P<name>exit_group)\((?P<code>-?\d+)$")
 _SUPERSEDED = re.compile(r"^\+\+\+ superseded by execve in pid (?P<pid>\d+) \+\+\+$")
 
 # strace's own messages (stderr), prefixed with its argv[0]
@@ -219,8 +223,17 @@ class LineParser:
             _, args, start_ts, _ = pending
             # strace splits between arguments: the first half ends with ", " or the resumed part with ")"
             return _complete(tid, comm, start_ts, ts, name, args + rm.group("rest")) or None
+        dm = _CUT_BY_DETACH.match(body)
+        if dm:
+            # strace detached (we stopped) while the call was running: only an exit is a fact
+            if dm.group("name") in EXIT_CALLS:
+                return Syscall(tid, comm, ts, ts, dm.group("name"), dm.group("args"), "?", None, None)
+            return True
         um = _UNFINISHED.match(body)
         if um:
+            if um.group("name") in EXIT_CALLS:
+                # the process is ending: say so now (its resumed half `= ?` comes at the real exit)
+                return Syscall(tid, comm, ts, ts, um.group("name"), um.group("args"), "?", None, None)
             args = um.group("args")
             if args.endswith(","):
                 args += " "
@@ -233,3 +246,18 @@ class LineParser:
 
     def pending_calls(self) -> int:
         return len(self._pending)
+
+    def exit_entry(self, partial: str) -> Syscall | None:
+        """An exit_group() entry still without its end (`1<nginx> 1796.1 exit_group(0`): strace writes a
+        call's entry at once and completes the line at the exit. Lets a recorder that dies with the
+        process (same PID namespace) record the exit ahead of it."""
+        m = _PREFIX.match(partial)
+        if m is None:
+            return None
+        em = _EXIT_ENTRY.match(m.group("body"))
+        if em is None:
+            return None
+        tid = int(m.group("pid1") or m.group("pid2") or 0)
+        comm = m.group("comm1") if m.group("pid1") else m.group("comm2")
+        ts = float(m.group("ts"))
+        return Syscall(tid, comm, ts, ts, em.group("name"), em.group("code"), "?", None, None)

@@ -43,12 +43,16 @@ def parse_status(text: str) -> dict[str, list[int]]:
     return out
 
 
-def container_key(pid: int, proc: str = "/proc") -> tuple | None:
+def pod_ref(pid: int, proc: str = "/proc") -> PodRef:
+    return parse_proc_cgroup(_read(f"{proc}/{pid}/cgroup") or "")
+
+
+def container_key(pid: int, proc: str = "/proc", ref: PodRef | None = None) -> tuple | None:
     """What makes processes 'the same container': the kubelet cgroup's container id when there is
     one, else the (mount, PID) namespaces of a process in a container other than ours (a runc
     container without a kubelet cgroup, or the target seen from a `kubectl debug` container).
     None for a process sharing our own namespaces: expanding it would trace the whole host."""
-    ref = parse_proc_cgroup(_read(f"{proc}/{pid}/cgroup") or "")
+    ref = ref if ref is not None else pod_ref(pid, proc)
     if ref.container_id:
         return ("cgroup", ref.container_id)
     try:

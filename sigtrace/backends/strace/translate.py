@@ -21,7 +21,7 @@ import re
 from typing import Any, Callable
 
 from ...events import schema as S
-from .parser import Exit, Record, SignalRecv, Syscall, split_top
+from .parser import EXIT_CALLS, Exit, Record, SignalRecv, Syscall, split_top
 from .procs import ProcTable
 
 # si_code names strace prints -> numbers (include/uapi/asm-generic/siginfo.h)
@@ -136,6 +136,7 @@ class Translator:
         self._tuples: dict[tuple[int, int], Tuple] = {}          # (pid, fd) -> last known tuple
         self._connecting: dict[tuple[int, int], Tuple] = {}      # non-blocking connect in progress
         self._owned: set[tuple[int, int]] = set()                # (pid, fd) this process accepted/connected
+        self._exiting: set[int] = set()                          # pids seen entering exit_group
 
     # -- common fields
     def _common(self, tid: int, comm: str | None) -> dict[str, Any]:
@@ -175,20 +176,39 @@ class Translator:
         if pid != rec.tid:
             self.counts["thread_exits"] += 1         # a thread ending is not the process exiting
             return
-        common = self._common(rec.tid, rec.comm)
+        if pid in self._exiting:
+            # recorded at its exit_group() entry already: this is only its end
+            self._exiting.discard(pid)
+            self.procs.forget(pid)
+            return
+        self._process_exit(pid, rec.tid, rec.comm, rec.ts, rec.code, rec.sig)
+
+    def _exit_group(self, rec: Syscall) -> None:
+        """exit_group(CODE) entered: the process exits with CODE (what `+++ exited with CODE +++`
+        says later, when the recorder is still there to read it)."""
+        pid = self.procs.tgid(rec.tid)
+        if pid in self._exiting:
+            return                                    # the same call, seen as an entry and as a line
+        self._exiting.add(pid)
+        self.counts["exits_at_exit_group"] = self.counts.get("exits_at_exit_group", 0) + 1
+        self._process_exit(pid, rec.tid, rec.comm, rec.ts, int(rec.args.strip()), None, forget=False)
+
+    def _process_exit(self, pid: int, tid: int, comm: str | None, ts: float, code: int | None, sig: str | None,
+                      forget: bool = True) -> None:
+        common = self._common(tid, comm)
         # the kernel closes what the process still held: connections it alone owned (accepted or
         # connected by it; a listener is shared with the forked workers and stays open)
         for key in [k for k in self._tuples if k[0] == pid]:
             saddr, sport, daddr, dport = self._tuples.pop(key)
             if dport is not None and key in self._owned:
-                self.emit(S.new_event(S.SOCK_CLOSE, rec.ts, saddr=saddr, sport=sport, daddr=daddr, dport=dport,
+                self.emit(S.new_event(S.SOCK_CLOSE, ts, saddr=saddr, sport=sport, daddr=daddr, dport=dport,
                                       reason="exit", **common))
         self._owned = {k for k in self._owned if k[0] != pid}
-        ev = S.new_event(S.PROCESS_EXIT, rec.ts, exit_code=rec.code, exit_signal=rec.sig, **common)
-        self.emit(ev)
+        self.emit(S.new_event(S.PROCESS_EXIT, ts, exit_code=code, exit_signal=sig, **common))
         for key in [k for k in self._connecting if k[0] == pid]:
             del self._connecting[key]
-        self.procs.forget(pid)
+        if forget:
+            self.procs.forget(pid)
 
     # -- syscalls
     def _syscall(self, rec: Syscall) -> None:
@@ -197,6 +217,8 @@ class Translator:
             self._signal_call(rec)
         elif name in ("execve", "execveat"):
             self._exec(rec)
+        elif name in EXIT_CALLS:
+            self._exit_group(rec)
         elif name in ("close", "shutdown"):
             self._close(rec)
         elif name == "connect":
