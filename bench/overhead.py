@@ -27,7 +27,7 @@ MODES = ("untraced", "bpf", "bpf-armed", "strace", "tcpstates")
 MODE_DOC = {
     "untraced": "no tracer",
     "bpf": "`sigtrace record` (bcc), pod not stopping: TCP transitions counted in the kernel, not streamed",
-    "bpf-armed": "`sigtrace record`, pod armed (a `runc exec` into it, as a preStop does): TCP closes streamed",
+    "bpf-armed": "`sigtrace record --tcp-detail always`: TCP closes streamed, as for a stopping pod",
     "strace": "`sigtrace record --backend strace --pid <nginx master>` (ptrace of master and workers)",
     "tcpstates": "bcc `tcpstates-bpfcc` (every TCP state change of the node to user space, printed)",
 }
@@ -79,12 +79,9 @@ def one_run(mode: str, pod: Any, tmp: Path, seconds: float, threads: int, conns:
     out = tmp / f"{mode}-{time.monotonic_ns()}"
     tracer = None
     if mode in ("bpf", "bpf-armed"):
-        tracer = procs.start_record(out, [], mode)
-        if mode == "bpf-armed":
-            pod.exec("nginx", ["true"])        # an exec into the running container arms the pod
-            time.sleep(1.2)                    # the recorder reacts within its 1 s scan
-        else:
-            time.sleep(1.2)                    # same settling time as armed, for fairness
+        # armed: TCP detail as for a stopping pod, without stopping it
+        tracer = procs.start_record(out, ["--tcp-detail", "always"] if mode == "bpf-armed" else [], mode)
+        time.sleep(1.2)                        # the recorder arms within its 1 s scan
     elif mode == "strace":
         tracer = procs.start_record(out, ["--backend", "strace", "--pid", str(pod.pid1("nginx"))], mode)
         time.sleep(1.2)

@@ -9,8 +9,9 @@
  * Cost design: signals, exec and exit are rare and always streamed for pod processes. TCP
  * transitions are frequent: they are attributed to a pod by endpoint (a pod's listening
  * address/port, local or remote), never by the current task alone (softirq context), and only
- * streamed while that pod is "armed" (stopping: a stop signal reached it, its init exited, or
- * user space saw an exec into it); otherwise a per-CPU counter is bumped.
+ * streamed while that pod is "armed" (stopping: a stop signal reached a container's PID 1, an init
+ * exited, or user space learnt of the pod's deletion from the API); otherwise a per-CPU counter is
+ * bumped. An exec into a running container (exec probes, kubectl exec) never arms.
  */
 #include <uapi/linux/ptrace.h>
 
@@ -176,9 +177,26 @@ static __always_inline int fatal_by_default(int sig)
 
 static __always_inline int stop_signal(int sig)
 {
-    /* signals that start a shutdown (or reload): HUP INT QUIT KILL USR2 TERM WINCH PWR */
+    /* signals a runtime may send as a container's stop signal (STOPSIGNAL): HUP INT QUIT KILL USR2
+     * TERM WINCH PWR */
     return sig == 1 || sig == 2 || sig == 3 || sig == 9 || sig == 12 || sig == 15 ||
            sig == 28 || sig == 30;
+}
+
+/* Does this signal start the pod's stop? Only a signal to a container's PID 1 does: the runtime's
+ * stop signal (runc kill: whatever STOPSIGNAL is) and its final SIGKILL, or a terminating signal from
+ * anyone (a preStop `nginx -s quit`, a `kubectl exec ... kill 1`). Not: reloads (HUP, USR2 from a
+ * process in the pod), a master signalling its own workers (nginx QUITs old workers on reload,
+ * php-fpm QUITs idle children), the runtime killing a timed-out exec probe, exec probes themselves.
+ * A pod armed by mistake streams every close for the arm window: on a node with exec probes and
+ * reloads that was 25,000 events/s from one running pod. */
+static __always_inline int arms_pod(int sig, int runtime, struct st_task *tgt)
+{
+    if (!(tgt->flags & ST_TASK_INIT))
+        return 0;
+    if (runtime)
+        return stop_signal(sig);
+    return sig == 2 || sig == 3 || sig == 9 || sig == 15;
 }
 
 TRACEPOINT_PROBE(signal, signal_generate)
@@ -199,7 +217,7 @@ TRACEPOINT_PROBE(signal, signal_generate)
         return 0;
     if (tp) {
         tgt = *tp;
-        if (stop_signal(args->sig))
+        if (arms_pod(args->sig, runtime, &tgt))
             arm(tgt.pidx);
     }
 #if !ST_EXIT_TASK

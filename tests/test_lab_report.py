@@ -1,6 +1,7 @@
 """The scenario matrix through `sigtrace lab` with the real recorder (bpf) and the report:
 each verdict of the catalog fires on the scenario built to cause it, and nothing fires on
-the clean shutdown, across both cgroup layouts, several worker counts and timings."""
+the clean shutdown, across both cgroup layouts, several worker counts and timings, with exec probes
+running in every container every second."""
 from __future__ import annotations
 
 import json
@@ -55,8 +56,10 @@ def test_verdict_matrix(sigtrace_cli, tmp_path, name, args, verdicts, client_fai
     require_kernel(bpf=True, tools=("runc", "nginx", "php-fpm8.2", "ip"))
     for attempt in range(3):
         out = tmp_path / f"{name}-{attempt}"
+        # an exec into every container every second, as kubelet exec probes do: they must neither
+        # arm the pod (stream its TCP detail) nor change any verdict
         p = sigtrace_cli("lab", "--backend", "bpf", "--output", str(out), "--format", "json", "--grace",
-                         "15", *args, timeout=240)
+                         "15", "--exec-probe", "1", *args, timeout=240)
         assert p.returncode == 0, p.stderr
         run = json.loads(p.stdout)[0]
         # The recorder is node-wide: a signal storm from another process (other suites run in

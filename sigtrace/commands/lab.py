@@ -68,10 +68,12 @@ Examples:
 @click.option("--output", type=click.Path(path_type=Path), help="Recording dir (default: a new dir in /tmp).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--pod-uid", help="Use this pod uid (default: a new uuid4).")
+@click.option("--exec-probe", type=float, default=None, metavar="SECONDS",
+              help="Exec into every container this often, as kubelet exec probes do (e.g. 1).")
 @click.option("--demo", is_flag=True, help="Run the article's case (preStop `nginx -s quit`, TERM), then the fix.")
 def lab(nginx_conf, fpm_conf, workers, prestop, stop_signal, grace, stop_order, stop_delay,
         process_control_timeout, worker_shutdown_timeout, shell_wrapper, wrapper, request_ms, concurrency, lb_delay,
-        layout, backend, output, fmt, pod_uid, demo) -> None:
+        layout, backend, output, fmt, pod_uid, exec_probe, demo) -> None:
     """Reproduce a pod's shutdown locally: real runc containers (nginx + php-fpm), load through
     them, a deletion like kubelet + containerd, and the client's view beside the report."""
     from ..lab.driver import demo_scenarios, run_and_show
@@ -93,7 +95,7 @@ def lab(nginx_conf, fpm_conf, workers, prestop, stop_signal, grace, stop_order, 
                      stop_delay_s=stop_delay, process_control_timeout_s=process_control_timeout,
                      worker_shutdown_timeout_s=worker_shutdown_timeout, shell_wrapper=shell_wrapper, wrapper=wrapper,
                      request_ms=request_ms, concurrency=concurrency, lb_delay_s=lb_delay, layout=layout,
-                     uid=pod_uid)
+                     uid=pod_uid, exec_probe_s=exec_probe)
         runs = [("lab", s)]
     results = run_and_show(runs, out_root, backend=backend, fmt=fmt)
     if fmt == "json":

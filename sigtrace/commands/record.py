@@ -59,11 +59,13 @@ def _console() -> Any:
               help="Where the node's filesystem is, for --pod NAME (default: /, or /host in kubectl debug node/).")
 @click.option("--backend", type=click.Choice(sorted(BACKENDS)), default="bpf", show_default=True,
               help="bpf (eBPF tracepoints, needs root) or strace (ptrace, where eBPF is not allowed).")
+@click.option("--tcp-detail", type=click.Choice(["stopping", "always"]), default="stopping", show_default=True,
+              help="bpf: stream TCP closes of pods that are stopping, or of every pod all the time (costly).")
 @click.option("--dry-run", is_flag=True, help="Compile and attach the probes, then exit.")
 @click.option("--no-live", is_flag=True, help="No live view (a status line every few seconds instead).")
 def record(output: str, duration: float | None, all_processes: bool, pids: tuple[int, ...],
-           comms: tuple[str, ...], pods: tuple[str, ...], node_root: str | None, backend: str, dry_run: bool,
-           no_live: bool) -> int:
+           comms: tuple[str, ...], pods: tuple[str, ...], node_root: str | None, backend: str, tcp_detail: str,
+           dry_run: bool, no_live: bool) -> int:
     """Record signals, exits and TCP closes/resets of pods (or --all / --pid / --comm processes).
 
     Writes DIR/events.jsonl (signals and exits at once, TCP events per batch) and DIR/meta.json.
@@ -78,7 +80,9 @@ def record(output: str, duration: float | None, all_processes: bool, pids: tuple
     if pods and backend != "strace":
         raise UsageProblem("--pod picks the processes strace attaches to; the bpf backend records every pod "
                            "on the node (choose one with: sigtrace report DIR --pod UID)")
-    extra = {"pods": pods, "node_root": node_root} if backend == "strace" else {}
+    if tcp_detail != "stopping" and backend != "bpf":
+        raise UsageProblem("--tcp-detail is for --backend bpf; strace sees socket calls, not TCP states")
+    extra = {"pods": pods, "node_root": node_root} if backend == "strace" else {"tcp_detail": tcp_detail}
     be = make_backend(backend, all_processes=all_processes, pids=pids, comms=comms, **extra)
     console = _console()
     if dry_run:

@@ -45,6 +45,10 @@ class WatcherBackend:
             except queue.Empty:
                 return
             self.api_events += 1
+            if ev.get("event") == "pod_deleted" and ev.get("pod_uid") and hasattr(self.inner, "arm_pod"):
+                # the deletion starts the stop (preStop hooks run before any signal): stream the pod's
+                # TCP detail from now on, not only from its first stop signal
+                self.inner.arm_pod(ev["pod_uid"])
             self._sink(ev)
 
     def poll(self, timeout_s: float) -> None:

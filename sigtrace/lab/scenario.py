@@ -52,6 +52,7 @@ class Scenario:
     warmup_s: float = 1.0                     # load before the deletion, so requests are in flight
     layout: str = "cgroupfs"
     uid: str | None = None
+    exec_probe_s: float | None = None         # an exec into every container this often (kubelet exec probes)
 
     def signal_of(self, container: str) -> str:
         return normalize_signal(self.stop_signal.get(container, "SIGTERM"))
@@ -123,7 +124,8 @@ def validate(s: Scenario) -> None:
         raise LabError(f"unknown --layout {s.layout!r}: use cgroupfs or systemd")
     for label, value, low in (("--workers", s.workers, 1), ("--concurrency", s.concurrency, 1),
                               ("--grace", s.grace_s, 0), ("--request-ms", s.request_ms, 0),
-                              ("--lb-delay", s.lb_delay_s, 0), ("--stop-delay", s.stop_delay_s, 0)):
+                              ("--lb-delay", s.lb_delay_s, 0), ("--stop-delay", s.stop_delay_s, 0),
+                              ("--exec-probe", s.exec_probe_s if s.exec_probe_s is not None else 0.1, 0.1)):
         if value < low:
             raise LabError(f"{label} must be at least {low}, got {value}")
     for label, path in (("nginx config", s.nginx_conf), ("php-fpm config", s.fpm_conf)):
@@ -208,8 +210,47 @@ def run_scenario(s: Scenario, out_dir: Path | None = None, recorder: Recorder | 
     return result
 
 
+class ExecProber:
+    """What the kubelet does for `exec` liveness/readiness probes (and what `kubectl exec` does): a
+    `runc exec` into every container every period_s, from before the deletion until the container
+    is gone (readiness probes keep running while a pod terminates). A probe into a stopping
+    container fails; like the kubelet, it tries again next period."""
+
+    PROBE = ["true"]
+
+    def __init__(self, pod: LocalPod, period_s: float):
+        self.pod, self.period_s = pod, period_s
+        self.runs = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="kubelet-exec-probes", daemon=True)
+
+    def __enter__(self) -> "ExecProber":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.period_s + 35)
+
+    def _loop(self) -> None:
+        while True:
+            for name in self.pod.container_names().values():
+                if self.pod.is_running(name):
+                    self.pod.exec(name, self.PROBE, timeout=10)
+                    self.runs += 1
+            if self._stop.wait(self.period_s):
+                return
+
+
 def _drive(s: Scenario, pod: LocalPod, emit) -> LabResult:
     """Load on, delete (stop like the kubelet), keep load for lb_delay_s, then wait for the end."""
+    if s.exec_probe_s:
+        with ExecProber(pod, s.exec_probe_s):
+            return _drive_load(s, pod, emit)
+    return _drive_load(s, pod, emit)
+
+
+def _drive_load(s: Scenario, pod: LocalPod, emit) -> LabResult:
     with LoadClient(pod.netns, request_ms=s.request_ms, concurrency=s.concurrency,
                     timeout_s=s.request_ms / 1000 + s.grace_s + 5,
                     max_duration_s=s.warmup_s + s.lb_delay_s + s.grace_s + 30, workdir=pod.workdir) as load:

@@ -15,6 +15,9 @@ from .pods import AMBIGUOUS, RUNTIME_COMMS, MapSync, PodRegistry, cgroup_mounts,
 
 REFRESH_S = 1.0                # rescan pods and processes (listeners: from the probes, and once per new process)
 ARM_WINDOW_S = 600.0           # a stopping pod streams TCP detail this long after it was armed
+# stopping: TCP detail only for pods that are stopping (the default; a node agent);
+# always: for every pod, all the time (debugging a running pod's resets; costs ~25k events/s under churn)
+TCP_DETAIL = ("stopping", "always")
 
 
 class BpfBackend:
@@ -24,13 +27,16 @@ class BpfBackend:
 
     def __init__(self, *, all_processes: bool = False, pids: tuple[int, ...] = (), comms: tuple[str, ...] = (),
                  ringbuf_pages: int = program.DEFAULT_RINGBUF_PAGES, arm_window_s: float = ARM_WINDOW_S,
-                 refresh_s: float = REFRESH_S, note: Any = None):
+                 refresh_s: float = REFRESH_S, tcp_detail: str = "stopping", note: Any = None):
         for pid in pids:
             if not os.path.isdir(f"/proc/{pid}"):
                 raise UsageProblem(f"--pid {pid}: no such process; pass the pid of a running process")
         self.opts = program.ProgramOptions(filter_all=all_processes, ringbuf_pages=ringbuf_pages)
         self.pids, self.comms = tuple(pids), tuple(comms)
         self.arm_window_s, self.refresh_s = arm_window_s, refresh_s
+        if tcp_detail not in TCP_DETAIL:
+            raise UsageProblem(f"--tcp-detail {tcp_detail}: use one of {', '.join(TCP_DETAIL)}")
+        self.tcp_detail = tcp_detail
         self.note = note or (lambda line: print(f"sigtrace: {line}", file=sys.stderr))
         self.registry = PodRegistry()
         self.registry.selected_pids.update(pids)
@@ -145,6 +151,9 @@ class BpfBackend:
             "decode_errors": self.decode_errors,
             "startup_s": round(self.startup_s, 3) if self.startup_s is not None else None,
             "arm_window_s": self.arm_window_s,
+            "tcp_detail": self.tcp_detail,
+            "armed_pods": self.armed_pod_uids(),
+            "forgotten": dict(reg.forgotten),
         }
 
     # -- internals
@@ -164,6 +173,30 @@ class BpfBackend:
                 self._listeners_scanned.update(pids)
         self.maps.sync(found)
         self._found = found
+        if self.tcp_detail == "always":
+            for pidx in {self.registry.cref[c].pidx for c in found if c in self.registry.cref}:
+                self.maps.arm(pidx)
+        # a node agent runs for weeks: forget what is gone (here and in the kernel's fixed-size maps)
+        self.registry.forget_gone(time.monotonic())
+        self.maps.prune(found, self.arm_window_s)
+        alive = {pid for pids in found.values() for pid in pids}
+        self._listeners_scanned &= alive
+
+    def arm_pod(self, pod_uid: str) -> bool:
+        """Stream the pod's TCP detail from now on (the agent: the API says it is being deleted,
+        before any signal reached it). False when the pod has no process on this node."""
+        pidx = self.registry.pods.get(pod_uid)
+        if pidx is None or self.loaded is None:
+            return False
+        self.maps.arm(pidx)
+        self._armed_at = 0.0                 # the decoder's cache of armed pods is stale now
+        return True
+
+    def armed_pod_uids(self) -> list[str]:
+        """Pods streaming TCP detail now (stopping, within the arm window)."""
+        if self.loaded is None:
+            return []
+        return sorted(u for p in self.maps.armed_pods(self.arm_window_s) if (u := self.registry.pod_uid(p)))
 
     def _armed_pods(self) -> set[int]:
         now = time.monotonic()
@@ -189,8 +222,6 @@ class BpfBackend:
             return
         if flags & self._info_only_flag:
             return           # decoded for the decoder's listener history, not recorded
-        if event["kind"] == "process_exec" and cidx:
-            self._maybe_arm_exec(raw, cidx)
         self._sink(event)
 
     def _on_listener(self, raw: Any, cidx: int) -> None:
@@ -235,19 +266,3 @@ class BpfBackend:
                 other = self.loaded.bpf["other_cgroups"]
                 other[other.Key(raw.cgroup_id)] = other.Leaf(1)
         return cidx
-
-    def _maybe_arm_exec(self, raw: Any, cidx: int) -> None:
-        """An exec into a running container (a preStop hook, kubectl exec) arms its pod: the
-        new process is not the container's init and its parent is outside the pod."""
-        ref = self.registry.container(cidx)
-        if ref is None or ref.pod_uid is None:
-            return
-        info = self.registry.tasks.get(raw.pid)
-        if info is not None and info.nspid == 1:
-            return
-        parent = self.registry.tasks.get(raw.ppid) if raw.ppid else None
-        if parent is not None and parent.cidx and self.registry.cref[parent.cidx].pidx == ref.pidx:
-            return        # forked inside the pod (an app's own child)
-        others = [p for p in self._found.get(cidx, []) if p != raw.pid]
-        if others:
-            self.maps.arm(ref.pidx)

@@ -10,8 +10,12 @@ v2 id, so what must be known about a pod is learned here and written to BPF maps
                listener also under each address of the pod's network namespace; remembered after
                the listener closes (refusals)
   endpoint_ports  the ports of those endpoints, never cleared: the probes' cheap first test
-  armed        pod index -> when user space saw an exec into a running container (preStop)
-Indices are small integers assigned here; decode.py maps them back to pod_uid / container_id.
+  armed        pod index -> when its stop began: a stop signal to a container's PID 1 or an init's
+               exit (both in the kernel), or the pod's deletion in the API (the agent)
+Indices are small integers assigned here, never reused; decode.py maps them back to pod_uid /
+container_id. A node agent runs for weeks with a new pid every second (exec probes) and hundreds of
+new containers a day (rollouts): what is gone is forgotten after RETAIN_S, here and in the maps,
+whose fixed sizes would otherwise fill within a day and silently stop taking new pods.
 """
 from __future__ import annotations
 
@@ -30,6 +34,12 @@ from ...pods.sockets import parse_proc_net_tcp, read_proc_text as _read, socket_
 SELECTED_PIDX = 1          # pseudo-pod of --pid / --comm processes that are not in a pod
 AMBIGUOUS = 0xFFFFFFFF
 TASK_INIT = 1
+# how long a gone container (cgroup removed) or process (no longer in any pod cgroup) is remembered:
+# its exit, closes and resets arrive after it is gone, and a live report is due after its pod's end
+RETAIN_S = 120.0
+# other_cgroups (non-pod cgroups the kernel should not ask about again) is cleared when this full:
+# systemd makes a transient scope per session/unit; re-asking costs one classification per cgroup
+OTHER_CGROUPS_CLEAR_AT = 12_000
 RUNTIME_COMMS = ("runc", "crun", "containerd-shim", "containerd", "conmon", "crio", "kubelet", "dockerd")
 
 
@@ -170,8 +180,8 @@ def format_endpoint(addr16: bytes, port: int) -> str:
 # ---- the registry -------------------------------------------------------------------------
 @dataclass
 class PodRegistry:
-    """Containers, pods and processes seen, by the indices the probes carry. Never forgets a
-    process during a session: exits and TCP events arrive after the process is gone."""
+    """Containers, pods and processes seen, by the indices the probes carry. What is gone is kept
+    RETAIN_S (exits and TCP events arrive after the process is gone), then forgotten (forget_gone)."""
     proc: str = "/proc"
     containers: dict[tuple[str | None, str | None], int] = field(default_factory=dict)
     cref: dict[int, ContainerRef] = field(default_factory=dict)
@@ -184,20 +194,59 @@ class PodRegistry:
     selected_comms: set[str] = field(default_factory=set)
     pidns: dict[int, int] = field(default_factory=dict)                 # cidx -> PID namespace inode
     nsfs_dev: int = 0
+    last_seen: dict[int, float] = field(default_factory=dict)           # cidx -> when a scan found it
+    task_seen: dict[int, float] = field(default_factory=dict)           # pid -> when a scan found it
+    forgotten: dict[str, int] = field(default_factory=lambda: {"containers": 0, "pods": 0, "tasks": 0})
+    _next_pidx: int = SELECTED_PIDX + 1
+    _next_cidx: int = 1
 
     def pidx_of(self, pod_uid: str | None) -> int:
         if pod_uid not in self.pods:
-            self.pods[pod_uid] = len(self.pods) + 1        # 1 is SELECTED_PIDX
+            self.pods[pod_uid] = self._next_pidx          # counters, not len(): indices are never reused
+            self._next_pidx += 1
             self.pod_uids[self.pods[pod_uid]] = pod_uid
         return self.pods[pod_uid]
 
     def cidx_of(self, pod_uid: str | None, container_id: str | None) -> int:
         key = (pod_uid, container_id)
         if key not in self.containers:
-            cidx = len(self.containers) + 1
+            cidx = self._next_cidx
+            self._next_cidx += 1
             self.containers[key] = cidx
             self.cref[cidx] = ContainerRef(pod_uid, container_id, self.pidx_of(pod_uid))
         return self.containers[key]
+
+    def forget_gone(self, now: float, retain_s: float = RETAIN_S) -> None:
+        """Drop containers no scan found for retain_s (their pods when none is left) and processes
+        gone as long, with their cgroups, PID namespaces and endpoints."""
+        for pid in [p for p, t in self.task_seen.items() if now - t > retain_s]:
+            del self.task_seen[pid]
+            if self.tasks.pop(pid, None) is not None:
+                self.forgotten["tasks"] += 1
+        gone = {c for c, t in self.last_seen.items() if now - t > retain_s}
+        if not gone:
+            return
+        for cidx in gone:
+            ref = self.cref.pop(cidx)
+            del self.last_seen[cidx]
+            self.containers.pop((ref.pod_uid, ref.container_id), None)
+            self.pidns.pop(cidx, None)
+            self.forgotten["containers"] += 1
+        for cgid in [g for g, c in self.cgroups.items() if c in gone]:
+            del self.cgroups[cgid]
+        for pid in [p for p, info in self.tasks.items() if info.cidx in gone]:
+            del self.tasks[pid]
+            self.task_seen.pop(pid, None)
+        live_pods = {ref.pidx for ref in self.cref.values()}
+        for uid, pidx in list(self.pods.items()):
+            if pidx != SELECTED_PIDX and pidx not in live_pods:
+                del self.pods[uid]
+                del self.pod_uids[pidx]
+                self.forgotten["pods"] += 1
+                for key in [k for k, owners in self.endpoints.items() if pidx in owners]:
+                    self.endpoints[key].discard(pidx)
+                    if not self.endpoints[key]:
+                        del self.endpoints[key]
 
     def container(self, cidx: int) -> ContainerRef | None:
         return self.cref.get(cidx)
@@ -214,6 +263,7 @@ class PodRegistry:
                 return info
             info = TaskInfo(cidx, nspid, comm, ppid)
             self.tasks[pid] = info
+            self.task_seen.setdefault(pid, time.monotonic())
         return info
 
     def resolve_pid(self, pid: int) -> TaskInfo | None:
@@ -260,10 +310,13 @@ class PodRegistry:
                 if name.isdigit() and _read(f"{self.proc}/{name}/comm").strip() in self.selected_comms:
                     if not any(int(name) in pids for pids in found.values()):
                         found.setdefault(self.cidx_of(None, None), []).append(int(name))
+        now = time.monotonic()
         for cidx, pids in found.items():
             found[cidx] = sorted(set(pids))
+            self.last_seen[cidx] = now
             for pid in found[cidx]:
                 self.note_task(pid, cidx)
+                self.task_seen[pid] = now
             if found[cidx] and cidx not in self.pidns and self.cref[cidx].pod_uid:
                 try:
                     st = os.stat(f"{self.proc}/{found[cidx][0]}/ns/pid")
@@ -334,6 +387,46 @@ class MapSync:
         leaf.pidns_ino = self.reg.pidns.get(cidx, 0)
         return leaf
 
+    def prune(self, found: dict[int, list[int]], arm_window_s: float) -> None:
+        """Delete from the maps what the registry forgot, processes no longer in a pod (the probe
+        deletes a process at its exit; a reused pid is written again by sync), and armed entries
+        past the window."""
+        alive = {pid for pids in found.values() for pid in pids}
+        self._delete("pod_tasks", [p for p in self._written_tasks if p not in alive],
+                     lambda t, p: t.Key(p), self._written_tasks)
+        self._delete("pod_cgroups", [g for g in self._written_cg if g not in self.reg.cgroups],
+                     lambda t, g: t.Key(g), self._written_cg)
+        self._delete("endpoints", [k for k in self._written_ep if k not in self.reg.endpoints],
+                     self._ep_key, self._written_ep)
+        now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        armed = self.bpf["armed"]
+        for k, v in list(armed.items()):
+            if now - v.value > arm_window_s * 1e9 or (k.value != AMBIGUOUS and k.value not in self.reg.pod_uids):
+                try:
+                    del armed[k]
+                except KeyError:
+                    pass
+        other = self.bpf["other_cgroups"]
+        if len(other) >= OTHER_CGROUPS_CLEAR_AT:
+            other.clear()
+
+    def _delete(self, table: str, keys: list, make_key: Any, written: dict) -> None:
+        t = self.bpf[table]
+        for key in keys:
+            written.pop(key, None)
+            try:
+                del t[make_key(t, key)]
+            except KeyError:
+                pass                 # the probe deleted it already (an exited process)
+
+    @staticmethod
+    def _ep_key(table: Any, key: tuple[bytes, int]) -> Any:
+        k = table.Key()
+        k.port = key[1]
+        for i, b in enumerate(key[0]):
+            k.addr[i] = b
+        return k
+
     def sync(self, found: dict[int, list[int]]) -> None:
         if self.reg.nsfs_dev and not self._nsfs_written:
             cfg = self.bpf["config"]
@@ -361,11 +454,7 @@ class MapSync:
                 if key[1] not in self._written_ports:      # before the endpoint: the probes look here first
                     ports[ports.Key(key[1])] = ports.Leaf(1)
                     self._written_ports.add(key[1])
-                k = ep.Key()
-                k.port = key[1]
-                for i, b in enumerate(key[0]):
-                    k.addr[i] = b
-                ep[k] = ep.Leaf(value)
+                ep[self._ep_key(ep, key)] = ep.Leaf(value)
                 self._written_ep[key] = value
 
     def arm(self, pidx: int) -> None:
