@@ -62,9 +62,50 @@ def test_tcp_events_kept_per_pod_are_bounded_and_the_cut_is_said(tmp_path):
     assert tcp_total > 5
     for ev in lines:
         lr.feed(ev)
-    assert len(lr._tcp[POD]) == 5                      # memory: only the latest TCP events are held
+    assert lr.held()["tcp_events"] == 5                # memory: only the latest TCP events are held
     lr.close()
     report = json.loads((tmp_path / "reports" / f"{POD}.json").read_text())
     assert any(f"kept the last 5 of {tcp_total} TCP events" in n for n in report["incomplete"])
     # process and signal events are all kept: the signal verdict still stands
     assert "prestop-quit-superseded" in {v["id"] for v in report["pods"][0]["verdicts"]}
+
+
+def test_a_running_pod_under_exec_probes_holds_a_bounded_state_and_its_report_stands(tmp_path):
+    """Weeks of exec probes (an exec and an exit every second) before the stop: the pod's held
+    events stay bounded, the long-lived processes' execs are kept, the verdict is unchanged."""
+    from sigtrace.correlate import live
+    meta = json.loads((DATA / "article" / "meta.json").read_text())
+    lr = LiveReporter(tmp_path, None, meta=meta, settle_s=0.5)
+    lines = [json.loads(x) for x in (DATA / "article" / "events.jsonl").read_text().splitlines()]
+    probes = 3 * live.MAX_RECENT_EVENTS_PER_POD
+    first_signal = next(i for i, e in enumerate(lines) if e["kind"].startswith("signal_"))
+    t0, t1 = lines[first_signal - 1]["ts"], lines[first_signal]["ts"]
+    for n, ev in enumerate(lines):
+        if n == first_signal:                 # the probes ran until the stop began
+            for i in range(probes):
+                ts = t0 + (t1 - t0) * i / probes
+                pid = 50_000 + i
+                lr.feed({"ts": ts, "kind": "process_exec", "pid": pid, "comm": "true", "pod_uid": POD,
+                         "container_id": "aa11aa11aa11", "nspid": 900, "filename": "/bin/true", "ppid": 7})
+                lr.feed({"ts": ts, "kind": "process_exit", "pid": pid, "comm": "true", "pod_uid": POD,
+                         "container_id": "aa11aa11aa11", "nspid": 900, "exit_code": 0})
+            held = lr.held()
+            assert held["other_events"] <= live.MAX_RECENT_EVENTS_PER_POD + 50, held
+        lr.feed(ev)
+    lr.close()
+    report = json.loads((tmp_path / "reports" / f"{POD}.json").read_text())
+    assert "prestop-quit-superseded" in {v["id"] for v in report["pods"][0]["verdicts"]}
+    assert any("older process and signal events of this pod" in n for n in report["incomplete"])
+
+
+def test_tcp_events_are_bounded_in_total_and_pods_followed_are_capped(tmp_path):
+    lr = LiveReporter(tmp_path, None, meta={"capabilities": ["tcp_states"]}, max_tcp_events=100,
+                      max_tcp_total=250, max_pods=3)
+    for n in range(5):
+        uid = f"00000000-0000-4000-8000-{n:012d}"
+        for i in range(100):
+            lr.feed({"ts": n + i * 1e-3, "kind": "tcp_state", "pod_uid": uid, "sport": 8080, "dport": 40000 + i,
+                     "old_state": "ESTABLISHED", "new_state": "FIN_WAIT1"})
+    held = lr.held()
+    assert held["pods"] == 3 and held["evicted_pods"] == 2
+    assert held["tcp_events"] <= 250

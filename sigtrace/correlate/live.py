@@ -1,82 +1,177 @@
 """Live reports while `sigtrace record` runs: a pod's report as soon as all its containers exited.
 
-The recorder calls feed() for every event it writes, so feed() only files the event under its pod
-and updates two sets; the report itself (pandas) is built once per pod, after its last container's
-PID 1 exited and the sockets closed by those exits had time to show up (SETTLE_S).
+The recorder calls feed() for every event it writes, so feed() only files the event under its pod;
+the report itself (pandas) is built once per pod, after its last container's PID 1 exited and the
+sockets closed by those exits had time to show up (SETTLE_S).
+
+Bounded, because the agent runs for weeks on a node whose pods mostly never stop: a running pod
+holds only what its future report needs (its live processes' execs, its lifecycle facts, its recent
+process and signal events; exec probes come and go every second), TCP events are held as encoded
+lines with a cap per pod and in total (a rollout stops many pods at once), and the number of pods
+followed is capped. Whatever is cut is counted and the report says so.
 """
 from __future__ import annotations
 
 import json
 import os
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from ..events import schema as S
 from ..events.writer import META_FILE
 
 REPORTS_DIR = "reports"
 SETTLE_S = 0.5      # sockets are closed in do_exit after sched_process_exit: wait for their events
-# A stopping pod under load streams TCP events by the ten thousand per second: keep its latest ones
-# only, so a long-lived agent's memory stays bounded. Process and signal events (few) are all kept.
-MAX_TCP_EVENTS_PER_POD = 200_000
+# A stopping pod under load streams TCP events by the ten thousand per second: keep its latest ones.
+# ~300 bytes each as encoded lines: 100k per pod, 300k in all ~ 90 MB at most.
+MAX_TCP_EVENTS_PER_POD = 100_000
+MAX_TCP_EVENTS_TOTAL = 300_000
+# Process and signal events of a pod that has not stopped: the latest ones (exec probes make two a
+# second per container), besides the exec of every process still alive.
+MAX_RECENT_EVENTS_PER_POD = 5_000
+MAX_LIVE_PROCESSES_PER_POD = 4_096
+MAX_SIGNALS_PER_POD = 1_024
+MAX_PODS = 2_000                # followed at once (a node runs ~100); the least recently active go first
+MAX_DONE = 10_000               # reported pods remembered (their late events are ignored)
+
+
+class _Pod:
+    """What one pod's future report needs, bounded."""
+    __slots__ = ("tcp", "tcp_seen", "live", "recent", "signals", "lifecycle", "trimmed", "containers", "exited")
+
+    def __init__(self, max_tcp: int) -> None:
+        self.tcp: deque[bytes] = deque(maxlen=max_tcp)
+        self.tcp_seen = 0
+        self.live: OrderedDict[int, dict] = OrderedDict()     # pid -> exec event, while it runs
+        self.recent: deque[dict] = deque(maxlen=MAX_RECENT_EVENTS_PER_POD)
+        self.signals: deque[dict] = deque(maxlen=MAX_SIGNALS_PER_POD)   # a long stop's first signal too
+        self.lifecycle: dict[str, dict] = {}                  # pod_lifecycle event name -> the latest
+        self.trimmed = 0                                      # process/signal events no longer held
+        self.containers: set[str] = set()
+        self.exited: set[str] = set()
+
+    def add(self, event: dict[str, Any]) -> None:
+        kind = event.get("kind")
+        if kind == S.POD_LIFECYCLE:
+            self.lifecycle[str(event.get("event"))] = event
+            return
+        if len(self.recent) == self.recent.maxlen:
+            self.trimmed += 1
+        self.recent.append(event)
+        pid = event.get("pid")
+        if kind == S.PROCESS_EXEC and pid is not None:
+            self.live[pid] = event
+            self.live.move_to_end(pid)
+            if len(self.live) > MAX_LIVE_PROCESSES_PER_POD:
+                self.live.popitem(last=False)
+        elif kind == S.PROCESS_EXIT and pid is not None:
+            exec_ = self.live.pop(pid, None)
+            if exec_ is not None:
+                # an exec leaves the window when its process exits, not when it started: a preStop
+                # that ran while probes came and went keeps its exec next to its exit
+                self.recent.append(exec_)
+        elif kind in S.SIGNAL_KINDS:
+            self.signals.append(event)
+
+    def events(self) -> list[dict]:
+        """Lifecycle facts, execs of processes still alive, then the recent events (each once)."""
+        seen: set[int] = set()
+        out = []
+        for e in [*self.lifecycle.values(), *self.live.values(), *self.signals, *self.recent]:
+            if id(e) not in seen:
+                seen.add(id(e))
+                out.append(e)
+        return out
 
 
 class LiveReporter:
     def __init__(self, out_dir: Path, console: Any = None, meta: dict[str, Any] | None = None,
-                 settle_s: float = SETTLE_S, max_tcp_events: int = MAX_TCP_EVENTS_PER_POD):
+                 settle_s: float = SETTLE_S, max_tcp_events: int = MAX_TCP_EVENTS_PER_POD,
+                 max_tcp_total: int = MAX_TCP_EVENTS_TOTAL, max_pods: int = MAX_PODS):
         self.out_dir = Path(out_dir)
         self.console = console
         self.meta = meta
         self.settle_s = settle_s
         self.max_tcp_events = max_tcp_events
-        self._events: dict[str, list[dict]] = {}
-        self._tcp: dict[str, deque] = {}
-        self._tcp_seen: dict[str, int] = {}
-        self._containers: dict[str, set[str]] = {}
-        self._exited: dict[str, set[str]] = {}
+        self.max_tcp_total = max_tcp_total
+        self.max_pods = max_pods
+        self._pods: OrderedDict[str, _Pod] = OrderedDict()   # least recently active first
+        self._tcp_total = 0
         self._due: dict[str, tuple[float, float]] = {}      # pod -> (event ts, wall time) when all exited
-        self._done: set[str] = set()
+        self._done: OrderedDict[str, None] = OrderedDict()
         self._last_ts = 0.0
         self._kinds: set[str] = set()
         self.written: list[Path] = []
+        self.evicted_pods = 0
+
+    def _pod(self, uid: str) -> _Pod:
+        pod = self._pods.get(uid)
+        if pod is None:
+            pod = self._pods[uid] = _Pod(self.max_tcp_events)
+            if len(self._pods) > self.max_pods:
+                old_uid, old = self._pods.popitem(last=False)
+                self._tcp_total -= len(old.tcp)
+                self._due.pop(old_uid, None)
+                self.evicted_pods += 1
+        else:
+            self._pods.move_to_end(uid)
+        return pod
 
     def feed(self, event: dict[str, Any]) -> None:
         ts = event.get("ts") or 0.0
         self._last_ts = max(self._last_ts, ts)
-        pod = event.get("pod_uid")
-        tpod = event.get("target_pod_uid")
-        is_tcp = event.get("kind") in S.TCP_KINDS
-        for uid in {pod, tpod} - {None}:
-            if uid in self._done:
+        uid = event.get("pod_uid")
+        tuid = event.get("target_pod_uid")
+        kind = event.get("kind")
+        is_tcp = kind in S.TCP_KINDS
+        for u in {uid, tuid} - {None}:
+            if u in self._done:
                 continue
+            pod = self._pod(u)
             if is_tcp:
-                q = self._tcp.get(uid)
-                if q is None:
-                    q = self._tcp[uid] = deque(maxlen=self.max_tcp_events)
-                q.append(event)
-                self._tcp_seen[uid] = self._tcp_seen.get(uid, 0) + 1
+                full = len(pod.tcp) == pod.tcp.maxlen
+                pod.tcp.append(orjson.dumps(event))
+                pod.tcp_seen += 1
+                if not full:
+                    self._tcp_total += 1
+                    if self._tcp_total > self.max_tcp_total:
+                        self._trim_tcp()
             else:
-                self._events.setdefault(uid, []).append(event)
-        if pod and pod not in self._done:
+                pod.add(event)
+        if uid and uid not in self._done:
+            pod = self._pod(uid)
             cid = event.get("container_id")
             if cid:
-                self._containers.setdefault(pod, set()).add(cid)
-                if event.get("kind") == S.PROCESS_EXIT and event.get("nspid") == 1:
-                    ex = self._exited.setdefault(pod, set())
-                    ex.add(cid)
-                    if ex >= self._containers[pod]:
-                        self._due[pod] = (ts, time.monotonic())
-                elif pod in self._due and cid not in self._exited.get(pod, ()):
-                    self._due.pop(pod)          # a container we did not know yet is still alive
-        if tpod and tpod not in self._done and event.get("target_container_id"):
-            self._containers.setdefault(tpod, set()).add(event["target_container_id"])
-        kind = event.get("kind")
+                pod.containers.add(cid)
+                if kind == S.PROCESS_EXIT and event.get("nspid") == 1:
+                    pod.exited.add(cid)
+                    if pod.exited >= pod.containers:
+                        self._due[uid] = (ts, time.monotonic())
+                elif uid in self._due and cid not in pod.exited:
+                    self._due.pop(uid)          # a container we did not know yet is still alive
+        if tuid and tuid not in self._done and event.get("target_container_id"):
+            self._pod(tuid).containers.add(event["target_container_id"])
         if kind not in self._kinds:
             self._kinds.add(kind)
         if self._due:
             self.poll()
+
+    def _trim_tcp(self) -> None:
+        """Over the total: the pod holding the most TCP events gives up its oldest tenth."""
+        pod = max(self._pods.values(), key=lambda p: len(p.tcp))
+        for _ in range(max(1, len(pod.tcp) // 10)):
+            pod.tcp.popleft()
+            self._tcp_total -= 1
+
+    def held(self) -> dict[str, int]:
+        """What is held now (for metrics and tests): pods, TCP events, other events."""
+        return {"pods": len(self._pods), "tcp_events": self._tcp_total,
+                "other_events": sum(len(p.recent) + len(p.live) + len(p.lifecycle) for p in self._pods.values()),
+                "evicted_pods": self.evicted_pods}
 
     def poll(self) -> None:
         """Report pods whose settle time passed (by event time or wall time); cheap when none is due."""
@@ -89,6 +184,16 @@ class LiveReporter:
         """Report what is due now, without waiting (the recording ends)."""
         for uid in list(self._due):
             self._report_safely(uid)
+
+    def _finish(self, uid: str) -> _Pod | None:
+        self._due.pop(uid, None)
+        self._done[uid] = None
+        if len(self._done) > MAX_DONE:
+            self._done.popitem(last=False)
+        pod = self._pods.pop(uid, None)
+        if pod is not None:
+            self._tcp_total -= len(pod.tcp)
+        return pod
 
     def _meta(self) -> dict[str, Any]:
         meta = self.meta
@@ -110,7 +215,7 @@ class LiveReporter:
         try:
             self._report(uid)
         except Exception as exc:          # noqa: BLE001 - reported, and the recording goes on
-            self._done.add(uid)
+            self._finish(uid)
             if self.console is not None:
                 self.console.print(f"sigtrace: live report for pod {uid} failed: {exc!r}; "
                                    f"run `sigtrace report {self.out_dir} --pod {uid}` after the recording")
@@ -118,13 +223,20 @@ class LiveReporter:
     def _report(self, uid: str) -> None:
         from ..events.reader import events_frame
         from .build import build_reports
-        self._due.pop(uid, None)
-        self._done.add(uid)
-        tcp = self._tcp.pop(uid, ())
-        dropped = self._tcp_seen.pop(uid, 0) - len(tcp)
-        rows = [{k: v for k, v in e.items() if k in S.DTYPES} for e in [*self._events.pop(uid, []), *tcp]]
-        incomplete = [f"live report: kept the last {len(tcp)} of {len(tcp) + dropped} TCP events of this pod; "
-                      f"`sigtrace report {self.out_dir}` reads them all"] if dropped > 0 else []
+        pod = self._finish(uid)
+        if pod is None:
+            return
+        tcp = [orjson.loads(line) for line in pod.tcp]
+        dropped = pod.tcp_seen - len(tcp)
+        rows = [{k: v for k, v in e.items() if k in S.DTYPES} for e in [*pod.events(), *tcp]]
+        incomplete = []
+        if dropped > 0:
+            incomplete.append(f"live report: kept the last {len(tcp)} of {pod.tcp_seen} TCP events of this pod; "
+                              f"`sigtrace report {self.out_dir}` reads them all")
+        if pod.trimmed:
+            incomplete.append(f"live report: {pod.trimmed} older process and signal events of this pod (exec "
+                              f"probes...) were not kept; `sigtrace report {self.out_dir}` reads them all")
+        del pod
         rs = build_reports(events_frame(rows), self._meta(), incomplete)
         pod = rs.pod(uid)
         if pod is None:
