@@ -1,7 +1,9 @@
 """`make bench` = `python -m bench`: run the parts, write docs/benchmarks.json and docs/benchmarks.md.
 
 Configuration by environment (defaults fit ~15 minutes on 2 cores):
-  BENCH_PARTS=overhead,capacity,startup,analysis
+  BENCH_PARTS=overhead,capacity,startup,analysis,soak
+  BENCH_SOAK_SECONDS=600  BENCH_SOAK_PODS=3  BENCH_SOAK_RATE=200 (connections/s per running pod)
+  BENCH_SOAK_STOP_EVERY=60  BENCH_SOAK_MAX_DISK=1GiB
   BENCH_ROUNDS=5  BENCH_WRK_SECONDS=5  BENCH_WRK_CONNECTIONS=32
   BENCH_CAPACITY_RATES=5000,10000,...  BENCH_CAPACITY_SECONDS=5
   BENCH_STARTUP_RUNS=3
@@ -21,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import capacity, machine, overhead, startup
+from . import capacity, machine, overhead, soak, startup
 from . import analysis as analysis_mod
 from .report import write_docs
 
@@ -34,7 +36,12 @@ def _ints(name: str, default: str) -> list[int]:
 
 def config() -> dict:
     return {
-        "parts": os.environ.get("BENCH_PARTS", "overhead,capacity,startup,analysis").split(","),
+        "parts": os.environ.get("BENCH_PARTS", "overhead,capacity,startup,analysis,soak").split(","),
+        "soak_seconds": float(os.environ.get("BENCH_SOAK_SECONDS", 600)),
+        "soak_pods": int(os.environ.get("BENCH_SOAK_PODS", 3)),
+        "soak_rate": float(os.environ.get("BENCH_SOAK_RATE", 200)),
+        "soak_stop_every": float(os.environ.get("BENCH_SOAK_STOP_EVERY", 60)),
+        "soak_max_disk": os.environ.get("BENCH_SOAK_MAX_DISK", "1GiB"),
         "rounds": int(os.environ.get("BENCH_ROUNDS", 5)),
         "wrk_seconds": float(os.environ.get("BENCH_WRK_SECONDS", 5)),
         "wrk_connections": int(os.environ.get("BENCH_WRK_CONNECTIONS", 32)),
@@ -76,6 +83,9 @@ def main() -> int:
     if "analysis" in parts:
         results["analysis"] = analysis_mod.measure(cfg["events"], cfg["report_events"], Path(cfg["cache"]),
                                                    cfg["stage_timeout"], log=log)
+    if "soak" in parts:
+        results["soak"] = soak.measure(cfg["soak_seconds"], cfg["soak_pods"], cfg["soak_rate"], 1.0,
+                                       cfg["soak_stop_every"], cfg["soak_max_disk"], Path(cfg["out"]), log=log)
     results["duration_s"] = round(time.time() - started)
     results["loadavg_end"] = machine.loadavg()
     results["busy_at_end"] = machine.busy_processes()

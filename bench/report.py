@@ -72,7 +72,41 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 note = "pyarrow JSON parse, Arrow → pandas, stable sort by ts (a full copy)"
             rows.append((f"{stage} ≥ 1M events/s", f"{_f(best['events_per_s'])} events/s at {_f(best['events'])} events",
                          _ok(best["events_per_s"] >= TARGETS["analysis_eps"]), note))
+    rows += soak_targets(r.get("soak"))
     return rows
+
+
+def soak_targets(soak: dict | None) -> list[tuple[str, str, str, str]]:
+    if not soak or "summary" not in soak:
+        return []
+    m, c = soak["summary"], soak["config"]
+    share = m.get("streamed_share")
+    cap_mb = _size_mb(c.get("max_disk"))
+    return [
+        ("soak: TCP events streamed for running pods with exec probes ≤ 1% of their connections",
+         f"{_f(share, '{:.3%}')}", _ok(share is not None and share <= 0.01), ""),
+        ("soak: agent RSS growth < 50 MB", _f(m.get("rss_growth_mb"), "{:+.1f} MB"),
+         _ok(m.get("rss_growth_mb") is not None and m["rss_growth_mb"] < 50), "after the first 30 s"),
+        ("soak: agent peak RSS ≤ 300 MB", _f(m.get("peak_rss_mb"), "{:.0f} MB"),
+         _ok(m.get("peak_rss_mb") is not None and m["peak_rss_mb"] <= 300), "VmHWM, pandas loaded by live reports"),
+        ("soak: disk never above --max-disk", f"{_f(m.get('disk_max_mb'), '{:.1f} MB')} (cap {c.get('max_disk') or 'none'})",
+         _ok(cap_mb is not None and m.get("disk_max_mb") is not None and m["disk_max_mb"] <= cap_mb), ""),
+        ("soak: every stop reported with the right verdicts, 0 lost",
+         f"{m['stops_right']} of {m['stops']}, {_f(m.get('lost'))} lost",
+         _ok(m["stops"] > 0 and m["stops_right"] == m["stops"] and m.get("lost") == 0), ""),
+    ]
+
+
+def _size_mb(text: str | None) -> float | None:
+    """'1GiB' / '500MiB' / '200M' -> MB (2**20 bytes)."""
+    if not text:
+        return None
+    units = {"k": 2**-10, "m": 1, "g": 2**10, "t": 2**20}
+    t = text.strip().lower().rstrip("b").rstrip("i")
+    try:
+        return float(t[:-1]) * units[t[-1]] if t[-1] in units else float(t) / 2**20
+    except (ValueError, IndexError):
+        return None
 
 
 def expected_ratio(bpf: dict, untraced: dict, cpus: int | None) -> str:
@@ -133,7 +167,7 @@ def write_docs(r: dict[str, Any]) -> str:
     out += ["", "## Targets", "", "| target | measured | | note |", "|---|---|---|---|"]
     out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in targets(r)]
     out += _overhead(r.get("overhead")) + _capacity(r.get("capacity")) + _startup(r.get("startup"))
-    out += _analysis(r.get("analysis"))
+    out += _analysis(r.get("analysis")) + _soak(r.get("soak"))
     out += ["", "## Commands", "", "```",
             "make bench                                   # all parts, this file and benchmarks.json",
             "BENCH_PARTS=overhead,startup make bench      # some parts",
@@ -156,7 +190,12 @@ def write_docs(r: dict[str, Any]) -> str:
             "- analysis: `python -m bench.synth DIR --events N` (pods cloned from the report's test "
             "recordings, ~400 events per pod), then `sigtrace report DIR --format json`, "
             "`sigtrace export DIR --parquet F`, `sigtrace analyze F --json`, and `read_recording(DIR)` "
-            "alone; wall time and peak RSS per process (wait4).", ""]
+            "alone; wall time and peak RSS per process (wait4).",
+            "- soak: `sigtrace agent --no-api` left running (bench/soak.py): running LocalPods under "
+            "`python -m bench.churn` (`Connection: close` at a fixed rate, in the pod's netns) and a `runc exec` "
+            "into every container every second, a lab pod stopped every BENCH_SOAK_STOP_EVERY seconds; RSS "
+            "(VmRSS/VmHWM), output size (every file under the agent's root) and meta.json sampled every 5 s; "
+            "each stop judged from the live report the agent wrote (`reports/<uid>.json`).", ""]
     return "\n".join(out) + "\n"
 
 
@@ -202,6 +241,36 @@ def _overhead(ov: dict | None) -> list[str]:
     if lossy:
         out += ["", f"**Runs that lost events**: {', '.join(lossy)}. Their req/s are listed but are not a "
                 "measure of a complete recording: the tracer dropped events (counted above) to keep up."]
+    return out
+
+
+def _soak(soak: dict | None) -> list[str]:
+    if not soak or "summary" not in soak:
+        return []
+    c, m = soak["config"], soak["summary"]
+    out = ["", "## Soak: the agent on a busy node", "",
+           f"`sigtrace agent --no-api` for {c['seconds']:g} s while {c['pods']} running pods take "
+           f"{c['rate_per_pod']:g} connections/s each (`Connection: close`) and an exec into every container "
+           f"every {c['probe_s']:g} s ({soak['probes']} exec probes in all), and a lab pod is stopped every "
+           f"{c['stop_every_s']:g} s (exec probes too); max disk {c['max_disk'] or 'not capped'}.", "",
+           "![agent RSS and output size over the soak](soak.png)", "",
+           "| figure | measured |", "|---|---|",
+           f"| agent peak RSS (VmHWM) | {_f(m['peak_rss_mb'], '{:.0f} MB')} |",
+           f"| agent RSS growth after the first 30 s | {_f(m['rss_growth_mb'], '{:+.1f} MB')} |",
+           f"| output on disk, most | {_f(m['disk_max_mb'], '{:.1f} MB')} |",
+           f"| events recorded per second | {_f(m['events_per_s'], '{:.1f}')} |",
+           f"| lost events | {_f(m['lost'])} |",
+           f"| agent CPU | {_f(m['cpu_per_s'], '{:.3f}')} s per second |",
+           f"| running pods: TCP events streamed / connections | {_f(soak['running_streamed'])} / "
+           f"{_f(soak['running_connections'])} ({_f(m['streamed_share'], '{:.3%}')}) |",
+           f"| stops whose live report named the right cause | {m['stops_right']} of {m['stops']} |",
+           "", "| t (s) | stop | expected | the live report named | client |", "|---|---|---|---|---|"]
+    for s in soak["stops"]:
+        fired = s.get("fired")
+        named = "–" if fired is None else (", ".join(fired) or "clean")
+        mark = "" if s.get("right") else " **(wrong)**"
+        client = s.get("error") or ", ".join(f"{k} {v}" for k, v in (s.get("client") or {}).items() if v)
+        out.append(f"| {s['t']} | {s['scenario']} | {', '.join(s['expected']) or 'clean'} | {named}{mark} | {client} |")
     return out
 
 
