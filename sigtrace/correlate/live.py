@@ -105,7 +105,7 @@ class LiveReporter:
         self._done: OrderedDict[str, None] = OrderedDict()
         self._last_ts = 0.0
         self._kinds: set[str] = set()
-        self.written: list[Path] = []
+        self.written: deque[Path] = deque(maxlen=MAX_DONE)   # report files, newest last
         self.evicted_pods = 0
 
     def _pod(self, uid: str) -> _Pod:
