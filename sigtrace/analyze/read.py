@@ -21,6 +21,7 @@ from ..errors import DataError
 from ..events.schema import FIELD_NAMES, KINDS, SCHEMA_VERSION
 from ..export.columns import (COLUMNS, EXPORT_DTYPES, NODE, REQUIRED_COLUMNS, SCHEMA_VERSION_COLUMN,
                               sidecar_path)
+from ..export import cells
 from ..export.write import have_pyarrow
 
 SNIFF_BYTES = 1 << 16
@@ -202,7 +203,8 @@ def _usable_rows(df: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
     return df
 
 
-def _load_meta(path: Path, embedded: dict | None, notes: list[str]) -> dict[str, dict]:
+def _load_sidecar(path: Path, embedded: dict | None, notes: list[str]) -> dict[str, Any]:
+    """The export's meta: the sidecar FILE.meta.json, else what the Parquet file embeds."""
     side = Path(sidecar_path(str(path)))
     meta = embedded
     if side.exists():
@@ -210,8 +212,7 @@ def _load_meta(path: Path, embedded: dict | None, notes: list[str]) -> dict[str,
             meta = json.loads(side.read_text(encoding="utf-8"))
         except (ValueError, OSError):
             notes.append(f"{side}: unreadable: backend and lost-event counts unknown")
-    nodes = (meta or {}).get("nodes")
-    return nodes if isinstance(nodes, dict) else {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def read_exports(paths: Sequence[str]) -> Export:
@@ -236,7 +237,10 @@ def read_exports(paths: Sequence[str]) -> Export:
             (v1, f1), (v2, f2) = list(versions.items())[:2]
             raise DataError(f"mixed schemas: {f1} has schema_version {v1}, {f2} has {v2}; "
                             "export all recordings with one sigtrace version")
-        file_metas = _load_meta(path, embedded, notes)
+        side = _load_sidecar(path, embedded, notes)
+        file_metas = side.get("nodes") if isinstance(side.get("nodes"), dict) else {}
+        if kind != "parquet" and side.get("csv_cells", cells.NEUTRALISED) != cells.RAW:
+            df = cells.restore(df)           # the values recorded, not the spreadsheet-safe form
         for node in pd.unique(df[NODE].dropna().astype(str)):
             if node in file_metas:
                 metas.setdefault(node, file_metas[node])

@@ -6,6 +6,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from ..render.safe import plain, safe_text
 from .fleet import Fleet
 
 
@@ -38,10 +39,11 @@ def render(fleet: Fleet, console: Console, max_pods: int = 200) -> None:
     ordered = pods.assign(_hurt=pods["verdicts"].str.len() > 0) \
         .sort_values(["_hurt", "shutdown_s"], ascending=[False, False], na_position="last")
     for row in ordered.head(max_pods).itertuples(index=False):
-        verdicts = row.verdicts or "[green]none[/]"
+        # node, pod and verdict ids come from the data: never markup, no raw control characters
+        verdicts = plain(row.verdicts) if row.verdicts else "[green]none[/]"
         if len(row.undecided):
-            verdicts += f" [dim](undecidable: {', '.join(row.undecided)})[/]"
-        t.add_row(str(row.node), str(row.pod), verdicts, _secs(row.shutdown_s), _num(row.resets),
+            verdicts += f" [dim](undecidable: {plain(', '.join(map(str, row.undecided)))})[/]"
+        t.add_row(safe_text(row.node), safe_text(row.pod), verdicts, _secs(row.shutdown_s), _num(row.resets),
                   _num(row.refused), _num(row.lost_events))
     if len(pods) > max_pods:
         t.caption = f"{len(pods) - max_pods} more pods: use --json for all"
@@ -55,7 +57,7 @@ def render(fleet: Fleet, console: Console, max_pods: int = 200) -> None:
     for col in ("verdict", "pods", "share of stopped pods", "undecidable"):
         v.add_column(col, justify="left" if col == "verdict" else "right")
     for r in summary["verdicts"]:
-        v.add_row(r["id"], str(r["pods"]), _pct(r["share"]), str(r["undecided"] or ""))
+        v.add_row(safe_text(r["id"]), str(r["pods"]), _pct(r["share"]), str(r["undecided"] or ""))
     if not summary["verdicts"]:
         v.add_row("[green]no verdicts: every shutdown was clean[/]", "", "", "")
     console.print(v)
@@ -71,10 +73,10 @@ def render(fleet: Fleet, console: Console, max_pods: int = 200) -> None:
         for col in (title, "pods", "hurt", "share"):
             g.add_column(col, justify="left" if col == title else "right")
         for r in rows:
-            g.add_row(str(r[title]), str(r["pods"]), str(r["hurt"]), _pct(r["share"]))
+            g.add_row(safe_text(r[title]), str(r["pods"]), str(r["hurt"]), _pct(r["share"]))
         console.print(g)
     notes = list(fleet.incomplete) + [f"{node}: {n}" for node, d in fleet.nodes.items() for n in d["incomplete"]]
     if notes:
         console.print("[yellow]Incomplete data:[/]")
         for note in dict.fromkeys(notes):
-            console.print(f"  • {note}", style="yellow", markup=False, highlight=False)
+            console.print(safe_text(f"  • {note}", style="yellow"), highlight=False)

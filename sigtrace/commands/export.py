@@ -8,22 +8,26 @@ import click
 Examples:
   sigtrace export /tmp/rec --csv events.csv
   sigtrace export node-a/ node-b/ node-c/ --csv fleet.csv --parquet fleet.parquet
+  sigtrace export /tmp/rec --csv - | head
   sigtrace analyze fleet.csv
 """)
 @click.argument("dirs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=str))
 @click.option("--csv", "csv_path", metavar="FILE", help="write a UTF-8 CSV, one row per event")
 @click.option("--parquet", "parquet_path", metavar="FILE", help="write Parquet (needs pyarrow)")
-def export(dirs: tuple[str, ...], csv_path: str | None, parquet_path: str | None) -> None:
+@click.option("--raw", is_flag=True, help="CSV: keep cells a spreadsheet would evaluate (=, +, -, @) as recorded")
+def export(dirs: tuple[str, ...], csv_path: str | None, parquet_path: str | None, raw: bool) -> None:
     """Export the events of one or more recording DIRs (one per node) into one file.
 
     Every event is one row; columns are the event schema's fields in schema order, then
     `node` (from each DIR's meta.json) and `schema_version`. pod_name, namespace and
     container_name are filled for every event of a pod its lifecycle events name.
-    Per-node meta goes to FILE.meta.json beside it (analyze reads it).
+    Per-node meta goes to FILE.meta.json beside it (analyze reads it). FILE - writes to stdout
+    (no sidecar). CSV string cells starting with = + - @ get a leading ' (spreadsheets would run
+    them as formulas); analyze reads them back unchanged; --raw leaves them as recorded.
     """
     from ..export import export_recordings
 
-    result = export_recordings(dirs, csv=csv_path, parquet=parquet_path)
+    result = export_recordings(dirs, csv=csv_path, parquet=parquet_path, raw=raw)
     for note in result.notes:
         click.echo(f"sigtrace: note: {note}", err=True)
     click.echo(f"wrote {result.rows} events from {len(result.nodes)} node(s) "

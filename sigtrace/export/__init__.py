@@ -15,7 +15,7 @@ from ..events.reader import read_recording
 from ..events.schema import SCHEMA_VERSION
 from .columns import COLUMNS, EXPORT_DTYPES, sidecar_path
 from .frame import export_frame
-from .write import have_pyarrow, write_export
+from .write import check_output_path, have_pyarrow, write_export
 
 __all__ = ["COLUMNS", "EXPORT_DTYPES", "ExportResult", "export_recordings", "have_pyarrow", "sidecar_path"]
 
@@ -29,10 +29,16 @@ class ExportResult:
 
 
 def export_recordings(dirs: Sequence[str | os.PathLike], csv: str | None = None,
-                      parquet: str | None = None) -> ExportResult:
-    """Read every recording dir (tolerantly) and write all their events to csv and/or parquet."""
+                      parquet: str | None = None, raw: bool = False) -> ExportResult:
+    """Read every recording dir (tolerantly) and write all their events to csv and/or parquet
+    ("-": stdout). raw: CSV cells exactly as recorded (see sigtrace.export.cells)."""
     if not csv and not parquet:
         raise UsageProblem("nothing to write: give --csv FILE and/or --parquet FILE")
+    if csv == "-" and parquet == "-":
+        raise UsageProblem("--csv - and --parquet -: only one of them can go to stdout")
+    for path in (csv, parquet):
+        if path:
+            check_output_path(str(path))      # before reading gigabytes
     if parquet and not have_pyarrow():
         raise UsageProblem("--parquet needs pyarrow, which is not installed; pip install pyarrow, or use --csv")
     # read_recording takes the vectorised pyarrow path (sigtrace.events.fast_reader) for a clean
@@ -43,7 +49,7 @@ def export_recordings(dirs: Sequence[str | os.PathLike], csv: str | None = None,
     written = []
     for path, fmt in ((csv, "csv"), (parquet, "parquet")):
         if path:
-            write_export(df, meta, path, fmt)
+            write_export(df, meta, path, fmt, raw=raw)
             written.append(str(path))
     notes = notes + [w for m in metas.values() for w in m["incomplete"]]
     return ExportResult(rows=len(df), nodes=sorted(metas), written=written, notes=notes)

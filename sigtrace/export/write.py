@@ -9,11 +9,16 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
+import stat
+import sys
+import tempfile
 from pathlib import Path
 
 import pandas as pd
 
 from ..errors import OutputError, UsageProblem
+from . import cells
 from .columns import sidecar_path
 
 
@@ -62,18 +67,67 @@ def _write_parquet(df: pd.DataFrame, tmp: Path, meta: dict) -> None:
     pq.write_table(table.replace_schema_metadata(schema_meta), str(tmp), compression="zstd")
 
 
-def write_export(df: pd.DataFrame, meta: dict, path: str | os.PathLike, fmt: str) -> None:
-    """Write df to path (fmt "csv" or "parquet") and its meta to the sidecar PATH.meta.json."""
-    out = Path(path)
-    tmp = out.with_name(f".{out.name}.tmp")
+STDOUT = "-"
+FILE_MODE = 0o640
+
+
+def check_output_path(path: str) -> None:
+    """Refuse what a rename would destroy or redirect: a symlink (a planted link is followed by
+    nothing we do, but the user meant its target), a FIFO, a device, a directory. One line."""
+    if path == STDOUT:
+        return
     try:
-        if fmt == "csv":
-            _write_csv(df, tmp)
-        else:
-            _write_parquet(df, tmp, meta)
-        os.replace(tmp, out)
-        side = Path(sidecar_path(str(out)))
-        side.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot use {path}: {exc.strerror}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise UsageProblem(f"{path} is a symbolic link: give the real path (sigtrace never writes through links)")
+    if not stat.S_ISREG(st.st_mode):
+        raise UsageProblem(f"{path} exists and is not a regular file: give a file path, or - for stdout")
+
+
+def _atomic_file(out: Path, write) -> None:
+    """write(tmp_path) into a new private file beside out (O_EXCL: nothing planted is followed),
+    then rename it over out."""
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_export(df: pd.DataFrame, meta: dict, path: str | os.PathLike, fmt: str, raw: bool = False) -> None:
+    """Write df to path (fmt "csv" or "parquet", "-" for stdout) and its meta to the sidecar
+    PATH.meta.json. CSV string cells a spreadsheet would evaluate are neutralised unless raw."""
+    if fmt == "csv":
+        df = df if raw else cells.neutralise(df)
+        meta = dict(meta, csv_cells=cells.RAW if raw else cells.NEUTRALISED)
+    if str(path) == STDOUT:
+        _write_stdout(df, meta, fmt)
+        return
+    check_output_path(str(path))
+    out = Path(path)
+    try:
+        _atomic_file(out, (lambda tmp: _write_csv(df, tmp)) if fmt == "csv" else (lambda tmp: _write_parquet(df, tmp, meta)))
+        text = json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n"
+        side = Path(sidecar_path(str(out)))
+        check_output_path(str(side))
+        _atomic_file(side, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    except OSError as exc:
         raise OutputError(f"cannot write {out}: {exc.strerror}; choose a writable path") from exc
+
+
+def _write_stdout(df: pd.DataFrame, meta: dict, fmt: str) -> None:
+    """To stdout (a pipe): no sidecar, the per-node meta is lost unless Parquet embeds it."""
+    with tempfile.TemporaryDirectory(prefix="sigtrace-export-") as d:
+        tmp = Path(d) / "out"
+        _write_csv(df, tmp) if fmt == "csv" else _write_parquet(df, tmp, meta)
+        with open(tmp, "rb") as fh:
+            shutil.copyfileobj(fh, sys.stdout.buffer)
+        sys.stdout.buffer.flush()

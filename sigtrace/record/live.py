@@ -8,7 +8,10 @@ import time
 from collections import Counter, deque
 from typing import Any
 
+from ..render.safe import safe_text
+
 NO_POD = "(no pod)"
+MAX_PODS = 2_000
 
 
 class Rates:
@@ -22,7 +25,14 @@ class Rates:
     def add(self, event: dict[str, Any], now: float | None = None) -> None:
         pod = event.get("pod_uid") or event.get("target_pod_uid") or NO_POD
         self.total[pod] += 1
-        self._recent.append((now if now is not None else time.monotonic(), pod))
+        if len(self.total) > MAX_PODS:       # weeks of pods come and go: keep the busiest half
+            self.total = Counter(dict(self.total.most_common(MAX_PODS // 2)))
+        now = now if now is not None else time.monotonic()
+        self._recent.append((now, pod))
+        # without a live view (the agent) nothing calls per_second(): keep only the window here
+        if self._recent[0][0] < now - 2 * self.window_s:
+            while self._recent and self._recent[0][0] < now - self.window_s:
+                self._recent.popleft()
 
     def per_second(self, now: float | None = None) -> dict[str, float]:
         now = now if now is not None else time.monotonic()
@@ -48,7 +58,7 @@ def render_table(elapsed: float, events: int, rates: Rates, lost_by_probe: dict[
     table.add_column("events/s", justify="right")
     table.add_column("events", justify="right")
     for pod, total in rates.total.most_common(15):
-        table.add_row(pod, f"{per_s.get(pod, 0):.1f}", str(total))
+        table.add_row(safe_text(pod), f"{per_s.get(pod, 0):.1f}", str(total))
     style = "bold red" if lost else "green"
     detail = ", ".join(f"{k} {v}" for k, v in lost_by_probe.items() if v) or "none"
     table.caption = f"[{style}]lost events: {lost}[/] ({detail})"

@@ -7,6 +7,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..correlate.model import UNDECIDABLE, PodReport, ReportSet
+from .safe import safe_text, visible
 
 TYPE_STYLE = {
     "stop_signal": "bold yellow", "prestop": "bold cyan", "signal": "yellow", "exit": "magenta",
@@ -20,17 +21,19 @@ def fmt_t(t: float | None) -> str:
 
 
 def render_pod(console: Console, pod: PodReport, brief: bool = False) -> None:
-    head = Text(f"pod {pod.title}", style="bold")
+    # every string below that came from the recording goes through visible(): see render/safe.py
+    head = safe_text(f"pod {pod.title}", style="bold")
     if pod.pod_name:
-        head.append(f"  uid {pod.pod_uid}", style="dim")
+        head.append(visible(f"  uid {pod.pod_uid}"), style="dim")
     console.rule(head)
     for c in pod.containers:
         p1 = c.get("pid1") or {}
         stop = c.get("stop_signal")
-        line = Text(f"  container {c.get('name') or c['container_id'][:12]}", style="bold")
-        line.append(f"  app {c.get('app') or '?'}, PID 1 {p1.get('comm', '?')} ({p1.get('role', '?')})")
+        line = safe_text(f"  container {c.get('name') or c['container_id'][:12]}", style="bold")
+        line.append(visible(f"  app {c.get('app') or '?'}, PID 1 {p1.get('comm', '?')} ({p1.get('role', '?')})"))
         if stop:
-            line.append(f", stop signal {stop['sig']} from {stop['sender']}" + (f" [{stop['result']}]" if stop.get("result") else ""))
+            line.append(visible(f", stop signal {stop['sig']} from {stop['sender']}"
+                                + (f" [{stop['result']}]" if stop.get("result") else "")))
         if c.get("exit_t") is not None:
             how = p1.get("exit_signal") or f"code {p1.get('exit_code')}"
             line.append(f", exited {fmt_t(c['exit_t'])} s ({how})")
@@ -44,7 +47,8 @@ def render_pod(console: Console, pod: PodReport, brief: bool = False) -> None:
         table.add_column("container", no_wrap=True)
         table.add_column("what")
         for e in pod.timeline:
-            table.add_row(fmt_t(e["t"]), e.get("container") or "", Text(e["text"], style=TYPE_STYLE.get(e["type"], "")))
+            table.add_row(fmt_t(e["t"]), safe_text(e.get("container") or ""),
+                          safe_text(e["text"], style=TYPE_STYLE.get(e["type"], "")))
         console.print(table)
     s = pod.stats
     console.print(
@@ -60,12 +64,12 @@ def render_pod(console: Console, pod: PodReport, brief: bool = False) -> None:
         console.print(Panel(msg, title="verdict", border_style="green" if not hurt else "yellow"))
         return
     for v in pod.verdicts:
-        body = [Text(v.summary)]
+        body = [safe_text(v.summary)]
         for e in v.evidence:
-            body.append(Text(f"  {fmt_t(e['t']):>9}  {e['what']}", style="dim"))
+            body.append(safe_text(f"  {fmt_t(e['t']):>9}  {e['what']}", style="dim"))
         body.append(Text(f"fix: {v.fix}", style="bold green"))
         undec = v.status == UNDECIDABLE
-        console.print(Panel(Group(*body), title=f"{v.id}" + (" (undecidable)" if undec else ""),
+        console.print(Panel(Group(*body), title=Text(f"{v.id}" + (" (undecidable)" if undec else "")),
                             title_align="left", border_style="yellow" if undec else "red"))
 
 
@@ -76,4 +80,4 @@ def render_text(rs: ReportSet, console: Console, brief: bool = False) -> None:
     if rs.lost_events and not any("lost" in n for n in notes):
         notes.append(f"{rs.lost_events} events were lost by the recorder")
     if notes:
-        console.print(Text("incomplete data: " + "; ".join(notes), style="bold yellow"))
+        console.print(safe_text("incomplete data: " + "; ".join(notes), style="bold yellow"))
