@@ -109,3 +109,19 @@ def test_tcp_events_are_bounded_in_total_and_pods_followed_are_capped(tmp_path):
     held = lr.held()
     assert held["pods"] == 3 and held["evicted_pods"] == 2
     assert held["tcp_events"] <= 250
+
+
+def test_a_pod_uid_that_is_no_uuid_names_no_file(tmp_path):
+    """A recording copied from elsewhere, or an API object, can carry any pod uid."""
+    out = io.StringIO()
+    lr = LiveReporter(tmp_path / "rec", Console(file=out, width=200), meta={"capabilities": ["process_exit"]},
+                      settle_s=0)
+    evil = "../../escaped\x1b[2J"
+    lr.feed({"ts": 1.0, "kind": "process_exec", "pid": 5, "comm": "nginx", "pod_uid": evil, "container_id": "c1",
+             "nspid": 1, "filename": "/usr/sbin/nginx"})
+    lr.feed({"ts": 2.0, "kind": "process_exit", "pid": 5, "comm": "nginx", "pod_uid": evil, "container_id": "c1",
+             "nspid": 1, "exit_code": 0})
+    lr.close()
+    assert not list(tmp_path.rglob("*escaped*"))
+    text = out.getvalue()
+    assert "is not a UUID" in text and "\x1b" not in text and "\\x1b[2J" in text

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import tempfile
 import time
 from collections import OrderedDict, deque
 from pathlib import Path
@@ -25,6 +27,7 @@ from ..events import schema as S
 from ..events.writer import META_FILE
 
 REPORTS_DIR = "reports"
+_UID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 SETTLE_S = 0.5      # sockets are closed in do_exit after sched_process_exit: wait for their events
 # A stopping pod under load streams TCP events by the ten thousand per second: keep its latest ones.
 # ~300 bytes each as encoded lines: 100k per pod, 300k in all ~ 90 MB at most.
@@ -217,8 +220,9 @@ class LiveReporter:
         except Exception as exc:          # noqa: BLE001 - reported, and the recording goes on
             self._finish(uid)
             if self.console is not None:
-                self.console.print(f"sigtrace: live report for pod {uid} failed: {exc!r}; "
-                                   f"run `sigtrace report {self.out_dir} --pod {uid}` after the recording")
+                from ..render.safe import safe_text
+                self.console.print(safe_text(f"sigtrace: live report for pod {uid} failed: {exc}; run `sigtrace "
+                                             f"report {self.out_dir}` after the recording"), highlight=False)
 
     def _report(self, uid: str) -> None:
         from ..events.reader import events_frame
@@ -242,13 +246,25 @@ class LiveReporter:
         if pod is None:
             return
         rs.pods = [pod]
+        if not _UID.match(uid):
+            # a pod uid names the file: from the kernel it is a cgroup's UUID, but the API, a --pid
+            # process or a copied recording can say anything ("../../etc/x")
+            raise ValueError(f"pod uid {uid!r} is not a UUID; no file is named after it")
         d = self.out_dir / REPORTS_DIR
-        d.mkdir(parents=True, exist_ok=True)
+        d.mkdir(mode=0o750, parents=True, exist_ok=True)
         path = d / f"{uid}.json"
-        tmp = path.with_suffix(".json.tmp")
         from ..render.json import render_json
-        tmp.write_text(render_json(rs), encoding="utf-8")
-        os.replace(tmp, path)
+        text = render_json(rs)
+        # a private new file renamed into place: nothing planted in reports/ is written through
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{uid}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+            os.chmod(tmp, 0o640)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
         self.written.append(path)
         if self.console is not None:
             from ..render.text import render_text

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from ..render.safe import plain
+
 from .load import OUTCOMES
 from .scenario import LabResult
 
@@ -43,8 +45,8 @@ def stop_table(r: LabResult) -> Table:
             exit_ = f"code {o.exit_code}" if o.exit_code == 0 else f"[red]code {o.exit_code}[/red]"
         else:
             exit_ = "?"
-        pre = (f"{' '.join(o.prestop)}\n{_rel(o.prestop_start, r.deleted_at)} .. {_rel(o.prestop_end, r.deleted_at)}"
-               if o.prestop_start else "")
+        pre = (f"{plain(' '.join(o.prestop))}\n{_rel(o.prestop_start, r.deleted_at)} .. "
+               f"{_rel(o.prestop_end, r.deleted_at)}" if o.prestop_start else "")
         sent = (f"{o.stop_signal} {_rel(o.stop_sent, r.deleted_at)}" if o.stop_sent
                 else f"{o.stop_signal}: not sent, already exited")
         kill = f"[red]{_rel(o.kill_sent, r.deleted_at)}[/red]" if o.kill_sent else ""
