@@ -85,3 +85,18 @@ def test_export_files_are_not_world_readable(rec, tmp_path):
     assert run("export", str(rec), "--csv", str(out)).returncode == 0
     assert out.stat().st_mode & 0o777 == 0o640
     assert (tmp_path / "z.csv.meta.json").stat().st_mode & 0o777 == 0o640
+
+
+def test_plot_path_is_checked_before_reading(rec, tmp_path):
+    out = tmp_path / "x.csv"
+    assert run("export", str(rec), "--csv", str(out)).returncode == 0
+    p = run("analyze", str(out), "--plot", str(tmp_path / "out.txt"), text=True)
+    assert p.returncode == 2 and "must end in .png" in p.stderr and "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+    p = run("analyze", str(out), "--plot", str(tmp_path / "fleet.svg"), "--json", text=True)
+    assert p.returncode == 0 and (tmp_path / "fleet.svg").read_text().lstrip().startswith("<?xml")
+
+
+def test_pid_lists(tmp_path):
+    p = run("record", "--pid", "1,x", "-o", str(tmp_path / "r"), text=True)
+    assert p.returncode == 2 and "'x' is not a process id" in p.stderr and "Traceback" not in p.stderr

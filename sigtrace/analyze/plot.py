@@ -2,9 +2,22 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
-from ..errors import OutputError
+from ..errors import OutputError, UsageProblem
+from ..export.write import atomic_file, check_output_path
 from .fleet import Fleet
+
+
+FORMATS = (".png", ".svg", ".pdf")
+
+
+def check_plot_path(path: str | os.PathLike) -> None:
+    """A picture format matplotlib writes, at a path that is a regular file or nothing yet."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise UsageProblem(f"--plot {path}: the name must end in {', '.join(FORMATS)} (the picture's format)")
+    check_output_path(str(path))
 
 
 def write_plot(fleet: Fleet, path: str | os.PathLike) -> None:
@@ -57,7 +70,8 @@ def write_plot(fleet: Fleet, path: str | os.PathLike) -> None:
     ax2.set_title("Shutdown time", fontsize=12, loc="left")
     fig.tight_layout()
     try:
-        fig.savefig(path, dpi=110)
+        fmt = Path(path).suffix.lower().lstrip(".")
+        atomic_file(Path(path), lambda tmp: fig.savefig(tmp, dpi=110, format=fmt))
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror}; choose a writable --plot path") from exc
     finally:

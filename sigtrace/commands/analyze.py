@@ -26,6 +26,9 @@ def analyze(files: tuple[str, ...], as_json: bool, plot: str | None) -> None:
     """
     from ..analyze import analyze_files
 
+    if plot:                                    # before reading gigabytes: a bad path is one line
+        from ..analyze.plot import check_plot_path
+        check_plot_path(plot)
     fleet = analyze_files(files)
     if plot:
         from ..analyze.plot import write_plot

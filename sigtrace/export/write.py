@@ -88,7 +88,7 @@ def check_output_path(path: str) -> None:
         raise UsageProblem(f"{path} exists and is not a regular file: give a file path, or - for stdout")
 
 
-def _atomic_file(out: Path, write) -> None:
+def atomic_file(out: Path, write) -> None:
     """write(tmp_path) into a new private file beside out (O_EXCL: nothing planted is followed),
     then rename it over out."""
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
@@ -114,11 +114,11 @@ def write_export(df: pd.DataFrame, meta: dict, path: str | os.PathLike, fmt: str
     check_output_path(str(path))
     out = Path(path)
     try:
-        _atomic_file(out, (lambda tmp: _write_csv(df, tmp)) if fmt == "csv" else (lambda tmp: _write_parquet(df, tmp, meta)))
+        atomic_file(out, (lambda tmp: _write_csv(df, tmp)) if fmt == "csv" else (lambda tmp: _write_parquet(df, tmp, meta)))
         text = json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n"
         side = Path(sidecar_path(str(out)))
         check_output_path(str(side))
-        _atomic_file(side, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        atomic_file(side, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     except OSError as exc:
         raise OutputError(f"cannot write {out}: {exc.strerror}; choose a writable path") from exc
 
