@@ -11,7 +11,9 @@ kubectl conventions: --namespace/-n (where the agents run, default sigtrace), --
   deploy/undeploy: create/update/delete namespaces, serviceaccounts, clusterroles,
                    clusterrolebindings and apps daemonsets (in practice cluster-admin: granting a
                    ClusterRole requires holding its permissions);
-  status:          get daemonsets, list pods in the agents' namespace;
+  status:          get daemonsets, list pods in the agents' namespace, and create pods/exec there
+                   for each agent's health (`cat /var/lib/sigtrace/status.json`; without it the
+                   table still shows readiness, and says health is unavailable);
   collect:         list pods and create pods/exec in the agents' namespace (it runs `tar` in the
                    agent containers, like `kubectl cp`), get pods named by --pod.
 """
@@ -21,6 +23,8 @@ import io
 import json
 import sys
 import tarfile
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,9 @@ from .errors import SigtraceError, UsageProblem
 AGENT_LABEL = "app.kubernetes.io/name=sigtrace-agent"
 AGENT_OUTPUT = "/var/lib/sigtrace"
 DEFAULT_NS = "sigtrace"
+STATUS_PATH = f"{AGENT_OUTPUT}/status.json"      # written by the agent (sigtrace/k8s/health.py)
+STALE_AFTER_S = 30.0        # status.json is rewritten every 5 s: older means the agent's loop is stuck
+EXEC_WORKERS = 8            # agents asked at once (one pods/exec each)
 
 
 class Ctx:
@@ -158,13 +165,83 @@ def agent_status(api: Any, namespace: str) -> dict[str, Any]:
     return {"desired": st.get("desiredNumberScheduled", 0), "ready": st.get("numberReady", 0), "nodes": nodes}
 
 
+def add_health(api: Any, namespace: str, st: dict[str, Any]) -> dict[str, Any]:
+    """Each running agent's status.json under nodes[].health, asked in parallel."""
+    running = [n for n in st["nodes"] if n["phase"] == "Running"]
+    with ThreadPoolExecutor(max_workers=EXEC_WORKERS) as pool:
+        for n, h in zip(running, pool.map(lambda n: agent_health(api, namespace, n["pod"]), running)):
+            n["health"] = h
+    for n in st["nodes"]:
+        n.setdefault("health", {"error": f"agent pod not running ({n['phase'] or 'no phase'})"})
+    return st
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    return "-"
+
+
+def status_rows(st: dict[str, Any], namespace: str = DEFAULT_NS, now: float | None = None) -> list[str]:
+    """The `status` table: one line per node, then one note per node whose health is not plain."""
+    now = now if now is not None else time.time()
+    rows = [f"{'NODE':<20} {'POD':<28} {'READY':<5} {'RESTARTS':>8} {'ARMED':>5} {'EVENTS/S':>9} "
+            f"{'LOST':>6} {'DISK':>9}  LAST REPORT"]
+    notes = []
+    for n in st["nodes"]:
+        h = n.get("health") or {}
+        last = h.get("last_report")
+        if last:
+            ago = max(0.0, now - float(last.get("at") or now))
+            who = f"{last.get('namespace') or '?'}/{last.get('pod_name') or last.get('pod_uid') or '?'}"
+            last_s = f"{_ago(ago)} ago {who} {','.join(last.get('verdicts') or []) or 'clean'}"
+        else:
+            last_s = "-" if "error" in h else "none yet"
+        armed = h.get("armed_pods")
+        rows.append(f"{n['node'] or '-':<20} {n['pod']:<28} {'yes' if n['ready'] else 'no':<5} {n['restarts']:>8} "
+                    f"{'-' if armed is None else armed:>5} "
+                    f"{'-' if 'events_per_s' not in h else format(h['events_per_s'], '.1f'):>9} "
+                    f"{h.get('lost_events', '-'):>6} {_size(h.get('disk_used_bytes')):>9}  {last_s}")
+        node = n["node"] or n["pod"]
+        if "error" in h:
+            notes.append(f"{node}: health unavailable: {h['error']}")
+            continue
+        if h.get("stale"):
+            notes.append(f"{node}: status.json is {_ago(h['age_s'])} old: the agent's recording loop is stuck "
+                         f"or it stopped (see `kubectl logs -n {namespace} {n['pod']}`)")
+        elif not h.get("recording"):
+            notes.append(f"{node}: the agent is not recording (starting, or stopped)")
+        for res, problem in ((h.get("kubernetes") or {}).get("problems") or {}).items():
+            notes.append(f"{node}: API {res}: {problem}")
+        if h.get("backend") == "kubernetes-api-only":
+            notes.append(f"{node}: no kernel recorder (API events only): see the agent's log")
+    return rows + [f"note: {line}" for line in notes]
+
+
+def _ago(s: float) -> str:
+    if s < 120:
+        return f"{s:.0f}s"
+    if s < 7200:
+        return f"{s / 60:.0f}m"
+    return f"{s / 3600:.0f}h" if s < 172800 else f"{s / 86400:.0f}d"
+
+
 def exec_tar(api: Any, namespace: str, pod: str, path: str = AGENT_OUTPUT) -> bytes:
     """`tar cf - -C path .` in the agent container over pods/exec (what `kubectl cp` does)."""
+    return exec_read(api, namespace, pod, ["tar", "cf", "-", "-C", path, "."])
+
+
+def exec_read(api: Any, namespace: str, pod: str, command: list[str]) -> bytes:
+    """Run `command` in the agent container over pods/exec; its stdout, or SigtraceError on failure."""
     from kubernetes import client
     from kubernetes.stream import stream
     from kubernetes.stream.ws_client import ERROR_CHANNEL, STDERR_CHANNEL, STDOUT_CHANNEL
     ws = stream(client.CoreV1Api(api).connect_get_namespaced_pod_exec, pod, namespace,
-                command=["tar", "cf", "-", "-C", path, "."], container="agent",
+                command=command, container="agent",
                 stderr=True, stdin=False, stdout=True, tty=False, binary=True, _preload_content=False)
     out, err = io.BytesIO(), io.BytesIO()
     try:
@@ -180,8 +257,38 @@ def exec_tar(api: Any, namespace: str, pod: str, path: str = AGENT_OUTPUT) -> by
     if status:
         st = json.loads(status)
         if st.get("status") != "Success":
-            raise SigtraceError(f"tar in {namespace}/{pod} failed: {st.get('message') or err.getvalue()[:200]!r}")
+            stderr = err.getvalue()[:200].decode(errors="replace").strip()
+            raise SigtraceError(f"{command[0]} in {namespace}/{pod} failed: "
+                                f"{'; '.join(filter(None, [st.get('message'), stderr]))!r}")
     return out.getvalue()
+
+
+def agent_health(api: Any, namespace: str, pod: str, now: float | None = None) -> dict[str, Any]:
+    """One agent's status.json (see sigtrace/k8s/health.py), read over pods/exec, plus "stale"; or
+    {"error": one line} when it cannot be had."""
+    from kubernetes.client.exceptions import ApiException
+    try:
+        data = exec_read(api, namespace, pod, ["cat", STATUS_PATH])
+        health = json.loads(data)
+        if not isinstance(health, dict):
+            raise ValueError("not a JSON object")
+    except ApiException as exc:
+        if exc.status == 403:
+            return {"error": "pods/exec forbidden (403): your user lacks create on pods/exec"}
+        return {"error": f"pods/exec failed: {exc.status} {exc.reason}"}
+    except SigtraceError as exc:
+        text = str(exc)
+        if "No such file" in text or "exit code: 1" in text:
+            return {"error": "no status.json yet (agent starting, or an older agent image)"}
+        return {"error": text[:200]}
+    except ValueError as exc:
+        return {"error": f"status.json unreadable ({exc})"}
+    except Exception as exc:  # noqa: BLE001 - a connection problem for one node must not hide the others
+        return {"error": f"pods/exec failed ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})"}
+    age = (now if now is not None else time.time()) - float(health.get("written_at") or 0)
+    health["age_s"] = round(age, 1)
+    health["stale"] = age > max(STALE_AFTER_S, 3 * float(health.get("every_s") or 0))
+    return health
 
 
 def safe_extract(data: bytes, dest: Path) -> list[str]:
@@ -242,7 +349,9 @@ def collect(api: Any, namespace: str, output: Path, pods: tuple[str, ...] = (), 
 
 
 def recordings_under(root: Path) -> list[Path]:
-    return sorted(p.parent for p in root.rglob("events.jsonl"))
+    """Every run directory below root, also one whose events.jsonl the disk cap already removed."""
+    from .events.segments import run_dirs_under
+    return run_dirs_under(root)
 
 
 # ---- CLI -----------------------------------------------------------------------------------------
@@ -293,19 +402,26 @@ def undeploy(c: Ctx) -> None:
 
 
 @plugin.command()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (each node's status.json under health).")
+@click.option("--no-health", is_flag=True, help="Readiness only: no pods/exec into the agents.")
 @click.pass_obj
-def status(c: Ctx, as_json: bool) -> None:
-    """Agents ready per node."""
+def status(c: Ctx, as_json: bool, no_health: bool) -> None:
+    """Per node: ready, armed pods, events/s, lost events, disk used, last report."""
     st = agent_status(c.api, c.namespace)
+    if not no_health:
+        add_health(c.api, c.namespace, st)
     if as_json:
         click.echo(json.dumps(st, indent=2))
         return
     click.echo(f"agents ready: {st['ready']}/{st['desired']}")
-    click.echo(f"{'NODE':<24} {'POD':<32} {'READY':<6} {'PHASE':<10} RESTARTS")
-    for n in st["nodes"]:
-        click.echo(f"{n['node'] or '-':<24} {n['pod']:<32} {'yes' if n['ready'] else 'no':<6} "
-                   f"{n['phase'] or '-':<10} {n['restarts']}")
+    if no_health:
+        click.echo(f"{'NODE':<24} {'POD':<32} {'READY':<6} {'PHASE':<10} RESTARTS")
+        for n in st["nodes"]:
+            click.echo(f"{n['node'] or '-':<24} {n['pod']:<32} {'yes' if n['ready'] else 'no':<6} "
+                       f"{n['phase'] or '-':<10} {n['restarts']}")
+        return
+    for line in status_rows(st, c.namespace):
+        click.echo(line)
 
 
 @plugin.command(name="collect")

@@ -8,13 +8,22 @@ It speaks the parts of the API protocol the agent and kubectl-sigtrace use:
     ERROR 410 "Expired" when N is older than the compaction point (what etcd compaction does),
     BOOKMARK when asked (allowWatchBookmarks=true), a clean end at timeoutSeconds;
   - create (POST), get, replace (PUT), delete on any path; 403 Status for denied resources;
-  - drop_watches(): cut every open watch mid-stream (no terminating chunk), like a dropped connection.
+  - list pagination: limit and continue (a continue token older than the compaction point: 410);
+  - drop_watches(): cut every open watch mid-stream (no terminating chunk), like a dropped connection;
+  - go_down() / come_back(): the API server goes away (every connection reset, the port refuses
+    connections) and returns on the same port, its history compacted as a restarted one's would be;
+  - fail(plural, status, retry_after=...): the next requests get an error Status (429 with
+    Retry-After, 5xx) instead of an answer; hang.add(plural): requests get no answer until removed;
+  - inject_raw(plural, line): a raw watch line (malformed JSON, or an object of the wrong shape).
 Objects are stored as plain dicts; the server stamps resourceVersion and uid.
 """
 from __future__ import annotations
 
+import base64
+import bisect
 import json
 import re
+import socket
 import threading
 import time
 import uuid
@@ -77,9 +86,19 @@ class FakeApi:
         self.bookmarks: list[int] = []
         self.exec_handler = None                      # (ns, pod, command) -> (stdout, stderr, exit code)
         self.execs: list[tuple[str, str, list[str]]] = []
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.times: list[float] = []                  # monotonic time of each entry of requests
+        self.faults: list[tuple[str, int, str | None, int]] = []   # (plural, status, Retry-After, count left)
+        self.hang: set[str] = set()                   # plurals whose requests get no answer for now
+        self.down = False
+        self.conns: set[socket.socket] = set()        # open client connections, reset by go_down()
+        self.server = self._serve(0)
+
+    def _serve(self, port: int) -> ThreadingHTTPServer:
+        server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
+        server.daemon_threads = True
+        server.handle_error = lambda request, address: None   # resets are what go_down() is for
+        self.thread = threading.Thread(target=server.serve_forever, daemon=True)
+        return server
 
     # ---- test control ---------------------------------------------------------------------
     @property
@@ -93,9 +112,55 @@ class FakeApi:
     def close(self) -> None:
         with self.cond:
             self.watch_generation += 1
+            self.hang.clear()
             self.cond.notify_all()
+        if not self.down:
+            self.server.shutdown()
+            self.server.server_close()
+
+    def go_down(self) -> None:
+        """The API server goes away: open connections are reset and the port refuses new ones."""
+        with self.cond:
+            self.down = True
+            self.watch_generation += 1
+            self.cond.notify_all()
+            conns = list(self.conns)
         self.server.shutdown()
         self.server.server_close()
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def come_back(self, compact: bool = True) -> None:
+        """Serve again on the same port; a restarted API server's watch cache starts at its current
+        resourceVersion, so older watches get 410 Gone (compact=True)."""
+        port = self.server.server_address[1]
+        if compact:
+            self.compact()
+        self.server = self._serve(port)
+        with self.cond:
+            self.down = False
+        self.thread.start()
+
+    def fail(self, plural: str, status: int, retry_after: str | None = None, count: int = 1) -> None:
+        """The next `count` requests for `plural` (list or watch) get `status` with a Status body."""
+        with self.cond:
+            self.faults.append((plural, status, retry_after, count))
+
+    def inject_raw(self, plural: str, line: bytes, prefix: str | None = None) -> None:
+        """A raw line for the watches of `plural` (sent as is, one chunk)."""
+        prefix = prefix or ("/apis/discovery.k8s.io/v1" if plural == "endpointslices" else "/api/v1")
+        with self.cond:
+            self.rv += 1
+            self.log.append((self.rv, (prefix, plural), "RAW", {"raw": line, "metadata": {}}))
+            self.cond.notify_all()
+
+    def request_times(self, plural: str, watch: bool | None = None) -> list[float]:
+        with self.cond:
+            return [t for (m, p), t in zip(self.requests, self.times)
+                    if f"/{plural}" in p and (watch is None or ("watch=true" in p) == watch)]
 
     def apply(self, type_: str, obj: dict, prefix: str | None = None, plural: str | None = None) -> int:
         """Store an object change and publish it to watchers: ADDED, MODIFIED or DELETED."""
@@ -149,6 +214,29 @@ class FakeApi:
             def log_message(self, *args) -> None:  # keep pytest output clean
                 pass
 
+            def setup(self) -> None:
+                super().setup()
+                with api.cond:
+                    api.conns.add(self.connection)
+
+            def finish(self) -> None:
+                with api.cond:
+                    api.conns.discard(self.connection)
+                try:
+                    super().finish()
+                except OSError:
+                    pass
+
+            def _send_status(self, code: int, reason: str, message: str, headers: dict | None = None) -> None:
+                data = json.dumps(status_body(code, reason, message)).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
             def _send_json(self, code: int, body: dict) -> None:
                 data = json.dumps(body).encode()
                 self.send_response(code)
@@ -165,9 +253,29 @@ class FakeApi:
                 url = urlparse(self.path)
                 with api.cond:
                     api.requests.append((self.command, self.path))
+                    api.times.append(time.monotonic())
                 parsed = parse_path(url.path)
                 if parsed is None:
                     self._send_json(404, status_body(404, "NotFound", f"no route {url.path}"))
+                    return None
+                with api.cond:
+                    while parsed[2] in api.hang and not api.down:
+                        api.cond.wait(0.1)         # a server that accepted the request and stalls
+                    if api.down:
+                        self.close_connection = True
+                        return None
+                    fault = next((i for i, f in enumerate(api.faults) if f[0] == parsed[2]), None)
+                    if fault is not None:
+                        plural, code, retry_after, left = api.faults[fault]
+                        if left > 1:
+                            api.faults[fault] = (plural, code, retry_after, left - 1)
+                        else:
+                            del api.faults[fault]
+                if fault is not None:
+                    reason = {429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable",
+                              504: "Timeout"}.get(code, "InternalError")
+                    self._send_status(code, reason, f"injected {code} for {plural}",
+                                      {"Retry-After": retry_after} if retry_after is not None else None)
                     return None
                 if parsed[2] in api.denied:
                     self._send_json(403, status_body(403, "Forbidden",
@@ -194,14 +302,31 @@ class FakeApi:
                 if q.get("watch") == "true":
                     self._watch(prefix, ns, plural, q)
                     return
+                offset, rv = 0, None
+                if q.get("continue"):
+                    token = json.loads(base64.b64decode(q["continue"]))
+                    offset, rv = token["offset"], token["rv"]
                 with api.cond:
-                    items = [o for (p, pl, n, _), o in api.objects.items()
+                    if rv is not None and rv < api.compacted:
+                        self._send_json(410, status_body(410, "Expired", "The provided continue parameter is too "
+                                                         "old to display a consistent list result."))
+                        return
+                    items = [o for (p, pl, n, _), o in sorted(api.objects.items(), key=lambda kv: str(kv[0]))
                              if p == prefix and pl == plural and (ns is None or n == ns)
                              and matches(o, q.get("fieldSelector"), q.get("labelSelector"))]
-                    rv = api.rv
+                    rv = api.rv if rv is None else rv
+                meta = {"resourceVersion": str(rv)}
+                limit = int(q.get("limit") or 0)
+                if limit:
+                    page = items[offset:offset + limit]
+                    if offset + limit < len(items):
+                        meta["continue"] = base64.b64encode(json.dumps({"offset": offset + limit,
+                                                                        "rv": rv}).encode()).decode()
+                        meta["remainingItemCount"] = len(items) - offset - limit
+                    items = page
                 self._send_json(200, {"kind": KINDS.get(plural, "Object") + "List",
                                       "apiVersion": "v1" if prefix == "/api/v1" else prefix[len("/apis/"):],
-                                      "metadata": {"resourceVersion": str(rv)}, "items": items})
+                                      "metadata": meta, "items": items})
 
             def _chunk(self, line: dict) -> None:
                 data = (json.dumps(line) + "\n").encode()
@@ -224,9 +349,18 @@ class FakeApi:
                         return
                     gen = api.watch_generation
                     sent = since
+                    opened_rv = api.rv          # RAW lines go to watches open when injected, never replayed
+                    pos = bisect.bisect_right([e[0] for e in api.log], since)   # the log is in rv order
                     while True:
-                        for rv, coll, type_, obj in api.log:
-                            if rv > sent and coll == (prefix, plural) and \
+                        new, pos = api.log[pos:], len(api.log)
+                        for rv, coll, type_, obj in new:
+                            if type_ == "RAW":
+                                if rv <= opened_rv or coll != (prefix, plural):
+                                    continue
+                                data = obj["raw"] + b"\n"
+                                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                                self.wfile.flush()
+                            elif rv > sent and coll == (prefix, plural) and \
                                     (ns is None or obj["metadata"].get("namespace") == ns) and \
                                     matches(obj, q.get("fieldSelector"), q.get("labelSelector")):
                                 self._chunk({"type": type_, "object": obj})
@@ -243,8 +377,11 @@ class FakeApi:
                         api.cond.wait(min(left, 0.5))
                         if api.watch_generation != gen:
                             # dropped connection: half a chunk, then the socket closes
-                            self.wfile.write(b"40\r\n{\"type\":\"MODIF")
-                            self.wfile.flush()
+                            try:
+                                self.wfile.write(b"40\r\n{\"type\":\"MODIF")
+                                self.wfile.flush()
+                            except OSError:
+                                pass               # go_down() reset it already
                             self.close_connection = True
                             return
 

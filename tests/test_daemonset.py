@@ -91,6 +91,23 @@ def test_every_capability_and_mount_has_a_why_comment():
         assert f"# WHY {path}" in text
 
 
+def test_commented_metrics_port_is_valid_and_matches_the_flag():
+    """The commented-out metrics lines, uncommented, give a valid DaemonSet whose port is the one served."""
+    text = (DS_DIR / "daemonset.yaml").read_text()
+    block = re.search(r"\n(\s*)# args: (\[.*--metrics-address.*\])\n((?:\1#.*\n)+)", text)
+    assert block, "the commented metrics args/ports block is missing"
+    indent = block.group(1)
+    uncommented = text.replace(block.group(0), "\n" + "".join(
+        indent + line.strip()[2:] + "\n" for line in block.group(0).strip("\n").splitlines()))
+    uncommented = re.sub(r"\n\s*args: \[\"--output\", \"/var/lib/sigtrace\"\]\n", "\n", uncommented, count=1)
+    ds = yaml.safe_load(uncommented)
+    kubernetes_validate.validate(ds, kubernetes_validate.latest_version(), strict=True)
+    (c,) = ds["spec"]["template"]["spec"]["containers"]
+    flag = c["args"][c["args"].index("--metrics-address") + 1]
+    assert c["ports"] == [{"name": "metrics", "containerPort": int(flag.rsplit(":", 1)[1]), "protocol": "TCP"}]
+    assert "hostPort" not in c["ports"][0]                      # pod network only
+
+
 def test_rbac_is_read_only_pods_and_endpointslices_exactly():
     objs = {o["kind"]: o for o in manifests.render()}
     rules = objs["ClusterRole"]["rules"]

@@ -125,13 +125,75 @@ def install_agents(fake_api) -> None:
 
 def test_status_shows_agents_ready_per_node(fake_api, kubeconfig):
     install_agents(fake_api)
-    r = run_plugin("--kubeconfig", kubeconfig, "status", "--json")
+    r = run_plugin("--kubeconfig", kubeconfig, "status", "--json", "--no-health")
     assert r.returncode == 0, r.stderr
     st = json.loads(r.stdout)
     assert (st["desired"], st["ready"]) == (2, 1)
     assert [(n["node"], n["ready"], n["restarts"]) for n in st["nodes"]] == [("node-a", True, 0), ("node-b", False, 3)]
-    r = run_plugin("--kubeconfig", kubeconfig, "status")
+    assert fake_api.execs == []                                 # --no-health: no pods/exec
+    r = run_plugin("--kubeconfig", kubeconfig, "status", "--no-health")
     assert "agents ready: 1/2" in r.stdout and "node-b" in r.stdout
+
+
+def agent_status_json(node: str, written_at: float, **kw) -> bytes:
+    """status.json as sigtrace/k8s/health.py writes it."""
+    import time
+    st = {"sigtrace_status": 1, "node": node, "written_at": written_at, "every_s": 5.0, "recording": True,
+          "backend": "bpf", "armed_pods": 2, "events": 123456, "events_per_s": 153.25, "lost_events": 7,
+          "disk_used_bytes": 3 * 1024 * 1024 + 512 * 1024, "reports": 4,
+          "last_report": {"at": time.time() - 90, "pod_uid": "u1", "pod_name": "web-7d9c5b8f6d-x2x4q",
+                          "namespace": "shop", "verdicts": ["prestop-quit-superseded", "endpoint-race"]},
+          "kubernetes": {"problems": {}}}
+    st.update(kw)
+    return json.dumps(st).encode()
+
+
+def test_status_reads_each_agents_health_over_exec(fake_api, kubeconfig):
+    import time
+    install_agents(fake_api)
+    bodies = {"sigtrace-agent-aaaaa": agent_status_json("node-a", time.time() - 2),
+              # node-b's agent: its loop stopped writing a minute ago, and its API watch is failing
+              "sigtrace-agent-bbbbb": agent_status_json("node-b", time.time() - 60, armed_pods=None,
+                                                        last_report=None, backend="kubernetes-api-only",
+                                                        kubernetes={"problems": {"pods": "watching pods: cannot reach "
+                                                                                         "the API server"}})}
+
+    def cat(ns, pod, command):
+        assert command == ["cat", kubectl_plugin.STATUS_PATH]
+        return bodies[pod], b"", 0
+    fake_api.exec_handler = cat
+    r = run_plugin("--kubeconfig", kubeconfig, "status", "--json")
+    assert r.returncode == 0, r.stderr
+    st = json.loads(r.stdout)
+    a, b = st["nodes"]
+    assert (a["node"], a["health"]["armed_pods"], a["health"]["events_per_s"], a["health"]["lost_events"]) == \
+        ("node-a", 2, 153.25, 7)
+    assert a["health"]["stale"] is False and b["health"]["stale"] is True and b["health"]["age_s"] >= 59
+    assert sorted(pod for _, pod, _ in fake_api.execs) == ["sigtrace-agent-aaaaa", "sigtrace-agent-bbbbb"]
+
+    r = run_plugin("--kubeconfig", kubeconfig, "status")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.splitlines()
+    assert out[0] == "agents ready: 1/2"
+    assert out[1].split() == ["NODE", "POD", "READY", "RESTARTS", "ARMED", "EVENTS/S", "LOST", "DISK", "LAST", "REPORT"]
+    assert out[2].split()[:8] == ["node-a", "sigtrace-agent-aaaaa", "yes", "0", "2", "153.2", "7", "3.5MiB"]
+    assert out[2].endswith("ago shop/web-7d9c5b8f6d-x2x4q prestop-quit-superseded,endpoint-race")
+    assert out[3].split()[:8] == ["node-b", "sigtrace-agent-bbbbb", "no", "3", "-", "153.2", "7", "3.5MiB"]
+    assert out[3].endswith("none yet")
+    notes = out[4:]
+    assert any(n.startswith("note: node-b: status.json is") and "stuck" in n for n in notes), notes
+    assert "note: node-b: API pods: watching pods: cannot reach the API server" in notes
+    assert "note: node-b: no kernel recorder (API events only): see the agent's log" in notes
+    assert not [n for n in notes if "node-a" in n]
+
+
+def test_status_without_status_json_says_why_per_node(fake_api, kubeconfig):
+    install_agents(fake_api)
+    fake_api.exec_handler = lambda ns, pod, command: (b"", b"cat: /var/lib/sigtrace/status.json: No such file or directory\n", 1)
+    r = run_plugin("--kubeconfig", kubeconfig, "status")
+    assert r.returncode == 0, r.stderr
+    assert "note: node-a: health unavailable: no status.json yet (agent starting, or an older agent image)" in r.stdout
+    assert "Traceback" not in r.stderr
 
 
 def test_status_without_agents_says_deploy(fake_api, kubeconfig):

@@ -245,3 +245,165 @@ def test_kubeconfig_is_used_outside_the_cluster_and_a_missing_one_is_one_line(fa
     with pytest.raises(ClusterProblem) as exc:
         api_client(str(tmp_path / "nope"))
     assert "\n" not in str(exc.value) and "--kubeconfig" in str(exc.value)
+
+
+# ---- robustness: the API server going away, throttling, bad objects, big clusters ------------
+def step(label: str) -> dict:
+    return next(s["object"] for s in DATA["steps"] if s["label"] == label)
+
+
+def test_api_down_for_a_while_then_back_relists_and_repeats_nothing(fake_api, run_watcher, caplog):
+    caplog.set_level(logging.INFO, logger="sigtrace.k8s")
+    for obj in DATA["initial"]:
+        fake_api.apply("ADDED", obj)
+    w, events, stop, _ = run_watcher(fake_api.url, backoff_initial_s=0.05, backoff_cap_s=0.2)
+    wait_for(lambda: fake_api.watch_count("pods") >= 1 and fake_api.watch_count("endpointslices") >= 1,
+             what="both watches open")
+    fake_api.go_down()
+    wait_for(lambda: len(w.summary()["problems"]) == 2, what="both streams failing")
+    # meanwhile the old pod is deleted and its endpoint goes terminating; nobody is watching
+    fake_api.apply("MODIFIED", step("old endpoint not ready, terminating"))
+    deleted = next(s["object"] for s in DATA["steps"] if "deletionTimestamp" in s["object"]["metadata"])
+    fake_api.apply("MODIFIED", deleted)
+    wait_for(lambda: min(w.summary()["reconnects"].values()) >= 5, what="several retries while down")
+    seen_before = len(lc(events, "pod_seen"))
+    fake_api.come_back(compact=True)          # a restarted API server: old resourceVersions are gone
+    wait_for(lambda: not w.summary()["problems"], what="recovery")
+    wait_for(lambda: lc(events, "endpoints_terminating", EXP["old_uid"]) and lc(events, "pod_deleted", EXP["old_uid"]),
+             what="changes made while down")
+    s = w.summary()
+    assert s["lists"] == {"pods": 2, "endpointslices": 2}          # 410 on re-watch -> one relist each
+    assert s["errors"]["pods"]["gone"] == 1
+    assert set(s["errors"]["pods"]) - {"gone"} <= {"refused", "stream_broken", "unreachable"}
+    (term,) = lc(events, "endpoints_terminating", EXP["old_uid"])
+    assert json.loads(term["detail"])["via"] == "relist"
+    # no pod_seen flood: the relist found nothing new about the pods it already knew
+    assert len(lc(events, "pod_seen")) == seen_before == 1
+    # events keep flowing after the outage, through the new watch
+    fake_api.apply("ADDED", DATA["steps"][0]["object"])
+    wait_for(lambda: lc(events, "pod_seen", EXP["new_uid"]), what="events after recovery")
+    lines = [r.message for r in caplog.records if "watching pods" in r.message]
+    # one line per kind of problem (stream cut, reset, refused), not one per retry
+    assert 1 <= len(lines) <= 3 < s["reconnects"]["pods"], lines
+    assert sum("pods: API access restored" in r.message for r in caplog.records) == 1
+
+
+def test_429_retry_after_is_honoured_and_5xx_backs_off(fake_api, run_watcher, caplog):
+    caplog.set_level(logging.INFO, logger="sigtrace.k8s")
+    for obj in DATA["initial"]:
+        fake_api.apply("ADDED", obj)
+    fake_api.fail("pods", 429, retry_after="1")
+    fake_api.fail("endpointslices", 503, count=3)
+    w, events, stop, _ = run_watcher(fake_api.url, backoff_initial_s=0.05, backoff_cap_s=0.4)
+    wait_for(lambda: lc(events, "pod_seen", EXP["old_uid"]), what="pods after the 429")
+    t = fake_api.request_times("pods", watch=False)
+    assert 1.0 <= t[1] - t[0] < 1.6, t                               # Retry-After: 1 (+ up to 20 % jitter)
+    wait_for(lambda: fake_api.watch_count("endpointslices") >= 1, what="slices after three 503s")
+    t = fake_api.request_times("endpointslices", watch=False)
+    gaps = [b - a for a, b in zip(t, t[1:])]
+    assert len(gaps) == 3 and all(g < 0.9 for g in gaps) and gaps[2] > gaps[0], gaps   # exponential, capped
+    s = w.summary()
+    assert s["errors"] == {"pods": {"http_429": 1}, "endpointslices": {"http_503": 3}}
+    assert [r.message for r in caplog.records if "429" in r.message] == [
+        "watching pods: API server is overloaded (429 Too Many Requests); retrying after its Retry-After"]
+    assert len([r for r in caplog.records if "503" in r.message]) == 1
+
+
+def test_malformed_objects_are_skipped_counted_and_logged_once_per_kind(fake_api, run_watcher, caplog):
+    caplog.set_level(logging.INFO, logger="sigtrace.k8s")
+    for obj in DATA["initial"]:
+        fake_api.apply("ADDED", obj)
+    w, events, stop, _ = run_watcher(fake_api.url)
+    wait_for(lambda: fake_api.watch_count("pods") >= 1, what="pod watch")
+    fake_api.inject_raw("pods", b'{"type": "MODIFIED", "object": {"kind": "Pod", "metad')
+    fake_api.inject_raw("pods", b"<html>502 Bad Gateway</html>")
+    fake_api.inject_raw("pods", json.dumps({"type": "ADDED", "object": {"kind": "Pod", "metadata": {"name": "x"}}}).encode())
+    bad = json.loads(json.dumps(DATA["initial"][0]))
+    bad["metadata"]["uid"] = "bad-uid"
+    bad["spec"]["containers"] = "nginx"                               # a string where a list belongs
+    fake_api.inject_raw("pods", json.dumps({"type": "ADDED", "object": bad}).encode())
+    fake_api.apply("ADDED", DATA["steps"][0]["object"])               # a good one after the bad ones
+    wait_for(lambda: lc(events, "pod_seen", EXP["new_uid"]), what="the good event after the bad ones")
+    assert w.summary()["malformed"] == {"pods": {"watch line is not JSON": 2,
+                                                 "object without metadata.uid/name": 1,
+                                                 "unusable object (TypeError)": 1}}
+    assert not [e for e in events if e["pod_uid"] == "bad-uid"]
+    assert "bad-uid" not in w.pods.pods                               # nothing half-remembered
+    lines = [r.message for r in caplog.records if "malformed" in r.message]
+    assert len(lines) == 3, lines                                     # one per kind, not per object
+    assert fake_api.watch_count("pods") == 1                          # a bad object is no reason to reconnect
+
+
+def test_watch_error_event_and_a_stalled_list_are_retried(fake_api, run_watcher, caplog):
+    caplog.set_level(logging.INFO, logger="sigtrace.k8s")
+    for obj in DATA["initial"]:
+        fake_api.apply("ADDED", obj)
+    fake_api.hang.add("endpointslices")                               # accepts, never answers
+    w, events, stop, _ = run_watcher(fake_api.url, list_timeout_s=0.3)
+    wait_for(lambda: "endpointslices" in w.summary()["problems"], what="list timeout")
+    assert "did not answer in time" in w.summary()["problems"]["endpointslices"]
+    fake_api.hang.clear()
+    wait_for(lambda: fake_api.watch_count("endpointslices") >= 1, what="slices after the stall")
+    assert w.summary()["errors"]["endpointslices"]["timeout"] >= 1
+    wait_for(lambda: fake_api.watch_count("pods") >= 1, what="pod watch")
+    fake_api.inject_raw("pods", json.dumps({"type": "ERROR", "object": {
+        "kind": "Status", "code": 500, "reason": "InternalError", "message": "etcd leader changed"}}).encode())
+    wait_for(lambda: fake_api.watch_count("pods") >= 2, what="re-watch after an ERROR event")
+    assert w.summary()["errors"]["pods"] == {"watch_error_500": 1}
+    assert w.summary()["lists"]["pods"] == 1                          # not a 410: resumed, no relist
+    fake_api.apply("MODIFIED", step("old endpoint not ready, terminating"))
+    wait_for(lambda: lc(events, "endpoints_terminating", EXP["old_uid"]), what="events after the errors")
+
+
+def other_node_slice(i: int) -> dict:
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": f"svc{i}-abcde", "namespace": f"ns{i % 40}", "uid": f"slice-{i}",
+                         "labels": {"kubernetes.io/service-name": f"svc{i}"}},
+            "addressType": "IPv4", "ports": [{"port": 80, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [f"10.{i // 250 % 250}.{i % 250}.{j}"], "nodeName": f"node-{j}",
+                           "conditions": {"ready": True},
+                           "targetRef": {"kind": "Pod", "namespace": f"ns{i % 40}", "name": f"p{i}-{j}",
+                                         "uid": f"pod-{i}-{j}"}} for j in range(3)]}
+
+
+def test_slice_cache_holds_only_this_nodes_slices_on_a_big_cluster(fake_api, run_watcher):
+    for obj in DATA["initial"]:
+        fake_api.apply("ADDED", obj)
+    for i in range(1500):
+        fake_api.apply("ADDED", other_node_slice(i))
+    w, events, stop, _ = run_watcher(fake_api.url, list_page=100)
+    wait_for(lambda: fake_api.watch_count("endpointslices") >= 1, what="slice watch", timeout=30)
+    assert fake_api.list_count("endpointslices") == 16                # 1502 slices in pages of 100
+    assert w.summary()["cache"] == {"pods": 1, "pods_removed": 0, "endpointslices": 1, "endpoints": 1}
+    for i in range(1500, 2500):                                       # the cluster churns elsewhere
+        fake_api.apply("ADDED", other_node_slice(i))
+    fake_api.apply("MODIFIED", step("old endpoint not ready, terminating"))
+    wait_for(lambda: lc(events, "endpoints_terminating", EXP["old_uid"]), what="our slice's change", timeout=30)
+    assert w.summary()["cache"]["endpointslices"] == 1
+    assert {e["pod_uid"] for e in events} == {EXP["old_uid"]}
+    fake_api.apply("MODIFIED", step("old endpoint removed"))
+    wait_for(lambda: lc(events, "endpoints_removed", EXP["old_uid"]), what="removal")
+    assert w.summary()["cache"]["endpoints"] == 1                     # the new pod's endpoint, also on node-a
+    elsewhere = json.loads(json.dumps(step("old endpoint removed")))
+    elsewhere["endpoints"] = [e for e in elsewhere["endpoints"] if e["nodeName"] != "node-a"]
+    fake_api.apply("MODIFIED", elsewhere)
+    wait_for(lambda: lc(events, "endpoints_removed", EXP["new_uid"]), what="our last endpoint leaving")
+    assert w.summary()["cache"]["endpointslices"] == 0                # no endpoint of ours left: not kept
+    fake_api.compact()                                                # and a relist keeps it that way
+    fake_api.drop_watches()
+    wait_for(lambda: w.summary()["lists"]["endpointslices"] == 2, what="relist", timeout=30)
+    assert w.summary()["cache"]["endpointslices"] == 0
+
+
+def test_removed_pods_are_forgotten_after_their_ttl_and_beyond_the_cap():
+    t = PodTracker(removed_ttl_s=60, max_removed=10)
+    base = DATA["initial"][0]
+    for i in range(30):
+        pod = json.loads(json.dumps(base))
+        pod["metadata"]["uid"] = f"job-{i}"
+        t.update(pod, 1000.0 + i)
+        assert [e["event"] for e in t.update(pod, 1000.0 + i, gone=True)] == ["pod_removed"]
+    assert len(t.pods) == len(t.names) == len(t.removed_at) == 10      # the newest ten tombstones
+    assert set(t.pods) == {f"job-{i}" for i in range(20, 30)}
+    t.expire(1029.0 + 61)
+    assert t.pods == {} and t.names == {} and not t.removed_at

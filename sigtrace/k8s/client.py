@@ -54,8 +54,18 @@ def explain(exc: BaseException, what: str) -> str:
             return f"{what}: unauthorized (401): the credentials were rejected; check the token or kubeconfig"
         if exc.status == 0 or exc.status is None:
             return f"{what}: API request failed ({(exc.reason or '').splitlines()[0]}); retrying"
-        return f"{what}: API server answered {exc.status} {exc.reason}; retrying"
+        if exc.status == 429:
+            # API Priority and Fairness shedding load: its Retry-After is honoured (no seconds here:
+            # the line must be the same on every retry to be logged once)
+            return f"{what}: API server is overloaded (429 Too Many Requests); retrying after its Retry-After"
+        return f"{what}: API server answered {exc.status} {exc.reason}; retrying with backoff"
+    if type(exc).__name__ == "WatchError":
+        return f"{what}: the API server ended the watch with an error ({exc}); retrying with backoff"
+    if type(exc).__name__ == "Malformed":
+        return f"{what}: the API server's list answer was unusable ({exc}); retrying with backoff"
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "timed out" in text or "Timeout" in type(exc).__name__:
+        return f"{what}: the API server did not answer in time; retrying with backoff"
     if type(exc).__name__ in ("ProtocolError", "ReadTimeoutError", "IncompleteRead"):
         return f"{what}: the connection broke mid-stream; reconnecting from the last resourceVersion"
     pool = getattr(exc, "pool", None)
@@ -65,7 +75,14 @@ def explain(exc: BaseException, what: str) -> str:
 
 
 def _cause(text: str) -> str:
+    """The root cause out of urllib3's nested wrapping, the same on every retry."""
     m = re.search(r"\[Errno -?\d+\] [^'\")\]]+", text)
     if m:
         return m.group(0).rstrip(" ,")
+    m = re.search(r"(\w+Error)\((\d+), '([^']+)'\)", text)        # ConnectionResetError(104, '...')
+    if m:
+        return f"[Errno {m.group(2)}] {m.group(3)}"
+    m = re.search(r"Caused by (\w+)\(", text)
+    if m:
+        return m.group(1)
     return re.sub(r" at 0x[0-9a-f]+", "", text)[:160]

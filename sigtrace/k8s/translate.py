@@ -4,17 +4,28 @@ Pure and stateful: PodTracker and SliceTracker remember what they have already s
 same object seen again (a relist, a status-only update) produces no duplicate event, and a
 change is reported once, when it is first seen. Objects are plain dicts in the API's JSON
 shape (camelCase), which is what the watch stream and our tests both hand over.
+
+What they remember is bounded by this node, so an agent's memory stays flat for weeks: live pods
+(at most the node's max-pods), removed pods for REMOVED_TTL_S (at most MAX_REMOVED of them: long
+enough that a late event of a removed pod is not taken for a new pod), and only those
+EndpointSlices that have an endpoint of this node.
 """
 from __future__ import annotations
 
 import json
 import shlex
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from ..events import lifecycle
 from ..events.schema import POD_LIFECYCLE, new_event
+
+REMOVED_TTL_S = 900.0      # a removed pod is remembered this long (its late slice updates keep its name)
+MAX_REMOVED = 5000         # ... and at most this many (a node churning Jobs)
+# What translating well-formed JSON of the wrong shape raises (a string where a list belongs...)
+UNUSABLE = (KeyError, TypeError, AttributeError, ValueError)
 
 # metadata.deletionTimestamp etc. are metav1.Time: RFC 3339, serialized truncated to seconds.
 def parse_time(value: str | None) -> float | None:
@@ -114,17 +125,20 @@ class PodTracker:
     """Remembers each pod's last reported facts; emits pod_seen / pod_deleted / pod_removed."""
     pods: dict[str, _PodState] = field(default_factory=dict)
     names: dict[str, tuple[str, str]] = field(default_factory=dict)   # uid -> (namespace, name)
+    removed_ttl_s: float = REMOVED_TTL_S
+    max_removed: int = MAX_REMOVED
+    removed_at: "OrderedDict[str, float]" = field(default_factory=OrderedDict)   # uid -> when, oldest first
 
     def update(self, pod: dict[str, Any], now: float, gone: bool = False) -> list[dict]:
         meta = pod.get("metadata") or {}
         uid = meta.get("uid")
         if not uid:
             return []
+        facts = pod_facts(pod)          # first: a pod it cannot read leaves no state behind
         name, ns = meta.get("name"), meta.get("namespace")
         self.names[uid] = (ns, name)
         st = self.pods.setdefault(uid, _PodState())
         out: list[dict] = []
-        facts = pod_facts(pod)
         # labels, phase and IP change without changing what the report needs: not a new pod_seen
         key = json.dumps({k: facts[k] for k in ("containers", "grace_period_s", "prestop", "stop_signal")},
                          sort_keys=True)
@@ -146,22 +160,48 @@ class PodTracker:
             }))
         if gone and not st.removed:
             st.removed = True
+            self._removed(uid, now)
             out.append(_lifecycle_event(now, lifecycle.POD_REMOVED, uid, name, ns, {"phase": facts["phase"]}))
+        self.expire(now)
         return out
 
-    def resync(self, pods: list[dict[str, Any]], now: float) -> list[dict]:
-        """After a (re)list: update every listed pod; pods no longer listed left while we were away."""
+    def resync(self, pods: list[dict[str, Any]], now: float, bad: Any = None) -> list[dict]:
+        """After a (re)list: update every listed pod; pods no longer listed left while we were away.
+        A pod that cannot be translated is handed to bad(pod, exc) (and still counts as listed)."""
         out: list[dict] = []
         listed = set()
         for pod in pods:
             listed.add((pod.get("metadata") or {}).get("uid"))
-            out += self.update(pod, now)
+            try:
+                out += self.update(pod, now)
+            except UNUSABLE as exc:
+                if bad is None:
+                    raise
+                bad(pod, exc)
         for uid, st in self.pods.items():
             if uid not in listed and not st.removed:
                 st.removed = True
+                self._removed(uid, now)
                 ns, name = self.names.get(uid, (None, None))
                 out.append(_lifecycle_event(now, lifecycle.POD_REMOVED, uid, name, ns, {"via": "relist"}))
+        self.expire(now)
         return out
+
+    def _removed(self, uid: str, now: float) -> None:
+        self.removed_at[uid] = now
+        self.removed_at.move_to_end(uid)
+
+    def expire(self, now: float) -> None:
+        """Forget removed pods past their TTL, oldest first, and beyond max_removed."""
+        while self.removed_at:
+            uid, at = next(iter(self.removed_at.items()))
+            if now - at < self.removed_ttl_s and len(self.removed_at) <= self.max_removed:
+                break
+            del self.removed_at[uid]
+            st = self.pods.get(uid)
+            if st is not None and st.removed:
+                del self.pods[uid]
+                self.names.pop(uid, None)
 
 
 # ---- EndpointSlices -------------------------------------------------------------------------
@@ -196,7 +236,8 @@ class SliceTracker:
     """Per EndpointSlice, the last state of each of our pods' endpoints; emits the transitions.
 
     An endpoint is ours when its pod is one the PodTracker knows (pod_names, shared with it)
-    or the endpoint's nodeName is this node (a slice may arrive before its pod).
+    or the endpoint's nodeName is this node (a slice may arrive before its pod). Only slices with
+    at least one of our endpoints are kept: on a big cluster almost every slice is another node's.
     """
     node: str | None = None
     pod_names: dict[str, tuple[str, str]] = field(default_factory=dict)
@@ -206,9 +247,22 @@ class SliceTracker:
     def _ours(self, pod_uid: str, ep: dict[str, Any]) -> bool:
         return pod_uid in self.pod_names or (self.node is not None and ep.get("nodeName") == self.node)
 
+    @staticmethod
+    def key(es: dict[str, Any]) -> str:
+        meta = es.get("metadata") or {}
+        return meta.get("uid") or f"{meta.get('namespace')}/{meta.get('name')}"
+
+    def relevant(self, es: dict[str, Any]) -> bool:
+        """Worth keeping from a list: it has one of our endpoints, or we hold it (it may have lost them)."""
+        return self.key(es) in self.slices or any(self._ours(uid, ep) for uid, (ep, _) in slice_endpoints(es).items())
+
     def update(self, es: dict[str, Any], now: float, deleted: bool = False, via: str = "watch") -> list[dict]:
         meta = es.get("metadata") or {}
-        suid = meta.get("uid") or f"{meta.get('namespace')}/{meta.get('name')}"
+        suid = self.key(es)
+        before = self.slices.get(suid)
+        current = {} if deleted else {uid: v for uid, v in slice_endpoints(es).items() if self._ours(uid, v[0])}
+        if before is None and not current:
+            return []          # another node's slice: nothing to say, nothing to keep
         info = self.infos.get(suid, {}) if deleted and not meta.get("name") else {
             "slice": f"{meta.get('namespace')}/{meta.get('name')}",
             "service": (meta.get("labels") or {}).get("kubernetes.io/service-name"),
@@ -216,8 +270,6 @@ class SliceTracker:
             "trigger_time": (meta.get("annotations") or {}).get("endpoints.kubernetes.io/last-change-trigger-time"),
         }
         info = {**info, "via": via}
-        current = {} if deleted else {uid: v for uid, v in slice_endpoints(es).items() if self._ours(uid, v[0])}
-        before = self.slices.get(suid)
         out: list[dict] = []
         for uid, (ep, state) in current.items():
             old = before.get(uid) if before is not None else None
@@ -237,7 +289,7 @@ class SliceTracker:
                 ns, name = self.pod_names.get(uid, (meta.get("namespace"), None))
                 out.append(_lifecycle_event(now, lifecycle.ENDPOINTS_REMOVED, uid, name, ns,
                                             {**info, "slice_deleted": deleted}))
-        if deleted:
+        if deleted or not current:
             self.slices.pop(suid, None)
             self.infos.pop(suid, None)
         else:
@@ -251,14 +303,20 @@ class SliceTracker:
         ref = ep.get("targetRef") or {}
         return ref.get("namespace") or meta.get("namespace"), ref.get("name")
 
-    def resync(self, slices: list[dict[str, Any]], now: float) -> list[dict]:
-        """After a relist: diff every listed slice, and report endpoints of slices that vanished."""
+    def resync(self, slices: list[dict[str, Any]], now: float, bad: Any = None) -> list[dict]:
+        """After a relist: diff every listed slice, and report endpoints of slices that vanished.
+        `slices` may leave out slices relevant() rejects: those cannot have vanished from our view.
+        A slice that cannot be translated is handed to bad(slice, exc)."""
         out: list[dict] = []
         listed = set()
         for es in slices:
-            meta = es.get("metadata") or {}
-            listed.add(meta.get("uid") or f"{meta.get('namespace')}/{meta.get('name')}")
-            out += self.update(es, now, via="relist")
+            listed.add(self.key(es))
+            try:
+                out += self.update(es, now, via="relist")
+            except UNUSABLE as exc:
+                if bad is None:
+                    raise
+                bad(es, exc)
         for suid in list(self.slices):
             if suid not in listed:
                 out += self.update({"metadata": {"uid": suid}}, now, deleted=True, via="relist")

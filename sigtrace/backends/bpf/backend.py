@@ -198,6 +198,10 @@ class BpfBackend:
             return []
         return sorted(u for p in self.maps.armed_pods(self.arm_window_s) if (u := self.registry.pod_uid(p)))
 
+    def armed_pod_count(self) -> int:
+        """Pods armed now (stopping, within the arm window): `sigtrace agent` status and metrics."""
+        return len(self._armed_pods()) if self.loaded is not None else 0
+
     def _armed_pods(self) -> set[int]:
         now = time.monotonic()
         if now - self._armed_at > 0.2:             # one map walk per 200 ms, not per event
