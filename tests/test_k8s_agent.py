@@ -130,6 +130,11 @@ def test_agent_with_bpf_merges_kernel_and_api_events(fake_api, tmp_path, sigtrac
     assert "process_exec" in kinds and "process_exit" in kinds, kinds       # our own sleeps, from the kernel
     ev = rec.events[rec.events["event"].astype(str) == "endpoints_not_ready"]
     assert list(ev["pod_uid"]) == [EXP["old_uid"]]
+    # the health the plugin reads: the kernel recorder's figures through the backend's accessor
+    st = json.loads((tmp_path / "out" / "status.json").read_text())
+    assert st["backend"] == "bpf" and st["armed_pods"] == 0 and st["recording"] is False
+    assert st["events"] >= len(rec.events) and st["events_by_kind"]["process_exec"] >= 1
+    assert set(st["lost_by_probe"]) and st["lost_events"] == sum(st["lost_by_probe"].values())
 
 
 # ---- report lines on stdout, status.json, metrics ---------------------------------------------
@@ -306,3 +311,50 @@ def test_bad_metrics_address_is_one_line(tmp_path, sigtrace_cli):
     finally:
         s.close()
     assert r.returncode == 2 and "cannot listen" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.kernel
+def test_agent_prints_a_stopped_pods_report_on_stdout(tmp_path):
+    """End to end on the kernel: a runc pod in kubelet cgroups whose shell PID 1 drops SIGTERM stops
+    while the agent records (BPF, no API); its report arrives on the agent's stdout as one JSON line."""
+    import sys
+    from sigtrace.lab import configs
+    from sigtrace.lab.pod import LocalPod, PodSpec
+    require_kernel(bpf=True, tools=("runc", "nginx", "ip"))
+    app = configs.write_app_dir(tmp_path / "app", nginx=configs.nginx_conf(workers=1), fpm=configs.fpm_conf(children=1))
+    ready = tmp_path / "ready"
+    p = subprocess.Popen([sys.executable, "-m", "sigtrace", "agent", "--node", "node-a", "--no-api", "--duration", "90",
+                          "--output", str(tmp_path / "out"), "--ready-file", str(ready)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         cwd=Path(__file__).resolve().parent.parent)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(p.stdout), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert ready.exists(), "the agent did not become ready"
+        spec = PodSpec(name="wrapped", grace_period_s=2.0, app_dir=app.root,
+                       containers=[configs.nginx_container(app, shell_wrapper=True)])
+        with LocalPod(spec) as pod:
+            time.sleep(1.5)                       # the agent's pod scan (1 s) finds the new cgroups
+            pod.stop()
+        deadline = time.monotonic() + 30
+        while not lines and time.monotonic() < deadline:
+            time.sleep(0.2)
+        p.terminate()
+        _, err = p.communicate(timeout=30)
+        reader.join(timeout=5)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode == 0, err
+    (line,) = lines                                # one report, one line, nothing else on stdout
+    d = json.loads(line)
+    assert d["sigtrace_report"] == 1 and d["node"] == "node-a" and d["pod_uid"] == spec.uid
+    assert "pid1-signal-ignored" in d["verdicts"] and d["verdicts"] == [v["id"] for v in d["report"]["verdicts"]]
+    st = json.loads((tmp_path / "out" / "status.json").read_text())
+    assert st["reports"] == 1 and st["last_report"]["pod_uid"] == spec.uid
+    assert st["last_report"]["verdicts"] == d["verdicts"]
