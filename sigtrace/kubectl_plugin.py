@@ -1,6 +1,6 @@
 """`kubectl sigtrace` (console script kubectl-sigtrace; kubectl finds it on PATH as a plugin).
 
-    kubectl sigtrace deploy [--overlay kernel-pre-5.8] [--image REG/sigtrace-agent:TAG]
+    kubectl sigtrace deploy [--overlay kernel-pre-5.11|kernel-pre-5.8|with-control-plane] [--image REG/sigtrace-agent:TAG]
     kubectl sigtrace status
     kubectl sigtrace collect --output DIR [--pod NS/NAME ...]
     kubectl sigtrace report DIR [--format text|json|html]
@@ -31,6 +31,7 @@ from typing import Any
 import click
 
 from .errors import SigtraceError, UsageProblem
+from .k8s.manifests import OVERLAYS
 
 AGENT_LABEL = "app.kubernetes.io/name=sigtrace-agent"
 AGENT_OUTPUT = "/var/lib/sigtrace"
@@ -376,8 +377,9 @@ def plugin(ctx: click.Context, namespace: str, context: str | None, kubeconfig: 
 
 
 @plugin.command()
-@click.option("--overlay", type=click.Choice(["default", "kernel-pre-5.8"]), default="default", show_default=True,
-              help="kernel-pre-5.8 adds CAP_SYS_ADMIN for kernels without CAP_BPF/CAP_PERFMON.")
+@click.option("--overlay", type=click.Choice(list(OVERLAYS)), default="default", show_default=True,
+              help="kernel-pre-5.11 adds CAP_SYS_RESOURCE (BPF maps charged to RLIMIT_MEMLOCK), kernel-pre-5.8 "
+                   "also CAP_SYS_ADMIN (no CAP_BPF/CAP_PERFMON), with-control-plane runs on control-plane nodes too.")
 @click.option("--image", default=None, help="Agent image (built from daemonset/Dockerfile).")
 @click.option("--dry-run", is_flag=True, help="Print the manifests as JSON instead of applying them.")
 @click.pass_obj

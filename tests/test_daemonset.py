@@ -16,11 +16,13 @@ kubernetes_validate = pytest.importorskip("kubernetes_validate")
 REPO = Path(__file__).resolve().parent.parent
 DS_DIR = REPO / "daemonset"
 K8S_VERSION = "1.30.0"     # appArmorProfile needs >= 1.30; validated against the newest too
-ALLOWED_CAPS = {"BPF", "PERFMON", "SYS_PTRACE", "SYS_RESOURCE"}
+ALLOWED_CAPS = {"BPF", "PERFMON", "SYS_PTRACE"}      # each proven needed in tests/test_agent_caps.py
 
 
 def all_manifest_files() -> list[Path]:
-    return sorted(p for p in DS_DIR.rglob("*.yaml") if p.name not in ("kustomization.yaml", "sys-admin.yaml"))
+    # JSON patches (overlays/*/ lists of ops) are checked through the rendered objects instead
+    return sorted(p for p in DS_DIR.rglob("*.yaml") if p.name != "kustomization.yaml"
+                  and not isinstance(yaml.safe_load(p.read_text()), list))
 
 
 @pytest.mark.parametrize("path", all_manifest_files(), ids=lambda p: str(p.relative_to(DS_DIR)))
@@ -38,8 +40,8 @@ def test_rendered_kustomizations_are_valid(overlay):
         kubernetes_validate.validate(o, kubernetes_validate.latest_version(), strict=True)
         assert o["metadata"]["labels"]["app.kubernetes.io/part-of"] == "sigtrace"
     # the kustomization's file list is complete: nothing on disk left out
-    listed = set(yaml.safe_load((DS_DIR / "kustomization.yaml").read_text())["resources"])
-    assert listed == {p.name for p in DS_DIR.glob("*.yaml") if p.name != "kustomization.yaml"}
+    listed = set(yaml.safe_load((DS_DIR / "base" / "kustomization.yaml").read_text())["resources"])
+    assert listed == {p.name for p in (DS_DIR / "base").glob("*.yaml") if p.name != "kustomization.yaml"}
 
 
 def agent_container(overlay: str = "default") -> tuple[dict, dict]:
@@ -79,12 +81,14 @@ def test_host_paths_are_read_only_except_the_output():
     for name, path in host.items():
         want_ro = path != "/var/lib/sigtrace"
         assert mounts[name].get("readOnly", False) is want_ro, f"{path} readOnly must be {want_ro}"
+        # readOnly alone leaves submounts (a tracefs instance, cgroup controllers) writable
+        assert (mounts[name].get("recursiveReadOnly") == "IfPossible") is want_ro, path
     assert not [v for v in volumes.values() if set(v) - {"name", "hostPath", "emptyDir"}]   # no other volume types
     assert c["args"] == ["--output", mounts["output"]["mountPath"]]
 
 
 def test_every_capability_and_mount_has_a_why_comment():
-    text = (DS_DIR / "daemonset.yaml").read_text()
+    text = (DS_DIR / "base" / "daemonset.yaml").read_text()
     for cap in ALLOWED_CAPS:
         assert re.search(rf"# WHY {cap}:.*\n(\s*#.*\n)*\s*- {cap}\n", text), f"capability {cap} lacks a WHY comment"
     for path in ("tracefs", "/lib/modules", "cgroups", "hostPID"):
@@ -93,7 +97,7 @@ def test_every_capability_and_mount_has_a_why_comment():
 
 def test_commented_metrics_port_is_valid_and_matches_the_flag():
     """The commented-out metrics lines, uncommented, give a valid DaemonSet whose port is the one served."""
-    text = (DS_DIR / "daemonset.yaml").read_text()
+    text = (DS_DIR / "base" / "daemonset.yaml").read_text()
     block = re.search(r"\n(\s*)# args: (\[.*--metrics-address.*\])\n((?:\1#.*\n)+)", text)
     assert block, "the commented metrics args/ports block is missing"
     indent = block.group(1)
@@ -126,10 +130,25 @@ def test_rbac_is_read_only_pods_and_endpointslices_exactly():
     assert objs["DaemonSet"]["spec"]["template"]["spec"]["serviceAccountName"] == objs["ServiceAccount"]["metadata"]["name"]
 
 
+def test_control_plane_nodes_only_when_asked():
+    pod, _ = agent_container()
+    (term,) = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert term == {"matchExpressions": [{"key": "node-role.kubernetes.io/control-plane", "operator": "DoesNotExist"}]}
+    cp, c_cp = agent_container("with-control-plane")
+    assert "affinity" not in cp and {k: v for k, v in pod.items() if k != "affinity"} == cp
+
+
+def test_pre_5_11_overlay_adds_sys_resource_and_nothing_else():
+    _, base = agent_container()
+    _, old = agent_container("kernel-pre-5.11")
+    assert set(old["securityContext"]["capabilities"]["add"]) == ALLOWED_CAPS | {"SYS_RESOURCE"}
+    assert {**old, "securityContext": None} == {**base, "securityContext": None}
+
+
 def test_pre_5_8_overlay_adds_sys_admin_and_nothing_else():
     _, base = agent_container()
     _, old = agent_container("kernel-pre-5.8")
-    assert set(old["securityContext"]["capabilities"]["add"]) == ALLOWED_CAPS | {"SYS_ADMIN"}
+    assert set(old["securityContext"]["capabilities"]["add"]) == ALLOWED_CAPS | {"SYS_RESOURCE", "SYS_ADMIN"}
     # the API rejects allowPrivilegeEscalation=false with CAP_SYS_ADMIN
     assert old["securityContext"]["allowPrivilegeEscalation"] is True
     strip = lambda c: {**c, "securityContext": {k: v for k, v in c["securityContext"].items()
@@ -183,3 +202,17 @@ def test_dockerfile_base_packages_probes_and_entrypoint():
     env = next(r for op, r in ins if op == "ENV")
     assert "SIGTRACE_FALLBACK_USR_SRC=/opt/sigtrace/fallback-usr-src" in env
     assert "mv /usr/src /opt/sigtrace/fallback-usr-src" in runs
+
+
+@pytest.mark.parametrize("overlay", list(manifests.OVERLAYS))
+def test_kubectl_kustomize_renders_the_same_objects(overlay):
+    """What the plugin deploys (manifests.render) is what `kubectl apply -k` would apply."""
+    import shutil
+    import subprocess
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl is not installed (it is not a Debian 12 package); manifests.render is checked above")
+    p = subprocess.run(["kubectl", "kustomize", str(DS_DIR / manifests.OVERLAYS[overlay])],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    key = lambda o: (o["kind"], o["metadata"]["name"])
+    assert sorted(yaml.safe_load_all(p.stdout), key=key) == sorted(manifests.render(overlay), key=key)

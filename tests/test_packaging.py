@@ -13,7 +13,7 @@ def test_wheel_contains_probes_manifests_and_every_subpackage(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "sigtrace/probes/sigtrace.bpf.c" in names
     assert "sigtrace/probes/sigtrace.h" in names
-    assert "sigtrace/daemonset/daemonset.yaml" in names
+    assert "sigtrace/daemonset/base/daemonset.yaml" in names
     assert "sigtrace/daemonset/overlays/kernel-pre-5.8/kustomization.yaml" in names
     for module in (REPO / "sigtrace").rglob("*.py"):
         assert str(module.relative_to(REPO)) in names, module

@@ -14,7 +14,8 @@ import yaml
 from ..errors import UsageProblem
 
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
-OVERLAYS = {"default": ".", "kernel-pre-5.8": "overlays/kernel-pre-5.8"}
+OVERLAYS = {"default": ".", "kernel-pre-5.11": "overlays/kernel-pre-5.11", "kernel-pre-5.8": "overlays/kernel-pre-5.8",
+            "with-control-plane": "overlays/with-control-plane"}
 
 
 def manifest_dir() -> Path:

@@ -26,7 +26,13 @@ def parse_proc_net_tcp(text: str, state: str = "0A") -> list[tuple[bytes, int, i
     return out
 
 
+# /proc/<pid>/fd of processes this one may not ptrace-read (no CAP_SYS_PTRACE against a container's
+# processes, which hold capabilities we lack): counted, so the recorder can say what it could not learn
+refused_fd_reads = 0
+
+
 def socket_inodes(pid: int, proc: str = "/proc", limit: int = 4096) -> set[int]:
+    global refused_fd_reads
     out: set[int] = set()
     try:
         for i, name in enumerate(os.listdir(f"{proc}/{pid}/fd")):
@@ -38,6 +44,8 @@ def socket_inodes(pid: int, proc: str = "/proc", limit: int = 4096) -> set[int]:
                 continue
             if target.startswith("socket:["):
                 out.add(int(target[8:-1]))
+    except PermissionError:
+        refused_fd_reads += 1
     except OSError:
         pass
     return out

@@ -8,6 +8,8 @@ from typing import Any
 
 from ...errors import UsageProblem
 from ...events import capabilities as caps
+from ...pods import caps as own_caps
+from ...pods import sockets
 from .. import EventSink
 from . import program
 from .decode import Decoder
@@ -72,6 +74,11 @@ class BpfBackend:
         self.startup_s = time.monotonic() - t0
 
     def _attach(self, sink: EventSink) -> None:
+        if not own_caps.has(own_caps.CAP_SYS_PTRACE):
+            # /proc/<pid>/fd of container processes (which hold capabilities we lack) is refused
+            self.note("no CAP_SYS_PTRACE: the listeners of pod processes started before the recorder cannot be "
+                      "read from /proc/<pid>/fd, so refused connections to them are not tied to their pod "
+                      "(meta.json proc_fd_refused counts the refusals)")
         assert self.loaded is not None
         bpf = self.loaded.bpf
         self.decoder = Decoder(self.loaded.defines, self.registry, self.loaded.formats.reset_reasons(),
@@ -154,6 +161,7 @@ class BpfBackend:
             "tcp_detail": self.tcp_detail,
             "armed_pods": self.armed_pod_uids(),
             "forgotten": dict(reg.forgotten),
+            "proc_fd_refused": sockets.refused_fd_reads,
         }
 
     # -- internals
@@ -171,6 +179,7 @@ class BpfBackend:
             self.registry.learn_endpoints(new)
             for pids in new.values():
                 self._listeners_scanned.update(pids)
+
         self.maps.sync(found)
         self._found = found
         if self.tcp_detail == "always":

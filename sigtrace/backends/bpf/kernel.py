@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import KernelProblem, PermissionProblem
+from ...pods import caps
 
 TRACEFS_CANDIDATES = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
-CAP_PERFMON, CAP_BPF, CAP_SYS_ADMIN = 38, 39, 21
 
 # tracepoint -> fields the probes read (tcp_send_reset is handled by shape, see send_reset_shape)
 REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
@@ -65,17 +65,8 @@ def symbolic_values(text: str, field: str) -> dict[int, str]:
 
 
 def has_capabilities() -> bool:
-    """CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN) in the effective set. Not the uid: root in a
-    container without those capabilities cannot load probes either."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("CapEff:"):
-                eff = int(line.split()[1], 16)
-                return bool(eff & (1 << CAP_SYS_ADMIN)) or (
-                    bool(eff & (1 << CAP_BPF)) and bool(eff & (1 << CAP_PERFMON)))
-    except OSError:
-        return os.geteuid() == 0        # no /proc status to read: the uid is all there is
-    return False
+    """CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN) in the effective set."""
+    return caps.has(caps.CAP_SYS_ADMIN) or (caps.has(caps.CAP_BPF) and caps.has(caps.CAP_PERFMON))
 
 
 def check_permissions() -> None:

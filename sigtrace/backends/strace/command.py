@@ -25,6 +25,7 @@ import shutil
 import subprocess
 
 from ...errors import PermissionProblem, SigtraceError
+from ...pods import caps
 
 # The syscalls we print. ptrace stops every syscall anyway; this only limits decoding and output.
 SIGNAL_SYSCALLS = ("kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo", "pidfd_send_signal")
@@ -77,12 +78,10 @@ def build_argv(binary: str, pids: list[int], out_fd: int, *, delay_exits: bool =
 
 
 # ---- permission checks, before strace prints something less clear --------------------
-CAP_SYS_PTRACE = 19
 
 
 def has_cap_sys_ptrace(status_text: str) -> bool:
-    m = re.search(r"^CapEff:\s*([0-9a-fA-F]+)", status_text, re.M)
-    return bool(m) and bool(int(m.group(1), 16) >> CAP_SYS_PTRACE & 1)
+    return caps.effective(status_text) is not None and caps.has(caps.CAP_SYS_PTRACE, status_text)
 
 
 def read_text(path: str) -> str | None:
