@@ -60,6 +60,22 @@ def log(line: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
 
 
+PARTS = ("overhead", "capacity", "startup", "analysis", "soak")
+
+
+def keep_previous(results: dict, path: Path, parts: list[str]) -> None:
+    """A run of some parts (BENCH_PARTS=soak) keeps the other parts' last figures in the docs,
+    marked with the run they come from, instead of wiping them."""
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    for part in PARTS:
+        if part not in parts and part in previous:
+            results[part] = previous[part]
+            results.setdefault("kept_from_previous", {})[part] = previous.get("started")
+
+
 def main() -> int:
     if os.geteuid() != 0:
         print("bench: needs root (runc, BPF, ip netns)", file=sys.stderr)
@@ -91,6 +107,7 @@ def main() -> int:
     results["busy_at_end"] = machine.busy_processes()
     out = Path(cfg["out"])
     out.mkdir(parents=True, exist_ok=True)
+    keep_previous(results, out / "benchmarks.json", parts)
     (out / "benchmarks.json").write_text(json.dumps(results, indent=1, sort_keys=True, default=str) + "\n")
     (out / "benchmarks.md").write_text(write_docs(results))
     log(f"bench: wrote {out / 'benchmarks.md'} and benchmarks.json in {results['duration_s']} s")

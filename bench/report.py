@@ -164,6 +164,11 @@ def write_docs(r: dict[str, Any]) -> str:
     if disturbed:
         out += ["", "**This run was disturbed**: other jobs (other sessions' tests) were using the CPUs "
                 "while it ran; ratios come from interleaved runs, but spreads are wider than on a quiet machine."]
+    kept = r.get("kept_from_previous") or {}
+    if kept:
+        out += ["", "Parts not run this time keep their figures from an earlier run: " + ", ".join(
+            f"{part} ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(ts)) if ts else 'unknown'})"
+            for part, ts in kept.items()) + "."]
     out += ["", "## Targets", "", "| target | measured | | note |", "|---|---|---|---|"]
     out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in targets(r)]
     out += _overhead(r.get("overhead")) + _capacity(r.get("capacity")) + _startup(r.get("startup"))
