@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
 import sys
 import tarfile
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,7 +33,7 @@ from typing import Any
 
 import click
 
-from .errors import SigtraceError, UsageProblem
+from .errors import DataError, SigtraceError, UsageProblem
 from .k8s.manifests import OVERLAYS
 
 AGENT_LABEL = "app.kubernetes.io/name=sigtrace-agent"
@@ -231,27 +234,45 @@ def _ago(s: float) -> str:
     return f"{s / 3600:.0f}h" if s < 172800 else f"{s / 86400:.0f}d"
 
 
-def exec_tar(api: Any, namespace: str, pod: str, path: str = AGENT_OUTPUT) -> bytes:
-    """`tar cf - -C path .` in the agent container over pods/exec (what `kubectl cp` does)."""
-    return exec_read(api, namespace, pod, ["tar", "cf", "-", "-C", path, "."])
+TAR_COMMAND = ["tar", "cf", "-", "-C", AGENT_OUTPUT, "."]
+MAX_COLLECT_BYTES = 4 << 30          # per node; an agent keeps at most --max-disk (1 GiB by default)
 
 
-def exec_read(api: Any, namespace: str, pod: str, command: list[str]) -> bytes:
-    """Run `command` in the agent container over pods/exec; its stdout, or SigtraceError on failure."""
+def exec_read(api: Any, namespace: str, pod: str, command: list[str], max_bytes: int = 16 << 20) -> bytes:
+    """Run `command` in the agent container over pods/exec; its stdout (at most max_bytes), or
+    SigtraceError on failure."""
+    out = io.BytesIO()
+    exec_stream(api, namespace, pod, command, out, max_bytes)
+    return out.getvalue()
+
+
+def exec_stream(api: Any, namespace: str, pod: str, command: list[str], sink: Any, max_bytes: int) -> int:
+    """Run `command` in the agent container over pods/exec, writing its stdout to sink as it arrives;
+    never more than max_bytes (the remote end is not trusted to stop). Returns the bytes written."""
     from kubernetes import client
     from kubernetes.stream import stream
     from kubernetes.stream.ws_client import ERROR_CHANNEL, STDERR_CHANNEL, STDOUT_CHANNEL
     ws = stream(client.CoreV1Api(api).connect_get_namespaced_pod_exec, pod, namespace,
                 command=command, container="agent",
                 stderr=True, stdin=False, stdout=True, tty=False, binary=True, _preload_content=False)
-    out, err = io.BytesIO(), io.BytesIO()
+    err = io.BytesIO()
+    written = 0
+
+    def take(chunk: bytes) -> None:
+        nonlocal written
+        if written + len(chunk) > max_bytes:
+            raise SigtraceError(f"{command[0]} in {namespace}/{pod} sent more than {_size(max_bytes)}; "
+                                f"raise --max-bytes, or collect with --pod to narrow it down")
+        sink.write(chunk)
+        written += len(chunk)
     try:
         while ws.is_open():
             ws.update(timeout=1)
-            out.write(ws.read_channel(STDOUT_CHANNEL))
-            err.write(ws.read_channel(STDERR_CHANNEL))
-        out.write(ws.read_channel(STDOUT_CHANNEL))
-        err.write(ws.read_channel(STDERR_CHANNEL))
+            take(ws.read_channel(STDOUT_CHANNEL))
+            if err.tell() < 4096:
+                err.write(ws.read_channel(STDERR_CHANNEL))
+        take(ws.read_channel(STDOUT_CHANNEL))
+        err.write(ws.read_channel(STDERR_CHANNEL)[:4096])
         status = ws.read_channel(ERROR_CHANNEL)
     finally:
         ws.close()
@@ -261,7 +282,7 @@ def exec_read(api: Any, namespace: str, pod: str, command: list[str]) -> bytes:
             stderr = err.getvalue()[:200].decode(errors="replace").strip()
             raise SigtraceError(f"{command[0]} in {namespace}/{pod} failed: "
                                 f"{'; '.join(filter(None, [st.get('message'), stderr]))!r}")
-    return out.getvalue()
+    return written
 
 
 def agent_health(api: Any, namespace: str, pod: str, now: float | None = None) -> dict[str, Any]:
@@ -292,22 +313,32 @@ def agent_health(api: Any, namespace: str, pod: str, now: float | None = None) -
     return health
 
 
-def safe_extract(data: bytes, dest: Path) -> list[str]:
-    """Extract regular files and directories only, never outside dest (the archive is remote input)."""
-    names = []
+def safe_extract(data: Any, dest: Path, max_bytes: int = MAX_COLLECT_BYTES) -> list[str]:
+    """Extract regular files and directories only, never outside dest, never through a link already
+    in dest, streaming each member (the archive is remote input: a sparse member may declare 4 GiB).
+    data: bytes, a path, or a binary file object. Members past max_bytes in all are skipped."""
+    names: list[str] = []
     dest.mkdir(parents=True, exist_ok=True)
     root = dest.resolve()
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tf:
-        for m in tf.getmembers():
+    fileobj = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else None
+    budget = max_bytes
+    with (tarfile.open(fileobj=fileobj, mode="r|") if fileobj is not None else tarfile.open(str(data), mode="r|")) as tf:
+        for m in tf:
             target = (dest / m.name).resolve()
             if not (target == root or root in target.parents):
                 continue
             if m.isdir():
                 target.mkdir(parents=True, exist_ok=True)
             elif m.isfile():
+                if m.size > budget:
+                    raise SigtraceError(f"{m.name} is {_size(m.size)}, more than the {_size(max_bytes)} this "
+                                        f"collection may write; raise --max-bytes")
+                budget -= m.size
                 target.parent.mkdir(parents=True, exist_ok=True)
-                with tf.extractfile(m) as src, open(target, "wb") as fh:
-                    fh.write(src.read())
+                src = tf.extractfile(m)
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o640)
+                with src, os.fdopen(fd, "wb") as fh:
+                    shutil.copyfileobj(src, fh, 1 << 20)
                 names.append(str(target.relative_to(root)))
     return names
 
@@ -328,7 +359,8 @@ def nodes_of(api: Any, pods: tuple[str, ...], default_ns: str) -> set[str]:
     return nodes
 
 
-def collect(api: Any, namespace: str, output: Path, pods: tuple[str, ...] = (), pods_ns: str = "default") -> dict[str, list[str]]:
+def collect(api: Any, namespace: str, output: Path, pods: tuple[str, ...] = (), pods_ns: str = "default",
+            max_bytes: int = MAX_COLLECT_BYTES) -> dict[str, list[str]]:
     """Pull every agent's output (or only the agents on the nodes of `pods`) into output/<node>/."""
     wanted = nodes_of(api, pods, pods_ns) if pods else None
     agents = [p for p in agent_pods(api, namespace)
@@ -337,15 +369,23 @@ def collect(api: Any, namespace: str, output: Path, pods: tuple[str, ...] = (), 
         where = f"on nodes {', '.join(sorted(wanted))}" if wanted else f"in namespace {namespace}"
         raise UsageProblem(f"no sigtrace agent pods {where}: run `kubectl sigtrace deploy` / check `status`")
     got: dict[str, list[str]] = {}
+    output.mkdir(parents=True, exist_ok=True)
     for p in agents:
         node = (p.get("spec") or {}).get("nodeName") or p["metadata"]["name"]
-        try:
-            data = exec_tar(api, namespace, p["metadata"]["name"])
-        except SigtraceError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            raise _api_error(exc, f"collecting from {namespace}/{p['metadata']['name']} (pods/exec)") from None
-        got[node] = safe_extract(data, output / node)
+        # the archive goes to disk as it arrives (never whole in memory), capped, then is extracted
+        with tempfile.NamedTemporaryFile(dir=output, prefix=".collect-", suffix=".tar") as tmp:
+            try:
+                exec_stream(api, namespace, p["metadata"]["name"], TAR_COMMAND, tmp, max_bytes)
+            except SigtraceError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                raise _api_error(exc, f"collecting from {namespace}/{p['metadata']['name']} (pods/exec)") from None
+            tmp.flush()
+            try:
+                got[node] = safe_extract(tmp.name, output / node, max_bytes)
+            except tarfile.TarError as exc:
+                raise SigtraceError(f"the archive from {namespace}/{p['metadata']['name']} is unreadable ({exc}); "
+                                    f"collect again") from None
     return got
 
 
@@ -430,11 +470,13 @@ def status(c: Ctx, as_json: bool, no_health: bool) -> None:
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Local directory (created).")
 @click.option("--pod", "pods", multiple=True, help="Only the nodes of this pod, NS/NAME or NAME (repeatable).")
 @click.option("--pods-namespace", default="default", show_default=True, help="Namespace of --pod NAME without NS/.")
+@click.option("--max-bytes", type=click.IntRange(min=1), default=MAX_COLLECT_BYTES, show_default=True,
+              help="At most this many bytes per node, in transit and on disk.")
 @click.pass_obj
-def collect_cmd(c: Ctx, output: str, pods: tuple[str, ...], pods_namespace: str) -> None:
+def collect_cmd(c: Ctx, output: str, pods: tuple[str, ...], pods_namespace: str, max_bytes: int) -> None:
     """Pull events and reports from the agents into OUTPUT/<node>/."""
     out = Path(output)
-    got = collect(c.api, c.namespace, out, pods, pods_namespace)
+    got = collect(c.api, c.namespace, out, pods, pods_namespace, max_bytes)
     for node, files in sorted(got.items()):
         recs = len({Path(f).parts[0] for f in files if f.endswith("events.jsonl")})
         click.echo(f"{node}: {len(files)} files, {recs} recordings -> {out / node}")
@@ -448,11 +490,19 @@ def report_cmd(directory: str, fmt: str) -> None:
     recs = recordings_under(Path(directory))
     if not recs:
         raise UsageProblem(f"{directory}: no recordings (no events.jsonl below it); run `kubectl sigtrace collect` first")
+    unusable = []
     for rec in recs:
         click.echo(f"== {rec}", err=True)
         for line in api_data_notes(rec):
             click.echo(f"note: {line}", err=True)
-        run_report(rec, fmt)
+        try:
+            run_report(rec, fmt)
+        except (SigtraceError, click.ClickException) as exc:
+            # one bad recording (a node whose disk filled, a truncated copy) must not hide the others
+            unusable.append(f"{rec} ({exc.format_message() if isinstance(exc, click.ClickException) else exc})")
+            click.echo(f"sigtrace: {rec}: unusable, skipped", err=True)
+    if unusable:
+        raise DataError(f"{len(unusable)} of {len(recs)} recordings unusable: " + "; ".join(unusable))
 
 
 def api_data_notes(rec: Path) -> list[str]:

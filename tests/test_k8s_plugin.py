@@ -268,3 +268,44 @@ def test_safe_extract_refuses_paths_outside_and_links(tmp_path):
     got = kubectl_plugin.safe_extract(buf.getvalue(), tmp_path / "dest")
     assert got == ["ok/events.jsonl"]
     assert not (tmp_path / "evil").exists() and not (tmp_path / "dest" / "ok" / "link").exists()
+
+
+def test_a_sparse_member_that_declares_gigabytes_is_refused_without_allocating(tmp_path):
+    """A small archive (GNU tar --sparse) whose member claims 5 GiB: refused before a byte is
+    written, and extraction never holds a member in memory."""
+    import resource
+    big = tmp_path / "src" / "events.jsonl"
+    big.parent.mkdir()
+    with open(big, "wb") as fh:
+        fh.truncate(5 << 30)
+    tar = tmp_path / "sparse.tar"
+    subprocess.run(["tar", "--sparse", "-cf", str(tar), "-C", str(big.parent), "events.jsonl"], check=True)
+    assert tar.stat().st_size < 1 << 20
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(kubectl_plugin.SigtraceError, match="raise --max-bytes"):
+        kubectl_plugin.safe_extract(tar, tmp_path / "dest")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000      # KiB: no 5 GiB buffer
+    assert not (tmp_path / "dest" / "events.jsonl").exists()
+
+
+def test_collect_stops_at_max_bytes_in_transit(fake_api, kubeconfig, tmp_path):
+    install_agents(fake_api)
+    fake_api.exec_handler = lambda ns, pod, command: (b"\0" * (3 << 20), b"", 0)   # 3 MiB of archive
+    r = run_plugin("--kubeconfig", kubeconfig, "collect", "--output", str(tmp_path / "o"), "--max-bytes", "1000000")
+    assert r.returncode != 0 and "sent more than" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_report_reports_every_usable_recording_and_names_the_unusable(tmp_path):
+    import shutil
+    root = tmp_path / "rollout"
+    shutil.copytree(Path(__file__).parent / "data" / "article", root / "node-a" / "node-a-20261129T091000Z")
+    bad = root / "node-b" / "node-b-20261129T091000Z"
+    bad.mkdir(parents=True)
+    (bad / "events.jsonl").write_text("not json\n")
+    (bad / "meta.json").write_text("{}")
+    r = run_plugin("report", str(root), "--format", "json")
+    assert r.returncode != 0
+    assert '"prestop-quit-superseded"' in r.stdout                 # the usable one was reported
+    assert "1 of 2 recordings unusable" in r.stderr and "node-b-20261129T091000Z" in r.stderr
+    assert "Traceback" not in r.stderr
