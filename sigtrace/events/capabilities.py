@@ -13,12 +13,3 @@ KERNEL_RESETS = "kernel_resets"        # RSTs the kernel sends by itself (SYN to
 SOCKET_CALLS = "socket_calls"          # close/shutdown/connect/accept as the traced processes call them
 
 ALL = (SIGNAL_SENDER, SIGNAL_DELIVERY, PROCESS_EXEC, PROCESS_EXIT, TCP_STATES, KERNEL_RESETS, SOCKET_CALLS)
-DESCRIPTIONS = {
-    SIGNAL_SENDER: "who sent each signal and whether the kernel dropped it (signal_generate)",
-    SIGNAL_DELIVERY: "signal deliveries and their handlers",
-    PROCESS_EXEC: "process starts (preStop execs)",
-    PROCESS_EXIT: "process exits with code or fatal signal",
-    TCP_STATES: "TCP state transitions (listener close, FIN vs RST)",
-    KERNEL_RESETS: "resets the kernel sends by itself, e.g. refused connection attempts",
-    SOCKET_CALLS: "socket calls of the traced processes",
-}

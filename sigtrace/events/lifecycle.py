@@ -58,5 +58,3 @@ ENDPOINTS_REMOVED = "endpoints_removed"
 TRAFFIC_STOPPED = "traffic_stopped"          # lab: the load balancer stopped sending new requests
 POD_REMOVED = "pod_removed"                  # the pod object left the API (all containers gone)
 
-EVENTS = (POD_SEEN, POD_DELETED, ENDPOINTS_NOT_READY, ENDPOINTS_TERMINATING, ENDPOINTS_REMOVED, TRAFFIC_STOPPED,
-          POD_REMOVED)

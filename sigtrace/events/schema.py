@@ -92,7 +92,6 @@ LIFECYCLE_FIELDS = (
 FIELDS = COMMON_FIELDS + SIGNAL_FIELDS + PROCESS_FIELDS + TCP_FIELDS + LIFECYCLE_FIELDS
 FIELD_NAMES = tuple(f.name for f in FIELDS)
 DTYPES = {f.name: f.dtype for f in FIELDS}
-REQUIRED = ("ts", "kind")
 
 # ---- value vocabularies -------------------------------------------------------------
 SIGNAL_NAMES = {s.value: s.name for s in _signal.Signals}
@@ -101,25 +100,12 @@ SIGNAL_NUMBERS = {name: num for num, name in SIGNAL_NAMES.items()}
 # signal_generate's result field (enum trace_signal_result in include/trace/events/signal.h)
 GENERATE_RESULTS = ("delivered", "ignored", "already_pending", "overflow_fail", "lose_info")
 
-# signal_deliver's sa_handler: SIG_DFL = 0, SIG_IGN = 1, anything else is a handler address
-def handler_name(sa_handler: int) -> str:
-    return {0: "default", 1: "ignore"}.get(sa_handler, "handler")
-
 # include/net/tcp_states.h
 TCP_STATES = {
     1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
     6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN",
     11: "CLOSING", 12: "NEW_SYN_RECV", 13: "BOUND_INACTIVE",
 }
-
-# Signals whose default action ends the process (signal(7)): with handler=default a
-# delivery of one of these is a death by signal.
-FATAL_BY_DEFAULT = frozenset({
-    "SIGHUP", "SIGINT", "SIGQUIT", "SIGILL", "SIGTRAP", "SIGABRT", "SIGBUS", "SIGFPE",
-    "SIGKILL", "SIGUSR1", "SIGSEGV", "SIGUSR2", "SIGPIPE", "SIGALRM", "SIGTERM",
-    "SIGSTKFLT", "SIGXCPU", "SIGXFSZ", "SIGVTALRM", "SIGPROF", "SIGIO", "SIGPWR", "SIGSYS",
-})
-
 
 def signal_name(num: int) -> str:
     return SIGNAL_NAMES.get(num, f"SIG{num}")

@@ -17,12 +17,6 @@ POD_META_COLUMNS = ("pod_name", "namespace", "container_name")
 EXTRA_COLUMNS = (NODE, SCHEMA_VERSION_COLUMN)
 COLUMNS: tuple[str, ...] = FIELD_NAMES + EXTRA_COLUMNS
 
-EXTRA_DOCS = {
-    NODE: "node the event was recorded on (meta.json's node; the recording dir's name when unknown)",
-    SCHEMA_VERSION_COLUMN: f"event schema version of the exporting sigtrace (this one writes {SCHEMA_VERSION}); "
-                           "analyze refuses exports newer than it understands",
-}
-
 # dtypes of the exported frame: the schema's, plus a categorical node (few distinct values,
 # repeated on every row) and a plain integer version.
 EXPORT_DTYPES: dict[str, str] = {**DTYPES, NODE: "category", SCHEMA_VERSION_COLUMN: "Int64"}

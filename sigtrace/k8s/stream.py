@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-EventSink = Callable[[dict[str, Any]], None]
+from ..backends import EventSink
+
 
 MAX_QUEUED = 100_000        # API events waiting for the recording loop (a few per pod change)
 

@@ -54,6 +54,3 @@ def parse_proc_cgroup(text: str) -> PodRef:
             best = ref
     return best
 
-
-def is_pod_cgroup_text(text: str) -> bool:
-    return "kubepods" in text
