@@ -1,0 +1,160 @@
+"""Where events enter, one check per field: its schema type, its range, its vocabulary.
+
+A recording can come from anywhere (copied between machines, edited, written by a newer or broken
+recorder). A field of the wrong type, out of range or not finite makes its event unusable: it is
+skipped and counted by reason (the report's `incomplete` says so), never coerced into a different
+meaning (`pid: 1.5`, `sig: 15`, `target_pod_uid: 123`) and never a traceback. meta.json is checked
+the same way: a wrong field is dropped and named. Both readers (tolerant and pyarrow) apply these
+rules, so they keep giving the same Recording.
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import capabilities as C
+from .schema import DTYPES, GENERATE_RESULTS, KINDS, TCP_STATES
+
+PID_MAX = 4_194_304                       # PID_MAX_LIMIT on 64-bit kernels
+TS_MAX = 2.0 ** 33                        # epoch seconds, year 2242: anything later is garbage
+INT_RANGES: dict[str, tuple[int, int]] = {
+    "pid": (0, PID_MAX), "tid": (0, PID_MAX), "nspid": (0, PID_MAX), "target_pid": (0, PID_MAX),
+    "target_nspid": (0, PID_MAX), "ppid": (0, PID_MAX), "si_pid": (0, PID_MAX),
+    "sport": (0, 65_535), "dport": (0, 65_535),
+    "code": (-(2 ** 31), 2 ** 31 - 1), "exit_code": (-(2 ** 31), 2 ** 31 - 1),
+}
+SIGNAL_NAME = re.compile(r"^SIG[A-Z0-9+]{1,12}$")
+VOCABULARY: dict[str, frozenset[str]] = {
+    "kind": frozenset(KINDS),
+    "result": frozenset(GENERATE_RESULTS),
+    "handler": frozenset({"default", "ignore", "handler"}),
+    "old_state": frozenset(TCP_STATES.values()),
+    "new_state": frozenset(TCP_STATES.values()),
+}
+SIGNAL_FIELDS = ("sig", "exit_signal")
+STRING_LIMITS = {"detail": 65_536, "filename": 4_096}
+STRING_LIMIT = 1_024                      # any other text field (comm is 15 bytes in the kernel)
+
+
+def _string_problem(name: str, value: Any) -> str | None:
+    if not isinstance(value, str):
+        return "not a string"
+    if len(value) > STRING_LIMITS.get(name, STRING_LIMIT):
+        return "too long"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:            # a lone surrogate (\ud800) from a broken writer
+        return "not valid Unicode"
+    if name in SIGNAL_FIELDS and not SIGNAL_NAME.match(value):
+        return "not a signal name"
+    vocab = VOCABULARY.get(name)
+    if vocab is not None and value not in vocab:
+        return "not a known value"
+    return None
+
+
+def field_problem(name: str, value: Any) -> str | None:
+    """Why this value cannot stand in this schema field, or None when it can (null always can)."""
+    if value is None:
+        return None
+    dtype = DTYPES[name]
+    if dtype == "float64":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return "not a number"
+        if not math.isfinite(value) or not 0 <= value < TS_MAX:
+            return "out of range"
+        return None
+    if dtype == "Int64":
+        if isinstance(value, bool) or not isinstance(value, int):
+            return "not an integer"
+        low, high = INT_RANGES.get(name, (-(2 ** 63), 2 ** 63 - 1))
+        return None if low <= value <= high else "out of range"
+    return _string_problem(name, value)
+
+
+def event_problem(event: dict[str, Any]) -> str | None:
+    """`field: why` for the first unusable field of an event (a dict of schema fields), or None."""
+    for name, value in event.items():
+        why = field_problem(name, value)
+        if why is not None:
+            return f"{name} {why}"
+    return None
+
+
+def frame_is_valid(df: pd.DataFrame) -> bool:
+    """The vectorised check of a frame the pyarrow reader produced (types are already the schema's):
+    True when every value is in range and vocabulary; False sends the file to the tolerant reader,
+    which skips and counts the bad events one by one."""
+    ts = df["ts"].to_numpy(dtype=float, na_value=np.nan)
+    if not (np.isfinite(ts) & (ts >= 0) & (ts < TS_MAX)).all():
+        return False
+    for name, (low, high) in INT_RANGES.items():
+        col = df[name]
+        if col.isna().all():
+            continue
+        v = col.dropna()
+        if (v < low).any() or (v > high).any():
+            return False
+    for name, vocab in VOCABULARY.items():
+        cats = _values(df[name])
+        if not cats <= vocab:
+            return False
+    for name in SIGNAL_FIELDS:
+        if not all(SIGNAL_NAME.match(v) for v in _values(df[name])):
+            return False
+    for name, dtype in DTYPES.items():
+        if dtype in ("string", "category") and name not in VOCABULARY and name not in SIGNAL_FIELDS:
+            limit = STRING_LIMITS.get(name, STRING_LIMIT)
+            values = df[name].dropna()
+            if len(values) and values.astype(str).str.len().max() > limit:
+                return False
+    return True
+
+
+def _values(col: pd.Series) -> set[str]:
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        return {str(v) for v in col.cat.categories}
+    return {str(v) for v in pd.unique(col.dropna())}
+
+
+# ---- meta.json ---------------------------------------------------------------------------------
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+META_FIELDS: dict[str, Any] = {
+    "schema_version": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "node": lambda v: isinstance(v, str) and len(v) <= 253,
+    "kernel": lambda v: isinstance(v, str) and len(v) <= 256,
+    "backend": lambda v: isinstance(v, str) and len(v) <= 64,
+    "start": lambda v: v is None or _num(v),
+    "end": lambda v: v is None or _num(v),
+    "alive_at": lambda v: v is None or _num(v),
+    "alive_every_s": lambda v: v is None or _num(v),
+    "events": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+    "lost_events": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+    "capabilities": lambda v: isinstance(v, list) and all(c in C.ALL for c in v),
+    "lost_by_probe": lambda v: isinstance(v, dict) and all(isinstance(n, int) and n >= 0 for n in v.values()),
+    "pod_endpoints": lambda v: isinstance(v, dict) and all(isinstance(x, list) for x in v.values()),
+    "dies_with": lambda v: v is None or (isinstance(v, dict) and isinstance(v.get("pid"), int)),
+}
+
+
+def clean_meta(meta: Any) -> tuple[dict[str, Any], list[str]]:
+    """meta.json's fields that hold what they claim, and a note naming each one dropped."""
+    if not isinstance(meta, dict):
+        return {}, [f"meta.json is a JSON {type(meta).__name__}, not an object: node, backend and lost-event "
+                    f"counts unknown"]
+    out, dropped = {}, []
+    for key, value in meta.items():
+        check = META_FIELDS.get(key)
+        if check is not None and not check(value):
+            dropped.append(key)
+            continue
+        out[key] = value
+    notes = [f"meta.json: ignored {', '.join(sorted(dropped))} (wrong type or range)"] if dropped else []
+    return out, notes
