@@ -1,7 +1,8 @@
 """`sigtrace agent`: what the DaemonSet runs. `record` + the Kubernetes API watcher, one stream.
 
-Each start writes a fresh recording OUTPUT/<node>-<UTC time>/ (events.jsonl, meta.json,
-reports/), so agent restarts never mix two recordings. Trouble with one half never stops the
+Each start writes a fresh recording OUTPUT/<node>-<UTC time>/ (events.jsonl and its segments,
+meta.json, reports/), so agent restarts never mix two recordings; --max-disk/--max-age bound all of
+them together (sigtrace.events.segments.DiskBudget). Trouble with one half never stops the
 other: without API access the kernel events are still recorded (and the watcher retries with
 backoff); without BPF (no headers, no capability) the API events are still recorded.
 """
@@ -18,6 +19,7 @@ from typing import Any
 import click
 
 from ..errors import SigtraceError, UsageProblem
+from .record import DURATION, SIZE, check_max_disk
 
 log = logging.getLogger("sigtrace.k8s")
 
@@ -77,10 +79,15 @@ def start_watcher(node: str, kubeconfig: str | None, context: str | None, sink: 
 @click.option("--all", "all_processes", is_flag=True, help="Record every process, not only pods.")
 @click.option("--no-api", is_flag=True, help="Do not watch the Kubernetes API (kernel events only).")
 @click.option("--no-kernel", is_flag=True, help="Do not load probes (Kubernetes API events only).")
+@click.option("--max-disk", type=SIZE, default="1Gi", show_default=True,
+              help="All runs under OUTPUT stay under this size (oldest closed segments removed first); or none.")
+@click.option("--max-age", type=DURATION, default="7d", show_default=True,
+              help="Remove segments and runs older than this; or none.")
 @click.option("--ready-file", default="/tmp/sigtrace-ready", show_default=True,
               help="Created once recording runs (the DaemonSet's readiness probe tests it).")
 def agent(output: str, node: str | None, kubeconfig: str | None, context: str | None, duration: float | None,
-          all_processes: bool, no_api: bool, no_kernel: bool, ready_file: str) -> int:
+          all_processes: bool, no_api: bool, no_kernel: bool, ready_file: str,
+          max_disk: int | None, max_age: float | None) -> int:
     """Run on a node: record pods' signals, exits and TCP events, plus their API lifecycle."""
     from ..events.writer import prepare_output_dir
     from ..k8s.stream import WatcherBackend
@@ -90,7 +97,10 @@ def agent(output: str, node: str | None, kubeconfig: str | None, context: str | 
     logging.basicConfig(level=logging.INFO, format="sigtrace agent: %(message)s", stream=sys.stderr)
     if not node and not no_api:
         raise UsageProblem("no node name: set NODE_NAME (the DaemonSet does, from spec.nodeName) or pass --node")
+    check_max_disk(max_disk)
     root = prepare_output_dir(output)
+    # the caps cover every run under the root: a restart starts a new run within the same budget
+    disk = {"max_disk": max_disk, "max_age_s": max_age, "disk_root": root}
     out = root / f"{node or os.uname().nodename}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
     stop = threading.Event()
     proxy = WatcherBackend(None, ready_file=ready_file)
@@ -103,7 +113,7 @@ def agent(output: str, node: str | None, kubeconfig: str | None, context: str | 
             try:
                 proxy.inner = make_backend("bpf", all_processes=all_processes, pids=(), comms=())
                 proxy.name = proxy.inner.name
-                return _record(proxy, out, duration, note)
+                return _record(proxy, out, duration, note, disk)
             except SigtraceError as exc:
                 if watcher is None:
                     raise
@@ -112,18 +122,18 @@ def agent(output: str, node: str | None, kubeconfig: str | None, context: str | 
                 proxy.inner, proxy.name, proxy._note = None, "kubernetes-api-only", str(exc)
         if watcher is None:
             raise UsageProblem("nothing to record: --no-kernel and no Kubernetes API access")
-        return _record(proxy, out, duration, None)
+        return _record(proxy, out, duration, None, disk)
     finally:
         stop.set()
         if thread is not None:
             thread.join(timeout=10)
 
 
-def _record(proxy: Any, out: Path, duration: float | None, note: str | None) -> int:
+def _record(proxy: Any, out: Path, duration: float | None, note: str | None, disk: dict[str, Any]) -> int:
     from ..record import RecordSession
     if note:
         proxy._note = note
-    session = RecordSession(proxy, out, console=None, live=False, extra_meta={"agent": True})
+    session = RecordSession(proxy, out, console=None, live=False, extra_meta={"agent": True}, **disk)
     result = session.run(duration=duration)
     click.echo(f"sigtrace agent: {result.events} events ({proxy.api_events} from the API) in "
                f"{result.duration_s:.1f}s, {result.lost_events} lost -> {out}", err=True)

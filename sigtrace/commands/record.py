@@ -23,9 +23,50 @@ Examples:
   sudo sigtrace record --output /tmp/rec --backend strace --pid 4242
   sigtrace record --output /host/tmp/rec --backend strace --pod shop/web-7d9c5b8f6d-x2x4q
                         # in `kubectl debug node/NODE --profile=sysadmin`: outlives the pod
+  sudo sigtrace record --output /var/tmp/rec --max-disk 2GiB --max-age 1d   # bounded, for days
 \b
 Stops on --duration, SIGINT or SIGTERM (exit 0); then: sigtrace report /tmp/rec
 """
+
+
+class SizeType(click.ParamType):
+    """1GiB, 512Mi, 2G (Kubernetes' convention), bytes, or none: int | None."""
+    name = "SIZE"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int | None:
+        if value is None or isinstance(value, int):
+            return value
+        from ..events.segments import parse_size
+        try:
+            return parse_size(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class DurationType(click.ParamType):
+    """7d, 12h, 30m, 90s, seconds, or none: float | None."""
+    name = "DURATION"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float | None:
+        if value is None or isinstance(value, float):
+            return value
+        from ..events.segments import parse_duration
+        try:
+            return parse_duration(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+SIZE, DURATION = SizeType(), DurationType()
+MIN_MAX_DISK = 1 << 20
+MIN_SEGMENT_BYTES = 64 << 10
+
+
+def check_max_disk(max_disk: int | None) -> None:
+    """A cap smaller than a few segments cannot hold a recording: refuse it in one line."""
+    if max_disk is not None and max_disk < MIN_MAX_DISK:
+        raise UsageProblem(f"--max-disk {max_disk}: too small to hold a recording; give at least 1MiB (or none)")
+
 
 
 def make_backend(name: str, *, all_processes: bool, pids: tuple[int, ...], comms: tuple[str, ...],
@@ -63,16 +104,31 @@ def _console() -> Any:
               help="bpf: stream TCP closes of pods that are stopping, or of every pod all the time (costly).")
 @click.option("--dry-run", is_flag=True, help="Compile and attach the probes, then exit.")
 @click.option("--no-live", is_flag=True, help="No live view (a status line every few seconds instead).")
+@click.option("--max-disk", type=SIZE, default="none", show_default=True,
+              help="Keep DIR under this size (e.g. 2GiB): the oldest closed segments are removed.")
+@click.option("--max-age", type=DURATION, default="none", show_default=True,
+              help="Remove closed segments older than this (e.g. 1d, 12h).")
+@click.option("--segment-size", type=SIZE, default="64Mi", show_default=True,
+              help="Start a new events file (segment) at this size.")
+@click.option("--segment-age", type=DURATION, default="1h", show_default=True,
+              help="Start a new segment after this long.")
 def record(output: str, duration: float | None, all_processes: bool, pids: tuple[int, ...],
            comms: tuple[str, ...], pods: tuple[str, ...], node_root: str | None, backend: str, tcp_detail: str,
-           dry_run: bool, no_live: bool) -> int:
+           dry_run: bool, no_live: bool, max_disk: int | None, max_age: float | None, segment_size: int | None,
+           segment_age: float | None) -> int:
     """Record signals, exits and TCP closes/resets of pods (or --all / --pid / --comm processes).
 
-    Writes DIR/events.jsonl (signals and exits at once, TCP events per batch) and DIR/meta.json.
+    Writes DIR/events.jsonl (signals and exits at once, TCP events per batch; then
+    events-000002.jsonl... per --segment-size/--segment-age) and DIR/meta.json.
     """
     from ..events.writer import prepare_output_dir
     from ..record import RecordSession
 
+    check_max_disk(max_disk)
+    if segment_size is None or segment_age is None:
+        raise UsageProblem("--segment-size and --segment-age need a value (none is for --max-disk/--max-age)")
+    if segment_size < MIN_SEGMENT_BYTES:
+        raise UsageProblem(f"--segment-size {segment_size}: give at least 64Ki (a file per batch helps nobody)")
     out = prepare_output_dir(output)          # before loading anything: fail fast on a bad dir
     for pid in pids:
         if pid <= 0:
@@ -97,7 +153,8 @@ def record(output: str, duration: float | None, all_processes: bool, pids: tuple
         else:
             click.echo(f"{backend}: attached in {startup}s")
         return 0
-    session = RecordSession(be, out, console=console, live=not no_live)
+    session = RecordSession(be, out, console=console, live=not no_live, max_disk=max_disk, max_age_s=max_age,
+                            segment_bytes=segment_size, segment_age_s=segment_age)
     result = session.run(duration=duration)
     lost = f", {result.lost_events} LOST ({result.lost_by_probe})" if result.lost_events else ", none lost"
     click.echo(f"sigtrace: {result.events} events in {result.duration_s:.1f}s{lost} -> {out}", err=True)

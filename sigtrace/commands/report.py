@@ -17,7 +17,8 @@ from ..render import FORMATS
 @click.option("--pod", "pods", multiple=True, metavar="UID", help="only this pod (UID or name); repeatable")
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="write here instead of stdout")
 def report(directory: Path, fmt: str, pods: tuple[str, ...], output: Path | None) -> int:
-    """Per-pod shutdown report from the --output DIR of `sigtrace record`.
+    """Per-pod shutdown report from the --output DIR of `sigtrace record` (all its segments), or
+    of `sigtrace agent` (all runs of the node under it, read as one recording in time order).
 
     \b
     For each pod that stopped: a timeline relative to the first stop trigger (preStop exec or the
@@ -29,6 +30,7 @@ def report(directory: Path, fmt: str, pods: tuple[str, ...], output: Path | None
       sigtrace report /tmp/rec
       sigtrace report /tmp/rec --format json | jq '.pods[].verdicts[].id'
       sigtrace report /tmp/rec --format html -o shutdown.html
+      sigtrace report /var/lib/sigtrace                     # an agent's root: every run of this node
     """
     from ..correlate import build_reports
     from ..events.reader import read_recording

@@ -2,10 +2,17 @@
 
 What cannot be used is not dropped silently: every skipped line, unknown kind or unknown
 field is described in Recording.incomplete, which reports show.
+
+A recording is one run directory (its segments read in order as one stream, see
+sigtrace.events.segments) or a directory of runs of one node (an agent's output root, one node's
+directory from `kubectl sigtrace collect`): its runs are read as one recording in time order, so a
+pod whose stop straddles an agent restart gets one report; each run keeps its own meta.json on
+disk, and what the merge had to decide (the gap between runs, differing capabilities) is listed.
 """
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +22,7 @@ import pandas as pd
 
 from ..errors import DataError
 from .schema import DTYPES, FIELD_NAMES, KINDS
+from .segments import list_segments, run_dirs, run_dirs_under
 from .writer import EVENTS_FILE, META_FILE
 
 
@@ -26,9 +34,11 @@ class Recording:
     source: str = ""
 
 
-def iter_event_lines(path: Path, problems: Counter, examples: dict) -> Iterator[dict]:
-    """Yield parsed events; count lines that are not JSON objects of a known kind."""
+def iter_event_lines(path: Path, problems: Counter, examples: dict, label: str = "") -> Iterator[dict]:
+    """Yield parsed events; count lines that are not JSON objects of a known kind. examples gets
+    the first place of each problem ("line 7", or "<label> line 7" for one file of several)."""
     known_fields = set(FIELD_NAMES)
+    where = f"{label} line" if label else "line"
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, 1):
             if not raw.strip():
@@ -38,16 +48,16 @@ def iter_event_lines(path: Path, problems: Counter, examples: dict) -> Iterator[
             except ValueError:
                 key = "truncated last line" if not raw.endswith(b"\n") else "unparsable lines"
                 problems[key] += 1
-                examples.setdefault(key, lineno)
+                examples.setdefault(key, f"{where} {lineno}")
                 continue
             if not isinstance(obj, dict) or "ts" not in obj or "kind" not in obj:
                 problems["lines without ts/kind"] += 1
-                examples.setdefault("lines without ts/kind", lineno)
+                examples.setdefault("lines without ts/kind", f"{where} {lineno}")
                 continue
             if obj["kind"] not in KINDS:
                 key = f"events of unknown kind {obj['kind']!r}"
                 problems[key] += 1
-                examples.setdefault(key, lineno)
+                examples.setdefault(key, f"{where} {lineno}")
                 continue
             extra = obj.keys() - known_fields
             if extra:
@@ -110,38 +120,207 @@ def _utc(ts: Any) -> str:
 
 
 def lost_note(meta: dict[str, Any]) -> str | None:
+    """What the recorder lost, by cause: the ring buffers (lost_by_probe) and, since segments, the
+    disk (meta.json output.lost: disk full, output directory removed or not writable)."""
     lost = meta.get("lost_events") if isinstance(meta, dict) else None
-    return f"{lost} events were lost by the recorder (ring buffer full)" if lost else None
+    if not lost:
+        return None
+    out = meta.get("output") if isinstance(meta.get("output"), dict) else {}
+    by = out.get("lost") if isinstance(out.get("lost"), dict) else {}
+    disk, failed = _int(by.get("disk_full")), _int(by.get("write_failed"))
+    if not (disk or failed):
+        return f"{lost} events were lost by the recorder (ring buffer full)"
+    parts = []
+    ring = _int(lost) - disk - failed
+    if ring > 0:
+        parts.append(f"{ring} ring buffer full")
+    if disk:
+        parts.append(f"{disk} not written: disk full")
+    if failed:
+        parts.append(f"{failed} not written: output directory removed or not writable")
+    return f"{lost} events were lost by the recorder ({'; '.join(parts)})"
+
+
+def _int(v: Any) -> int:
+    try:
+        return int(v or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+@dataclass
+class Source:
+    """What read_recording reads: segment files in order (label for notes, path), the meta that goes
+    with them, and what is known to be incomplete before a line is read."""
+    directory: Path
+    files: list[tuple[str, Path]]
+    meta: dict[str, Any]
+    notes: list[str]
+
+
+def plan_recording(directory: str | Path) -> Source:
+    """Find the segments and meta of a run directory, or of every run of a directory of runs.
+    Raises DataError (one line) when there is no recording."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise DataError(f"{d}: no such recording directory; pass the --output DIR of 'sigtrace record'")
+    try:
+        runs = run_dirs(d)
+    except OSError as exc:
+        raise DataError(f"{d}: cannot list it ({exc.strerror}); check its permissions") from None
+    if not runs:
+        holders = sorted({r.parent for r in run_dirs_under(d)})    # deeper: directories of runs
+        if len(holders) == 1:
+            return plan_recording(holders[0])           # e.g. a collect output of one node
+        if holders:
+            shown = ", ".join(str(p) for p in holders[:3]) + (", ..." if len(holders) > 3 else "")
+            raise DataError(f"{d}: holds recordings in {len(holders)} directories ({shown}): pass one node's "
+                            f"directory (all its runs are read as one), or run `kubectl sigtrace report {d}`")
+        raise DataError(f"{d}: has no {EVENTS_FILE}; is it the --output DIR of 'sigtrace record' "
+                        f"(or of 'sigtrace agent')?")
+    if len(runs) == 1:             # DIR itself, or a directory holding one run: read that run
+        run = runs[0]
+        meta, notes = read_meta(run)
+        segments = list_segments(run)
+        notes += segment_notes(meta, [s for s, _ in segments], "")
+        many = len(segments) > 1
+        return Source(run, [(p.name if many else "", p) for _, p in segments], meta, notes)
+    return _plan_runs(d, runs)
+
+
+def segment_notes(meta: dict[str, Any], seqs: list[int], where: str) -> list[str]:
+    """Segments missing at the start (pruned by the disk cap, meta.json `pruned`) or in between."""
+    notes = []
+    if not seqs:
+        return notes
+    pruned = meta.get("pruned") if isinstance(meta, dict) and isinstance(meta.get("pruned"), dict) else None
+    if seqs[0] > 1:
+        which = "segment 1" if seqs[0] == 2 else f"segments 1-{seqs[0] - 1}"
+        if pruned:
+            until = f" (events until about {_utc(pruned['until'])})" if pruned.get("until") else ""
+            notes.append(f"{where}{which} removed by the recorder's disk cap (--max-disk/--max-age){until}: "
+                         f"what this recording held before its first kept segment is missing")
+        else:
+            notes.append(f"{where}{which} missing (removed?): what this recording held before its first "
+                         f"kept segment is missing")
+    for a, b in zip(seqs, seqs[1:]):
+        if b > a + 1:
+            which = f"segment {a + 1}" if b == a + 2 else f"segments {a + 1}-{b - 1}"
+            notes.append(f"{where}{which} missing (removed?): events between segments {a} and {b} are missing")
+    return notes
+
+
+def _plan_runs(d: Path, runs: list[Path]) -> Source:
+    """Several runs (one per recorder start) read as one recording in time order."""
+    infos = []
+    for run in runs:
+        meta, notes = read_meta(run)
+        infos.append((run, meta if isinstance(meta, dict) else {}, notes, list_segments(run)))
+    nodes = sorted({str(m["node"]) for _, m, _, _ in infos if m.get("node")})
+    if len(nodes) > 1:
+        raise DataError(f"{d}: holds recordings of {len(nodes)} nodes ({', '.join(nodes)}); a report reads one "
+                        f"node's runs: pass a directory with only that node's, or run `kubectl sigtrace report {d}`")
+
+    def start(info) -> tuple[float, str]:
+        s = info[1].get("start")
+        return (float(s) if isinstance(s, (int, float)) else math.inf, info[0].name)
+    infos.sort(key=start)
+    files, notes = [], []
+    for run, meta, meta_notes, segments in infos:
+        notes += [f"{run.name}: {n}" for n in meta_notes]
+        notes += segment_notes(meta, [s for s, _ in segments], f"{run.name}: ")
+        files += [(f"{run.name}/{p.name}", p) for _, p in segments]
+    meta, merge_notes = merge_run_metas([(run.name, meta) for run, meta, _, _ in infos])
+    return Source(d, files, meta, notes + merge_notes)
+
+
+def merge_run_metas(metas: list[tuple[str, dict[str, Any]]]) -> tuple[dict[str, Any], list[str]]:
+    """One meta for runs read as one recording: the last run's (its end decides whether the whole
+    ended cleanly), with the first start, summed losses, what all runs can record, the union of
+    pod endpoints, and a note for each time the recorder was not running between two runs."""
+    notes: list[str] = []
+    merged = dict(metas[-1][1])
+    firsts = [m.get("start") for _, m in metas if isinstance(m.get("start"), (int, float))]
+    if firsts:
+        merged["start"] = min(firsts)
+    merged["lost_events"] = sum(_int(m.get("lost_events")) for _, m in metas)
+    merged["events"] = sum(_int(m.get("events")) for _, m in metas)
+    causes: Counter = Counter()
+    for _, m in metas:
+        out = m.get("output") if isinstance(m.get("output"), dict) else {}
+        if isinstance(out.get("lost"), dict):
+            causes.update({k: _int(v) for k, v in out["lost"].items()})
+    if causes:
+        merged["output"] = {**(merged.get("output") if isinstance(merged.get("output"), dict) else {}),
+                            "lost": dict(causes)}
+    caps = [(name, m.get("capabilities")) for name, m in metas]
+    if all(isinstance(c, list) and c for _, c in caps):
+        sets = [frozenset(map(str, c)) for _, c in caps]
+        if len(set(sets)) > 1:
+            common = frozenset.intersection(*sets)
+            merged["capabilities"] = sorted(common)
+            differ = "; ".join(f"{name}: {', '.join(sorted(s - common))}" for (name, _), s in zip(caps, sets)
+                               if s - common)
+            notes.append(f"the runs record different things (only some have {differ}): reporting with what all "
+                         f"of them record")
+    else:
+        merged["capabilities"] = []          # inferred from the events, with build_reports' own note
+    endpoints = [m.get("pod_endpoints") for _, m in metas if isinstance(m.get("pod_endpoints"), dict)]
+    if len(endpoints) > 1 and any(e != endpoints[0] for e in endpoints):
+        union: dict[str, list] = {}
+        for e in endpoints:
+            for uid, eps in e.items():
+                union[uid] = sorted(set(union.get(uid, [])) | set(eps or []))
+        merged["pod_endpoints"] = union
+    merged["runs"] = [{"dir": name, "start": m.get("start"), "end": m.get("end"),
+                       "lost_events": _int(m.get("lost_events"))} for name, m in metas]
+    for (a, ma), (b, mb) in zip(metas, metas[1:]):
+        killed = ma.get("end") is None
+        last = ma.get("end") if not killed else ma.get("alive_at")
+        nxt = mb.get("start")
+        how = f"{a} was killed (no end time), then {b} started" if killed else f"{a} stopped, then {b} started"
+        if not isinstance(last, (int, float)) or not isinstance(nxt, (int, float)):
+            notes.append(f"the recorder did not run between two runs ({how}); when exactly is unknown: events "
+                         f"in between are missing")
+        elif nxt > last:
+            notes.append(f"no recording from {_utc(last)} to {_utc(nxt)} ({nxt - last:.1f} s; {how}): events in "
+                         f"between are missing")
+    return merged, notes
 
 
 def read_recording(directory: str | Path, *, fast: bool = True) -> Recording:
-    """Load DIR/events.jsonl and DIR/meta.json. Raises DataError when there is nothing usable.
+    """Load a recording: DIR's segments (events.jsonl, events-000002.jsonl, ...) and DIR/meta.json,
+    or every run under DIR as one (see the module docstring). Raises DataError when there is
+    nothing usable.
 
     A clean file (every line a complete object of known kinds, fields and types: what the
     recorder writes) is parsed by pyarrow's JSON reader straight into columns; json.loads per
     line and a list of dicts cost ~50x the time and ~3.5 KB per event (docs/benchmarks.md).
     Anything else, or fast=False, takes the tolerant line-by-line path below, which gives the
     same Recording (tests/test_fast_reader.py) and lists what it skipped."""
+    src = plan_recording(directory)
     if fast:
-        from .fast_reader import read_clean_recording   # lazy: it imports this module (and pyarrow)
-        rec = read_clean_recording(directory)
+        from .fast_reader import read_clean_source   # lazy: it imports this module (and pyarrow)
+        rec = read_clean_source(src)
         if rec is not None:
             return rec
-    d = Path(directory)
-    if not d.is_dir():
-        raise DataError(f"{d}: no such recording directory; pass the --output DIR of 'sigtrace record'")
-    path = d / EVENTS_FILE
-    if not path.exists():
-        raise DataError(f"{d}: has no {EVENTS_FILE}; is it the --output DIR of 'sigtrace record'?")
-    meta, incomplete = read_meta(d)
+    d = src.directory
+    meta, incomplete = src.meta, list(src.notes)
     problems: Counter = Counter()
     examples: dict = {}
-    rows = list(iter_event_lines(path, problems, examples))
+    rows: list[dict] = []
+    for label, path in src.files:
+        try:
+            rows.extend(iter_event_lines(path, problems, examples, label))
+        except FileNotFoundError:
+            # removed between listing and reading: the disk cap of a recorder that is running
+            incomplete.append(f"{label or path.name} was removed while being read (disk cap?)")
     for what, n in problems.items():
-        at = f" (first at line {examples[what]})" if what in examples else ""
+        at = f" (first at {examples[what]})" if what in examples else ""
         incomplete.append(f"skipped {n} {what}{at}" if not what.startswith("unknown field") else f"{n} x {what}")
     if not rows:
-        raise DataError(f"{path}: no readable events ({sum(problems.values())} unusable lines); record again")
+        where = src.files[0][1] if len(src.files) == 1 else d
+        raise DataError(f"{where}: no readable events ({sum(problems.values())} unusable lines); record again")
     if lost_note(meta):
         incomplete.append(lost_note(meta))
     events = events_frame(rows)

@@ -12,6 +12,7 @@ from typing import Sequence
 
 from ..errors import UsageProblem
 from ..events.reader import read_recording
+from ..events.segments import run_dirs_under
 from ..events.schema import SCHEMA_VERSION
 from .columns import COLUMNS, EXPORT_DTYPES, sidecar_path
 from .frame import export_frame
@@ -42,8 +43,10 @@ def export_recordings(dirs: Sequence[str | os.PathLike], csv: str | None = None,
     if parquet and not have_pyarrow():
         raise UsageProblem("--parquet needs pyarrow, which is not installed; pip install pyarrow, or use --csv")
     # read_recording takes the vectorised pyarrow path (sigtrace.events.fast_reader) for a clean
-    # events.jsonl and the tolerant line-by-line one otherwise; everything after is vectorised
-    recordings = [read_recording(d) for d in dirs]
+    # events.jsonl and the tolerant line-by-line one otherwise; everything after is vectorised.
+    # A directory of runs (an agent's root, a `kubectl sigtrace collect` output) is read run by run:
+    # rows do not care, and export_frame adds up each node's runs in its meta.
+    recordings = [read_recording(run) for d in dirs for run in (run_dirs_under(d) or [d])]
     df, metas, notes = export_frame(recordings)
     meta = {"schema_version": SCHEMA_VERSION, "columns": list(COLUMNS), "nodes": metas, "notes": notes}
     written = []

@@ -1,6 +1,11 @@
 """RecordSession: run a backend into DIR/events.jsonl + DIR/meta.json until a duration, a
 threading.Event or SIGINT/SIGTERM; show progress; feed live reports when available.
 
+The events go to rotating segments within an optional disk budget (max_disk/max_age_s over
+disk_root: the agent's root with all its runs, or DIR itself); a full disk or a removed output
+directory costs events (counted as lost, shown live, in meta.json and in reports), never the
+recording (sigtrace.events.writer).
+
 Stopping is a flag set by the signal handler and a poll with a timeout (never KeyboardInterrupt
 inside a ctypes callback), so every stop path flushes and writes meta.json's end time.
 """
@@ -12,11 +17,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..backends import Backend
 from ..correlate.live import LiveReporter
-from ..events.writer import EventWriter, base_meta, prepare_output_dir, write_meta
+from ..events.segments import SEGMENT_AGE_S, SEGMENT_BYTES, DiskBudget, OutputDir
+from ..events.writer import EventWriter, base_meta, prepare_output_dir
 from .live import LiveView, Rates
 
 POLL_S = 0.2
@@ -42,7 +48,10 @@ class RecordSession:
     driver) put pod_lifecycle events into the same stream."""
 
     def __init__(self, backend: Backend, out_dir: str | Path, *, console: Any = None, live: bool = True,
-                 live_reports: bool = True, poll_s: float = POLL_S, extra_meta: dict[str, Any] | None = None):
+                 live_reports: bool = True, poll_s: float = POLL_S, extra_meta: dict[str, Any] | None = None,
+                 max_disk: int | None = None, max_age_s: float | None = None, disk_root: str | Path | None = None,
+                 segment_bytes: int = SEGMENT_BYTES, segment_age_s: float = SEGMENT_AGE_S,
+                 clock: Callable[[], float] = time.time):
         self.backend = backend
         self.out_dir = prepare_output_dir(out_dir)
         self.console = console
@@ -60,6 +69,12 @@ class RecordSession:
         self.stopped_by = ""
         self._pending: list[dict[str, Any]] = []
         self._closed = False
+        # disk: caps over disk_root (default: this recording's directory), segment rotation
+        self.max_disk, self.max_age_s = max_disk, max_age_s
+        self.disk_root = Path(disk_root) if disk_root is not None else self.out_dir
+        self.segment_bytes, self.segment_age_s, self.clock = segment_bytes, segment_age_s, clock
+        self._outdir: OutputDir | None = None
+        self._meta_writer: EventWriter | None = None     # still writes meta.json after the events stop
 
     # -- events
     def add_event(self, event: dict[str, Any]) -> None:
@@ -98,8 +113,9 @@ class RecordSession:
             # the backend only calls the sink from poll(): nothing is missed by opening the file now
             self._meta = base_meta(self.backend.name)
             self._meta.update(self.extra_meta)
+            writer = self._open_writer()
             with self._lock:
-                self._writer = EventWriter(self.out_dir)
+                self._writer = writer
             pending, self._pending = self._pending, []
             for event in pending:
                 self.add_event(event)
@@ -122,7 +138,7 @@ class RecordSession:
                 now = time.monotonic()
                 if now - last_view >= VIEW_EVERY_S:     # poll returns per batch: keep its loop cheap
                     last_view = now
-                    self.view.update(elapsed, self.events, self.rates, self.backend.lost())
+                    self.view.update(elapsed, self.events, self.rates, self._lost())
                     self._poll_reporter()
                 if now - last_meta >= meta_every:
                     last_meta = last_view = time.monotonic()
@@ -148,11 +164,46 @@ class RecordSession:
                 if opened and self._meta:
                     self._meta["end"] = time.time()
                     self._write_meta()
+                if self._outdir is not None:
+                    self._outdir.close()
                 for sig, handler in old_handlers.items():
                     signal.signal(sig, handler)
-        lost = self.backend.lost()
-        return RecordResult(self.out_dir, self.events, sum(lost.values()), lost,
+        lost = self._lost()
+        return RecordResult(self.out_dir, self._written(), sum(lost.values()), lost,
                             time.monotonic() - started, self.stopped_by)
+
+    def _open_writer(self) -> EventWriter:
+        self._outdir = OutputDir(self.out_dir)
+        budget = None
+        if self.max_disk is not None or self.max_age_s is not None:
+            budget = DiskBudget(self.disk_root, self.out_dir, max_bytes=self.max_disk, max_age_s=self.max_age_s,
+                                clock=self.clock, warn=self._warn)
+        writer = EventWriter(self._outdir, segment_bytes=self.segment_bytes, segment_age_s=self.segment_age_s,
+                             budget=budget, clock=self.clock, warn=self._warn)
+        self._meta_writer = writer
+        return writer
+
+    def _lost(self) -> dict[str, int]:
+        """Lost events by probe (ring buffers) and by output cause (disk_full, write_failed)."""
+        lost = dict(self.backend.lost())
+        if self._meta_writer is not None:
+            for cause, n in self._meta_writer.lost().items():
+                if n:
+                    lost[cause] = lost.get(cause, 0) + n
+        return lost
+
+    def _written(self) -> int:
+        """Events handed to the writer minus those it could not write."""
+        w = self._meta_writer
+        return self.events - (sum(w.lost().values()) if w is not None else 0)
+
+    def _warn(self, message: str) -> None:
+        """One line on stderr (above the live table when there is one)."""
+        line = f"sigtrace: warning: {message}"
+        if self.console is not None:
+            self.console.print(line, highlight=False, markup=False, soft_wrap=True)
+        else:
+            print(line, file=sys.stderr, flush=True)
 
     def _flush(self) -> None:
         writer = self._writer
@@ -174,12 +225,16 @@ class RecordSession:
                     self._drop_reporter(exc)
 
     def _write_meta(self) -> None:
-        lost = self.backend.lost()
+        lost = self._lost()
         self._meta.update(self.backend.meta())
+        writer = self._meta_writer
+        if writer is not None:
+            self._meta.update(writer.meta())         # output (segments, write failures), disk, pruned
         self._meta["lost_events"] = sum(lost.values())
-        self._meta["events"] = self.events
+        self._meta["events"] = self._written()
         self._meta["alive_at"] = time.time()
-        write_meta(self.out_dir, self._meta)
+        if writer is not None:
+            writer.write_meta(self._meta)            # a failure is reported once; the old meta.json stays
 
     def _install_signals(self) -> dict[int, Any]:
         old = {}
