@@ -85,11 +85,14 @@ def start_watcher(node: str, kubeconfig: str | None, context: str | None, sink: 
               help="Remove segments and runs older than this; or none.")
 @click.option("--ready-file", default="/tmp/sigtrace-ready", show_default=True,
               help="Created once recording runs (the DaemonSet's readiness probe tests it).")
+@click.option("--metrics-address", default=None, metavar="HOST:PORT",
+              help="Serve Prometheus metrics (read-only) on HOST:PORT, e.g. 0.0.0.0:9464. Default: off.")
 def agent(output: str, node: str | None, kubeconfig: str | None, context: str | None, duration: float | None,
-          all_processes: bool, no_api: bool, no_kernel: bool, ready_file: str,
+          all_processes: bool, no_api: bool, no_kernel: bool, ready_file: str, metrics_address: str | None,
           max_disk: int | None, max_age: float | None) -> int:
     """Run on a node: record pods' signals, exits and TCP events, plus their API lifecycle."""
     from ..events.writer import prepare_output_dir
+    from ..k8s.health import AgentHealth
     from ..k8s.stream import WatcherBackend
     from ..record import RecordSession
     from .record import make_backend
@@ -103,7 +106,13 @@ def agent(output: str, node: str | None, kubeconfig: str | None, context: str | 
     disk = {"max_disk": max_disk, "max_age_s": max_age, "disk_root": root}
     out = root / f"{node or os.uname().nodename}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
     stop = threading.Event()
-    proxy = WatcherBackend(None, ready_file=ready_file)
+    # stdout carries only the per-pod report lines (one JSON object each); the log is on stderr
+    proxy = WatcherBackend(None, ready_file=ready_file, health=AgentHealth(root, node or os.uname().nodename, out))
+    metrics = None
+    if metrics_address:
+        from ..k8s.metrics import MetricsServer
+        metrics = MetricsServer(metrics_address, proxy.health).start()
+        log.info("serving Prometheus metrics on http://%s:%d/metrics", metrics.host, metrics.port)
     watcher, thread = (None, None) if no_api else start_watcher(node, kubeconfig, context, proxy.put, stop)
     if watcher is not None:
         proxy._summary = watcher.summary
@@ -127,14 +136,18 @@ def agent(output: str, node: str | None, kubeconfig: str | None, context: str | 
         stop.set()
         if thread is not None:
             thread.join(timeout=10)
+        if metrics is not None:
+            metrics.close()
 
 
 def _record(proxy: Any, out: Path, duration: float | None, note: str | None, disk: dict[str, Any]) -> int:
     from ..record import RecordSession
     if note:
         proxy._note = note
-    session = RecordSession(proxy, out, console=None, live=False, extra_meta={"agent": True}, **disk)
+    session = RecordSession(proxy, out, console=None, live=False, extra_meta={"agent": True}, **disk,
+                            on_report=proxy.health.report_written)
     result = session.run(duration=duration)
+    proxy.health.stopped(proxy)
     click.echo(f"sigtrace agent: {result.events} events ({proxy.api_events} from the API) in "
                f"{result.duration_s:.1f}s, {result.lost_events} lost -> {out}", err=True)
     return 0

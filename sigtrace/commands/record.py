@@ -68,6 +68,24 @@ def check_max_disk(max_disk: int | None) -> None:
         raise UsageProblem(f"--max-disk {max_disk}: too small to hold a recording; give at least 1MiB (or none)")
 
 
+class PidList(click.ParamType):
+    """`--pid 12` or `--pid 12,34`: process ids, each a positive integer below the kernel's limit."""
+    name = "PID[,PID...]"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[int, ...]:
+        if isinstance(value, tuple):
+            return value
+        out = []
+        for part in str(value).split(","):
+            part = part.strip()
+            if not part.isdigit() or not 0 < int(part) <= 4_194_304:      # PID_MAX_LIMIT
+                self.fail(f"{part!r} is not a process id", param, ctx)
+            out.append(int(part))
+        return tuple(out)
+
+
+PID_LIST = PidList()
+
 
 def make_backend(name: str, *, all_processes: bool, pids: tuple[int, ...], comms: tuple[str, ...],
                  **kw: Any) -> Any:
@@ -92,7 +110,8 @@ def _console() -> Any:
               help="Stop after S seconds (default: until Ctrl-C / SIGTERM).")
 @click.option("--all", "all_processes", is_flag=True,
               help="Record every process, not only pods and the runtime processes that signal them.")
-@click.option("--pid", "pids", type=int, multiple=True, help="Also record this process and its children (repeatable).")
+@click.option("--pid", "pids", type=PID_LIST, multiple=True,
+              help="Also record this process and its children (repeatable, or a list: --pid 12,34).")
 @click.option("--comm", "comms", multiple=True, help="Also record processes with this command name (repeatable).")
 @click.option("--pod", "pods", multiple=True, metavar="NAME|NS/NAME|UID",
               help="strace: attach to every process of this pod, found by its cgroups (repeatable).")
@@ -129,6 +148,7 @@ def record(output: str, duration: float | None, all_processes: bool, pids: tuple
         raise UsageProblem("--segment-size and --segment-age need a value (none is for --max-disk/--max-age)")
     if segment_size < MIN_SEGMENT_BYTES:
         raise UsageProblem(f"--segment-size {segment_size}: give at least 64Ki (a file per batch helps nobody)")
+    pids = tuple(pid for group in pids for pid in group)
     out = prepare_output_dir(output)          # before loading anything: fail fast on a bad dir
     for pid in pids:
         if pid <= 0:

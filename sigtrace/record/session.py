@@ -49,6 +49,7 @@ class RecordSession:
 
     def __init__(self, backend: Backend, out_dir: str | Path, *, console: Any = None, live: bool = True,
                  live_reports: bool = True, poll_s: float = POLL_S, extra_meta: dict[str, Any] | None = None,
+                 on_report: Callable[[Path], None] | None = None,
                  max_disk: int | None = None, max_age_s: float | None = None, disk_root: str | Path | None = None,
                  segment_bytes: int = SEGMENT_BYTES, segment_age_s: float = SEGMENT_AGE_S,
                  clock: Callable[[], float] = time.time):
@@ -75,6 +76,8 @@ class RecordSession:
         self.segment_bytes, self.segment_age_s, self.clock = segment_bytes, segment_age_s, clock
         self._outdir: OutputDir | None = None
         self._meta_writer: EventWriter | None = None     # still writes meta.json after the events stop
+        self.on_report = on_report      # called with each new live report file (the agent prints it)
+        self._last_report: Any = None
 
     # -- events
     def add_event(self, event: dict[str, Any]) -> None:
@@ -161,6 +164,7 @@ class RecordSession:
                         self.reporter.close()
                     except Exception as exc:
                         self._drop_reporter(exc)
+                    self._hand_over_reports()
                 if opened and self._meta:
                     self._meta["end"] = time.time()
                     self._write_meta()
@@ -223,6 +227,27 @@ class RecordSession:
                     self.reporter.poll()
                 except Exception as exc:
                     self._drop_reporter(exc)
+        self._hand_over_reports()
+
+    def _hand_over_reports(self) -> None:
+        """New entries of reporter.written to on_report, oldest first; found by walking back to the
+        last one handed over, so a bounded (trimmed) written list works too."""
+        reporter = self.reporter
+        if self.on_report is None or reporter is None:
+            return
+        new = []
+        for path in reversed(reporter.written):
+            if path is self._last_report:
+                break
+            new.append(path)
+        if new:
+            self._last_report = new[0]
+        for path in reversed(new):
+            try:
+                self.on_report(path)
+            except Exception as exc:    # the recording goes on; the report stays on disk
+                print(f"sigtrace: warning: report hook failed for {path} ({type(exc).__name__}: {exc})",
+                      file=sys.stderr)
 
     def _write_meta(self) -> None:
         lost = self._lost()
