@@ -23,16 +23,18 @@ from .overhead import bench_pod
 DEFAULT_RATES = (5_000, 10_000, 15_000, 20_000, 30_000, 40_000, 80_000, 160_000)
 
 
-def count_signals(path: Path, sender: int, target: int) -> int:
-    """signal_generate lines from the generator to the target (the recorder also sees the
-    node's other pods)."""
+def count_signals(out_dir: Path, sender: int, target: int) -> int:
+    """signal_generate lines from the generator to the target in every segment of the recording
+    (the recorder also sees the node's other pods)."""
+    from sigtrace.events.segments import list_segments
     pat = re.compile(rb'"kind":"signal_generate","pid":%d,' % sender)
     tgt = b'"target_pid":%d,' % target
     n = 0
-    with open(path, "rb") as fh:
-        for line in fh:
-            if pat.search(line) and tgt in line and b'"sig":"SIGURG"' in line:
-                n += 1
+    for _, path in list_segments(out_dir):
+        with open(path, "rb") as fh:
+            for line in fh:
+                if pat.search(line) and tgt in line and b'"sig":"SIGURG"' in line:
+                    n += 1
     return n
 
 
@@ -50,7 +52,7 @@ def one_step(pod: Any, tmp: Path, rate: int, seconds: float) -> dict[str, Any]:
     # event, which the recorder makes durable at once); idle polling adds ~nothing
     cpu = procs.group_cpu_s(tracer.proc.pid) - cpu0
     info = procs.finish_record(tracer)
-    recorded = count_signals(out / "events.jsonl", gen.pid, target)
+    recorded = count_signals(out, gen.pid, target)
     lost_sig = int((info.get("lost_by_probe") or {}).get("signal:signal_generate", 0))
     shutil.rmtree(out, ignore_errors=True)
     return {"rate_asked": rate, "rate_sent": round(sent["rate"]), "sent": sent["sent"], "seconds": seconds,

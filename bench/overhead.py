@@ -114,21 +114,22 @@ def one_run(mode: str, pod: Any, tmp: Path, seconds: float, threads: int, conns:
         info = procs.finish_tcpstates(tracer) if mode == "tcpstates" else procs.finish_record(tracer)
         result["tracer"] = info
         if mode != "tcpstates":
-            result["tracer"]["events_by_kind"] = _kinds(out / "events.jsonl")
+            result["tracer"]["events_by_kind"] = _kinds(out)
     shutil.rmtree(out, ignore_errors=True)
     return {"mode": mode, **result}
 
 
-def _kinds(path: Path) -> dict[str, int]:
+def _kinds(out_dir: Path) -> dict[str, int]:
+    """Events per kind in every segment of the recording."""
+    from sigtrace.events.segments import list_segments
     counts: dict[str, int] = {}
-    if not path.exists():
-        return counts
-    with open(path, "rb") as fh:
-        for line in fh:
-            m = re.search(rb'"kind":"([a-z_]+)"', line)
-            if m:
-                k = m.group(1).decode()
-                counts[k] = counts.get(k, 0) + 1
+    for _, path in list_segments(out_dir):
+        with open(path, "rb") as fh:
+            for line in fh:
+                m = re.search(rb'"kind":"([a-z_]+)"', line)
+                if m:
+                    k = m.group(1).decode()
+                    counts[k] = counts.get(k, 0) + 1
     return counts
 
 

@@ -168,7 +168,7 @@ def finish_record(tr: Tracer) -> dict[str, Any]:
     mem = mem_kb(tr.proc.pid)
     rc = stop_process(tr.proc)
     meta = json.loads((tr.out_dir / "meta.json").read_text())
-    events = _count_lines(tr.out_dir / "events.jsonl")
+    events = _count_lines(tr.out_dir)
     # a live report (a pod on this node stopped meanwhile) loads pandas into the recorder
     live_reports = len(list((tr.out_dir / "reports").glob("*.json"))) if (tr.out_dir / "reports").is_dir() else 0
     tr.info = {"rc": rc, "ready_s": tr.ready_s, "startup_s": meta.get("startup_s"), "peak_rss_kb": rss,
@@ -260,13 +260,14 @@ def run_timed(cmd: list[str], timeout: float, cwd: Path = REPO) -> Timed:
                  timed_out, b"".join(out_chunks).decode(errors="replace"), b"".join(err_chunks).decode(errors="replace"))
 
 
-def _count_lines(path: Path) -> int:
-    if not path.exists():
-        return 0
+def _count_lines(out_dir: Path) -> int:
+    """Lines in every segment of the recording (a fast run passes the 64 MiB segment size)."""
+    from sigtrace.events.segments import list_segments
     n = 0
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            n += block.count(b"\n")
+    for _, path in list_segments(out_dir):
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                n += block.count(b"\n")
     return n
 
 

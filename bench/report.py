@@ -189,7 +189,7 @@ def write_docs(r: dict[str, Any]) -> str:
         out += ["  - `sigtrace record --output DIR --no-live` (bpf); tracers stopped with SIGINT; "
                 "tcpstates gets the same kernel headers as sigtrace (`BCC_KERNEL_SOURCE`)."]
     out += ["- capacity: `python -m bench.siggen <nginx worker pid> RATE SECONDS` (SIGURG) under "
-            "`sigtrace record`; events counted in events.jsonl, losses from meta.json.",
+            "`sigtrace record`; events counted in the recording's segments, losses from meta.json.",
             "- startup: spawn of `sigtrace record` until meta.json exists; RSS from /proc/<pid>/status "
             "and smaps_rollup after 2 s of recording.",
             "- analysis: `python -m bench.synth DIR --events N` (pods cloned from the report's test "

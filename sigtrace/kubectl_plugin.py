@@ -34,6 +34,7 @@ from typing import Any
 import click
 
 from .errors import DataError, SigtraceError, UsageProblem
+from .events.segments import segment_seq
 from .k8s.manifests import OVERLAYS
 
 AGENT_LABEL = "app.kubernetes.io/name=sigtrace-agent"
@@ -478,7 +479,8 @@ def collect_cmd(c: Ctx, output: str, pods: tuple[str, ...], pods_namespace: str,
     out = Path(output)
     got = collect(c.api, c.namespace, out, pods, pods_namespace, max_bytes)
     for node, files in sorted(got.items()):
-        recs = len({Path(f).parts[0] for f in files if f.endswith("events.jsonl")})
+        # a run whose first segment the disk cap removed still counts
+        recs = len({Path(f).parts[0] for f in files if segment_seq(Path(f).name) is not None})
         click.echo(f"{node}: {len(files)} files, {recs} recordings -> {out / node}")
 
 

@@ -59,9 +59,10 @@ def test_capacity_counts_only_the_generators_signals(tmp_path):
         {"ts": 1.3, "kind": "signal_generate", "pid": 42, "sig": "SIGTERM", "target_pid": 7},  # another signal
         {"ts": 1.4, "kind": "signal_generate", "pid": 42, "sig": "SIGURG", "target_pid": 70},  # another target
     ]
-    f = tmp_path / "events.jsonl"
-    f.write_text("".join(json.dumps(e, separators=(",", ":")) + "\n" for e in lines))
-    assert capacity.count_signals(f, 42, 7) == 2
+    # a fast run rotates: the first segment and a second one
+    for name, part in (("events.jsonl", lines[:2]), ("events-000002.jsonl", lines[2:] + lines[:1])):
+        (tmp_path / name).write_text("".join(json.dumps(e, separators=(",", ":")) + "\n" for e in part))
+    assert capacity.count_signals(tmp_path, 42, 7) == 3
 
 
 def test_synthetic_recording_is_schema_valid(tmp_path):
