@@ -125,3 +125,13 @@ def test_a_pod_uid_that_is_no_uuid_names_no_file(tmp_path):
     assert not list(tmp_path.rglob("*escaped*"))
     text = out.getvalue()
     assert "is not a UUID" in text and "\x1b" not in text and "\\x1b[2J" in text
+
+
+def test_a_planted_reports_link_is_not_followed(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "rec").mkdir()
+    (tmp_path / "rec" / "reports").symlink_to(elsewhere)
+    lr, out = feed_all("shell_pid1", tmp_path / "rec")
+    lr.close()
+    assert list(elsewhere.iterdir()) == []

@@ -252,6 +252,9 @@ class LiveReporter:
             raise ValueError(f"pod uid {uid!r} is not a UUID; no file is named after it")
         d = self.out_dir / REPORTS_DIR
         d.mkdir(mode=0o750, parents=True, exist_ok=True)
+        if d.is_symlink() or not d.is_dir():
+            # planted in a shared output directory: writing there would follow it anywhere
+            raise ValueError(f"{d} is not a directory of ours (a symbolic link?); no report is written through it")
         path = d / f"{uid}.json"
         from ..render.json import render_json
         text = render_json(rs)
