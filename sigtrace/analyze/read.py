@@ -15,12 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 
 from ..errors import DataError
 from ..events.schema import FIELD_NAMES, KINDS, SCHEMA_VERSION
 from ..export.columns import (COLUMNS, EXPORT_DTYPES, NODE, REQUIRED_COLUMNS, SCHEMA_VERSION_COLUMN,
                               sidecar_path)
+from ..events.validate import clean_meta, frame_problems
 from ..export import cells
 from ..export.write import have_pyarrow
 
@@ -190,11 +192,19 @@ def _usable_rows(df: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
     if unknown.any():
         kinds = ", ".join(sorted(map(str, pd.unique(df.loc[unknown, "kind"].astype(str)))))[:120]
         notes.append(f"skipped {int(unknown.sum())} rows of unknown kind ({kinds})")
-    if bad.any() or unknown.any():
-        df = df[~(bad | unknown)].reset_index(drop=True)
+    # values out of a field's range or vocabulary: skipped as read_recording skips them
+    invalid = np.zeros(len(df), dtype=bool)
+    for why, mask in frame_problems(df[~(bad | unknown)] if (bad | unknown).any() else df).items():
+        full = np.zeros(len(df), dtype=bool)
+        full[np.flatnonzero(~(bad | unknown).to_numpy())] = mask
+        notes.append(f"skipped {int(full.sum())} rows whose {why}")
+        invalid |= full
+    if bad.any() or unknown.any() or invalid.any():
+        df = df[~((bad | unknown).to_numpy() | invalid)].reset_index(drop=True)
         df["kind"] = df["kind"].cat.remove_unused_categories()
     if df.empty:
-        raise DataError("no usable events in the export(s): every row lacks ts/kind or has an unknown kind")
+        raise DataError("no usable events in the export(s): every row lacks ts/kind, has an unknown kind or "
+                        "a value out of range")
     if df[NODE].isna().any():
         notes.append(f"{int(df[NODE].isna().sum())} rows without a node: analysed as node 'unknown'")
         if "unknown" not in df[NODE].cat.categories:
@@ -238,7 +248,11 @@ def read_exports(paths: Sequence[str]) -> Export:
             raise DataError(f"mixed schemas: {f1} has schema_version {v1}, {f2} has {v2}; "
                             "export all recordings with one sigtrace version")
         side = _load_sidecar(path, embedded, notes)
-        file_metas = side.get("nodes") if isinstance(side.get("nodes"), dict) else {}
+        file_metas = {}
+        for node, m in (side.get("nodes") if isinstance(side.get("nodes"), dict) else {}).items():
+            clean, dropped = clean_meta(m)        # a sidecar from elsewhere: same checks as meta.json
+            file_metas[str(node)] = clean
+            notes += [f"{path.name}: node {node}: {n}" for n in dropped]
         if kind != "parquet" and side.get("csv_cells", cells.NEUTRALISED) != cells.RAW:
             df = cells.restore(df)           # the values recorded, not the spreadsheet-safe form
         for node in pd.unique(df[NODE].dropna().astype(str)):

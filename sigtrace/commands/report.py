@@ -1,6 +1,7 @@
 """sigtrace report: one shutdown report per pod from a recording."""
 from __future__ import annotations
 
+import io
 import sys
 from pathlib import Path
 
@@ -57,23 +58,22 @@ def report(directory: Path, fmt: str, pods: tuple[str, ...], output: Path | None
 
         from ..render.text import render_text
         if output:
-            with _open(output) as fh:
-                render_text(rs, Console(file=fh, width=140, force_terminal=False))
+            buf = io.StringIO()
+            render_text(rs, Console(file=buf, width=140, force_terminal=False))
+            _emit(buf.getvalue(), output)
         else:
             render_text(rs, Console(soft_wrap=False))
     return 0
 
 
-def _open(path: Path):
-    try:
-        return open(path, "w", encoding="utf-8")
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror}; choose another --output") from exc
-
-
 def _emit(text: str, output: Path | None) -> None:
-    if output is None:
+    """stdout, or a regular file replaced atomically: never through a link, never a FIFO or device."""
+    if output is None or str(output) == "-":
         sys.stdout.write(text)
         return
-    with _open(output) as fh:
-        fh.write(text)
+    from ..export.write import atomic_file, check_output_path
+    check_output_path(str(output))
+    try:
+        atomic_file(Path(output), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    except OSError as exc:
+        raise OutputError(f"cannot write {output}: {exc.strerror}; choose another --output") from None

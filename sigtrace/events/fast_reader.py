@@ -22,6 +22,7 @@ import pandas as pd
 from ..errors import DataError
 from .reader import Recording, Source, lost_note, plan_recording, unfinished_note
 from .schema import DTYPES, FIELD_NAMES, KINDS
+from .validate import frame_is_valid
 
 
 def _arrow_schema():
@@ -98,13 +99,23 @@ def read_clean_source(src: Source) -> Recording | None:
         incomplete.append(lost_note(meta))
     if table.num_rows == 0 or table.column("ts").null_count or table.column("kind").null_count:
         return None
+    try:
+        # pyarrow's JSON reader does not check that text is UTF-8; a stray byte would fail far later
+        for name in table.column_names:
+            if pa.types.is_string(table.schema.field(name).type):
+                table.column(name).validate(full=True)
+    except pa.ArrowInvalid:
+        return None                     # the tolerant reader skips those lines and counts them
     # repeated strings become categoricals inside Arrow (dictionary encoding, no Python strings)
     for i, name in enumerate(table.column_names):
         if DTYPES[name] == "category":
             table = table.set_column(i, name, table.column(i).dictionary_encode())
     mapper = {pa.int64(): pd.Int64Dtype(), pa.string(): pd.StringDtype()}.get
     # self_destruct: each Arrow column is freed as it is converted (no second copy of the whole table)
-    df = table.to_pandas(types_mapper=mapper, split_blocks=True, self_destruct=True)
+    try:
+        df = table.to_pandas(types_mapper=mapper, split_blocks=True, self_destruct=True)
+    except (pa.ArrowException, UnicodeDecodeError):
+        return None                     # text that is not UTF-8: the tolerant reader skips its lines
     del table
     if not df["kind"].isin(KINDS).all():
         return None
@@ -117,6 +128,8 @@ def read_clean_source(src: Source) -> Recording | None:
             else:
                 # astype("category") in read_recording sorts the categories: same order here
                 df[name] = df[name].cat.reorder_categories(sorted(df[name].cat.categories))
+    if not frame_is_valid(df):
+        return None                                # the tolerant reader skips and counts the bad events
     if not df["ts"].is_monotonic_increasing:      # a sorted file (the usual case) needs no copy
         df = df.sort_values("ts", kind="stable").reset_index(drop=True)
     if unfinished_note(meta, df):

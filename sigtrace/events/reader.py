@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,7 @@ import pandas as pd
 from ..errors import DataError
 from .schema import DTYPES, FIELD_NAMES, KINDS
 from .segments import list_segments, run_dirs, run_dirs_under
+from .validate import clean_meta, event_problem
 from .writer import EVENTS_FILE, META_FILE
 
 
@@ -50,7 +53,7 @@ def iter_event_lines(path: Path, problems: Counter, examples: dict, label: str =
                 problems[key] += 1
                 examples.setdefault(key, f"{where} {lineno}")
                 continue
-            if not isinstance(obj, dict) or "ts" not in obj or "kind" not in obj:
+            if not isinstance(obj, dict) or obj.get("ts") is None or obj.get("kind") is None:
                 problems["lines without ts/kind"] += 1
                 examples.setdefault("lines without ts/kind", f"{where} {lineno}")
                 continue
@@ -64,6 +67,13 @@ def iter_event_lines(path: Path, problems: Counter, examples: dict, label: str =
                 for name in extra:
                     problems[f"unknown field {name!r} (ignored)"] += 1
                     obj.pop(name)
+            why = event_problem(obj)
+            if why is not None:
+                # a value of the wrong type or range: the event is not used rather than misread
+                key = f"events whose {why}"
+                problems[key] += 1
+                examples.setdefault(key, f"{where} {lineno}")
+                continue
             yield obj
 
 
@@ -86,8 +96,9 @@ def read_meta(d: Path) -> tuple[dict[str, Any], list[str]]:
     meta_path = d / META_FILE
     if meta_path.exists():
         try:
-            meta = json.loads(meta_path.read_text())
-        except ValueError:
+            meta, notes = clean_meta(json.loads(meta_path.read_bytes()))
+            incomplete += notes
+        except (ValueError, OSError):
             incomplete.append(f"{META_FILE} is unreadable: node, backend and lost-event counts unknown")
     else:
         incomplete.append(f"no {META_FILE}: the recorder did not finish (killed?); lost-event counts unknown")
@@ -181,11 +192,26 @@ def plan_recording(directory: str | Path) -> Source:
     if len(runs) == 1:             # DIR itself, or a directory holding one run: read that run
         run = runs[0]
         meta, notes = read_meta(run)
-        segments = list_segments(run)
+        segments = _regular(list_segments(run), notes)
         notes += segment_notes(meta, [s for s, _ in segments], "")
         many = len(segments) > 1
         return Source(run, [(p.name if many else "", p) for _, p in segments], meta, notes)
     return _plan_runs(d, runs)
+
+
+def _regular(segments: list[tuple[int, Path]], notes: list[str]) -> list[tuple[int, Path]]:
+    """Only regular files are read (a FIFO named events.jsonl would hang the reader); the rest is named."""
+    out = []
+    for seq, path in segments:
+        try:
+            regular = stat.S_ISREG(os.stat(path).st_mode)
+        except OSError:
+            regular = False
+        if regular:
+            out.append((seq, path))
+        else:
+            notes.append(f"{path.name} is not a regular file: not read")
+    return out
 
 
 def segment_notes(meta: dict[str, Any], seqs: list[int], where: str) -> list[str]:
@@ -215,7 +241,7 @@ def _plan_runs(d: Path, runs: list[Path]) -> Source:
     infos = []
     for run in runs:
         meta, notes = read_meta(run)
-        infos.append((run, meta if isinstance(meta, dict) else {}, notes, list_segments(run)))
+        infos.append((run, meta if isinstance(meta, dict) else {}, notes, _regular(list_segments(run), notes)))
     nodes = sorted({str(m["node"]) for _, m, _, _ in infos if m.get("node")})
     if len(nodes) > 1:
         raise DataError(f"{d}: holds recordings of {len(nodes)} nodes ({', '.join(nodes)}); a report reads one "
@@ -320,7 +346,8 @@ def read_recording(directory: str | Path, *, fast: bool = True) -> Recording:
         incomplete.append(f"skipped {n} {what}{at}" if not what.startswith("unknown field") else f"{n} x {what}")
     if not rows:
         where = src.files[0][1] if len(src.files) == 1 else d
-        raise DataError(f"{where}: no readable events ({sum(problems.values())} unusable lines); record again")
+        why = "; ".join(incomplete[:3]) or f"{sum(problems.values())} unusable lines"
+        raise DataError(f"{where}: no readable events ({why}); record again")
     if lost_note(meta):
         incomplete.append(lost_note(meta))
     events = events_frame(rows)

@@ -85,34 +85,53 @@ def event_problem(event: dict[str, Any]) -> str | None:
     return None
 
 
-def frame_is_valid(df: pd.DataFrame) -> bool:
-    """The vectorised check of a frame the pyarrow reader produced (types are already the schema's):
-    True when every value is in range and vocabulary; False sends the file to the tolerant reader,
-    which skips and counts the bad events one by one."""
+def frame_problems(df: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The vectorised check of a frame whose columns already have the schema's types (the pyarrow
+    reader's, an export's): `field why` -> boolean mask of the rows that fail it (only failing checks).
+    Each check looks at a column's min/max or categories first: a clean frame costs little."""
+    out: dict[str, np.ndarray] = {}
+
+    def add(why: str, mask: Any) -> None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.any():
+            out[why] = mask
     ts = df["ts"].to_numpy(dtype=float, na_value=np.nan)
-    if not (np.isfinite(ts) & (ts >= 0) & (ts < TS_MAX)).all():
-        return False
+    if not (np.isfinite(ts).all() and ts.min(initial=0) >= 0 and ts.max(initial=0) < TS_MAX):
+        add("ts out of range", ~(np.isfinite(ts) & (ts >= 0) & (ts < TS_MAX)))
     for name, (low, high) in INT_RANGES.items():
-        col = df[name]
-        if col.isna().all():
+        col = df[name] if name in df else None
+        if col is None or col.isna().all() or (col.min() >= low and col.max() <= high):
             continue
-        v = col.dropna()
-        if (v < low).any() or (v > high).any():
-            return False
+        v = col.astype("Float64").to_numpy(dtype=float, na_value=np.nan)
+        add(f"{name} out of range", (v < low) | (v > high))
     for name, vocab in VOCABULARY.items():
-        cats = _values(df[name])
-        if not cats <= vocab:
-            return False
+        if name in df and not _values(df[name]) <= vocab:
+            add(f"{name} not a known value", df[name].notna().to_numpy() & ~df[name].astype(object).isin(vocab).to_numpy())
     for name in SIGNAL_FIELDS:
-        if not all(SIGNAL_NAME.match(v) for v in _values(df[name])):
-            return False
+        if name in df:
+            bad = {v for v in _values(df[name]) if not SIGNAL_NAME.match(v)}
+            if bad:
+                add(f"{name} not a signal name", df[name].astype(object).isin(bad).to_numpy())
     for name, dtype in DTYPES.items():
-        if dtype in ("string", "category") and name not in VOCABULARY and name not in SIGNAL_FIELDS:
-            limit = STRING_LIMITS.get(name, STRING_LIMIT)
-            values = df[name].dropna()
-            if len(values) and values.astype(str).str.len().max() > limit:
-                return False
-    return True
+        if dtype not in ("string", "category") or name not in df or name in VOCABULARY or name in SIGNAL_FIELDS:
+            continue
+        limit = STRING_LIMITS.get(name, STRING_LIMIT)
+        col = df[name]
+        if isinstance(col.dtype, pd.CategoricalDtype):
+            long = [c for c in col.cat.categories if isinstance(c, str) and len(c) > limit]
+            if long:
+                add(f"{name} too long", col.isin(long).to_numpy())
+        elif col.notna().any():
+            lengths = col.str.len()
+            if lengths.max() > limit:
+                add(f"{name} too long", (lengths > limit).fillna(False).to_numpy())
+    return out
+
+
+def frame_is_valid(df: pd.DataFrame) -> bool:
+    """True when every value is in range and vocabulary; False sends a file to the tolerant reader,
+    which skips and counts the bad events one by one."""
+    return not frame_problems(df)
 
 
 def _values(col: pd.Series) -> set[str]:

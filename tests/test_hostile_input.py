@@ -1,0 +1,172 @@
+"""Recordings copied from elsewhere: typed garbage, wrong encodings, truncation and huge values in
+events.jsonl and meta.json. Each defect of the issue is reproduced, then a property test mutates
+real recordings: the report exits 0 or 2, prints at most one line on stderr and no traceback, and
+either names the same verdicts or says in `incomplete` why it cannot."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sigtrace.cli import main
+
+DATA = Path(__file__).parent / "data"
+ARTICLE = DATA / "article"
+LINES = [json.loads(x) for x in (ARTICLE / "events.jsonl").read_text().splitlines()]
+POD = "7d2c4e8a-0000-4c5d-9e6f-00000000000a"
+
+
+def report(d: Path) -> tuple[int, dict | None, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            main(["report", str(d), "--format", "json"])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    text = out.getvalue()
+    return code, (json.loads(text) if code == 0 and text.strip() else None), err.getvalue()
+
+
+def verdicts(rep: dict) -> set[str]:
+    return {v["id"] for p in rep["pods"] if p["pod_uid"] == POD for v in p["verdicts"]}
+
+
+WANT = verdicts(report(ARTICLE)[1])
+
+
+def write(d: Path, lines: list, meta: object = None, raw: bytes | None = None) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    body = raw if raw is not None else "".join(json.dumps(e) + "\n" if not isinstance(e, str) else e + "\n"
+                                                for e in lines).encode()
+    (d / "events.jsonl").write_bytes(body)
+    (d / "meta.json").write_text(json.dumps(meta if meta is not None else json.loads((ARTICLE / "meta.json").read_text())))
+    return d
+
+
+def mutated(i: int, **change) -> list:
+    lines = [dict(e) for e in LINES]
+    lines[i].update(change)
+    return lines
+
+
+def idx(**want) -> int:
+    return next(i for i, e in enumerate(LINES) if all(e.get(k) == v for k, v in want.items()))
+
+
+QUIT = idx(kind="signal_generate", sig="SIGQUIT")
+EXIT = idx(kind="process_exit", pid=1001)
+
+
+@pytest.mark.parametrize("name,lines", [
+    ("ts string", mutated(QUIT, ts="1000.001")), ("ts null", mutated(QUIT, ts=None)),
+    ("pid abc", mutated(QUIT, pid="abc")), ("pid 2**70", mutated(QUIT, pid=2 ** 70)),
+    ("port http", mutated(1, sport="http")), ("lone surrogate", mutated(QUIT, comm="nginx\ud800")),
+    ("pid 1.5", mutated(EXIT, pid=1.5)), ("sig 15", mutated(QUIT, sig=15)),
+    ("uid 123", mutated(QUIT, target_pod_uid=123)),
+])
+def test_typed_garbage_is_skipped_counted_and_never_misread(tmp_path, name, lines):
+    code, rep, err = report(write(tmp_path / "r", lines))
+    assert code == 0 and "Traceback" not in err, err
+    assert any(n.startswith("skipped 1 ") for n in rep["incomplete"]), rep["incomplete"]
+    # never an invented pod ("123.0"), never a verdict the recording does not support
+    assert {p["pod_uid"] for p in rep["pods"]} <= {POD}
+    assert "nginx-fast-shutdown" not in verdicts(rep) or "nginx-fast-shutdown" in WANT
+
+
+def test_infinity_and_invalid_utf8_are_skipped(tmp_path):
+    text = (ARTICLE / "events.jsonl").read_bytes().splitlines(keepends=True)
+    text[QUIT] = text[QUIT].replace(b'"ts":1000.001', b'"ts":Infinity')
+    text[EXIT] = text[EXIT].replace(b'"comm":"nginx"', b'"comm":"ngi\xffnx"')
+    code, rep, err = report(write(tmp_path / "r", [], raw=b"".join(text)))
+    assert code == 0 and "Traceback" not in err
+    assert sum(1 for n in rep["incomplete"] if n.startswith("skipped")) >= 1
+
+
+@pytest.mark.parametrize("meta", [[1, 2], 42, "x", {"end": "never", "lost_events": -1, "capabilities": "all"}])
+def test_meta_json_of_the_wrong_shape(tmp_path, meta):
+    code, rep, err = report(write(tmp_path / "r", LINES, meta=meta))
+    assert code == 0 and "Traceback" not in err
+    assert any("meta.json" in n for n in rep["incomplete"])
+
+
+def test_events_file_that_is_a_directory_or_a_fifo(tmp_path):
+    d = tmp_path / "dir"
+    (d / "events.jsonl").mkdir(parents=True)
+    code, _, err = report(d)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    f = tmp_path / "fifo"
+    f.mkdir()
+    os.mkfifo(f / "events.jsonl")
+    code, _, err = report(f)          # must return at once, not block on the FIFO
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def run_main(*args: str) -> tuple[int, str]:
+    err = io.StringIO()
+    with redirect_stderr(err), redirect_stdout(io.StringIO()):
+        try:
+            main(list(args))
+            return 0, err.getvalue()
+        except SystemExit as exc:
+            return exc.code, err.getvalue()
+
+
+def test_report_output_on_a_full_disk_or_a_device_is_one_line(tmp_path):
+    import subprocess
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(small)], check=True)
+    try:
+        (small / "fill").write_bytes(b"x" * 4096)
+        code, err = run_main("report", str(ARTICLE), "-o", str(small / "r.txt"))
+        assert code != 0 and "No space left" in err and len(err.strip().splitlines()) == 1
+        assert "Traceback" not in err and not list(small.glob(".r.txt*"))      # no temp file left
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+    code, err = run_main("report", str(ARTICLE), "-o", "/dev/full")
+    assert code == 2 and "not a regular file" in err and len(err.strip().splitlines()) == 1
+
+
+MUTATION = st.one_of(
+    st.tuples(st.just("type"), st.sampled_from(["ts", "pid", "sig", "sport", "comm", "pod_uid", "nspid", "exit_code",
+                                                  "target_pod_uid", "new_state", "detail"]),
+              st.one_of(st.none(), st.booleans(), st.integers(-(2 ** 70), 2 ** 70), st.floats(allow_nan=True),
+                        st.text(max_size=20), st.lists(st.integers(), max_size=2))),
+    st.tuples(st.just("truncate"), st.integers(0, 200), st.none()),
+    st.tuples(st.just("bytes"), st.binary(min_size=1, max_size=8), st.none()),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(where=st.integers(0, len(LINES) - 1), mutation=MUTATION,
+       meta=st.one_of(st.none(), st.just([]), st.just({"end": "x"}), st.dictionaries(st.text(max_size=8),
+                                                                                   st.integers(), max_size=3)))
+def test_property_mutated_recordings_report_or_say_why(tmp_path_factory, where, mutation, meta):
+    d = tmp_path_factory.mktemp("mut")
+    what, a, b = mutation
+    raw = None
+    lines = [dict(e) for e in LINES]
+    if what == "type":
+        lines[where][a] = b
+    text = "".join(json.dumps(e, allow_nan=True) + "\n" for e in lines).encode()
+    if what == "truncate":
+        raw = text[:max(1, len(text) - a)]
+    elif what == "bytes":
+        cut = sum(len(json.dumps(e)) + 1 for e in lines[:where]) + 5
+        raw = text[:cut] + a + text[cut:]
+    else:
+        raw = text
+    write(d, [], meta=meta if meta is not None else json.loads((ARTICLE / "meta.json").read_text()), raw=raw)
+    code, rep, err = report(d)
+    assert code in (0, 2), err
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 1, err
+    if code == 0 and verdicts(rep) != WANT:
+        assert rep["incomplete"], "a different answer without saying why"
