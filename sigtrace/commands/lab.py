@@ -54,6 +54,8 @@ Examples:
 @click.option("--process-control-timeout", type=int, default=0, show_default=True,
               help="php-fpm process_control_timeout (built-in config).")
 @click.option("--worker-shutdown-timeout", type=float, help="nginx worker_shutdown_timeout (built-in config).")
+@click.option("--keepalive-timeout", type=float, default=65.0, show_default=True,
+              help="nginx keepalive_timeout in seconds (built-in config).")
 @click.option("--shell-wrapper", is_flag=True, help="Run nginx under `sh -c` as PID 1 (drops SIGTERM).")
 @click.option("--wrapper", type=click.Choice(["none", "sh", "sh-trap"]), default="none", show_default=True,
               help="nginx's PID 1: sh drops SIGTERM; sh-trap catches it and never forwards it.")
@@ -61,6 +63,9 @@ Examples:
 @click.option("--concurrency", type=int, default=4, show_default=True, help="Concurrent clients.")
 @click.option("--lb-delay", type=float, default=1.0, show_default=True,
               help="Seconds the load balancer keeps sending after the deletion (endpoint propagation).")
+@click.option("--keepalive-idle-ms", type=int, default=None, metavar="MS",
+              help="Clients are a load balancer's pool of keep-alive connections (one per --concurrency) that "
+                   "idle MS between requests and reuse the connection without checking it.")
 @click.option("--layout", type=click.Choice(["cgroupfs", "systemd"]), default="cgroupfs", show_default=True,
               help="kubelet cgroup driver layout.")
 @click.option("--backend", type=click.Choice(["bpf", "strace", "none"]), default="bpf", show_default=True,
@@ -72,8 +77,8 @@ Examples:
               help="Exec into every container this often, as kubelet exec probes do (e.g. 1).")
 @click.option("--demo", is_flag=True, help="Run the article's case (preStop `nginx -s quit`, TERM), then the fix.")
 def lab(nginx_conf, fpm_conf, workers, prestop, stop_signal, grace, stop_order, stop_delay,
-        process_control_timeout, worker_shutdown_timeout, shell_wrapper, wrapper, request_ms, concurrency, lb_delay,
-        layout, backend, output, fmt, pod_uid, exec_probe, demo) -> None:
+        process_control_timeout, worker_shutdown_timeout, keepalive_timeout, shell_wrapper, wrapper, request_ms,
+        concurrency, lb_delay, keepalive_idle_ms, layout, backend, output, fmt, pod_uid, exec_probe, demo) -> None:
     """Reproduce a pod's shutdown locally: real runc containers (nginx + php-fpm), load through
     them, a deletion like kubelet + containerd, and the client's view beside the report."""
     from ..lab.driver import demo_scenarios, run_and_show
@@ -93,8 +98,9 @@ def lab(nginx_conf, fpm_conf, workers, prestop, stop_signal, grace, stop_order, 
                      stop_signal=_per_container(stop_signal, "--stop-signal", None),
                      grace_s=grace, stop_order=[c.strip() for c in stop_order.split(",")] if stop_order else None,
                      stop_delay_s=stop_delay, process_control_timeout_s=process_control_timeout,
-                     worker_shutdown_timeout_s=worker_shutdown_timeout, shell_wrapper=shell_wrapper, wrapper=wrapper,
-                     request_ms=request_ms, concurrency=concurrency, lb_delay_s=lb_delay, layout=layout,
+                     worker_shutdown_timeout_s=worker_shutdown_timeout, keepalive_timeout_s=keepalive_timeout,
+                     shell_wrapper=shell_wrapper, wrapper=wrapper, request_ms=request_ms, concurrency=concurrency,
+                     lb_delay_s=lb_delay, keepalive_idle_ms=keepalive_idle_ms, layout=layout,
                      uid=pod_uid, exec_probe_s=exec_probe)
         runs = [("lab", s)]
     results = run_and_show(runs, out_root, backend=backend, fmt=fmt)

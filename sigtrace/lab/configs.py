@@ -34,11 +34,17 @@ echo "ok pid=" . getmypid() . " slept_ms=" . $ms . "\\n";
 """
 
 
-def nginx_conf(*, workers: int = 2, keepalive_timeout_s: int = 65,
+def nginx_time(seconds: float) -> str:
+    """A duration as nginx parses it: whole milliseconds ("1.5s" and "1.0s" are invalid values)."""
+    return f"{max(0, round(seconds * 1000))}ms"
+
+
+def nginx_conf(*, workers: int = 2, keepalive_timeout_s: float = 65,
                worker_shutdown_timeout_s: float | None = None, port: int = NGINX_PORT,
                fastcgi: str = f"127.0.0.1:{FPM_PORT}") -> str:
     """nginx.conf in the foreground with a master (like the official image), logging to stderr."""
-    shutdown = f"worker_shutdown_timeout {worker_shutdown_timeout_s}s;\n" if worker_shutdown_timeout_s else ""
+    shutdown = (f"worker_shutdown_timeout {nginx_time(worker_shutdown_timeout_s)};\n"
+                if worker_shutdown_timeout_s is not None else "")
     return f"""daemon off;
 master_process on;
 worker_processes {workers};
@@ -54,7 +60,7 @@ http {{
     fastcgi_temp_path /tmp/fastcgi;
     uwsgi_temp_path /tmp/uwsgi;
     scgi_temp_path /tmp/scgi;
-    keepalive_timeout {keepalive_timeout_s}s;
+    keepalive_timeout {nginx_time(keepalive_timeout_s)};
     server {{
         listen {port};
         root {APP_DIR}/www;

@@ -7,12 +7,18 @@ sending: endpoint propagation has caught up) or --max-duration, lets in-flight r
 (bounded by --timeout), and prints one JSON object: every request with start, end, outcome
 and local port.
 
+With --keepalive-idle-ms the workers are a load balancer's (or a proxy's) pool of upstream
+keep-alive connections instead: each keeps one HTTP/1.1 connection open, idles that long between
+requests, and sends the next request on it without first checking whether the pod closed it (a
+balancer cannot know a FIN is in flight); a failed or closed connection is replaced by a new one.
+
 Outcomes: ok, http_502, http_5xx (other 5xx), http_other, reset (RST while sending or
 reading), closed (EOF before a response), refused (RST answering the SYN), timeout.
 """
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import signal
@@ -96,8 +102,7 @@ def one_request(host: str, port: int, path: str, timeout: float) -> Request:
                 pass
             parts = data.split(b" ", 2)
             code = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
-            outcome = ("ok" if 200 <= code < 300 else "http_502" if code == 502
-                       else "http_5xx" if 500 <= code < 600 else "http_other")
+            outcome = _outcome(code)
     except ConnectionRefusedError:
         outcome = "refused"
     except (ConnectionResetError, BrokenPipeError):
@@ -111,21 +116,73 @@ def one_request(host: str, port: int, path: str, timeout: float) -> Request:
     return Request(start, time.time(), outcome, lport)
 
 
+def _outcome(code: int) -> str:
+    return ("ok" if 200 <= code < 300 else "http_502" if code == 502
+            else "http_5xx" if 500 <= code < 600 else "http_other")
+
+
+def pooled_request(conn: http.client.HTTPConnection | None, host: str, port: int, path: str,
+                   timeout: float) -> tuple[Request, http.client.HTTPConnection | None]:
+    """One HTTP/1.1 keep-alive request on conn (a new connection when None), sent without checking
+    whether the server closed conn meanwhile, as a balancer's pool does. Returns the request and the
+    connection to reuse (None when it ended: failed, or the server said Connection: close)."""
+    start = time.time()
+    if conn is None:
+        conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    lport = None
+    try:
+        if conn.sock is None:
+            conn.connect()
+        lport = conn.sock.getsockname()[1]
+        conn.request("GET", path, headers={"Host": "lab"})
+        resp = conn.getresponse()
+        resp.read()          # the whole body: the connection is ready for the next request
+        outcome = _outcome(resp.status)
+        if resp.will_close:
+            conn.close()
+            conn = None
+    except ConnectionRefusedError:
+        outcome = "refused"
+    except (http.client.RemoteDisconnected, http.client.IncompleteRead, http.client.BadStatusLine):
+        outcome = "closed"   # EOF (or a cut response) where a response belonged
+    except (ConnectionResetError, BrokenPipeError):
+        outcome = "reset"
+    except (socket.timeout, TimeoutError):
+        outcome = "timeout"
+    except (OSError, http.client.HTTPException):
+        outcome = "reset"
+    if outcome != "ok" and conn is not None:
+        conn.close()
+        conn = None
+    return Request(start, time.time(), outcome, lport), conn
+
+
 def run_client(host: str, port: int, path: str, concurrency: int, timeout: float, max_duration: float,
-               stop: threading.Event) -> LoadResult:
+               stop: threading.Event, keepalive_idle_s: float | None = None) -> LoadResult:
+    """concurrency closed-loop workers until stop or max_duration: one new connection per request
+    (Connection: close), or with keepalive_idle_s a pool of keep-alive connections that idle that
+    long between requests."""
     result = LoadResult(started=time.time())
     lock = threading.Lock()
     deadline = time.monotonic() + max_duration
 
     def worker() -> None:
+        conn: http.client.HTTPConnection | None = None
         while not stop.is_set() and time.monotonic() < deadline:
-            r = one_request(host, port, path, timeout)
+            if keepalive_idle_s is None:
+                r = one_request(host, port, path, timeout)
+            else:
+                r, conn = pooled_request(conn, host, port, path, timeout)
             with lock:
                 result.requests.append(r)
             if r.outcome != "ok":
                 # A dead listener or a 502 answers at once: back off like a client would,
                 # instead of spinning the CPU (and the recorder) on thousands of failures.
                 time.sleep(0.05)
+            elif conn is not None:
+                stop.wait(keepalive_idle_s)      # the pooled connection idles between requests
+        if conn is not None:
+            conn.close()
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
     for t in threads:
@@ -150,13 +207,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--timeout", type=float, default=30.0, help="per request, seconds")
     ap.add_argument("--max-duration", type=float, default=300.0, help="stop sending after this, seconds")
+    ap.add_argument("--keepalive-idle-ms", type=int, default=None,
+                    help="a pool of keep-alive connections idling this long between requests")
     a = ap.parse_args(argv)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     print("started", file=sys.stderr, flush=True)
+    idle = a.keepalive_idle_ms / 1000 if a.keepalive_idle_ms is not None else None
     result = run_client(a.host, a.port, f"/index.php?ms={a.request_ms}", a.concurrency, a.timeout,
-                        a.max_duration, stop)
+                        a.max_duration, stop, keepalive_idle_s=idle)
     json.dump(result.as_dict(), sys.stdout)
     sys.stdout.flush()
 
@@ -166,10 +226,13 @@ class LoadClient:
     """Start the client in a netns, stop_sending() when the load balancer would stop, wait()."""
 
     def __init__(self, netns: str, *, port: int = 8080, request_ms: int = 500, concurrency: int = 4,
-                 timeout_s: float = 30.0, max_duration_s: float = 300.0, workdir: Path | None = None):
+                 timeout_s: float = 30.0, max_duration_s: float = 300.0, workdir: Path | None = None,
+                 keepalive_idle_ms: int | None = None):
         self.netns = netns
         self.args = ["--port", str(port), "--request-ms", str(request_ms), "--concurrency", str(concurrency),
                      "--timeout", str(timeout_s), "--max-duration", str(max_duration_s)]
+        if keepalive_idle_ms is not None:
+            self.args += ["--keepalive-idle-ms", str(keepalive_idle_ms)]
         self.timeout_s = timeout_s
         self.workdir = workdir
         self.proc: subprocess.Popen | None = None

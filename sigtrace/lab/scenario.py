@@ -39,6 +39,7 @@ class Scenario:
     workers: int = 2                          # nginx worker_processes and fpm pm.max_children
     process_control_timeout_s: int = 0        # fpm (generated config only)
     worker_shutdown_timeout_s: float | None = None   # nginx (generated config only)
+    keepalive_timeout_s: float = 65.0         # nginx keepalive_timeout (generated config only)
     prestop: dict[str, str] = field(default_factory=dict)        # name -> shell-like command line
     stop_signal: dict[str, str] = field(default_factory=dict)    # name -> SIGTERM/QUIT/...
     shell_wrapper: bool = False               # nginx as `sh -c 'nginx; exit $?'` (PID 1 = sh)
@@ -49,6 +50,7 @@ class Scenario:
     request_ms: int = 2000
     concurrency: int = 4
     lb_delay_s: float = 1.0                   # traffic keeps coming this long after deletion
+    keepalive_idle_ms: int | None = None      # clients are a pool of keep-alive connections idling this long
     warmup_s: float = 1.0                     # load before the deletion, so requests are in flight
     layout: str = "cgroupfs"
     uid: str | None = None
@@ -125,6 +127,9 @@ def validate(s: Scenario) -> None:
     for label, value, low in (("--workers", s.workers, 1), ("--concurrency", s.concurrency, 1),
                               ("--grace", s.grace_s, 0), ("--request-ms", s.request_ms, 0),
                               ("--lb-delay", s.lb_delay_s, 0), ("--stop-delay", s.stop_delay_s, 0),
+                              ("--keepalive-timeout", s.keepalive_timeout_s, 0),
+                              ("--worker-shutdown-timeout", s.worker_shutdown_timeout_s or 0, 0),
+                              ("--keepalive-idle-ms", s.keepalive_idle_ms or 0, 0),
                               ("--exec-probe", s.exec_probe_s if s.exec_probe_s is not None else 0.1, 0.1)):
         if value < low:
             raise LabError(f"{label} must be at least {low}, got {value}")
@@ -183,7 +188,8 @@ def run_scenario(s: Scenario, out_dir: Path | None = None, recorder: Recorder | 
         app = configs.write_app_dir(
             Path(tmp) / "app",
             nginx=Path(s.nginx_conf) if s.nginx_conf else configs.nginx_conf(
-                workers=s.workers, worker_shutdown_timeout_s=s.worker_shutdown_timeout_s),
+                workers=s.workers, worker_shutdown_timeout_s=s.worker_shutdown_timeout_s,
+                keepalive_timeout_s=s.keepalive_timeout_s),
             fpm=Path(s.fpm_conf) if s.fpm_conf else configs.fpm_conf(
                 children=s.workers, process_control_timeout_s=s.process_control_timeout_s))
         _check_configs(app.nginx_conf, app.fpm_conf)
@@ -197,7 +203,9 @@ def run_scenario(s: Scenario, out_dir: Path | None = None, recorder: Recorder | 
                 emit(lifecycle_event(pod, lifecycle.POD_SEEN, time.time(), containers=pod.container_names(),
                                      grace_period_s=s.grace_s,
                                      prestop={c: s.prestop[c] for c in s.prestop if s.prestop[c]},
-                                     stop_signal={c: s.signal_of(c) for c in CONTAINERS}, lab=True))
+                                     stop_signal={c: s.signal_of(c) for c in CONTAINERS}, lab=True,
+                                     # a bare pod (no controller), as the API watcher describes one
+                                     owner=None, disruption=None))
                 if recorder is not None and not early:
                     recorder.start(out_dir, pod)
                 result = _drive(s, pod, emit)
@@ -253,11 +261,13 @@ def _drive(s: Scenario, pod: LocalPod, emit) -> LabResult:
 def _drive_load(s: Scenario, pod: LocalPod, emit) -> LabResult:
     with LoadClient(pod.netns, request_ms=s.request_ms, concurrency=s.concurrency,
                     timeout_s=s.request_ms / 1000 + s.grace_s + 5,
-                    max_duration_s=s.warmup_s + s.lb_delay_s + s.grace_s + 30, workdir=pod.workdir) as load:
+                    max_duration_s=s.warmup_s + s.lb_delay_s + s.grace_s + 30, workdir=pod.workdir,
+                    keepalive_idle_ms=s.keepalive_idle_ms) as load:
         load.start()
         time.sleep(s.warmup_s)
         deleted = time.time()
-        emit(lifecycle_event(pod, lifecycle.POD_DELETED, deleted, grace_period_s=s.grace_s, lab=True))
+        emit(lifecycle_event(pod, lifecycle.POD_DELETED, deleted, grace_period_s=s.grace_s, lab=True, owner=None,
+                             disruption=None))
         outcomes: dict[str, StopOutcome] = {}
         errors: list[BaseException] = []
 
