@@ -130,3 +130,97 @@ def test_capabilities_inferred_without_meta_list():
     rec = read_recording(DATA / "strace_shell")
     caps, notes = capabilities_of({}, rec.events)
     assert caps == {C.SIGNAL_DELIVERY, C.PROCESS_EXIT} and "no capabilities" in notes[0]
+
+
+def rst(ts, kind, sport, dport, sock, old=None, reason=None, pid=77, comm="python"):
+    return dict(ts=ts, kind=kind, pid=pid, comm=comm, pod_uid=POD, saddr="127.0.0.1", sport=sport,
+                daddr="127.0.0.1", dport=dport, sock=sock, old_state=old, reason=reason)
+
+
+LISTEN = tcp(0.5, 8080, 0, "CLOSE", "LISTEN", "0xl", pid=10, comm="nginx")
+
+
+def test_reset_from_a_time_wait_orphan_joins_the_connection_by_its_4_tuple():
+    # nginx closes an idle keep-alive connection (FIN); the client's next request arrives at the
+    # TIME_WAIT mini socket, whose kernel address (0xtw) no state change ever showed (this kernel)
+    rows = [LISTEN,
+            tcp(1.0, 8080, 40001, "ESTABLISHED", "FIN_WAIT1", "0xs", pid=11, comm="nginx"),
+            rst(1.2, "tcp_reset_sent", 8080, 40001, "0xtw", old="TIME_WAIT", reason="TCP_TIMEWAIT_SOCKET")]
+    ctx = ctx_of(rows + [dict(ts=0.1, kind="process_exec", pid=11, comm="nginx", nspid=7, ppid=10, **N)])
+    c = ctx.conns.set_index("dport").loc[40001]
+    assert (c["side"], c["close_kind"], c["reset_by"], c["closed_by"]) == ("server", "rst", "pod", "pod")
+    assert c["rst_after_close"] and c["rst_ts"] == 1.2 and c["end_ts"] == 1.0
+    assert c["closer_pid"] == 11                # who closed it: the FIN's task, not the reset's (the client)
+    fin = ctx.events.loc[int(c["fin_row"])]
+    assert (fin["kind"], fin["new_state"], fin["sock"]) == ("tcp_state", "FIN_WAIT1", "0xs")
+    assert ctx.conn_stats["client_resets"] == 1
+
+
+def test_reset_on_a_reused_sock_address_goes_to_the_connection_of_its_4_tuple():
+    # 0xs served 40001 (closed by nginx); the kernel reused the address for a connect() to 8080 from
+    # port 33378, refused: its reset is traced microseconds before that socket's own CLOSE
+    rows = [LISTEN,
+            tcp(1.0, 8080, 40001, "ESTABLISHED", "FIN_WAIT1", "0xs", pid=11, comm="nginx"),
+            rst(2.0, "tcp_reset_received", 33378, 8080, "0xs"),
+            tcp(2.000005, 33378, 8080, "SYN_SENT", "CLOSE", "0xs")]
+    ctx = ctx_of(rows)
+    conns = ctx.conns.set_index("dport")
+    old = conns.loc[40001]
+    assert (old["close_kind"], old["closed_by"], bool(old["rst_after_close"])) == ("fin", "pod", False)
+    assert ctx.conn_stats.get("client_resets", 0) == 0
+
+
+def test_a_reset_matching_no_4_tuple_keeps_its_sock():
+    # the tuple check only re-keys: a reset whose tuple no state change shows stays with its sock
+    rows = [LISTEN, tcp(1.0, 8080, 40001, "ESTABLISHED", "CLOSE_WAIT", "0xs", pid=11, comm="nginx"),
+            rst(1.5, "tcp_reset_sent", 8080, 40099, "0xs", old="CLOSE_WAIT")]
+    c = ctx_of(rows).conns.set_index("dport").loc[40001]
+    assert c["close_kind"] == "rst" and not c["rst_after_close"]
+
+
+def test_stop_stats_leave_out_resets_before_the_stop():
+    # a keep-alive race 10 s before the stop trigger is no stop's doing
+    rows = [LISTEN,
+            tcp(1.0, 8080, 40001, "ESTABLISHED", "FIN_WAIT1", "0xs", pid=11, comm="nginx"),
+            rst(1.2, "tcp_reset_sent", 8080, 40001, "0xtw", old="TIME_WAIT", reason="TCP_TIMEWAIT_SOCKET"),
+            tcp(11.0, 8080, 40002, "ESTABLISHED", "FIN_WAIT1", "0xt", pid=11, comm="nginx"),
+            rst(11.2, "tcp_reset_sent", 8080, 40002, "0xtw2", old="TIME_WAIT", reason="TCP_TIMEWAIT_SOCKET"),
+            dict(ts=11.0, kind="signal_generate", pid=7, comm="runc", sig="SIGQUIT", target_pid=10,
+                 target_comm="nginx", target_pod_uid=POD, target_container_id="aa11aa11aa11", target_nspid=1,
+                 result="delivered")]
+    from sigtrace.correlate import build_reports
+    rs = build_reports(events_frame(rows), {"capabilities": sorted(ALL)})
+    (pod,) = rs.pods
+    assert pod.stopped and pod.stats["client_resets"] == 1
+    assert [v.id for v in pod.verdicts] == ["keepalive-close-race"]
+    assert "1 idle keep-alive" in pod.verdicts[0].summary
+    (out,) = rs.outside_stop
+    assert (out["pod_uid"], out["stopped"], out["client_resets"], out["keepalive_races"]) == (POD, True, 1, 1)
+    assert out["first_ts"] == out["last_ts"] == 1.2
+    # the node-level summary in every format
+    import io
+    from rich.console import Console
+    from sigtrace.render.html import render_html
+    from sigtrace.render.text import render_text
+    assert rs.to_dict()["resets_outside_stop"] == [out]
+    buf = io.StringIO()
+    render_text(rs, Console(file=buf, width=160, force_terminal=False, color_system=None))
+    text = buf.getvalue()
+    assert "resets outside a stop" in text and f"pod {POD}: 1 client reset(s), 0 FastCGI reset(s) before its stop" in text
+    assert "resets outside a stop" in render_html(rs)
+
+
+def test_exec_probes_around_the_deletion_are_no_prestop_when_the_pod_declares_its_hooks():
+    # kubelet exec probes (`true`) every second; the pod declares `sleep 5` as nginx's preStop
+    import json as _json
+    seen = dict(ts=0.0, kind="pod_lifecycle", event="pod_seen", pod_uid=POD, pod_name="web",
+                detail=_json.dumps({"containers": {"aa11aa11aa11": "nginx"}, "prestop": {"nginx": "sleep 5"}}))
+    deleted = dict(ts=10.0, kind="pod_lifecycle", event="pod_deleted", pod_uid=POD, detail="{}")
+    execs = [dict(ts=ts, kind="process_exec", pid=pid, comm=comm, nspid=9, filename=f"/usr/bin/{comm}", ppid=5, **N)
+             for ts, pid, comm in ((9.5, 60, "true"), (10.01, 61, "sleep"), (10.5, 62, "true"))]
+    stop = dict(ts=15.02, kind="signal_generate", pid=7, comm="runc", sig="SIGQUIT", target_pid=1001,
+                target_comm="nginx", target_pod_uid=POD, target_container_id="aa11aa11aa11", target_nspid=1,
+                result="delivered")
+    ctx = ctx_of([seen, deleted, *execs, stop])
+    assert {p.pid: p.role for p in ctx.procs.values() if p.pid in (60, 61, 62)} == {60: "exec", 61: "prestop", 62: "exec"}
+    assert ctx.t0 == 10.01 and [p.pid for p in ctx.prestops] == [61]

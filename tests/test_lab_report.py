@@ -46,7 +46,25 @@ MATRIX = [
     ("killed-after-grace", ["--layout", "systemd", "--workers", "2", "--grace", "2", "--request-ms", "5000",
                             "--lb-delay", "0", "--stop-signal", "nginx=QUIT", "--stop-signal", "php-fpm=QUIT",
                             "--process-control-timeout", "30"], {"killed-after-grace"}, set()),
+    # a balancer's pool of 6 keep-alive connections idling 300 ms between 50 ms requests; nginx's graceful
+    # QUIT (after a 1 s preStop) closes the idle ones at once and the pool sends its next request on them
+    ("keepalive-close-race", ["--workers", "2", "--concurrency", "6", "--keepalive-idle-ms", "300", "--request-ms", "50",
+                              "--prestop", "nginx=sleep 1", "--stop-signal", "nginx=QUIT", "--lb-delay", "1.5",
+                              *FPM_GRACEFUL], {"keepalive-close-race"}, set()),
+    # worker_shutdown_timeout 1 s with 5 s requests in flight: nginx closes them at QUIT + 1 s, php-fpm
+    # answers into the closed sockets later
+    ("nginx-shutdown-timeout", ["--layout", "systemd", "--workers", "2", "--concurrency", "2", "--request-ms", "5000",
+                                "--stop-signal", "nginx=QUIT", "--worker-shutdown-timeout", "1", "--lb-delay", "0",
+                                *FPM_GRACEFUL], {"nginx-shutdown-timeout"}, {"closed"}),
+    # preStop sleep 20 with a 4 s grace period: the kubelet abandons both hooks at 4 s, the QUITs leave
+    # 2 s to the drain (then SIGKILL) while the balancer still sends until 6 s
+    ("prestop-exceeds-grace", ["--workers", "2", "--concurrency", "2", "--request-ms", "2500", "--grace", "4",
+                               "--prestop", "nginx=sleep 20", "--prestop", "php-fpm=sleep 20",
+                               "--stop-signal", "nginx=QUIT", "--stop-signal", "php-fpm=QUIT",
+                               "--process-control-timeout", "10", "--lb-delay", "6"], {"prestop-exceeds-grace"}, set()),
 ]
+# the verdicts of issue 14: each fires on its own scenario only (no false alarm anywhere else)
+NEW_VERDICTS = {"keepalive-close-race", "nginx-shutdown-timeout", "prestop-exceeds-grace"}
 
 
 @pytest.mark.kernel
@@ -82,5 +100,6 @@ def test_verdict_matrix(sigtrace_cli, tmp_path, name, args, verdicts, client_fai
         assert verdicts <= fired, (fired, counts)
     else:
         assert fired == set(), pods[0]["verdicts"]   # a false alarm is as bad as a miss
+    assert fired & NEW_VERDICTS <= verdicts, (fired, pods[0]["verdicts"])
     for v in pods[0]["verdicts"]:
         assert v["evidence"] and v["fix"]

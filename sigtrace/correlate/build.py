@@ -10,10 +10,12 @@ from ..events import capabilities as C
 from ..events import schema as S
 from .cut import mark_recorder_cut
 from .model import PodReport, ReportSet
+from .outside import resets_outside_stop
 from .pod import PodContext, process_context
 from .rows import EventLookup, Row, to_rows
 from .stats import build_stats
 from .timeline import build_timeline, exec_rows
+from .trigger import pod_trigger, replica_sets
 
 
 def capabilities_of(meta: dict[str, Any], events: pd.DataFrame) -> tuple[frozenset[str], list[str]]:
@@ -51,7 +53,9 @@ def pod_uids(events: pd.DataFrame) -> list[str]:
     return sorted(u for u in uids if u)
 
 
-def report_for(ctx: PodContext) -> PodReport:
+def report_for(ctx: PodContext, rs_by_deployment: dict[str, set[str]] | None = None) -> PodReport:
+    """One pod's report. rs_by_deployment: the ReplicaSets the recording saw per Deployment
+    (trigger.replica_sets of all pods), which tells a rollout from a scale-down."""
     from ..verdicts import evaluate     # verdicts import correlate: keep the cycle lazy
     t0 = ctx.t0 if ctx.t0 is not None else ctx.first_ts
     containers = []
@@ -65,7 +69,8 @@ def report_for(ctx: PodContext) -> PodReport:
             "processes": [p.to_dict(t0) for p in c.processes],
         })
     return PodReport(ctx.pod_uid, ctx.pod_name, ctx.namespace, ctx.stopped, ctx.t0, containers,
-                     build_timeline(ctx), evaluate(ctx), build_stats(ctx), connections=ctx.lanes)
+                     build_timeline(ctx), evaluate(ctx), build_stats(ctx), connections=ctx.lanes,
+                     trigger=pod_trigger(ctx, rs_by_deployment or {}))
 
 
 def build_contexts(events: pd.DataFrame, caps: frozenset[str], meta: dict[str, Any] | None = None,
@@ -116,10 +121,12 @@ def build_reports(events: pd.DataFrame, meta: dict[str, Any], incomplete: Iterab
     notes = list(incomplete)
     caps, cap_notes = capabilities_of(meta, events)
     notes += cap_notes
-    reports = [report_for(ctx) for ctx in build_contexts(events, caps, meta, lanes).values()]
+    ctxs = build_contexts(events, caps, meta, lanes)
+    rs_by_deployment = replica_sets(ctxs)
+    reports = [report_for(ctx, rs_by_deployment) for ctx in ctxs.values()]
     lost = meta.get("lost_events") or 0
     try:
         lost = int(lost)
     except (TypeError, ValueError):
         lost = 0
-    return ReportSet(reports, lost, notes, meta)
+    return ReportSet(reports, lost, notes, meta, outside_stop=resets_outside_stop(ctxs))

@@ -136,6 +136,7 @@ def aggregate_connections(tcp: pd.DataFrame, by_pod: bool = False) -> pd.DataFra
     rs = rs_all
     if len(rs):
         rk = rkey if fast is not None else _reset_keys(rs, tcp[tcp["kind"] == S.TCP_STATE].sort_values("ts", kind="stable"), by_pod)
+        rk = _match_reset_tuples(rs, rk, c, st, key, by_pod)
         sent = rs["kind"] == S.TCP_RESET_SENT
         r = pd.DataFrame({"key": rk, "rst_sent_ts": rs["ts"].where(sent), "rst_sent_row": pd.Series(rs.index, index=rs.index).where(sent),
                           "rst_sent_pid": pd.Series(rs["pid"].astype("Float64").to_numpy(dtype=float, na_value=np.nan), index=rs.index).where(sent),
@@ -154,6 +155,82 @@ def aggregate_connections(tcp: pd.DataFrame, by_pod: bool = False) -> pd.DataFra
         # the integer keys' names, built per connection instead of per event
         c.index = pd.Index([f"{names[k >> _INC_BITS]}#{k & _INC_MASK}" for k in c.index.tolist()], name="key")
     return c
+
+
+# the states a socket is in after its own side began to close: a reset that comes later on the
+# same 4-tuple from another socket is sent by that connection's orphan (TIME_WAIT / FIN_WAIT2 mini
+# socket, which has a kernel address of its own)
+CLOSING_STATES = ("FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT", "CLOSING", "LAST_ACK", "CLOSE")
+ORPHAN_S = 120.0          # TIME_WAIT and an orphaned FIN_WAIT2 last 60 s each
+REUSE_AHEAD_S = 1.0       # a reset is traced a few microseconds before its socket's own state change
+
+
+def _match_reset_tuples(rs: pd.DataFrame, rk: pd.Series, c: pd.DataFrame, st: pd.DataFrame, key: pd.Series,
+                        by_pod: bool) -> pd.Series:
+    """Resets whose sock names no connection with their 4-tuple, re-keyed by the 4-tuple.
+
+    A sock id is a kernel address, reused as soon as a socket is freed, and the reset of an orphan
+    comes from a TIME_WAIT mini socket whose address no state change ever showed. So a reset is
+    the connection of its sock only when their 4-tuples agree; otherwise (checked only for those
+    few) it is, in order: the same sock and 4-tuple at the nearest earlier state change, or one
+    just after (the reused socket's own change follows its reset by microseconds), or the last
+    connection on that 4-tuple when it was closing (the orphan's reset: the peer sent data on a
+    connection this side had closed). A reset matching none keeps its sock's key."""
+    cols = ["saddr", "sport", "daddr", "dport"] + (["pod"] if by_pod else [])
+    known = rk.isin(c.index).to_numpy()
+    same = np.zeros(len(rs), dtype=bool)
+    if known.any():
+        conn = c.reindex(rk[known].to_numpy())
+        ok = np.ones(int(known.sum()), dtype=bool)
+        for col in cols:
+            mine = rs["pod_uid" if col == "pod" else col][known]
+            if col in ("sport", "dport"):     # missing ports (NaN) never agree
+                ok &= mine.astype("Float64").to_numpy(dtype=float, na_value=np.nan) == \
+                    conn[col].astype("Float64").to_numpy(dtype=float, na_value=np.nan)
+            else:
+                ok &= (_s(mine).fillna("\0").to_numpy(dtype=object) == conn[col].astype("object").fillna("\0").to_numpy(dtype=object))
+        same[np.flatnonzero(known)] = ok
+    doubtful = ~same
+    if not doubtful.any():
+        return rk
+    d = rs[doubtful]
+    sports, dports = d["sport"].dropna().unique(), d["dport"].dropna().unique()
+    cand_mask = (st["sport"].isin(sports) & st["dport"].isin(dports)).to_numpy()
+    if not cand_mask.any():
+        return rk
+    cand = st[cand_mask]
+
+    def tuple_of(f: pd.DataFrame) -> pd.Series:
+        parts = [_s(f["saddr"]).astype(str), f["sport"].astype("Float64").astype(str),
+                 _s(f["daddr"]).astype(str), f["dport"].astype("Float64").astype(str)]
+        if by_pod:
+            parts.insert(0, _s(f["pod_uid"]).astype(str))
+        out = parts[0]
+        for part in parts[1:]:
+            out = out + "|" + part
+        return out
+
+    a = pd.DataFrame({"ts": cand["ts"].to_numpy(dtype=float), "tup": tuple_of(cand).to_numpy(dtype=object),
+                      "sock": _s(cand["sock"]).astype(str).to_numpy(dtype=object),
+                      "pos": np.arange(len(cand), dtype=float),
+                      "closing": _s(cand["new_state"]).isin(CLOSING_STATES).to_numpy(dtype=bool)})
+    r = pd.DataFrame({"ts": d["ts"].to_numpy(dtype=float), "tup": tuple_of(d).to_numpy(dtype=object),
+                      "sock": _s(d["sock"]).astype(str).to_numpy(dtype=object), "idx": d.index})
+    a, r = a.sort_values("ts", kind="stable"), r.sort_values("ts", kind="stable")
+    back = pd.merge_asof(r, a, on="ts", by=["tup", "sock"], direction="backward")["pos"].to_numpy()
+    ahead = pd.merge_asof(r, a, on="ts", by=["tup", "sock"], direction="forward",
+                          tolerance=REUSE_AHEAD_S)["pos"].to_numpy()
+    orphan = pd.merge_asof(r, a.drop(columns="sock"), on="ts", by="tup", direction="backward",
+                           tolerance=ORPHAN_S)
+    orphan_pos = np.where(orphan["closing"].fillna(False).to_numpy(dtype=bool), orphan["pos"].to_numpy(), np.nan)
+    pos = np.where(~np.isnan(back), back, np.where(~np.isnan(ahead), ahead, orphan_pos))
+    found = ~np.isnan(pos)
+    if not found.any():
+        return rk
+    cand_keys = key[cand_mask].to_numpy()
+    out = rk.copy()
+    out.loc[r["idx"].to_numpy()[found]] = cand_keys[pos[found].astype(np.intp)]
+    return out
 
 
 def _matcher(col: pd.Series) -> Any:
@@ -305,8 +382,16 @@ def classify(c: pd.DataFrame, ports: PodSets, upstream: PodSets, exits: dict[str
                               np.where(c["close_kind"] == "fin", np.where(fin_by_pod, "pod", "peer"), None))
     # when the pod side gave up the connection, and which process did it
     c["end_ts"] = c[["fin_local_ts", "fin_peer_ts", "close_ts", "rst_sent_ts", "rst_recv_ts"]].min(axis=1)
+    # this side closed first (FIN), and later reset the connection: the peer sent data on a
+    # connection that was closed (the next request on an idle keep-alive connection), answered by
+    # the closed socket or its TIME_WAIT orphan. The closer is whoever sent the FIN.
+    c["rst_after_close"] = (c["fin_local_ts"].notna() & (c["rst_sent_ts"] > c["fin_local_ts"])
+                            & (c["fin_peer_ts"].isna() | (c["fin_peer_ts"] >= c["fin_local_ts"]))).to_numpy(dtype=bool)
     c["closer_pid"] = c["rst_sent_pid"].fillna(c["rst_trans_pid"]).where(c["closed_by"] == "pod")
-    c["closer_pid"] = c["closer_pid"].where(c["close_kind"] == "rst", c["fin_local_pid"].where(c["closed_by"] == "pod"))
+    c["closer_pid"] = c["closer_pid"].where((c["close_kind"] == "rst") & ~c["rst_after_close"],
+                                            c["fin_local_pid"].where(c["closed_by"] == "pod"))
+    c["rst_ts"] = c["rst_sent_ts"]
+    c["fin_row"] = c["fin_local_row"]
     c["close_row"] = c["rst_sent_row"].fillna(c["rst_trans_row"]).fillna(c["rst_recv_row"])
     c["close_row"] = c["close_row"].where(c["close_kind"] == "rst", c["fin_local_row"])
     exit_keys = [(pod_index[u] << 32) | int(pid) for u, m in exits.items() if u in pod_index for pid in m]
@@ -324,7 +409,7 @@ def classify(c: pd.DataFrame, ports: PodSets, upstream: PodSets, exits: dict[str
 
 CONN_COLUMNS = ["key", "first_ts", "first_row", "saddr", "sport", "daddr", "dport", "side", "port", "port_class",
                 "est_ts", "end_ts", "close_ts", "close_kind", "closed_by", "reset_by", "closer_pid", "close_row",
-                "at_exit", "refused"]
+                "at_exit", "refused", "rst_after_close", "rst_ts", "fin_row"]
 
 
 OPEN_BEFORE = ("ESTABLISHED", "CLOSE_WAIT", "FIN_WAIT1", "FIN_WAIT2", "LAST_ACK", "CLOSING")

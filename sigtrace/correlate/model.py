@@ -19,6 +19,7 @@ class Verdict:
     evidence: list[dict[str, Any]] = field(default_factory=list)
     status: str = CONFIRMED
     missing: list[str] = field(default_factory=list)   # capabilities an undecidable verdict lacks
+    marks: list[dict[str, Any]] = field(default_factory=list)   # for the HTML picture only (verdicts.base.Finding)
 
     def to_dict(self) -> dict[str, Any]:
         d = {"id": self.id, "summary": self.summary, "evidence": self.evidence, "fix": self.fix,
@@ -40,14 +41,18 @@ class PodReport:
     verdicts: list[Verdict]
     stats: dict[str, Any]
     connections: list[dict[str, Any]] = field(default_factory=list)   # for the HTML picture
+    trigger: dict[str, Any] | None = None  # what stopped the pod (correlate.trigger), when the recording says
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "pod_uid": self.pod_uid, "pod_name": self.pod_name, "namespace": self.namespace,
             "stopped": self.stopped, "t0": self.t0, "containers": self.containers,
             "timeline": self.timeline, "verdicts": [v.to_dict() for v in self.verdicts],
             "stats": self.stats,
         }
+        if self.trigger is not None:      # only recordings with the pod object's data know it
+            d["trigger"] = self.trigger
+        return d
 
     @property
     def title(self) -> str:
@@ -62,10 +67,15 @@ class ReportSet:
     lost_events: int
     incomplete: list[str]
     meta: dict[str, Any] = field(default_factory=dict)
+    # node level: resets on pods that were not stopping at the time (correlate.outside), never a stop's fault
+    outside_stop: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"pods": [p.to_dict() for p in self.pods], "lost_events": self.lost_events,
-                "incomplete": list(self.incomplete)}
+        d = {"pods": [p.to_dict() for p in self.pods], "lost_events": self.lost_events,
+             "incomplete": list(self.incomplete)}
+        if self.outside_stop:
+            d["resets_outside_stop"] = self.outside_stop
+        return d
 
     def pod(self, uid: str) -> PodReport | None:
         for p in self.pods:

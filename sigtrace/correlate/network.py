@@ -104,13 +104,15 @@ def conn_lanes(conns: pd.DataFrame, t0: dict[str, float | None], ref: dict[str, 
     end = c["end_ts"].to_numpy(dtype=float)
     c = c[np.isnan(since) | np.isnan(end) | (end >= since)]
     c = c[c.groupby("pod", sort=False).cumcount().to_numpy() < MAX_LANE_CONNS]
-    for r in to_rows(c, ("pod", "port", "port_class", "est_ts", "end_ts", "close_kind", "closed_by", "at_exit")):
+    for r in to_rows(c, ("pod", "port", "port_class", "est_ts", "end_ts", "close_kind", "closed_by", "at_exit",
+                         "rst_after_close")):
         base, est = ref[r["pod"]], r["est_ts"]
         out.setdefault(r["pod"], []).append({
             "port": int(r["port"]), "port_class": r["port_class"],
             "start_t": None if est == float("-inf") else round(float(est) - base, 6),
             "end_t": round(float(r["end_ts"]) - base, 6) if r["end_ts"] is not None else None,
-            "close_kind": r["close_kind"], "closed_by": r["closed_by"], "at_exit": bool(r["at_exit"])})
+            "close_kind": r["close_kind"], "closed_by": r["closed_by"], "at_exit": bool(r["at_exit"]),
+            "rst_after_close": bool(r["rst_after_close"])})
     return out
 
 

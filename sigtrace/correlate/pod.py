@@ -3,6 +3,7 @@ verdict rules, the timeline and the stats all read it."""
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,7 @@ NOT_STOP = frozenset({"SIGCHLD", "SIGPIPE", "SIGURG", "SIGALRM", "SIGVTALRM", "S
                       "SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL", "SIGTRAP", "SIGSYS", "SIGXCPU", "SIGXFSZ", "SIGCONT"})
 DEFAULT_GRACE_S = 30.0
 PRESTOP_EXTRA_S = 2.0         # kubelet adds 2 s when a preStop hook outlives the grace period
+STOP_PRE_S = 1.0              # a stop's window opens this long before its trigger (the deletion, the hook's exec)
 
 
 @dataclass
@@ -201,6 +203,14 @@ class PodContext:
     def conns_open_at(self, ts: float, port_class: str | None = None) -> pd.DataFrame:
         return self.rows_where(self.open_mask(ts, port_class))
 
+    def in_stop(self, ts: np.ndarray | float) -> np.ndarray | bool:
+        """Whether ts falls in this pod's stop (from STOP_PRE_S before its trigger on): what happened
+        before, or on a pod that never stopped (keep-alive expiry at steady state, php-fpm recycling
+        its children), is no stop's doing."""
+        if self.t0 is None:
+            return np.zeros(np.shape(ts), dtype=bool) if np.ndim(ts) else False
+        return np.asarray(ts) >= self.t0 - STOP_PRE_S if np.ndim(ts) else ts >= self.t0 - STOP_PRE_S
+
     def last_exit_ts(self) -> float | None:
         ts = [p.exit_ts for p in self.procs.values() if p.exit_ts is not None and not p.external]
         return max(ts) if ts else None
@@ -344,6 +354,8 @@ def _trigger(ctx: PodContext) -> None:
     first_stop = min((s.ts for s in stops), default=None)
     externals = [p for p in ctx.procs.values() if p.external and p.exec_ts is not None]
     window = (ctx.grace_s or DEFAULT_GRACE_S) + PRESTOP_EXTRA_S + 1.0
+    hook_of = declared_hooks(ctx)
+    deleted = deletion_ts(ctx)
     if first_stop is not None:
         # containers stop in parallel: a container's preStop may start after another one's stop signal;
         # it ends at its own container's stop signal (or its PID 1's exit)
@@ -358,6 +370,21 @@ def _trigger(ctx: PodContext) -> None:
     else:
         pid1_exits = [p.exit_ts for p in ctx.procs.values() if p.is_pid1 and p.exit_ts is not None]
         pre = [p for p in externals if any(e >= p.exec_ts for e in pid1_exits)]
+    # What the API (or the lab) says tells a preStop from an exec probe (kubelet runs those every
+    # few seconds, into stopping pods too): a hook starts after the deletion, only in a container
+    # that declares one, as the hook's program; the first such exec per container is the hook.
+    if deleted is not None:
+        pre = [p for p in pre if p.exec_ts >= deleted]
+    if hook_of is not None:
+        names: dict[str, str] = getattr(ctx, "_names", {})
+        kept, first = [], {}
+        for p in sorted(pre, key=lambda p: p.exec_ts):
+            name = names.get(p.container_id or "")
+            if name is None:
+                kept.append(p)           # a container the API had not named yet: judged as before
+            elif (want := hook_of.get(name)) is not None and p.container_id not in first and want in program_names(p):
+                first[p.container_id] = p
+        pre = kept + list(first.values())
     pre_pids = {p.pid for p in pre}
     for p in externals:
         # only the first exec of a preStop chain starts it; its descendants inherit the role
@@ -366,6 +393,48 @@ def _trigger(ctx: PodContext) -> None:
     cands = [t for t in [first_stop] + [p.exec_ts for p in pre] if t is not None]
     if cands:
         ctx.t0, ctx.stopped = min(cands), True
+
+
+def deletion_ts(ctx: PodContext) -> float | None:
+    """When the pod's deletion was requested (pod_deleted; the API's deletionTimestamp minus the
+    grace period, a lower bound of the request time), if the recording says."""
+    ts = [lc["ts"] for lc in ctx.lifecycle if lc["event"] == "pod_deleted"]
+    return min(ts) if ts else None
+
+
+# preStop handlers that run no process in the container (the API watcher's describe_handler)
+_NO_EXEC_HOOKS = ("httpGet", "tcpSocket")
+
+
+def declared_hooks(ctx: PodContext) -> dict[str, str] | None:
+    """container name -> the program its exec preStop hook runs (basename of the first word), from
+    the last pod_seen that lists preStop hooks; None when the recording does not say (then every
+    exec into a stopping container in the stop window may be the hook)."""
+    declared = None
+    for lc in ctx.lifecycle:
+        hooks = lc["detail"].get("prestop") if lc["event"] == "pod_seen" else None
+        if isinstance(hooks, dict):
+            declared = hooks
+    if declared is None or not getattr(ctx, "_names", None):
+        return None
+    out: dict[str, str] = {}
+    for name, cmd in declared.items():
+        try:
+            words = shlex.split(str(cmd))
+        except ValueError:
+            words = str(cmd).split()
+        if words and words[0] not in _NO_EXEC_HOOKS:
+            out[str(name)] = words[0].rsplit("/", 1)[-1]
+    return out
+
+
+def program_names(p: Process) -> set[str]:
+    """What an exec'd process may be called: its file's basename and its comm (cut at 15 characters)."""
+    names = {p.comm} if p.comm else set()
+    if p.filename:
+        names.add(str(p.filename).rsplit("/", 1)[-1])
+        names.add(str(p.filename).rsplit("/", 1)[-1][:15])
+    return names
 
 
 def _descends(p: Process, roots: set[int], ctx: PodContext) -> bool:

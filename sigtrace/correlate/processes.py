@@ -161,6 +161,11 @@ def assign_roles(procs: dict[int, Process], parents: dict[int, int], rows: list[
     for r in rows:
         if r["kind"] != S.SIGNAL_GENERATE or r.get("sig") == "SIGCHLD":
             continue
+        code = r.get("code")
+        if isinstance(code, (int, float)) and code == code and code > 0:
+            # sent by the kernel in the current task's context (SI_KERNEL: a dying nginx worker's
+            # channel socket raises SIGIO at the master that owns it): nobody directs anyone
+            continue
         pid, tpid = r.get("pid"), r.get("target_pid")
         # a process signalling itself (fpm children re-raise TERM) is not directing anyone
         if pid is not None and tpid is not None and pid != tpid:

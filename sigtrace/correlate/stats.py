@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .pod import PodContext
+from .pod import STOP_PRE_S, PodContext
 
 CONN_STATS = ("client_connections", "client_open_at_trigger", "client_resets", "client_cut_at_exit",
               "refused_attempts", "upstream_connections", "upstream_resets", "upstream_cut_at_exit",
@@ -15,7 +15,9 @@ CONN_STATS = ("client_connections", "client_open_at_trigger", "client_resets", "
 
 
 def conn_stats(conns: pd.DataFrame, refused: pd.DataFrame, t0: dict[str, float | None]) -> dict[str, dict[str, int]]:
-    """pod uid -> its connection counts (CONN_STATS); conns and refused: every pod's, with a pod column."""
+    """pod uid -> its connection counts (CONN_STATS); conns and refused: every pod's, with a pod column.
+    Of a pod that stopped, resets, cuts and refusals count only from its stop on: earlier ones
+    (keep-alive expiry, php-fpm recycling its children) are no stop's doing (correlate.outside)."""
     cols: dict[str, np.ndarray] = {}
     if len(conns):
         server = (conns["side"] == "server").to_numpy(dtype=bool)
@@ -27,17 +29,20 @@ def conn_stats(conns: pd.DataFrame, refused: pd.DataFrame, t0: dict[str, float |
         pod_t0 = conns["pod"].map(t0).astype(float).to_numpy()
         est, end = conns["est_ts"].to_numpy(dtype=float), conns["end_ts"].to_numpy(dtype=float)
         open_at = ~np.isnan(est) & (est <= pod_t0) & (np.isnan(end) | (end > pod_t0))
+        in_stop = np.isnan(pod_t0) | ~(end < pod_t0 - STOP_PRE_S)
         cols = {"client_connections": serving, "client_open_at_trigger": serving & open_at,
-                "client_resets": serving & (kind == "rst") & (conns["reset_by"] == "pod").to_numpy(dtype=bool),
-                "client_cut_at_exit": serving & cut, "upstream_connections": upstream,
-                "upstream_resets": upstream & (kind == "rst"), "upstream_cut_at_exit": upstream & cut}
+                "client_resets": serving & (kind == "rst") & (conns["reset_by"] == "pod").to_numpy(dtype=bool) & in_stop,
+                "client_cut_at_exit": serving & cut & in_stop, "upstream_connections": upstream,
+                "upstream_resets": upstream & (kind == "rst") & in_stop, "upstream_cut_at_exit": upstream & cut & in_stop}
     out: dict[str, dict[str, int]] = {}
     if cols:
         for u, r in zip(*_sum_by(pd.DataFrame(cols), conns["pod"])):
             out[u] = {k: int(v) for k, v in r.items()}
     if len(refused):
         cls = refused["port_class"].to_numpy(dtype=object)
-        ref = pd.DataFrame({"refused_attempts": cls == "serving", "upstream_refused": cls == "upstream"})
+        pod_t0 = refused["pod"].map(t0).astype(float).to_numpy()
+        in_stop = np.isnan(pod_t0) | ~(refused["ts"].to_numpy(dtype=float) < pod_t0 - STOP_PRE_S)
+        ref = pd.DataFrame({"refused_attempts": (cls == "serving") & in_stop, "upstream_refused": (cls == "upstream") & in_stop})
         for u, r in zip(*_sum_by(ref, refused["pod"])):
             out.setdefault(u, {}).update({k: int(v) for k, v in r.items()})
     return out

@@ -6,13 +6,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .pod import NOT_STOP, PodContext
+from .pod import NOT_STOP, STOP_PRE_S, PodContext
 from .processes import PRESTOP
 from .rows import to_rows
 
 MAX_PER_TYPE = 20          # connection entries per type; the rest become one summary line
 HANDLER_TEXT = {"handler": "handled", "default": "default action", "ignore": "SIG_IGN"}
-PRE_WINDOW_S = 1.0         # show this much before the trigger (the preStop exec, pod deletion)
+PRE_WINDOW_S = STOP_PRE_S  # show this much before the trigger (the preStop exec, pod deletion)
 
 
 def _entry(ctx: PodContext, ts: float, type_: str, text: str, row: int | None, container: str | None = None,
@@ -82,7 +82,7 @@ def exec_rows(events: pd.DataFrame) -> dict[int, int]:
 
 CONN_LINE_TYPES = ("conn_reset", "conn_cut", "conn_close")
 _LINE_COLUMNS = ("pod", "end_ts", "closer_pid", "at_exit", "closed_by", "port_class", "close_row", "first_row",
-                 "daddr", "dport", "port")
+                 "daddr", "dport", "port", "rst_after_close", "rst_ts", "fin_row")
 
 
 def conn_lines(conns: pd.DataFrame, refused: pd.DataFrame, starts: dict[str, float]) -> dict[str, list[dict[str, Any]]]:
@@ -159,6 +159,15 @@ def _conn_entry(ctx: PodContext, type_: str, r: dict[str, Any]) -> dict[str, Any
     row = r["close_row"]
     closer = ctx.procs.get(int(cp)) if cp is not None else None
     container = _cname(ctx, closer.container_id) if closer else None
+    if r.get("rst_after_close") and r.get("rst_ts") is not None:
+        # closed first (FIN), reset when the peer sent on it: the line is the close, the reset named
+        after = float(r["rst_ts"]) - float(r["end_ts"])
+        fin = r.get("fin_row")
+        return _entry(ctx, float(r["end_ts"]), type_, f"idle {cls} "
+                      f"{r['daddr']}:{r['dport']} → :{r['port']} closed (FIN){who}; the peer's next request on it "
+                      f"was reset (RST) {after:.3f} s later", int(fin) if fin is not None else int(r["first_row"]),
+                      container, port=int(r["port"]), port_class=r["port_class"], closed_by=r["closed_by"],
+                      reset_t=ctx.rel(float(r["rst_ts"])))
     return _entry(ctx, float(r["end_ts"]), type_, f"{cls} {r['daddr']}:{r['dport']} → :{r['port']} {what}{who}",
                   int(row) if row is not None else int(r["first_row"]), container,
                   port=int(r["port"]), port_class=r["port_class"], closed_by=r["closed_by"])

@@ -67,6 +67,23 @@ def _lifecycle_event(ts: float, event: str, pod_uid: str, name: str | None, name
                      container_name=container_name, detail=json.dumps(detail, sort_keys=True))
 
 
+def controller_of(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The owner that manages the pod (ownerReferences[].controller; else the first owner):
+    {"kind": "ReplicaSet", "name": ...}. What stopped the pod: a rollout or scale-down of it."""
+    refs = [r for r in meta.get("ownerReferences") or [] if isinstance(r, dict)]
+    ref = next((r for r in refs if r.get("controller")), refs[0] if refs else None)
+    return {"kind": ref.get("kind"), "name": ref.get("name")} if ref else None
+
+
+def disruption_of(status: dict[str, Any]) -> dict[str, Any] | None:
+    """The DisruptionTarget condition (Kubernetes >= 1.26) when true: why the pod is going away
+    (EvictionByEvictionAPI, PreemptionByScheduler, DeletionByTaintManager, TerminationByKubelet...)."""
+    for c in status.get("conditions") or []:
+        if isinstance(c, dict) and c.get("type") == "DisruptionTarget" and str(c.get("status")) == "True":
+            return {"reason": c.get("reason"), "message": c.get("message"), "since": c.get("lastTransitionTime")}
+    return None
+
+
 def pod_facts(pod: dict[str, Any]) -> dict[str, Any]:
     """The pod_seen detail: what the report needs to name containers and judge the stop."""
     spec = pod.get("spec") or {}
@@ -109,6 +126,8 @@ def pod_facts(pod: dict[str, Any]) -> dict[str, Any]:
         "phase": status.get("phase"),
         "pod_ip": status.get("podIP"),
         "labels": (pod.get("metadata") or {}).get("labels") or {},
+        "owner": controller_of(pod.get("metadata") or {}),
+        "disruption": disruption_of(status),
     }
 
 
@@ -140,7 +159,8 @@ class PodTracker:
         st = self.pods.setdefault(uid, _PodState())
         out: list[dict] = []
         # labels, phase and IP change without changing what the report needs: not a new pod_seen
-        key = json.dumps({k: facts[k] for k in ("containers", "grace_period_s", "prestop", "stop_signal")},
+        # the DisruptionTarget condition says why the pod goes away (it may come before the deletion)
+        key = json.dumps({k: facts[k] for k in ("containers", "grace_period_s", "prestop", "stop_signal", "disruption")},
                          sort_keys=True)
         if key != st.facts_key and not st.removed:
             st.facts_key = key
@@ -157,6 +177,8 @@ class PodTracker:
                 "deletion_ts": dts,
                 "grace_period_s": grace,
                 "observed_ts": now,
+                "owner": facts["owner"],
+                "disruption": facts["disruption"],
             }))
         if gone and not st.removed:
             st.removed = True

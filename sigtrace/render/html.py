@@ -7,6 +7,7 @@ from html import escape
 from typing import Any
 
 from ..correlate.model import UNDECIDABLE, PodReport, ReportSet
+from .safe import visible
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d2330;background:#fafbfc}
@@ -104,6 +105,8 @@ def svg_timeline(pod: PodReport) -> str:
         s = x["start_t"] if x["start_t"] is not None and x["start_t"] != float("-inf") else t_min
         e = x["end_t"] if x["end_t"] is not None else t_max
         col = "#e07b00" if (x["close_kind"] == "fin" and x["at_exit"] and x["closed_by"] == "pod") else colors.get(x["close_kind"], "#8a93a3")
+        if x.get("rst_after_close"):
+            col = colors["fin"]     # closed in order; the reset that followed is the verdict's mark
         out.append(f'<line x1="{_x(s, t_min, t_max):.1f}" y1="{y}" x2="{_x(e, t_min, t_max):.1f}" y2="{y}" stroke="{col}" '
                    f'stroke-width="7" opacity="0.35"/>')
     # markers
@@ -151,12 +154,55 @@ def svg_timeline(pod: PodReport) -> str:
             out.append(f'<circle cx="{x:.1f}" cy="{y_of["refused"]}" r="3.5" fill="none" stroke="#d1383d" stroke-width="1.5">{tip}</circle>')
         elif typ == "lifecycle":
             out.append(f'<line x1="{x:.1f}" y1="{TOP - 10}" x2="{x:.1f}" y2="{h - 24}" stroke="#2f9e57" stroke-dasharray="1 3">{tip}</line>')
+    marked = _verdict_marks(pod, y_of, t_min, t_max, out)
     out.append("</svg>")
     legend = ('<div class="legend"><span>▼ signal (red TERM/INT, green QUIT, black KILL)</span><span>✕ exit (black: killed)</span>'
               '<span>■ preStop exec</span><span style="color:#d1383d">● reset</span><span style="color:#e07b00">● cut at exit</span>'
               '<span style="color:#d1383d">○ refused</span><span style="color:#1f4fb3">┆ listener closed</span>'
-              '<span style="color:#2f9e57">┆ lifecycle</span></div>')
+              '<span style="color:#2f9e57">┆ lifecycle</span>'
+              + (f'<span style="color:{MARK_COLOR}">⊢⊣ a verdict\'s evidence</span>'
+                 f'<span style="color:#d1383d">╌✕ closed idle, then reset</span>' if marked else "")
+              + '</div>')
     return "".join(out) + legend
+
+
+MARK_COLOR = "#9a3412"
+
+
+def _verdict_marks(pod: PodReport, y_of: dict[str, float], t_min: float, t_max: float, out: list[str]) -> bool:
+    """Draw what the verdicts point at (Verdict.marks): a bracket over a lane for a span of time
+    (the grace period a preStop ate, worker_shutdown_timeout), and for a connection closed idle and
+    reset on the next request a dashed line from its close to an ✕ at the reset. True if any."""
+    drawn = False
+    seen: set[tuple] = set()
+    for v in pod.verdicts:
+        for mk in v.marks:
+            y = y_of.get(str(mk.get("lane")))
+            t0, t1 = mk.get("t0"), mk.get("t1")
+            if y is None or t0 is None or t1 is None:
+                continue
+            key = (mk.get("kind"), mk.get("lane"), round(t0, 2), round(t1, 2))
+            if key in seen:         # two containers' kills at one moment on the runtime's lane: one bracket
+                continue
+            seen.add(key)
+            x0, x1 = _x(t0, t_min, t_max), _x(t1, t_min, t_max)
+            label = str(mk.get("label", ""))
+            tip = f"<title>{escape(f'{v.id}: {label} ({t0:+.3f} s .. {t1:+.3f} s)')}</title>"
+            if mk.get("kind") == "race":
+                out.append(f'<g>{tip}<line x1="{x0:.1f}" y1="{y}" x2="{x1:.1f}" y2="{y}" stroke="#d1383d" stroke-width="1.5" '
+                           f'stroke-dasharray="3 2"/><line x1="{x1 - 4:.1f}" y1="{y - 4}" x2="{x1 + 4:.1f}" y2="{y + 4}" '
+                           f'stroke="#d1383d" stroke-width="2"/><line x1="{x1 - 4:.1f}" y1="{y + 4}" x2="{x1 + 4:.1f}" '
+                           f'y2="{y - 4}" stroke="#d1383d" stroke-width="2"/></g>')
+            else:
+                yb = y - LANE_H / 2 + 3
+                out.append(f'<g stroke="{MARK_COLOR}" stroke-width="1.5">{tip}<line x1="{x0:.1f}" y1="{yb}" x2="{x1:.1f}" '
+                           f'y2="{yb}"/><line x1="{x0:.1f}" y1="{yb}" x2="{x0:.1f}" y2="{yb + 6}"/>'
+                           f'<line x1="{x1:.1f}" y1="{yb}" x2="{x1:.1f}" y2="{yb + 6}"/></g>')
+                anchor = "end" if x1 > LABEL_W + PLOT_W * 0.8 else "start"
+                out.append(f'<text x="{(x1 - 3 if anchor == "end" else x0 + 3):.1f}" y="{yb + 9}" font-size="9.5" '
+                           f'fill="{MARK_COLOR}" text-anchor="{anchor}">{escape(label[:70])}</text>')
+            drawn = True
+    return drawn
 
 
 def _target_lane(e: dict, y_of: dict[str, float]) -> float | None:
@@ -177,6 +223,11 @@ def _tick_label(t: float) -> str:
 
 def _pod_html(pod: PodReport) -> str:
     parts = [f"<h2>pod {escape(pod.title)} <span class='meta'>uid {escape(pod.pod_uid)}</span></h2>"]
+    if pod.trigger:
+        t = pod.trigger
+        when = f" (deletion at {t['t']:+.3f} s)" if t.get("t") is not None else ""
+        # API names are tenants' text: control characters shown as escapes, as in the text report
+        parts.append(f"<p><b>stopped by: {escape(visible(t.get('kind')))}</b> {escape(visible(str(t.get('text', '')) + when))}</p>")
     s = pod.stats
     parts.append("<p class='meta'>" + escape(
         f"clients: {s['client_connections']} connections, {s['client_resets']} reset by the pod, "
@@ -212,5 +263,14 @@ def render_html(rs: ReportSet) -> str:
     if notes:
         body.append("<p class='note'>incomplete data: " + escape("; ".join(notes)) + "</p>")
     body += [_pod_html(p) for p in rs.pods]
+    if rs.outside_stop:
+        body.append("<h2>resets outside a stop <span class='meta'>(pods that were not stopping: no stop caused "
+                    "these)</span></h2>")
+        for e in rs.outside_stop:
+            name = f"{e['namespace']}/{e['pod_name']}" if e.get("pod_name") and e.get("namespace") else (e.get("pod_name") or e["pod_uid"])
+            causes = "".join(f"<p class='ev'>{escape(c)}</p>" for c in e.get("causes", []))
+            body.append(f"<div class='verdict undecidable'><h3>pod {escape(name)}</h3>{e['client_resets']} client reset(s), "
+                        f"{e['upstream_resets']} FastCGI reset(s)"
+                        f"{' before its stop' if e.get('stopped') else ' (the pod did not stop)'}{causes}</div>")
     return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>sigtrace report</title>"
             f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>\n")

@@ -38,6 +38,8 @@ def render_pod(console: Console, pod: PodReport, brief: bool = False) -> None:
             how = p1.get("exit_signal") or f"code {p1.get('exit_code')}"
             line.append(f", exited {fmt_t(c['exit_t'])} s ({how})")
         console.print(line)
+    if pod.trigger:
+        console.print(render_trigger(pod.trigger))
     if not pod.stopped:
         console.print("  no stop observed for this pod in the recording", style="dim")
         return
@@ -73,9 +75,32 @@ def render_pod(console: Console, pod: PodReport, brief: bool = False) -> None:
                             title_align="left", border_style="yellow" if undec else "red"))
 
 
+def render_trigger(trigger: dict) -> Text:
+    """What stopped the pod (correlate.trigger): names come from the API, so through visible()."""
+    line = safe_text(f"  stopped by: {trigger.get('kind')}", style="bold")
+    when = f" (deletion at {fmt_t(trigger['t'])} s)" if trigger.get("t") is not None else ""
+    line.append(visible(f"  {trigger.get('text', '')}{when}"))
+    return line
+
+
+def render_outside_stop(entries: list[dict], console: Console) -> None:
+    """The node-level summary of resets on pods that were not stopping (correlate.outside)."""
+    console.rule(Text("resets outside a stop (no stop caused these)", style="bold"))
+    for e in entries:
+        name = f"{e['namespace']}/{e['pod_name']}" if e.get("pod_name") and e.get("namespace") else (e.get("pod_name") or e["pod_uid"])
+        head = safe_text(f"  pod {name}", style="bold")
+        head.append(visible(f": {e['client_resets']} client reset(s), {e['upstream_resets']} FastCGI reset(s)"
+                            + (" before its stop" if e.get("stopped") else " (the pod did not stop)")))
+        console.print(head)
+        for cause in e.get("causes", []):
+            console.print(safe_text(f"    {cause}"), style="dim")
+
+
 def render_text(rs: ReportSet, console: Console, brief: bool = False) -> None:
     for pod in rs.pods:
         render_pod(console, pod, brief=brief)
+    if rs.outside_stop:
+        render_outside_stop(rs.outside_stop, console)
     notes = list(rs.incomplete)
     if rs.lost_events and not any("lost" in n for n in notes):
         notes.append(f"{rs.lost_events} events were lost by the recorder")

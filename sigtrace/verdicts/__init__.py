@@ -7,7 +7,8 @@ from . import fpm, nginx, signals, traffic  # noqa: F401  (register the rules)
 from .base import RULES, Finding, Rule, Undecidable, trim
 
 CATALOG_ORDER = ("endpoint-race", "prestop-quit-superseded", "nginx-fast-shutdown", "phpfpm-abrupt-stop",
-                 "upstream-exited-first", "pid1-signal-ignored", "signal-not-forwarded", "killed-after-grace")
+                 "upstream-exited-first", "pid1-signal-ignored", "signal-not-forwarded", "killed-after-grace",
+                 "keepalive-close-race", "nginx-shutdown-timeout", "prestop-exceeds-grace")
 
 
 def catalog() -> list[Rule]:
@@ -31,7 +32,7 @@ def evaluate(ctx: PodContext) -> list[Verdict]:
         if isinstance(f, Finding):
             if (r.id, f.about) in superseded or (r.id, None) in superseded:
                 continue
-            out.append(Verdict(r.id, f.summary, r.fix, trim(f.evidence), CONFIRMED))
+            out.append(Verdict(r.id, f.summary, r.fix, trim(f.evidence), CONFIRMED, marks=f.marks))
         else:
             if any(sid == r.id for sid, _ in superseded):
                 continue

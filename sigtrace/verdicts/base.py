@@ -7,10 +7,11 @@ a rule confirms from what it sees even when some capability is missing.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..correlate.pod import PodContext
+from ..events import schema as S
 
 MAX_EVIDENCE = 8
 
@@ -20,6 +21,11 @@ class Finding:
     summary: str
     evidence: list[dict[str, Any]]
     about: Any = None          # what it is about (e.g. the nginx master's pid), for supersession
+    # what the HTML picture draws for this verdict (model.Verdict.marks): {"kind": "span", "t0", "t1",
+    # "lane", "label"} a bracket on a lane, {"kind": "race", "t0", "t1", "lane", "label"} a close
+    # followed by a reset on one connection; lanes as the picture names them ("pid:<pid>",
+    # "port:<port>", "runtime"). Times relative to the pod's t0.
+    marks: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -63,3 +69,15 @@ def trim(evidence: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def fmt_t(t: float | None) -> str:
     return "?" if t is None else f"{t:+.3f} s"
+
+
+def serving_ports(ctx: PodContext) -> list[int]:
+    """The pod's serving (not FastCGI) listening ports: from TCP states, and under strace from the
+    listeners its processes closed (a close() of a socket without a peer)."""
+    ports = {p for p, li in ctx.listeners.items() if not li.upstream}
+    sc = ctx.socket_calls
+    if len(sc) and "dport" in sc and "sport" in sc:
+        upstream = {p for p, li in ctx.listeners.items() if li.upstream}
+        lis = sc[(sc["kind"] == S.SOCK_CLOSE) & sc["dport"].isna() & sc["sport"].notna()]
+        ports |= {int(p) for p in lis["sport"].unique()} - upstream
+    return sorted(ports)
