@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from sigtrace.errors import UsageProblem
+
 from conftest import missing_or_skip, require_kernel
 from sigtrace.events import schema as S
 from sigtrace.events.reader import read_recording
@@ -247,7 +249,10 @@ def test_planted_names_in_a_shared_output_directory_are_not_followed(tmp_path):
     os.symlink(victim, shared / ".sigtrace-write-test")    # the probe name older versions used
     os.symlink(victim, shared / "meta.json.tmp")
     os.symlink(victim, shared / "meta.json")
-    prepare_output_dir(shared)
+    # a directory holding files sigtrace did not make is refused as an output at all...
+    with pytest.raises(UsageProblem, match="holds no sigtrace recording"):
+        prepare_output_dir(shared)
+    # ...and meta.json is still never written through a planted link
     write_meta(shared, {"node": "n"})
     assert victim.read_text() == "precious\n"
     assert not (shared / "meta.json").is_symlink() and json.loads((shared / "meta.json").read_text()) == {"node": "n"}

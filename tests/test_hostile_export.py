@@ -100,3 +100,27 @@ def test_plot_path_is_checked_before_reading(rec, tmp_path):
 def test_pid_lists(tmp_path):
     p = run("record", "--pid", "1,x", "-o", str(tmp_path / "r"), text=True)
     assert p.returncode == 2 and "'x' is not a process id" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_record_output_dir_that_is_not_ours_is_refused(tmp_path):
+    """record writes as root: a link, another user's directory, a stranger's files, or an existing
+    recording (without --append) are refused with one line before anything is loaded."""
+    cases = []
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path)
+    cases.append((link, "symbolic link"))
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    os.chown(foreign, 65534, 65534)
+    cases.append((foreign, "belongs to uid 65534"))
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("mine")
+    cases.append((stranger, "holds no sigtrace recording"))
+    rec = tmp_path / "rec"
+    shutil.copytree(DATA / "article", rec)
+    cases.append((rec, "pass --append"))
+    for out, why in cases:
+        p = run("record", "--output", str(out), "--duration", "1", "--no-live", text=True)
+        assert p.returncode != 0 and why in p.stderr and len(p.stderr.strip().splitlines()) == 1, (out, p.stderr)
+    assert (stranger / "notes.txt").read_text() == "mine" and sorted(os.listdir(foreign)) == []

@@ -101,7 +101,7 @@ def agent(output: str, node: str | None, kubeconfig: str | None, context: str | 
     if not node and not no_api:
         raise UsageProblem("no node name: set NODE_NAME (the DaemonSet does, from spec.nodeName) or pass --node")
     check_max_disk(max_disk)
-    root = prepare_output_dir(output)
+    root = prepare_output_dir(output, root=True)
     # the caps cover every run under the root: a restart starts a new run within the same budget
     disk = {"max_disk": max_disk, "max_age_s": max_age, "disk_root": root}
     out = root / f"{node or os.uname().nodename}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"

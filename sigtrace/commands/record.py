@@ -121,6 +121,7 @@ def _console() -> Any:
               help="bpf (eBPF tracepoints, needs root) or strace (ptrace, where eBPF is not allowed).")
 @click.option("--tcp-detail", type=click.Choice(["stopping", "always"]), default="stopping", show_default=True,
               help="bpf: stream TCP closes of pods that are stopping, or of every pod all the time (costly).")
+@click.option("--append", is_flag=True, help="Add to the recording already in --output (default: refuse it).")
 @click.option("--dry-run", is_flag=True, help="Compile and attach the probes, then exit.")
 @click.option("--no-live", is_flag=True, help="No live view (a status line every few seconds instead).")
 @click.option("--max-disk", type=SIZE, default="none", show_default=True,
@@ -133,7 +134,7 @@ def _console() -> Any:
               help="Start a new segment after this long.")
 def record(output: str, duration: float | None, all_processes: bool, pids: tuple[int, ...],
            comms: tuple[str, ...], pods: tuple[str, ...], node_root: str | None, backend: str, tcp_detail: str,
-           dry_run: bool, no_live: bool, max_disk: int | None, max_age: float | None, segment_size: int | None,
+           append: bool, dry_run: bool, no_live: bool, max_disk: int | None, max_age: float | None, segment_size: int | None,
            segment_age: float | None) -> int:
     """Record signals, exits and TCP closes/resets of pods (or --all / --pid / --comm processes).
 
@@ -149,7 +150,7 @@ def record(output: str, duration: float | None, all_processes: bool, pids: tuple
     if segment_size < MIN_SEGMENT_BYTES:
         raise UsageProblem(f"--segment-size {segment_size}: give at least 64Ki (a file per batch helps nobody)")
     pids = tuple(pid for group in pids for pid in group)
-    out = prepare_output_dir(output)          # before loading anything: fail fast on a bad dir
+    out = prepare_output_dir(output, append=append)   # before loading anything: fail fast on a bad dir
     for pid in pids:
         if pid <= 0:
             raise UsageProblem(f"--pid {pid}: not a process id")

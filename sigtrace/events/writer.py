@@ -29,6 +29,7 @@ import errno
 import os
 import secrets
 import socket
+import stat
 import sys
 import threading
 import time
@@ -37,7 +38,7 @@ from typing import Any, Callable
 
 import orjson
 
-from ..errors import OutputError
+from ..errors import OutputError, UsageProblem
 from . import schema
 from .segments import (FIRST_SEGMENT, META_FILE, SEGMENT_AGE_S, SEGMENT_BYTES, DiskBudget, OutputDir,
                        list_segments, segment_name)
@@ -61,11 +62,52 @@ WRITE_FAILED = "write_failed"
 _DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
-def prepare_output_dir(path: str | os.PathLike) -> Path:
-    """Create DIR if needed and prove it is writable before any probe is loaded."""
-    out = Path(path)
+# What sigtrace itself leaves in a recording directory besides the event segments
+SIGTRACE_FILES = frozenset({META_FILE, "record.log", "lab.json", "reports", "status.json"})
+
+
+def check_output_dir(out: Path, *, append: bool, root: bool) -> None:
+    """Refuse a directory someone else could have planted (a link, another user's) and one that holds
+    something else: a recording is added to only on request, a stranger's files never.
+    root: an agent's output root, which holds run directories rather than a recording."""
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        st = os.lstat(out)
+    except (FileNotFoundError, NotADirectoryError):
+        return                           # to be made: mkdir says what is wrong with the path
+    except OSError as exc:
+        raise OutputError(f"cannot use output dir {out}: {exc.strerror}; choose another --output") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise OutputError(f"{out} is a symbolic link: give the real directory (sigtrace never writes through links)")
+    if not stat.S_ISDIR(st.st_mode):
+        raise OutputError(f"{out} exists and is not a directory; choose a new --output")
+    if st.st_uid != os.geteuid():
+        raise OutputError(f"{out} belongs to uid {st.st_uid}, not to this user: files planted there would be "
+                          f"written through; choose a directory of your own")
+    if root:
+        return
+    try:
+        names = set(os.listdir(out))
+    except OSError as exc:
+        raise OutputError(f"cannot list output dir {out}: {exc.strerror}; choose another --output") from None
+    from .segments import segment_seq
+    has_events = any(segment_seq(n) is not None for n in names)
+    if has_events and not append:
+        raise UsageProblem(f"{out} already holds a recording; pass --append to add to it, or choose a new --output")
+    foreign = sorted(n for n in names if n not in SIGTRACE_FILES and segment_seq(n) is None
+                     and not n.startswith(".sigtrace-"))
+    if foreign and not has_events:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise UsageProblem(f"{out} is not empty and holds no sigtrace recording ({shown}); choose an empty or "
+                           f"new --output")
+
+
+def prepare_output_dir(path: str | os.PathLike, *, append: bool = True, root: bool = False) -> Path:
+    """Create DIR (mode 0750) if needed, refuse one that is not ours (check_output_dir), and prove it
+    is writable before any probe is loaded."""
+    out = Path(path)
+    check_output_dir(out, append=append, root=root)
+    try:
+        out.mkdir(mode=0o750, parents=True, exist_ok=True)
         # a fresh name, O_EXCL and O_NOFOLLOW: a file or symlink planted in a shared directory
         # under a known name is never opened (let alone truncated) through
         probe = f".sigtrace-write-test-{os.getpid()}-{secrets.token_hex(4)}"

@@ -139,7 +139,7 @@ def run_and_show(runs: list[tuple[str, Scenario]], out_root: Path, *, backend: s
     results = []
     summaries = []
     for title, s in runs:
-        out_dir = prepare_output_dir(out_root / s.name if len(runs) > 1 else out_root)
+        out_dir = prepare_output_dir(out_root / s.name if len(runs) > 1 else out_root, append=True)
         if (out_dir / "events.jsonl").exists():
             raise LabError(f"{out_dir} already holds a recording: choose a new --output")
         recorder = None if backend == "none" else SubprocessRecorder(backend)
