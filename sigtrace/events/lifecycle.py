@@ -50,8 +50,11 @@ endpoints_terminating, endpoints_removed) < 0 means the listener closed before t
 pod_deleted ts -> that endpoint update is the propagation delay seen by this node.
 """
 POD_SEEN = "pod_seen"                        # pod_name, namespace; detail: {"containers": {id: name},
-                                             #   "grace_period_s", "prestop": {name: cmd}, "stop_signal": {name: SIG}}
-POD_DELETED = "pod_deleted"                  # ts = deletionTimestamp - grace; detail: {"grace_period_s"}
+                                             #   "grace_period_s", "prestop": {name: cmd}, "stop_signal": {name: SIG},
+                                             #   "owner": {"kind", "name"} (ownerReferences' controller),
+                                             #   "disruption": DisruptionTarget condition's reason, when set}
+POD_DELETED = "pod_deleted"                  # ts = deletionTimestamp - grace; detail: {"grace_period_s",
+                                             #   "owner", "disruption"} (the report's trigger)
 ENDPOINTS_NOT_READY = "endpoints_not_ready"  # an EndpointSlice marked the pod's endpoint ready=false
 ENDPOINTS_TERMINATING = "endpoints_terminating"
 ENDPOINTS_REMOVED = "endpoints_removed"
