@@ -36,6 +36,7 @@ import click
 from .errors import DataError, SigtraceError, UsageProblem
 from .events.segments import segment_seq
 from .k8s.manifests import OVERLAYS
+from .render import FORMATS
 
 AGENT_LABEL = "app.kubernetes.io/name=sigtrace-agent"
 AGENT_OUTPUT = "/var/lib/sigtrace"
@@ -486,7 +487,7 @@ def collect_cmd(c: Ctx, output: str, pods: tuple[str, ...], pods_namespace: str,
 
 @plugin.command(name="report")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "html"]), default="text", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True)
 def report_cmd(directory: str, fmt: str) -> None:
     """Shutdown reports for every recording under DIRECTORY (as written by collect)."""
     recs = recordings_under(Path(directory))
@@ -520,15 +521,12 @@ def api_data_notes(rec: Path) -> list[str]:
 
 
 def run_report(rec: Path, fmt: str) -> None:
-    try:
-        from .commands.report import report   # the `sigtrace report` command (issue 3)
-    except ImportError:
-        from .correlate import build_reports
-        from .events.reader import read_recording
-        r = read_recording(rec)
-        click.echo(json.dumps(build_reports(r.events, r.meta, r.incomplete).to_dict(), indent=2, default=str))
-        return
-    report.main(args=[str(rec), "--format", fmt], prog_name="kubectl sigtrace report", standalone_mode=False)
+    """One recording's reports to stdout, as `sigtrace report` prints them (the same library calls)."""
+    from .events.reader import read_recording
+    from .render import write_report
+    from .report import build_reports
+    r = read_recording(rec)
+    write_report(build_reports(r.events, r.meta, r.incomplete, lanes=fmt == "html"), fmt, sys.stdout)
 
 
 def main(argv: list[str] | None = None) -> None:

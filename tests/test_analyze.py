@@ -10,7 +10,7 @@ import pytest
 from sigtrace.analyze import analyze_files, node_frames, read_exports
 from sigtrace.analyze.fleet import fleet_from_reports
 from sigtrace.cli import main
-from sigtrace.correlate import build_reports
+from sigtrace.report import build_reports
 from sigtrace.events.reader import read_recording
 from sigtrace.export import export_recordings
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench import capacity, overhead, report, stats, synth
-from sigtrace.correlate import build_reports
+from sigtrace.report import build_reports
 from sigtrace.events.reader import read_recording
 from sigtrace.events.schema import FIELD_NAMES, KINDS
 

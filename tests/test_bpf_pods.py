@@ -197,8 +197,8 @@ def test_meta_and_injected_events(recording):
 
 
 def test_live_reports_are_written_while_recording(recording):
-    """sigtrace.correlate.live.LiveReporter gets every event: a stopped pod's report appears."""
-    pytest.importorskip("sigtrace.correlate.live")
+    """sigtrace.record.live_reports.LiveReporter gets every event: a stopped pod's report appears."""
+    pytest.importorskip("sigtrace.record.live_reports")
     reports = recording["out"] / "reports"
     for pod in ("a", "c"):
         path = reports / f"{recording['facts'][pod]['uid']}.json"

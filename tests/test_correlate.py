@@ -188,7 +188,7 @@ def test_stop_stats_leave_out_resets_before_the_stop():
             dict(ts=11.0, kind="signal_generate", pid=7, comm="runc", sig="SIGQUIT", target_pid=10,
                  target_comm="nginx", target_pod_uid=POD, target_container_id="aa11aa11aa11", target_nspid=1,
                  result="delivered")]
-    from sigtrace.correlate import build_reports
+    from sigtrace.report import build_reports
     rs = build_reports(events_frame(rows), {"capabilities": sorted(ALL)})
     (pod,) = rs.pods
     assert pod.stopped and pod.stats["client_resets"] == 1

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from sigtrace.correlate import build_reports
+from sigtrace.report import build_reports
 from sigtrace.events.reader import read_recording
 from sigtrace.render.json import render_json
 from sigtrace.render.text import render_text

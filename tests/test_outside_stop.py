@@ -87,7 +87,7 @@ def steady(tmp_path_factory):
     finally:
         stop.set()
         recorder.join(30)
-    from sigtrace.correlate import build_reports
+    from sigtrace.report import build_reports
     from sigtrace.events.reader import read_recording
     rec = read_recording(out)
     return facts, build_reports(rec.events, rec.meta, rec.incomplete)

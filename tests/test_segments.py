@@ -388,7 +388,7 @@ CASES = sorted(p.parent.name for p in DATA.glob("*/events.jsonl"))
 
 @pytest.mark.parametrize("case", CASES)
 def test_segmented_and_multi_run_recordings_report_like_the_single_file(tmp_path, case):
-    from sigtrace.correlate import build_reports
+    from sigtrace.report import build_reports
     from sigtrace.render.json import render_json
 
     def report(d: Path, fast: bool) -> str:

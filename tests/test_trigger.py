@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from sigtrace.correlate import build_reports
+from sigtrace.report import build_reports
 from sigtrace.events import capabilities as C
 from sigtrace.events.reader import events_frame
 from sigtrace.k8s.translate import PodTracker, parse_time, pod_facts

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sigtrace.correlate import build_reports
+from sigtrace.report import build_reports
 from sigtrace.events.reader import events_frame, read_recording
 
 DATA = Path(__file__).parent / "data"

@@ -1,6 +1,6 @@
 """sigtrace analyze: exports (many nodes) -> the report of every pod -> fleet aggregates.
 
-The verdicts come from sigtrace.correlate.build_reports, the same code `sigtrace report`
+The verdicts come from sigtrace.report.build_reports, the same code `sigtrace report`
 runs: the export is split per node, each node's events are put back into the exact shape
 read_recording gives, and build_reports decides. This package only reads and aggregates.
 """
@@ -73,7 +73,7 @@ def template_hashes(events: pd.DataFrame) -> dict[str, str]:
 
 
 def _build_reports() -> Callable[..., Any]:
-    from ..correlate import build_reports   # the one correlation + verdict implementation
+    from ..report import build_reports   # the one correlation + verdict implementation
     return partial(build_reports, lanes=False)     # no HTML picture here
 
 

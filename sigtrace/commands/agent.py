@@ -94,7 +94,6 @@ def agent(output: str, node: str | None, kubeconfig: str | None, context: str | 
     from ..events.writer import prepare_output_dir
     from ..k8s.health import AgentHealth
     from ..k8s.stream import WatcherBackend
-    from ..record import RecordSession
     from .record import make_backend
 
     logging.basicConfig(level=logging.INFO, format="sigtrace agent: %(message)s", stream=sys.stderr)

@@ -1,7 +1,6 @@
 """sigtrace report: one shutdown report per pod from a recording."""
 from __future__ import annotations
 
-import io
 import sys
 from pathlib import Path
 
@@ -33,7 +32,7 @@ def report(directory: Path, fmt: str, pods: tuple[str, ...], output: Path | None
       sigtrace report /tmp/rec --format html -o shutdown.html
       sigtrace report /var/lib/sigtrace                     # an agent's root: every run of this node
     """
-    from ..correlate import build_reports
+    from ..report import build_reports
     from ..events.reader import read_recording
 
     rec = read_recording(directory)
@@ -47,22 +46,12 @@ def report(directory: Path, fmt: str, pods: tuple[str, ...], output: Path | None
                 raise UsageProblem(f"pod {uid} is not in {directory}; pods there: {known}")
             chosen.append(p)
         rs.pods = chosen
-    if fmt == "json":
-        from ..render.json import render_json
-        _emit(render_json(rs), output)
-    elif fmt == "html":
-        from ..render.html import render_html
-        _emit(render_html(rs), output)
+    if output is not None and str(output) != "-":
+        from ..render import render
+        _emit(render(rs, fmt), output)
     else:
-        from rich.console import Console
-
-        from ..render.text import render_text
-        if output:
-            buf = io.StringIO()
-            render_text(rs, Console(file=buf, width=140, force_terminal=False))
-            _emit(buf.getvalue(), output)
-        else:
-            render_text(rs, Console(soft_wrap=False))
+        from ..render import write_report
+        write_report(rs, fmt, sys.stdout)
     return 0
 
 

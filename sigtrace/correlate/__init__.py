@@ -1,24 +1,4 @@
-"""Per-pod correlation of recorded events: timeline, process roles, connections, stats, verdicts.
-
-    from sigtrace.correlate import build_reports
-    reports = build_reports(recording.events, recording.meta, recording.incomplete)
-    reports.to_dict()   # the JSON of `sigtrace report --format json`
-"""
-from __future__ import annotations
-
-from importlib import import_module
-from typing import Any
-
-__all__ = ["build_reports", "capabilities_of", "PodReport", "ReportSet", "Verdict"]
-
-# Lazy (PEP 562): `sigtrace record` imports sigtrace.correlate.live at start, which imports this
-# package; importing .build here would load pandas into every recorder (~120 MB RSS, ~0.6 s of
-# startup; docs/benchmarks.md) although live reports only need it once a pod has stopped.
-_WHERE = {"build_reports": ".build", "capabilities_of": ".build",
-          "PodReport": ".model", "ReportSet": ".model", "Verdict": ".model"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(import_module(_WHERE[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+"""Facts per pod from a recording's events: processes and their roles, signals, connections,
+listeners, lifecycle, what cut the recording (PodContext, sigtrace.correlate.build.build_contexts).
+Knows nothing of verdicts or rendering: sigtrace.verdicts asks these facts questions, and
+sigtrace.report assembles facts and verdicts into reports."""

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import DataError
-from .reader import Recording, Source, lost_note, plan_recording, unfinished_note
+from .source import Recording, Source, lost_note, plan_recording, unfinished_note
 from .schema import DTYPES, FIELD_NAMES, KINDS
 from .validate import frame_is_valid
 
@@ -61,7 +61,7 @@ def read_clean_recording(directory: str | Path) -> Recording | None:
 
 
 def read_clean_source(src: Source) -> Recording | None:
-    """read_clean_recording for a planned recording (sigtrace.events.reader.plan_recording)."""
+    """read_clean_recording for a planned recording (sigtrace.events.source.plan_recording)."""
     try:
         import pyarrow as pa
         import pyarrow.json as pajson

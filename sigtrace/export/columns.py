@@ -5,7 +5,7 @@ three cannot drift apart.
 """
 from __future__ import annotations
 
-from ..events.schema import DTYPES, FIELD_NAMES, SCHEMA_VERSION
+from ..events.schema import DTYPES, FIELD_NAMES
 
 NODE = "node"
 SCHEMA_VERSION_COLUMN = "schema_version"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..events.lifecycle import POD_SEEN
-from ..events.reader import Recording
+from ..events.source import Recording
 from ..events.schema import POD_LIFECYCLE, SCHEMA_VERSION
 from .columns import COLUMNS, EXPORT_DTYPES, NODE, SCHEMA_VERSION_COLUMN
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..backends import Backend
-from ..correlate.live import LiveReporter
+from .live_reports import LiveReporter
 from ..events.segments import SEGMENT_AGE_S, SEGMENT_BYTES, DiskBudget, OutputDir
 from ..events.writer import EventWriter, base_meta, prepare_output_dir
 from .live import LiveView, Rates

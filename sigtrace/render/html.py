@@ -6,7 +6,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from ..correlate.model import UNDECIDABLE, PodReport, ReportSet
+from ..report.model import UNDECIDABLE, PodReport, ReportSet
 from .safe import visible
 
 CSS = """

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from ..correlate.model import ReportSet
+from ..report.model import ReportSet
 
 _OPTIONS = orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 

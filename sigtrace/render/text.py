@@ -6,7 +6,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from ..correlate.model import UNDECIDABLE, PodReport, ReportSet
+from ..report.model import UNDECIDABLE, PodReport, ReportSet
 from .safe import safe_text, visible
 
 TYPE_STYLE = {
@@ -106,3 +106,11 @@ def render_text(rs: ReportSet, console: Console, brief: bool = False) -> None:
         notes.append(f"{rs.lost_events} events were lost by the recorder")
     if notes:
         console.print(safe_text("incomplete data: " + "; ".join(notes), style="bold yellow"))
+
+
+def text_document(rs: ReportSet) -> str:
+    """The text report as one string (a file, a pipe): no colour, 140 columns."""
+    import io
+    buf = io.StringIO()
+    render_text(rs, Console(file=buf, width=140, force_terminal=False))
+    return buf.getvalue()

@@ -1,7 +1,7 @@
 """The verdict catalog (../shared/FIELD-GUIDE.md): one small rule per cause, evaluated per pod."""
 from __future__ import annotations
 
-from ..correlate.model import CONFIRMED, UNDECIDABLE, Verdict
+from .model import CONFIRMED, UNDECIDABLE, Verdict
 from ..correlate.pod import PodContext
 from . import fpm, nginx, signals, traffic  # noqa: F401  (register the rules)
 from .base import RULES, Finding, Rule, Undecidable, trim

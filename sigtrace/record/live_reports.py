@@ -1,5 +1,8 @@
 """Live reports while `sigtrace record` runs: a pod's report as soon as all its containers exited.
 
+Part of the recorder (sigtrace.record): it decides when a pod's report is due, builds it with the
+report stage (sigtrace.report) and writes and prints it with the renderers (sigtrace.render).
+
 The recorder calls feed() for every event it writes, so feed() only files the event under its pod;
 the report itself (pandas) is built once per pod, after its last container's PID 1 exited and the
 sockets closed by those exits had time to show up (SETTLE_S).
@@ -208,7 +211,7 @@ class LiveReporter:
         if not meta.get("capabilities"):
             # the stream so far shows what this recorder records (not just this pod's events)
             import pandas as pd
-            from .build import capabilities_of
+            from ..correlate.build import capabilities_of
             caps, _ = capabilities_of({}, pd.DataFrame({"kind": sorted(k for k in self._kinds if k)}))
             meta = dict(meta, capabilities=sorted(caps))
         return meta
@@ -226,7 +229,7 @@ class LiveReporter:
 
     def _report(self, uid: str) -> None:
         from ..events.reader import events_frame
-        from .build import build_reports
+        from ..report.build import build_reports
         pod = self._finish(uid)
         if pod is None:
             return

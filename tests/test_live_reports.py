@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from sigtrace.correlate.live import LiveReporter
+from sigtrace.record.live_reports import LiveReporter
 
 DATA = Path(__file__).parent / "data"
 POD = "7d2c4e8a-0000-4c5d-9e6f-00000000000a"
@@ -73,7 +73,7 @@ def test_tcp_events_kept_per_pod_are_bounded_and_the_cut_is_said(tmp_path):
 def test_a_running_pod_under_exec_probes_holds_a_bounded_state_and_its_report_stands(tmp_path):
     """Weeks of exec probes (an exec and an exit every second) before the stop: the pod's held
     events stay bounded, the long-lived processes' execs are kept, the verdict is unchanged."""
-    from sigtrace.correlate import live
+    from sigtrace.record import live_reports as live
     meta = json.loads((DATA / "article" / "meta.json").read_text())
     lr = LiveReporter(tmp_path, None, meta=meta, settle_s=0.5)
     lines = [json.loads(x) for x in (DATA / "article" / "events.jsonl").read_text().splitlines()]
