@@ -66,18 +66,27 @@ _DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 SIGTRACE_FILES = frozenset({META_FILE, "record.log", "lab.json", "reports", "status.json"})
 
 
+def existing_output(path: str | os.PathLike, error: type[Exception]) -> os.stat_result | None:
+    """lstat of a path sigtrace is about to write: None when nothing is there yet; a symbolic link
+    (planted, or meant for its target) raises error: sigtrace never writes through links."""
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise OutputError(f"cannot use {path}: {exc.strerror}; choose another output") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise error(f"{path} is a symbolic link: give the real path (sigtrace never writes through links)")
+    return st
+
+
 def check_output_dir(out: Path, *, append: bool, root: bool) -> None:
     """Refuse a directory someone else could have planted (a link, another user's) and one that holds
     something else: a recording is added to only on request, a stranger's files never.
     root: an agent's output root, which holds run directories rather than a recording."""
-    try:
-        st = os.lstat(out)
-    except (FileNotFoundError, NotADirectoryError):
+    st = existing_output(out, OutputError)
+    if st is None:
         return                           # to be made: mkdir says what is wrong with the path
-    except OSError as exc:
-        raise OutputError(f"cannot use output dir {out}: {exc.strerror}; choose another --output") from None
-    if stat.S_ISLNK(st.st_mode):
-        raise OutputError(f"{out} is a symbolic link: give the real directory (sigtrace never writes through links)")
     if not stat.S_ISDIR(st.st_mode):
         raise OutputError(f"{out} exists and is not a directory; choose a new --output")
     if st.st_uid != os.geteuid():

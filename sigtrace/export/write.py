@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import OutputError, UsageProblem
+from ..events.writer import existing_output
 from . import cells
 from .columns import sidecar_path
 
@@ -76,15 +77,8 @@ def check_output_path(path: str) -> None:
     nothing we do, but the user meant its target), a FIFO, a device, a directory. One line."""
     if path == STDOUT:
         return
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise OutputError(f"cannot use {path}: {exc.strerror}") from None
-    if stat.S_ISLNK(st.st_mode):
-        raise UsageProblem(f"{path} is a symbolic link: give the real path (sigtrace never writes through links)")
-    if not stat.S_ISREG(st.st_mode):
+    st = existing_output(path, UsageProblem)
+    if st is not None and not stat.S_ISREG(st.st_mode):
         raise UsageProblem(f"{path} exists and is not a regular file: give a file path, or - for stdout")
 
 
