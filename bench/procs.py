@@ -150,7 +150,9 @@ def start_record(out_dir: Path, args: list[str], mode: str, timeout: float = 60.
     """`sigtrace record` in the background; ready when meta.json exists (the recorder writes it
     right after the probes are attached and the output is open)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    log = open(out_dir / "recorder.log", "wb")
+    # beside the output, not in it: record refuses a directory holding files it did not make
+    log_path = out_dir.with_name(out_dir.name + ".log")
+    log = open(log_path, "wb")
     t0 = time.monotonic()
     proc = subprocess.Popen(SIGTRACE + ["record", "--output", str(out_dir), "--no-live", *args],
                             stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
@@ -159,7 +161,7 @@ def start_record(out_dir: Path, args: list[str], mode: str, timeout: float = 60.
     if _ready(tr, meta.exists, timeout):
         return tr
     stop_process(proc)
-    raise RuntimeError(f"recorder {mode} did not become ready: {_tail(out_dir / 'recorder.log')}")
+    raise RuntimeError(f"recorder {mode} did not become ready: {_tail(log_path)}")
 
 
 def finish_record(tr: Tracer) -> dict[str, Any]:

@@ -237,7 +237,10 @@ def measure(seconds: float = 600.0, pods: int = 3, rate: float = 200.0, probe_s:
 
 def summarize(r: dict[str, Any]) -> dict[str, Any]:
     samples = [s for s in r["samples"] if s.get("rss_kb")]
-    warm = [s for s in samples if s["t"] >= 30] or samples          # after start-up (bcc, first scans)
+    # growth is measured once the agent is whole: after start-up (bcc, first scans) and after its first
+    # live report, which loads pandas once (~80 MB, a step, not growth)
+    settled = 30 + min((s["t"] for s in r["stops"] if "t" in s), default=0)
+    warm = [s for s in samples if s["t"] >= settled] or samples
     dur = (samples[-1]["t"] - samples[0]["t"]) if len(samples) > 1 else None
     judged = [s for s in r["stops"] if "right" in s]
     return {
