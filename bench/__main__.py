@@ -73,7 +73,9 @@ def keep_previous(results: dict, path: Path, parts: list[str]) -> None:
     for part in PARTS:
         if part not in parts and part in previous:
             results[part] = previous[part]
-            results.setdefault("kept_from_previous", {})[part] = previous.get("started")
+            # a part the previous run had kept itself comes from an earlier run still
+            since = (previous.get("kept_from_previous") or {}).get(part, previous.get("started"))
+            results.setdefault("kept_from_previous", {})[part] = since
 
 
 def main() -> int:

@@ -248,7 +248,19 @@ def exec_read(api: Any, namespace: str, pod: str, command: list[str], max_bytes:
     return out.getvalue()
 
 
-def exec_stream(api: Any, namespace: str, pod: str, command: list[str], sink: Any, max_bytes: int) -> int:
+def _exit_code(status: dict) -> int | None:
+    """The command's exit code from a pods/exec status (details.causes ExitCode), when it says."""
+    for cause in ((status.get("details") or {}).get("causes") or []):
+        if isinstance(cause, dict) and cause.get("reason") == "ExitCode":
+            try:
+                return int(cause.get("message"))
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
+def exec_stream(api: Any, namespace: str, pod: str, command: list[str], sink: Any, max_bytes: int,
+                ok_codes: tuple[int, ...] = ()) -> int:
     """Run `command` in the agent container over pods/exec, writing its stdout to sink as it arrives;
     never more than max_bytes (the remote end is not trusted to stop). Returns the bytes written."""
     from kubernetes import client
@@ -280,7 +292,7 @@ def exec_stream(api: Any, namespace: str, pod: str, command: list[str], sink: An
         ws.close()
     if status:
         st = json.loads(status)
-        if st.get("status") != "Success":
+        if st.get("status") != "Success" and _exit_code(st) not in ok_codes:
             stderr = err.getvalue()[:200].decode(errors="replace").strip()
             raise SigtraceError(f"{command[0]} in {namespace}/{pod} failed: "
                                 f"{'; '.join(filter(None, [st.get('message'), stderr]))!r}")
@@ -371,24 +383,36 @@ def collect(api: Any, namespace: str, output: Path, pods: tuple[str, ...] = (), 
         where = f"on nodes {', '.join(sorted(wanted))}" if wanted else f"in namespace {namespace}"
         raise UsageProblem(f"no sigtrace agent pods {where}: run `kubectl sigtrace deploy` / check `status`")
     got: dict[str, list[str]] = {}
+    failed: list[str] = []
     output.mkdir(parents=True, exist_ok=True)
     for p in agents:
         node = (p.get("spec") or {}).get("nodeName") or p["metadata"]["name"]
-        # the archive goes to disk as it arrives (never whole in memory), capped, then is extracted
-        with tempfile.NamedTemporaryFile(dir=output, prefix=".collect-", suffix=".tar") as tmp:
-            try:
-                exec_stream(api, namespace, p["metadata"]["name"], TAR_COMMAND, tmp, max_bytes)
-            except SigtraceError:
-                raise
-            except Exception as exc:  # noqa: BLE001
-                raise _api_error(exc, f"collecting from {namespace}/{p['metadata']['name']} (pods/exec)") from None
-            tmp.flush()
-            try:
-                got[node] = safe_extract(tmp.name, output / node, max_bytes)
-            except tarfile.TarError as exc:
-                raise SigtraceError(f"the archive from {namespace}/{p['metadata']['name']} is unreadable ({exc}); "
-                                    f"collect again") from None
+        try:
+            got[node] = _collect_one(api, namespace, p["metadata"]["name"], output, node, max_bytes)
+        except SigtraceError as exc:
+            failed.append(f"{node}: {exc}")       # the other nodes are still collected
+    if failed:
+        raise SigtraceError(f"{len(failed)} of {len(agents)} nodes not collected ({'; '.join(failed)}); "
+                            f"the others are in {output}")
     return got
+
+
+def _collect_one(api: Any, namespace: str, pod: str, output: Path, node: str, max_bytes: int) -> list[str]:
+    # the archive goes to disk as it arrives (never whole in memory), capped, then is extracted
+    with tempfile.NamedTemporaryFile(dir=output, prefix=".collect-", suffix=".tar") as tmp:
+        try:
+            # tar exits 1 when a file changed or vanished while read: a running agent's current
+            # segment grows, its status and reports are replaced, its disk cap removes segments
+            exec_stream(api, namespace, pod, TAR_COMMAND, tmp, max_bytes, ok_codes=(1,))
+        except SigtraceError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise _api_error(exc, f"collecting from {namespace}/{pod} (pods/exec)") from None
+        tmp.flush()
+        try:
+            return safe_extract(tmp.name, output / node, max_bytes)
+        except tarfile.TarError as exc:
+            raise SigtraceError(f"the archive from {namespace}/{pod} is unreadable ({exc}); collect again") from None
 
 
 def recordings_under(root: Path) -> list[Path]:
@@ -493,30 +517,37 @@ def report_cmd(directory: str, fmt: str) -> None:
     recs = recordings_under(Path(directory))
     if not recs:
         raise UsageProblem(f"{directory}: no recordings (no events.jsonl below it); run `kubectl sigtrace collect` first")
+    from .render.safe import visible
     unusable = []
     for rec in recs:
-        click.echo(f"== {rec}", err=True)
-        for line in api_data_notes(rec):
-            click.echo(f"note: {line}", err=True)
+        click.echo(f"== {visible(str(rec))}", err=True)
         try:
+            for line in api_data_notes(rec):
+                click.echo(f"note: {line}", err=True)
             run_report(rec, fmt)
         except (SigtraceError, click.ClickException) as exc:
             # one bad recording (a node whose disk filled, a truncated copy) must not hide the others
             unusable.append(f"{rec} ({exc.format_message() if isinstance(exc, click.ClickException) else exc})")
-            click.echo(f"sigtrace: {rec}: unusable, skipped", err=True)
+            click.echo(f"sigtrace: {visible(str(rec))}: unusable, skipped", err=True)
     if unusable:
         raise DataError(f"{len(unusable)} of {len(recs)} recordings unusable: " + "; ".join(unusable))
 
 
 def api_data_notes(rec: Path) -> list[str]:
-    """What the agent's meta.json says is missing from the API side."""
+    """What the agent's meta.json says is missing from the API side (a collected file: checked and
+    shown with visible escapes)."""
+    from .events.validate import clean_meta
+    from .render.safe import visible
     try:
-        k8s = json.loads((rec / "meta.json").read_text()).get("kubernetes") or {}
+        meta, _ = clean_meta(json.loads((rec / "meta.json").read_bytes()))
     except (OSError, ValueError):
         return ["no readable meta.json: Kubernetes API data may be missing"]
-    notes = [f"API data incomplete: {line}" for line in (k8s.get("problems") or {}).values()]
-    if k8s.get("pods_without_container_ids"):
-        notes.append("no container names from the API for: " + ", ".join(k8s["pods_without_container_ids"]))
+    k8s = meta.get("kubernetes") if isinstance(meta.get("kubernetes"), dict) else {}
+    problems = k8s.get("problems") if isinstance(k8s.get("problems"), dict) else {}
+    notes = [f"API data incomplete: {visible(line)}" for line in problems.values()]
+    missing = k8s.get("pods_without_container_ids")
+    if isinstance(missing, list) and missing:
+        notes.append("no container names from the API for: " + ", ".join(visible(x) for x in missing))
     return notes
 
 

@@ -309,3 +309,39 @@ def test_report_reports_every_usable_recording_and_names_the_unusable(tmp_path):
     assert '"prestop-quit-superseded"' in r.stdout                 # the usable one was reported
     assert "1 of 2 recordings unusable" in r.stderr and "node-b-20261129T091000Z" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_collect_accepts_tar_exit_1_and_goes_on_past_a_failing_node(fake_api, kubeconfig, tmp_path):
+    """A running agent's files change while tar reads them (tar exits 1); one node failing does not
+    stop the others."""
+    install_agents(fake_api)
+    nodes_root = tmp_path / "nodes"
+    make_node_output(nodes_root, "node-a")
+
+    def exec_tar(ns, pod, command):
+        if pod == "sigtrace-agent-bbbbb":
+            return b"", b"tar: /var/lib/sigtrace: Cannot open: Permission denied\n", 2
+        real = [*command[:4], str(nodes_root / "node-a"), *command[5:]]
+        p = subprocess.run(real, capture_output=True)
+        return p.stdout, b"tar: ./events.jsonl: file changed as we read it\n", 1
+    fake_api.exec_handler = exec_tar
+    out = tmp_path / "collected"
+    r = run_plugin("--kubeconfig", kubeconfig, "collect", "--output", str(out))
+    assert r.returncode != 0 and "1 of 2 nodes not collected" in r.stderr and "node-b" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert (out / "node-a" / "node-a-20261129T091000Z" / "events.jsonl").exists()
+
+
+def test_report_of_a_collected_meta_that_lies(tmp_path):
+    import shutil
+    rec = tmp_path / "rollout" / "n1" / "n1-20261129T091000Z"
+    shutil.copytree(Path(__file__).parent / "data" / "article", rec)
+    meta = json.loads((rec / "meta.json").read_text())
+    meta["kubernetes"] = {"problems": {"pods": "\x1b]0;pwned\x07\x1b[2J"}, "pods_without_container_ids": [1, "x"]}
+    (rec / "meta.json").write_text(json.dumps(meta))
+    r = run_plugin("report", str(tmp_path / "rollout"), "--format", "json")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert "\x1b" not in r.stderr and "\\x1b]0;pwned" in r.stderr
+    (rec / "meta.json").write_text("[1]")
+    r = run_plugin("report", str(tmp_path / "rollout"), "--format", "json")
+    assert "Traceback" not in r.stderr and '"prestop-quit-superseded"' in r.stdout

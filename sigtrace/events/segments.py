@@ -100,7 +100,7 @@ class PlantedPath(OSError):
 def open_dir(path: Path, *, create: bool, own_last: bool = False) -> int:
     """Open the absolute, symlink-free `path` one component at a time without following symlinks.
 
-    Missing components are created (0o755) when `create`, and then accepted only as real
+    Missing components are created (0o750) when `create`, and then accepted only as real
     directories owned by us: if someone else raced us to the name (a shared /tmp), we refuse it
     instead of writing into their directory. own_last: the last component must be ours even if it
     exists (re-opening our own directory after it was removed)."""
@@ -116,7 +116,7 @@ def open_dir(path: Path, *, create: bool, own_last: bool = False) -> int:
                     raise
                 missing = True
                 try:
-                    os.mkdir(name, 0o755, dir_fd=fd)
+                    os.mkdir(name, 0o750, dir_fd=fd)
                 except FileExistsError:
                     pass
                 try:
@@ -181,7 +181,7 @@ class OutputDir:
         flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
         if not append:
             flags |= os.O_CREAT | os.O_EXCL
-        fd = os.open(name, flags, 0o644, dir_fd=self.fd)
+        fd = os.open(name, flags, 0o640, dir_fd=self.fd)
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise PlantedPath(errno.EINVAL, f"{name} is not a regular file", str(self.path / name))
@@ -203,10 +203,10 @@ def write_json_at(dir_fd: int, name: str, obj: Any) -> None:
     tmp = f"{name}.tmp"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        fd = os.open(tmp, flags, 0o644, dir_fd=dir_fd)
+        fd = os.open(tmp, flags, 0o640, dir_fd=dir_fd)
     except FileExistsError:       # left by a killed writer (or planted): unlink never follows a link
         os.unlink(tmp, dir_fd=dir_fd)
-        fd = os.open(tmp, flags, 0o644, dir_fd=dir_fd)
+        fd = os.open(tmp, flags, 0o640, dir_fd=dir_fd)
     try:
         view = memoryview(data)
         while view:

@@ -158,7 +158,8 @@ META_FIELDS: dict[str, Any] = {
     "lost_events": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
     "capabilities": lambda v: isinstance(v, list) and all(c in C.ALL for c in v),
     "lost_by_probe": lambda v: isinstance(v, dict) and all(isinstance(n, int) and n >= 0 for n in v.values()),
-    "pod_endpoints": lambda v: isinstance(v, dict) and all(isinstance(x, list) for x in v.values()),
+    "pod_endpoints": lambda v: isinstance(v, dict) and all(isinstance(x, list) and all(isinstance(e, str) for e in x)
+                                                            for x in v.values()),
     "dies_with": lambda v: v is None or (isinstance(v, dict) and isinstance(v.get("pid"), int)),
 }
 

@@ -493,13 +493,13 @@ class EventWriter:
     def write_meta(self, meta: dict[str, Any]) -> bool:
         """Write meta.json atomically next to the segments; a failure is reported once (with the
         events' own) and leaves the previous meta.json in place. Returns whether it was written."""
-        try:
-            self._dir.write_json(META_FILE, meta)
-            return True
-        except OSError as exc:
-            with self._lock:
+        with self._lock:         # the timer thread may reopen (close) the directory fd meanwhile
+            try:
+                self._dir.write_json(META_FILE, meta)
+                return True
+            except OSError as exc:
                 self._announce_locked(_cause(exc), exc, META_FILE)
-            return False
+                return False
 
     def close(self) -> None:
         self._stop.set()

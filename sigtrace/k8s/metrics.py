@@ -111,7 +111,26 @@ class AgentCollector:
 
 
 class _Server(ThreadingMixIn, WSGIServer):
+    """One thread per scrape, at most MAX_CONNECTIONS at once: any pod can reach the pod IP, and a
+    root agent must not grow a thread per idle connection someone opens."""
     daemon_threads = True
+    MAX_CONNECTIONS = 8
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(self.MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)          # busy: refuse, a scraper retries next interval
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class _Server6(_Server):
@@ -119,6 +138,7 @@ class _Server6(_Server):
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = 10        # an idle or slow client holds its slot 10 s at most
     def log_message(self, format: str, *args: Any) -> None:   # noqa: A002 - the base class's name
         pass            # one line per scrape would drown the agent's log
 

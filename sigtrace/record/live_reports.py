@@ -33,9 +33,11 @@ REPORTS_DIR = "reports"
 _UID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 SETTLE_S = 0.5      # sockets are closed in do_exit after sched_process_exit: wait for their events
 # A stopping pod under load streams TCP events by the ten thousand per second: keep its latest ones.
-# ~300 bytes each as encoded lines: 100k per pod, 300k in all ~ 90 MB at most.
-MAX_TCP_EVENTS_PER_POD = 100_000
-MAX_TCP_EVENTS_TOTAL = 300_000
+# ~300 bytes each as encoded lines: 40k per pod, 120k in all ~ 36 MB held; building the report of a
+# pod at the cap peaks ~160 MB (a 100k-event report peaked at 389 MB, docs/benchmarks.md), which
+# keeps the agent under its 512Mi limit at the moment a report matters.
+MAX_TCP_EVENTS_PER_POD = 40_000
+MAX_TCP_EVENTS_TOTAL = 120_000
 # Process and signal events of a pod that has not stopped: the latest ones (exec probes make two a
 # second per container), besides the exec of every process still alive.
 MAX_RECENT_EVENTS_PER_POD = 5_000
