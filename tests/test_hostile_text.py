@@ -79,3 +79,12 @@ def test_live_table_escapes_pod_names():
     buf = io.StringIO()
     Console(file=buf, width=120, force_terminal=False).print(render_table(1.0, 1, rates, {}, "/tmp/x"))
     assert "\x1b" not in buf.getvalue() and "\\x1b[2J[red]x[/red]" in buf.getvalue()
+
+
+def test_html_report_shows_escapes_too(tmp_path):
+    out = tmp_path / "r.html"
+    p = run("report", str(hostile_recording(tmp_path)), "--format", "html", "-o", str(out))
+    assert p.returncode == 0, p.stderr
+    page = out.read_text()
+    assert "\x1b" not in page and "\x07" not in page and "\u202e" not in page
+    assert "\\x1b[2J\\u202enginx" in page

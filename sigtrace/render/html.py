@@ -3,11 +3,17 @@ a timeline picture (lanes for the runtime, each container's processes, and conne
 verdicts, and the timeline table."""
 from __future__ import annotations
 
-from html import escape
+from html import escape as _html_escape
 from typing import Any
 
 from ..report.model import UNDECIDABLE, PodReport, ReportSet
 from .safe import visible
+
+
+def escape(value: Any) -> str:
+    """Data for the page: HTML-escaped, and control and bidi characters shown as escapes (a tenant's
+    process name must not reorder what the reader sees), as in the text report."""
+    return _html_escape(visible(value))
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d2330;background:#fafbfc}
