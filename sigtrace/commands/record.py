@@ -29,35 +29,24 @@ Stops on --duration, SIGINT or SIGTERM (exit 0); then: sigtrace report /tmp/rec
 """
 
 
-class SizeType(click.ParamType):
-    """1GiB, 512Mi, 2G (Kubernetes' convention), bytes, or none: int | None."""
-    name = "SIZE"
+class AmountType(click.ParamType):
+    """A size or a duration through its parser in sigtrace.events.segments, or none (None)."""
 
-    def convert(self, value: Any, param: Any, ctx: Any) -> int | None:
-        if value is None or isinstance(value, int):
+    def __init__(self, name: str, parser: str, kind: type) -> None:
+        self.name, self._parser, self._kind = name, parser, kind
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if value is None or isinstance(value, self._kind):
             return value
-        from ..events.segments import parse_size
+        from ..events import segments
         try:
-            return parse_size(str(value))
+            return getattr(segments, self._parser)(str(value))
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
 
 
-class DurationType(click.ParamType):
-    """7d, 12h, 30m, 90s, seconds, or none: float | None."""
-    name = "DURATION"
-
-    def convert(self, value: Any, param: Any, ctx: Any) -> float | None:
-        if value is None or isinstance(value, float):
-            return value
-        from ..events.segments import parse_duration
-        try:
-            return parse_duration(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-SIZE, DURATION = SizeType(), DurationType()
+# 1GiB, 512Mi, 2G (Kubernetes' convention), bytes; 7d, 12h, 30m, 90s, seconds; or none
+SIZE, DURATION = AmountType("SIZE", "parse_size", int), AmountType("DURATION", "parse_duration", float)
 MIN_MAX_DISK = 1 << 20
 MIN_SEGMENT_BYTES = 64 << 10
 

@@ -21,7 +21,7 @@ import pandas as pd
 
 from ..errors import DataError
 from .source import Recording, Source, lost_note, plan_recording, unfinished_note
-from .schema import DTYPES, FIELD_NAMES, KINDS
+from .schema import DTYPES, FIELD_NAMES
 from .validate import frame_is_valid
 
 
@@ -117,8 +117,6 @@ def read_clean_source(src: Source) -> Recording | None:
     except (pa.ArrowException, UnicodeDecodeError):
         return None                     # text that is not UTF-8: the tolerant reader skips its lines
     del table
-    if not df["kind"].isin(KINDS).all():
-        return None
     for name, dtype in DTYPES.items():
         if dtype == "category":
             if df[name].cat.categories.empty:

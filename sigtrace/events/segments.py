@@ -679,30 +679,31 @@ _NUMBER = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*")
 UNLIMITED = ("none", "unlimited", "off")
 
 
-def parse_size(text: str) -> int | None:
-    """'1GiB', '512Mi', '64MiB', '2G' (Kubernetes' convention: Gi = 2^30, G = 10^9), a plain number
-    of bytes, or none/unlimited (None). Raises ValueError."""
+def _parse_amount(text: str, units: dict[str, float], what: str, examples: str) -> float | None:
+    """A positive number with one of units, or none/unlimited (None). Raises ValueError."""
     if text.strip().lower() in UNLIMITED:
         return None
     m = _NUMBER.fullmatch(text)
     unit = m.group(2).lower() if m else None
-    if m is None or unit not in _SIZE_UNITS:
-        raise ValueError(f"{text!r} is not a size (e.g. 1GiB, 512MiB, 2G, or none)")
-    value = int(float(m.group(1)) * _SIZE_UNITS[unit])
+    if m is None or unit not in units:
+        raise ValueError(f"{text!r} is not a {what} (e.g. {examples}, or none)")
+    value = float(m.group(1)) * units[unit]
     if value <= 0:
         raise ValueError(f"{text!r}: must be more than 0 (or none for no limit)")
     return value
+
+
+def parse_size(text: str) -> int | None:
+    """'1GiB', '512Mi', '64MiB', '2G' (Kubernetes' convention: Gi = 2^30, G = 10^9), a plain number
+    of bytes, or none/unlimited (None). Raises ValueError."""
+    value = _parse_amount(text, _SIZE_UNITS, "size", "1GiB, 512MiB, 2G")
+    if value is None:
+        return None
+    if int(value) <= 0:
+        raise ValueError(f"{text!r}: must be more than 0 (or none for no limit)")
+    return int(value)
 
 
 def parse_duration(text: str) -> float | None:
     """'7d', '12h', '30m', '90s', '2w', a plain number of seconds, or none/unlimited (None)."""
-    if text.strip().lower() in UNLIMITED:
-        return None
-    m = _NUMBER.fullmatch(text)
-    unit = m.group(2).lower() if m else None
-    if m is None or unit not in _DURATION_UNITS:
-        raise ValueError(f"{text!r} is not a duration (e.g. 7d, 12h, 30m, or none)")
-    value = float(m.group(1)) * _DURATION_UNITS[unit]
-    if value <= 0:
-        raise ValueError(f"{text!r}: must be more than 0 (or none for no limit)")
-    return value
+    return _parse_amount(text, _DURATION_UNITS, "duration", "7d, 12h, 30m")

@@ -31,6 +31,7 @@ import secrets
 import socket
 import stat
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -78,6 +79,24 @@ def existing_output(path: str | os.PathLike, error: type[Exception]) -> os.stat_
     if stat.S_ISLNK(st.st_mode):
         raise error(f"{path} is a symbolic link: give the real path (sigtrace never writes through links)")
     return st
+
+
+FILE_MODE = 0o640
+
+
+def atomic_file(out: Path, write: Callable[[Path], Any]) -> None:
+    """write(tmp_path) into a new private file beside out (mkstemp: O_EXCL, so nothing planted is
+    followed), mode 0640, then rename it over out: a reader sees the old or the new file, never half,
+    and a planted link at out is replaced, not written through."""
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def check_output_dir(out: Path, *, append: bool, root: bool) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import OutputError, UsageProblem
-from ..events.writer import existing_output
+from ..events.writer import atomic_file, existing_output
 from . import cells
 from .columns import sidecar_path
 
@@ -69,7 +69,6 @@ def _write_parquet(df: pd.DataFrame, tmp: Path, meta: dict) -> None:
 
 
 STDOUT = "-"
-FILE_MODE = 0o640
 
 
 def check_output_path(path: str) -> None:
@@ -80,20 +79,6 @@ def check_output_path(path: str) -> None:
     st = existing_output(path, UsageProblem)
     if st is not None and not stat.S_ISREG(st.st_mode):
         raise UsageProblem(f"{path} exists and is not a regular file: give a file path, or - for stdout")
-
-
-def atomic_file(out: Path, write) -> None:
-    """write(tmp_path) into a new private file beside out (O_EXCL: nothing planted is followed),
-    then rename it over out."""
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_export(df: pd.DataFrame, meta: dict, path: str | os.PathLike, fmt: str, raw: bool = False) -> None:

@@ -15,7 +15,6 @@ import logging
 import os
 import stat
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
@@ -23,6 +22,7 @@ from typing import Any, BinaryIO, Callable
 import orjson
 
 from .. import __version__
+from ..events.writer import atomic_file
 
 log = logging.getLogger("sigtrace.k8s")
 
@@ -58,24 +58,6 @@ def disk_used(root: Path) -> int:
                 if stat.S_ISDIR(st.st_mode):
                     stack.append(entry.path)
     return total
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` by a new file holding data: a reader sees the old or the new file, never half.
-    The temporary file is created with O_EXCL under a random name (mkstemp), and rename replaces a
-    planted symlink instead of writing through it."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), 0o640)
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def report_line(report: dict[str, Any], node: str | None, path: Path | None = None,
@@ -248,7 +230,8 @@ class AgentHealth:
 
     def write_status(self) -> None:
         try:
-            write_atomic(self.root / STATUS_FILE, orjson.dumps(self.snapshot, option=orjson.OPT_INDENT_2) + b"\n")
+            data = orjson.dumps(self.snapshot, option=orjson.OPT_INDENT_2) + b"\n"
+            atomic_file(self.root / STATUS_FILE, lambda tmp: tmp.write_bytes(data))
             if self._status_problem:
                 log.warning("%s written again", STATUS_FILE)
                 self._status_problem = None

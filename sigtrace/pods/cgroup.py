@@ -36,6 +36,15 @@ def parse_cgroup_path(path: str) -> PodRef:
     return NO_POD
 
 
+def pod_of_pid(pid: int, proc: str = "/proc") -> PodRef:
+    """The pod and container of a live process, from /proc/<pid>/cgroup (NO_POD when it is gone)."""
+    try:
+        with open(f"{proc}/{pid}/cgroup", encoding="utf-8", errors="replace") as fh:
+            return parse_proc_cgroup(fh.read())
+    except OSError:
+        return NO_POD
+
+
 def parse_proc_cgroup(text: str) -> PodRef:
     """Pick the pod out of /proc/PID/cgroup (v2 line '0::/path' or v1 'N:ctrl:/path').
 

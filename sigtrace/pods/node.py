@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from ..errors import UsageProblem
-from .cgroup import parse_proc_cgroup
+from .cgroup import pod_of_pid
 
 PODS_LOG_DIR = "var/log/pods"
 # where `kubectl debug node/` mounts the node's root filesystem
@@ -61,14 +61,6 @@ def resolve_pod(ref: str, node_root: Path) -> str:
     raise UsageProblem(f"--pod {ref}: {len(matches)} pods match ({names}); pass NAMESPACE/NAME or the UID")
 
 
-def pod_uid_of(pid: int, proc: str = "/proc") -> str | None:
-    try:
-        with open(f"{proc}/{pid}/cgroup", encoding="utf-8", errors="replace") as fh:
-            return parse_proc_cgroup(fh.read()).pod_uid
-    except OSError:
-        return None
-
-
 def pod_pids(uids: set[str], proc: str = "/proc", skip: set[int] = frozenset()) -> dict[str, list[int]]:
     """uid -> the pids of its processes (thread group leaders) now running, from /proc/*/cgroup."""
     out: dict[str, list[int]] = {uid: [] for uid in uids}
@@ -79,7 +71,7 @@ def pod_pids(uids: set[str], proc: str = "/proc", skip: set[int] = frozenset()) 
     for entry in entries:
         if not entry.isdigit() or int(entry) in skip:
             continue
-        uid = pod_uid_of(int(entry), proc)
+        uid = pod_of_pid(int(entry), proc).pod_uid
         if uid in out:
             out[uid].append(int(entry))
     for pids in out.values():

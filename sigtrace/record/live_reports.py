@@ -16,9 +16,7 @@ followed is capped. Whatever is cut is counted and the report says so.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 import time
 from collections import OrderedDict, deque
 from pathlib import Path
@@ -27,7 +25,7 @@ from typing import Any
 import orjson
 
 from ..events import schema as S
-from ..events.writer import META_FILE
+from ..events.writer import META_FILE, atomic_file
 
 REPORTS_DIR = "reports"
 _UID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -264,15 +262,7 @@ class LiveReporter:
         from ..render.json import render_json
         text = render_json(rs)
         # a private new file renamed into place: nothing planted in reports/ is written through
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{uid}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-            os.chmod(tmp, 0o640)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_file(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
         self.written.append(path)
         if self.console is not None:
             from ..render.text import render_text

@@ -205,7 +205,7 @@ class BpfBackend:
         """Pods streaming TCP detail now (stopping, within the arm window)."""
         if self.loaded is None:
             return []
-        return sorted(u for p in self.maps.armed_pods(self.arm_window_s) if (u := self.registry.pod_uid(p)))
+        return sorted(u for p in self._armed_pods() if (u := self.registry.pod_uid(p)))
 
     def armed_pod_count(self) -> int:
         """Pods armed now (stopping, within the arm window): `sigtrace agent` status and metrics."""

@@ -22,10 +22,11 @@ from typing import Any, Callable
 from ...errors import PermissionProblem, UsageProblem
 from ...events import capabilities as caps
 from ...pods import node
+from ...pods.cgroup import pod_of_pid
 from .. import EventSink
 from . import command
 from .parser import LineParser, parse_message
-from .procs import ProcTable, container_key, expand_targets, own_lineage, pod_ref
+from .procs import ProcTable, container_key, expand_targets, own_lineage
 from .translate import Translator
 
 RESCAN_S = 0.5
@@ -395,7 +396,7 @@ class StraceBackend:
             pid = int(entry)
             if pid in skip or pid in self.attach:
                 continue
-            ref = pod_ref(pid, self.proc)
+            ref = pod_of_pid(pid, self.proc)
             if container_key(pid, self.proc, ref) not in self._keys and ref.pod_uid not in self.pod_uids:
                 continue
             if command.tracer_of(pid, self.proc):

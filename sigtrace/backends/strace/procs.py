@@ -11,7 +11,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from ...pods.cgroup import NO_POD, PodRef, parse_proc_cgroup
+from ...pods.cgroup import NO_POD, PodRef, parse_proc_cgroup, pod_of_pid
 
 _STATUS = re.compile(r"^(Tgid|PPid|NSpid|TracerPid):\s*(.*)$", re.M)
 
@@ -43,16 +43,12 @@ def parse_status(text: str) -> dict[str, list[int]]:
     return out
 
 
-def pod_ref(pid: int, proc: str = "/proc") -> PodRef:
-    return parse_proc_cgroup(_read(f"{proc}/{pid}/cgroup") or "")
-
-
 def container_key(pid: int, proc: str = "/proc", ref: PodRef | None = None) -> tuple | None:
     """What makes processes 'the same container': the kubelet cgroup's container id when there is
     one, else the (mount, PID) namespaces of a process in a container other than ours (a runc
     container without a kubelet cgroup, or the target seen from a `kubectl debug` container).
     None for a process sharing our own namespaces: expanding it would trace the whole host."""
-    ref = ref if ref is not None else pod_ref(pid, proc)
+    ref = ref if ref is not None else pod_of_pid(pid, proc)
     if ref.container_id:
         return ("cgroup", ref.container_id)
     try:
