@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from k8s_fake_api import fake_api  # noqa: F401 (the fixture)
-from sigtrace import kubectl_plugin
-from sigtrace.k8s import manifests
+from sigtrace.errors import SigtraceError
+from sigtrace.k8s import agents, manifests
+from sigtrace.k8s.collect import safe_extract
 
 
 def run_plugin(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -159,7 +160,7 @@ def test_status_reads_each_agents_health_over_exec(fake_api, kubeconfig):
                                                                                          "the API server"}})}
 
     def cat(ns, pod, command):
-        assert command == ["cat", kubectl_plugin.STATUS_PATH]
+        assert command == ["cat", agents.STATUS_PATH]
         return bodies[pod], b"", 0
     fake_api.exec_handler = cat
     r = run_plugin("--kubeconfig", kubeconfig, "status", "--json")
@@ -222,7 +223,7 @@ def test_collect_pulls_each_agents_output_over_exec(fake_api, kubeconfig, tmp_pa
 
     def exec_tar(ns, pod, command):
         # the agent container's view: AGENT_OUTPUT is this node's directory; real tar does the rest
-        assert command[:5] == ["tar", "cf", "-", "-C", kubectl_plugin.AGENT_OUTPUT]
+        assert command[:5] == ["tar", "cf", "-", "-C", agents.AGENT_OUTPUT]
         real = [*command[:4], str(nodes_root / pod_node[pod]), *command[5:]]
         p = subprocess.run(real, capture_output=True)
         return p.stdout, p.stderr, p.returncode
@@ -265,7 +266,7 @@ def test_safe_extract_refuses_paths_outside_and_links(tmp_path):
         link = tarfile.TarInfo("ok/link")
         link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
         tf.addfile(link)
-    got = kubectl_plugin.safe_extract(buf.getvalue(), tmp_path / "dest")
+    got = safe_extract(buf.getvalue(), tmp_path / "dest")
     assert got == ["ok/events.jsonl"]
     assert not (tmp_path / "evil").exists() and not (tmp_path / "dest" / "ok" / "link").exists()
 
@@ -282,8 +283,8 @@ def test_a_sparse_member_that_declares_gigabytes_is_refused_without_allocating(t
     subprocess.run(["tar", "--sparse", "-cf", str(tar), "-C", str(big.parent), "events.jsonl"], check=True)
     assert tar.stat().st_size < 1 << 20
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    with pytest.raises(kubectl_plugin.SigtraceError, match="raise --max-bytes"):
-        kubectl_plugin.safe_extract(tar, tmp_path / "dest")
+    with pytest.raises(SigtraceError, match="raise --max-bytes"):
+        safe_extract(tar, tmp_path / "dest")
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000      # KiB: no 5 GiB buffer
     assert not (tmp_path / "dest" / "events.jsonl").exists()
 

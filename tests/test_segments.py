@@ -445,7 +445,7 @@ def test_runs_with_a_gap_and_of_two_nodes(tmp_path, sigtrace_cli):
 
 
 def test_kubectl_report_finds_runs_whose_first_segment_was_pruned(tmp_path):
-    from sigtrace.kubectl_plugin import recordings_under
+    from sigtrace.events.segments import run_dirs_under as recordings_under   # what kubectl sigtrace report reads
     run = make_run(tmp_path / "node-a", "node-a-1", [100] * 3, 1000.0)
     (run / "events.jsonl").unlink()
     make_run(tmp_path / "node-b", "node-b-1", [100], 1000.0)

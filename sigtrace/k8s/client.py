@@ -42,8 +42,19 @@ def api_client(kubeconfig: str | None = None, context: str | None = None):
     return client.ApiClient(cfg)
 
 
+def api_error(exc: Exception, what: str) -> ClusterProblem:
+    """A user's one-shot API call that failed (the kubectl plugin's): one line, no retry promised."""
+    from kubernetes.client.exceptions import ApiException
+    if isinstance(exc, ApiException) and exc.status == 403:
+        return ClusterProblem(f"{what}: forbidden (403): your user lacks the RBAC for it; see `kubectl sigtrace --help`")
+    if isinstance(exc, ApiException) and exc.status:
+        return ClusterProblem(f"{what}: the API server answered {exc.status} {exc.reason}")
+    return ClusterProblem(f"{what}: cannot reach the API server ({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}); "
+                          f"check --context/--kubeconfig")
+
+
 def explain(exc: BaseException, what: str) -> str:
-    """One line for an API failure: what, why, what to do."""
+    """One line for an API failure of the agent's watcher: what, why, what to do."""
     from kubernetes.client.exceptions import ApiException
 
     if isinstance(exc, ApiException):
