@@ -75,14 +75,22 @@ Examples:
 @click.option("--pod-uid", help="Use this pod uid (default: a new uuid4).")
 @click.option("--exec-probe", type=float, default=None, metavar="SECONDS",
               help="Exec into every container this often, as kubelet exec probes do (e.g. 1).")
-@click.option("--demo", is_flag=True, help="Run the article's case (preStop `nginx -s quit`, TERM), then the fix.")
+@click.option("--demo", is_flag=True, help="Run the article's case (preStop `nginx -s quit`, TERM), then the fix, "
+              "then replay the article's recording and prove the fix.")
+@click.option("--replay", "replay_dir", type=click.Path(path_type=Path, exists=True, file_okay=False),
+              help="Replay a recorded pod's shutdown (learned from the recording DIR alone), then its fix.")
+@click.option("--pod", "replay_pod", metavar="UID|NAME", help="With --replay: the pod (default: the only stopped one).")
 def lab(nginx_conf, fpm_conf, workers, prestop, stop_signal, grace, stop_order, stop_delay,
         process_control_timeout, worker_shutdown_timeout, keepalive_timeout, shell_wrapper, wrapper, request_ms,
-        concurrency, lb_delay, keepalive_idle_ms, layout, backend, output, fmt, pod_uid, exec_probe, demo) -> None:
+        concurrency, lb_delay, keepalive_idle_ms, layout, backend, output, fmt, pod_uid, exec_probe, demo,
+        replay_dir, replay_pod) -> None:
     """Reproduce a pod's shutdown locally: real runc containers (nginx + php-fpm), load through
-    them, a deletion like kubelet + containerd, and the client's view beside the report."""
+    them, a deletion like kubelet + containerd, and the client's view beside the report.
+
+    With --replay DIR: learn how a recorded pod was stopped (stop signals, preStop, grace period,
+    wrapper, stop order, request durations, balancer lag), run it so, check the replay shows the
+    recorded verdicts, apply the fixes they name and run again to prove them."""
     from ..lab.driver import demo_scenarios, run_and_show
-    from ..lab.scenario import Scenario
 
     def interrupted(signum, frame):
         # SIGTERM unwinds like Ctrl-C: containers, cgroups and the netns are removed on the way out
@@ -90,9 +98,15 @@ def lab(nginx_conf, fpm_conf, workers, prestop, stop_signal, grace, stop_order, 
     signal.signal(signal.SIGTERM, interrupted)
 
     out_root = output or Path(f"/tmp/sigtrace-lab-{time.strftime('%Y%m%d-%H%M%S')}")
+    if replay_pod and not replay_dir:
+        raise LabError("--pod selects the pod of --replay DIR: give --replay too")
+    if replay_dir:
+        _replay(replay_dir, replay_pod, out_root, layout, backend, fmt)
+        return
     if demo:
         runs = demo_scenarios(layout=layout)
     else:
+        from ..lab.scenario import Scenario
         s = Scenario(nginx_conf=nginx_conf, fpm_conf=fpm_conf, workers=workers,
                      prestop=_per_container(prestop, "--prestop", "nginx"),
                      stop_signal=_per_container(stop_signal, "--stop-signal", None),
@@ -104,5 +118,27 @@ def lab(nginx_conf, fpm_conf, workers, prestop, stop_signal, grace, stop_order, 
                      uid=pod_uid, exec_probe_s=exec_probe)
         runs = [("lab", s)]
     results = run_and_show(runs, out_root, backend=backend, fmt=fmt)
+    if demo and backend != "none":
+        article = Path(results[0]["out_dir"])
+        replayed = _replay(article, results[0]["pod_uid"], out_root / "replay", layout, backend, fmt, echo=False)
+        results.append({"replay": replayed})
     if fmt == "json":
         click.echo(json.dumps(results, indent=2, default=str))
+
+
+def _replay(directory: Path, pod: str | None, out_root: Path, layout: str, backend: str, fmt: str,
+            echo: bool = True) -> dict:
+    from rich.console import Console
+
+    from ..lab.replay import replay
+    from ..lab.replay.render import show
+    console = Console(stderr=(fmt == "json"))
+    console.rule(f"[bold]replay of {directory}")
+    with console.status("replaying...") as status:
+        rp = replay(directory, out_root, pod=pod, layout=layout, backend=backend,
+                    progress=lambda what: status.update(what + "..."))
+    if fmt == "text":
+        show(rp, console)
+    elif echo:
+        click.echo(json.dumps(rp.to_dict(), indent=2, default=str))
+    return rp.to_dict()

@@ -139,15 +139,10 @@ def run_and_show(runs: list[tuple[str, Scenario]], out_root: Path, *, backend: s
     results = []
     summaries = []
     for title, s in runs:
-        out_dir = prepare_output_dir(out_root / s.name if len(runs) > 1 else out_root, append=True)
-        if (out_dir / "events.jsonl").exists():
-            raise LabError(f"{out_dir} already holds a recording: choose a new --output")
-        recorder = None if backend == "none" else SubprocessRecorder(backend)
-        events: list[dict] = []
         console.rule(f"[bold]{title}")
         with console.status("running the pod, load and deletion..."):
-            r = run_scenario(s, out_dir, recorder, on_event=events.append)
-        _save(r, out_dir, events)
+            r = record_run(s, out_root / s.name if len(runs) > 1 else out_root, backend)
+        out_dir = r.out_dir
         console.print(render.stop_table(r))
         console.print(render.client_table(r))
         console.print("client: " + render.summary_line(r))
@@ -162,6 +157,18 @@ def run_and_show(runs: list[tuple[str, Scenario]], out_root: Path, *, backend: s
         for title, r in summaries:
             console.print(f"{title}: " + render.summary_line(r))
     return results
+
+
+def record_run(s: Scenario, out_dir: Path, backend: str) -> LabResult:
+    """Run one scenario into out_dir (a new recording: events, meta.json, lab.json)."""
+    out_dir = prepare_output_dir(out_dir, append=True)
+    if (out_dir / "events.jsonl").exists():
+        raise LabError(f"{out_dir} already holds a recording: choose a new --output")
+    recorder = None if backend == "none" else SubprocessRecorder(backend)
+    events: list[dict] = []
+    r = run_scenario(s, out_dir, recorder, on_event=events.append)
+    _save(r, out_dir, events)
+    return r
 
 
 def _save(r: LabResult, out_dir: Path, events: list[dict]) -> None:
