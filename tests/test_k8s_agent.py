@@ -358,3 +358,24 @@ def test_agent_prints_a_stopped_pods_report_on_stdout(tmp_path):
     st = json.loads((tmp_path / "out" / "status.json").read_text())
     assert st["reports"] == 1 and st["last_report"]["pod_uid"] == spec.uid
     assert st["last_report"]["verdicts"] == d["verdicts"]
+
+
+def test_watcher_backend_takes_its_recorder_and_the_watchers_state_through_public_methods():
+    """What `sigtrace agent` sets on the proxy once the watcher and the kernel recorder exist."""
+    from sigtrace.k8s.stream import WatcherBackend
+
+    class Kernel:
+        name = "bpf"
+
+        def meta(self) -> dict:
+            return {"capabilities": ["signals"]}
+    proxy = WatcherBackend(None)
+    assert proxy.name == "kubernetes-api-only"
+    proxy.follow(lambda: {"problems": {"pods": "watching pods: 403"}})
+    proxy.set_recorder(Kernel(), "using the image's headers")
+    meta = proxy.meta()
+    assert proxy.name == "bpf" and meta["capabilities"] == ["signals"]
+    assert meta["kubernetes"]["problems"] == {"pods": "watching pods: 403"}
+    assert meta["kubernetes"]["note"] == "using the image's headers"
+    proxy.set_recorder(None, "no BTF")                  # the kernel half failed: API events only
+    assert proxy.name == "kubernetes-api-only" and proxy.meta()["kubernetes"]["note"] == "no BTF"

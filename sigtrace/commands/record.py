@@ -1,18 +1,13 @@
 """`sigtrace record`: parse options, build a backend, run a RecordSession, print a summary."""
 from __future__ import annotations
 
-import importlib
 import sys
 from typing import Any
 
 import click
 
-from ..errors import SigtraceError, UsageProblem
-
-BACKENDS = {
-    "bpf": "sigtrace.backends.bpf.backend:BpfBackend",
-    "strace": "sigtrace.backends.strace.backend:StraceBackend",
-}
+from ..errors import UsageProblem
+from ..record.backends import BACKENDS
 
 EPILOG = """\b
 Examples:
@@ -76,17 +71,6 @@ class PidList(click.ParamType):
 PID_LIST = PidList()
 
 
-def make_backend(name: str, *, all_processes: bool, pids: tuple[int, ...], comms: tuple[str, ...],
-                 **kw: Any) -> Any:
-    """Instantiate a backend by name; a backend that is not installed is a one-line error."""
-    module, attr = BACKENDS[name].split(":")
-    try:
-        cls = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as exc:
-        raise SigtraceError(f"the {name} backend is not available ({exc}); use --backend bpf") from None
-    return cls(all_processes=all_processes, pids=pids, comms=comms, **kw)
-
-
 def _console() -> Any:
     from rich.console import Console
     return Console(stderr=True)
@@ -132,6 +116,7 @@ def record(output: str, duration: float | None, all_processes: bool, pids: tuple
     """
     from ..events.writer import prepare_output_dir
     from ..record import RecordSession
+    from ..record.backends import make_backend
 
     check_max_disk(max_disk)
     if segment_size is None or segment_age is None:

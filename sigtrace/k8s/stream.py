@@ -33,17 +33,28 @@ class WatcherBackend:
     def __init__(self, inner: Any | None, summary: Callable[[], dict[str, Any]] | None = None,
                  ready_file: str | None = None, note: str | None = None, health: Any | None = None,
                  max_queued: int = MAX_QUEUED):
-        self.inner = inner
-        self.name = inner.name if inner is not None else "kubernetes-api-only"
+        self._note: str | None = None
+        self.set_recorder(inner, note)
         self.queue: "queue.Queue[dict[str, Any]]" = queue.Queue(maxsize=max_queued)
         self._summary = summary
         self._sink: EventSink | None = None
         self._ready_file = ready_file
-        self._note = note
         self.health = health
         self.api_events = 0
         self.dropped = 0
         self._drop_lock = threading.Lock()
+
+    def follow(self, summary: Callable[[], dict[str, Any]]) -> None:
+        """From now on meta.json's "kubernetes" carries summary() (the watcher's state)."""
+        self._summary = summary
+
+    def set_recorder(self, inner: Any | None, note: str | None = None) -> None:
+        """Drive this kernel recorder, or none (API events only); note says why, in meta.json
+        kubernetes.note (fallback headers, or the recorder's failure)."""
+        self.inner = inner
+        self.name = inner.name if inner is not None else "kubernetes-api-only"
+        if note:
+            self._note = note
 
     def put(self, event: dict[str, Any]) -> None:
         """The watcher's sink: thread-safe, never blocks."""

@@ -391,6 +391,22 @@ class ApiWatcher:
 
 
 # ---- helpers -------------------------------------------------------------------------------
+def start_watcher(node: str, kubeconfig: str | None, context: str | None, sink: Sink,
+                  stop: threading.Event) -> tuple[ApiWatcher | None, threading.Thread | None]:
+    """An ApiWatcher for node running in a daemon thread until stop is set; (None, None) without
+    credentials (logged: the node's kernel events are still worth recording)."""
+    from .client import ClusterProblem, api_client
+    try:
+        api = api_client(kubeconfig, context)
+    except ClusterProblem as exc:
+        log.warning("%s; recording node events without pod names", exc)
+        return None, None
+    watcher = ApiWatcher(api, node, sink)
+    t = threading.Thread(target=watcher.run, args=(stop,), name="k8s-watcher", daemon=True)
+    t.start()
+    return watcher, t
+
+
 def parse_watch_line(line: str, what: str) -> tuple[str, dict]:
     """One watch line -> (type, object); ERROR 410 raises Gone, other ERRORs WatchError."""
     try:
