@@ -1,7 +1,6 @@
 """`sigtrace record`: parse options, build a backend, run a RecordSession, print a summary."""
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import click
@@ -125,9 +124,6 @@ def record(output: str, duration: float | None, all_processes: bool, pids: tuple
         raise UsageProblem(f"--segment-size {segment_size}: give at least 64Ki (a file per batch helps nobody)")
     pids = tuple(pid for group in pids for pid in group)
     out = prepare_output_dir(output, append=append)   # before loading anything: fail fast on a bad dir
-    for pid in pids:
-        if pid <= 0:
-            raise UsageProblem(f"--pid {pid}: not a process id")
     if pods and backend != "strace":
         raise UsageProblem("--pod picks the processes strace attaches to; the bpf backend records every pod "
                            "on the node (choose one with: sigtrace report DIR --pod UID)")
@@ -154,7 +150,3 @@ def record(output: str, duration: float | None, all_processes: bool, pids: tuple
     lost = f", {result.lost_events} LOST ({result.lost_by_probe})" if result.lost_events else ", none lost"
     click.echo(f"sigtrace: {result.events} events in {result.duration_s:.1f}s{lost} -> {out}", err=True)
     return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(record())

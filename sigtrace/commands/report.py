@@ -55,11 +55,8 @@ def report(directory: Path, fmt: str, pods: tuple[str, ...], output: Path | None
     return 0
 
 
-def _emit(text: str, output: Path | None) -> None:
-    """stdout, or a regular file replaced atomically: never through a link, never a FIFO or device."""
-    if output is None or str(output) == "-":
-        sys.stdout.write(text)
-        return
+def _emit(text: str, output: Path) -> None:
+    """A regular file replaced atomically: never through a link, never a FIFO or device."""
     from ..export.write import atomic_file, check_output_path
     check_output_path(str(output))
     try:

@@ -30,13 +30,12 @@ log = logging.getLogger("sigtrace.k8s")
 
 
 class WatcherBackend:
-    def __init__(self, inner: Any | None, summary: Callable[[], dict[str, Any]] | None = None,
-                 ready_file: str | None = None, note: str | None = None, health: Any | None = None,
+    def __init__(self, inner: Any | None, ready_file: str | None = None, health: Any | None = None,
                  max_queued: int = MAX_QUEUED):
         self._note: str | None = None
-        self.set_recorder(inner, note)
+        self.set_recorder(inner)
         self.queue: "queue.Queue[dict[str, Any]]" = queue.Queue(maxsize=max_queued)
-        self._summary = summary
+        self._summary: Callable[[], dict[str, Any]] | None = None
         self._sink: EventSink | None = None
         self._ready_file = ready_file
         self.health = health

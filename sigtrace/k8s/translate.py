@@ -136,7 +136,6 @@ class _PodState:
     facts_key: str = ""
     deleted: bool = False
     removed: bool = False
-    warned_missing: bool = False
 
 
 @dataclass
