@@ -30,8 +30,7 @@ def busy_processes(limit: int = 6) -> list[str]:
     from .procs import proc_stats
 
     def ticks() -> dict[int, tuple[int, str]]:
-        # fields after comm: [11] utime, [12] stime
-        return {pid: (int(f[11]) + int(f[12]), comm) for pid, comm, f in proc_stats()}
+        return {st.pid: (st.utime + st.stime, st.comm) for st in proc_stats()}
     a = ticks()
     time.sleep(1.0)
     b = ticks()

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from sigtrace.pods.proc import PROC, Stat, list_pids, parse_fields, read_stat, read_status, read_text
+
 REPO = Path(__file__).resolve().parent.parent
 SIGTRACE = [sys.executable, "-m", "sigtrace"]
 TCPSTATES = "/usr/sbin/tcpstates-bpfcc"
@@ -22,25 +24,22 @@ TCPSTATES = "/usr/sbin/tcpstates-bpfcc"
 
 def vm_hwm_kb(pid: int) -> int | None:
     """Peak resident set size of a live process (VmHWM), in KiB."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
+    st = read_status(pid)
+    return st.vm_hwm_kb if st else None
 
 
-def proc_stats() -> Iterator[tuple[int, str, list[str]]]:
-    """(pid, comm, the /proc/<pid>/stat fields after comm) of every live process."""
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            stat = (p / "stat").read_text()
-        except OSError:
-            continue
-        yield int(p.name), stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+def vm_rss_kb(pid: int) -> int | None:
+    """Resident set size of a live process (VmRSS), in KiB."""
+    st = read_status(pid)
+    return st.vm_rss_kb if st else None
+
+
+def proc_stats() -> Iterator[Stat]:
+    """/proc/<pid>/stat of every live process."""
+    for pid in list_pids():
+        st = read_stat(pid)
+        if st is not None:
+            yield st
 
 
 def group_cpu_s(pgid: int) -> float:
@@ -48,12 +47,11 @@ def group_cpu_s(pgid: int) -> float:
     tracer and its helpers (strace runs as the recorder's child). Less noisy than req/s ratios
     on a shared machine: it is the tracer's own cost, whatever else runs."""
     hz = os.sysconf("SC_CLK_TCK")
-    # fields after comm: [2] pgrp, [11] utime, [12] stime
-    total = sum(int(f[11]) + int(f[12]) for _, _, f in proc_stats() if int(f[2]) == pgid)
+    total = sum(st.utime + st.stime for st in proc_stats() if st.pgrp == pgid)
     return total / hz
 
 
-BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
+BPF_STATS = Path(f"{PROC}/sys/kernel/bpf_stats_enabled")
 
 
 def bpf_prog_stats(pid: int) -> tuple[int, int]:
@@ -61,21 +59,20 @@ def bpf_prog_stats(pid: int) -> tuple[int, int]:
     counted only while kernel.bpf_stats_enabled=1): the in-kernel cost user-space CPU misses."""
     ns = cnt = 0
     try:
-        fds = list(Path(f"/proc/{pid}/fdinfo").iterdir())
+        fds = os.listdir(f"{PROC}/{pid}/fdinfo")
     except OSError:
         return 0, 0
-    for f in fds:
-        try:
-            text = f.read_text()
-        except OSError:
+    for fd in fds:
+        info = parse_fields(read_text(f"{PROC}/{pid}/fdinfo/{fd}") or "")
+        if "prog_type" not in info:
             continue
-        if "prog_type:" not in text:
-            continue
-        m1 = re.search(r"^run_time_ns:\s+(\d+)", text, re.M)
-        m2 = re.search(r"^run_cnt:\s+(\d+)", text, re.M)
-        ns += int(m1.group(1)) if m1 else 0
-        cnt += int(m2.group(1)) if m2 else 0
+        ns += _int(info.get("run_time_ns"))
+        cnt += _int(info.get("run_cnt"))
     return ns, cnt
+
+
+def _int(value: str | None) -> int:
+    return int(value) if value and value.isdigit() else 0
 
 
 class bpf_stats_enabled:
@@ -100,15 +97,8 @@ class bpf_stats_enabled:
 def mem_kb(pid: int) -> dict[str, int]:
     """Rss, Pss (shared pages divided among their users: bcc's LLVM is file-backed) and anonymous
     memory of a live process, in KiB (/proc/<pid>/smaps_rollup)."""
-    out: dict[str, int] = {}
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            key, _, rest = line.partition(":")
-            if key in ("Rss", "Pss", "Anonymous"):
-                out[key.lower()] = int(rest.split()[0])
-    except OSError:
-        pass
-    return out
+    fields = parse_fields(read_text(f"{PROC}/{pid}/smaps_rollup") or "")
+    return {key.lower(): int(fields[key].split()[0]) for key in ("Rss", "Pss", "Anonymous") if key in fields}
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 20.0) -> int | None:

@@ -56,16 +56,6 @@ def _agent_supports(option: str) -> bool:
     return option in out.stdout
 
 
-def _status_kb(pid: int, key: str) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
 def _disk_bytes(root: Path) -> int:
     total = 0
     for dirpath, _, files in os.walk(root):
@@ -98,7 +88,7 @@ class Sampler(threading.Thread):
         metas = _metas(self.root)
         self.samples.append({
             "t": round(time.monotonic() - self.t0, 1),
-            "rss_kb": _status_kb(self.pid, "VmRSS"), "hwm_kb": _status_kb(self.pid, "VmHWM"),
+            "rss_kb": procs.vm_rss_kb(self.pid), "hwm_kb": procs.vm_hwm_kb(self.pid),
             "disk_bytes": _disk_bytes(self.root),
             "events": sum(int(m.get("events") or 0) for m in metas),
             "lost": sum(int(m.get("lost_events") or 0) for m in metas),

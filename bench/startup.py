@@ -13,16 +13,6 @@ from . import procs
 from .stats import median
 
 
-def vm_rss_kb(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
 def measure(runs: int = 3, log: Callable[[str], None] = print) -> dict[str, Any]:
     out: list[dict[str, Any]] = []
     tmp = Path(tempfile.mkdtemp(prefix="sigtrace-bench-start-"))
@@ -30,7 +20,7 @@ def measure(runs: int = 3, log: Callable[[str], None] = print) -> dict[str, Any]
         for i in range(runs):
             tr = procs.start_record(tmp / f"s{i}", [], "startup")
             time.sleep(2.0)                       # steady state: a couple of scans and flushes
-            rss = vm_rss_kb(tr.proc.pid)
+            rss = procs.vm_rss_kb(tr.proc.pid)
             info = procs.finish_record(tr)
             r = {"ready_s": round(tr.ready_s or 0, 3), "startup_s": info["startup_s"], "rss_kb": rss,
                  "peak_rss_kb": info["peak_rss_kb"],

@@ -13,6 +13,7 @@ from sigtrace.backends.bpf import decode, kernel, pods, program
 from sigtrace.backends.bpf.headers import find_headers
 from sigtrace.errors import KernelProblem
 from sigtrace.events import schema
+from sigtrace.pods import proc
 
 FORMAT_6_18 = """name: tcp_send_reset
 ID: 1
@@ -77,14 +78,14 @@ def test_proc_net_tcp_listeners_and_netns_addresses():
            "   0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 111 1\n"
            "   1: 0100007F:2328 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 222 1\n"
            "   2: 0100007F:2328 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 333 1\n")
-    got = pods.parse_proc_net_tcp(tcp)
+    got = proc.parse_proc_net_tcp(tcp)
     assert [(pods.format_endpoint(a, p), i) for a, p, i in got] == [("*:8080", 111), ("127.0.0.1:9000", 222)]
     tcp6 = ("sl local rem st ...\n"
             "   0: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A 0 0 0 0 0 444 1\n")
-    assert [(pods.format_endpoint(a, p), i) for a, p, i in pods.parse_proc_net_tcp(tcp6)] == [("[::1]:8080", 444)]
+    assert [(pods.format_endpoint(a, p), i) for a, p, i in proc.parse_proc_net_tcp(tcp6)] == [("[::1]:8080", 444)]
     trie = ("Local:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 10.1.2.3\n        /32 host LOCAL\n"
             "     |-- 10.1.2.255\n        /32 link BROADCAST\n     |-- 127.0.0.1\n        /32 host LOCAL\n")
-    assert {pods.format_addr(a) for a in pods.parse_fib_trie_local(trie)} == {"10.1.2.3", "127.0.0.1"}
+    assert {pods.format_addr(a) for a in proc.parse_fib_trie_local(trie)} == {"10.1.2.3", "127.0.0.1"}
 
 
 def test_cgroup_mounts_from_mountinfo():

@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import LabError
-from ..pods.sockets import parse_proc_net_tcp, read_proc_text, socket_inodes
+from ..pods.proc import children, is_alive, mountinfo, read_status, tcp_sockets
+from ..pods.sockets import socket_inodes
 from .netns import NETNS_DIR, in_netns
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -174,18 +175,13 @@ def listening_ports(pid: int, owners: list[int] | None = None) -> set[int]:
     only those whose socket is held by one of owners when given (a port bound by another
     container of the same netns does not make this one ready)."""
     inodes = set().union(*(socket_inodes(o) for o in owners)) if owners is not None else None
-    ports: set[int] = set()
-    for name in ("tcp", "tcp6"):
-        ports |= {port for _addr, port, ino in parse_proc_net_tcp(read_proc_text(f"/proc/{pid}/net/{name}"))
-                  if inodes is None or ino in inodes}
-    return ports
+    return {port for _addr, port, ino in tcp_sockets(pid) if inodes is None or ino in inodes}
 
 
-def _nspid_depth(pid: int | str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("NSpid:"):
-            return len(line.split()) - 1
-    return 1
+def _nspid_depth(pid: int) -> int | None:
+    """How many PID namespaces pid is in (None when it is gone)."""
+    st = read_status(pid)
+    return None if st is None else len(st.nspid) or 1
 
 
 def reap_container_orphans(skip: set[int]) -> list[int]:
@@ -196,23 +192,19 @@ def reap_container_orphans(skip: set[int]) -> list[int]:
     container would never be seen to exit. Children in our own namespace (subprocess's) are
     left alone: their Popen waits for them."""
     me = os.getpid()
-    mine = _nspid_depth(me)
+    mine = _nspid_depth(me) or 1
     reaped = []
-    for task in os.listdir(f"/proc/{me}/task"):
-        try:
-            kids = Path(f"/proc/{me}/task/{task}/children").read_text().split()
-        except OSError:
+    for pid in children(me):
+        if pid in skip:
             continue
-        for pid in map(int, kids):
-            if pid in skip:
-                continue
-            try:
-                if _nspid_depth(pid) <= mine:
-                    continue
-                if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                    reaped.append(pid)
-            except (OSError, ChildProcessError):
-                continue
+        depth = _nspid_depth(pid)
+        if depth is None or depth <= mine:
+            continue
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                reaped.append(pid)
+        except (OSError, ChildProcessError):
+            continue
     return reaped
 
 
@@ -241,7 +233,7 @@ class _Container:
             self.status = status
         except ChildProcessError:
             # Not our child (subreaper unavailable): poll, without an exit status.
-            while Path(f"/proc/{self.pid1}").exists():
+            while is_alive(self.pid1):
                 time.sleep(0.02)
         self.exit_time = time.time()
         self.exited.set()
@@ -540,8 +532,9 @@ class LocalPod:
             if p.returncode != 0:
                 problems.append(f"netns {self.netns}: {p.stderr.strip()}")
         if self.workdir.exists() and not self.keep_logs:
-            mounted = [l for l in Path("/proc/self/mountinfo").read_text().splitlines() if str(self.workdir) in l]
-            if mounted:   # never rm -rf through a bind mount of the host's /usr
+            table = mountinfo()
+            # never rm -rf through a bind mount of the host's /usr, nor when the mount table cannot tell
+            if table is None or any(str(self.workdir) in line for line in table):
                 problems.append(f"{self.workdir} still has mounts; left in place")
             else:
                 shutil.rmtree(self.workdir, ignore_errors=True)

@@ -3,7 +3,8 @@ container has only the capabilities its runtime left it (the DaemonSet adds thre
 from __future__ import annotations
 
 import os
-import re
+
+from .proc import PROC, parse_status, read_text
 
 CAP_SYS_PTRACE, CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 19, 21, 38, 39
 
@@ -11,13 +12,10 @@ CAP_SYS_PTRACE, CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 19, 21, 38, 39
 def effective(status_text: str | None = None) -> int | None:
     """The CapEff bit mask, or None when it cannot be read."""
     if status_text is None:
-        try:
-            with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
-                status_text = fh.read()
-        except OSError:
+        status_text = read_text(f"{PROC}/self/status")
+        if status_text is None:
             return None
-    m = re.search(r"^CapEff:\s*([0-9a-fA-F]+)", status_text, re.M)
-    return int(m.group(1), 16) if m else None
+    return parse_status(status_text).cap_eff
 
 
 def has(cap: int, status_text: str | None = None) -> bool:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
+from .proc import PROC, read_cgroup
+
 _UID = r"[0-9a-fA-F]{8}[-_][0-9a-fA-F]{4}[-_][0-9a-fA-F]{4}[-_][0-9a-fA-F]{4}[-_][0-9a-fA-F]{12}"
 _CGROUPFS = re.compile(rf"/kubepods(?:/(?:besteffort|burstable|guaranteed))?/pod(?P<uid>{_UID})(?:/(?P<cid>[0-9a-zA-Z]+))?(?:/|$)")
 _SYSTEMD = re.compile(
@@ -36,13 +38,10 @@ def parse_cgroup_path(path: str) -> PodRef:
     return NO_POD
 
 
-def pod_of_pid(pid: int, proc: str = "/proc") -> PodRef:
+def pod_of_pid(pid: int, proc: str = PROC) -> PodRef:
     """The pod and container of a live process, from /proc/<pid>/cgroup (NO_POD when it is gone)."""
-    try:
-        with open(f"{proc}/{pid}/cgroup", encoding="utf-8", errors="replace") as fh:
-            return parse_proc_cgroup(fh.read())
-    except OSError:
-        return NO_POD
+    text = read_cgroup(pid, proc)
+    return parse_proc_cgroup(text) if text is not None else NO_POD
 
 
 def parse_proc_cgroup(text: str) -> PodRef:

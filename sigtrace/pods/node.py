@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..errors import UsageProblem
 from .cgroup import pod_of_pid
+from .proc import PROC, list_pids
 
 PODS_LOG_DIR = "var/log/pods"
 # where `kubectl debug node/` mounts the node's root filesystem
@@ -61,19 +62,15 @@ def resolve_pod(ref: str, node_root: Path) -> str:
     raise UsageProblem(f"--pod {ref}: {len(matches)} pods match ({names}); pass NAMESPACE/NAME or the UID")
 
 
-def pod_pids(uids: set[str], proc: str = "/proc", skip: set[int] = frozenset()) -> dict[str, list[int]]:
+def pod_pids(uids: set[str], proc: str = PROC, skip: set[int] = frozenset()) -> dict[str, list[int]]:
     """uid -> the pids of its processes (thread group leaders) now running, from /proc/*/cgroup."""
     out: dict[str, list[int]] = {uid: [] for uid in uids}
-    try:
-        entries = os.listdir(proc)
-    except OSError:
-        return out
-    for entry in entries:
-        if not entry.isdigit() or int(entry) in skip:
+    for pid in list_pids(proc):
+        if pid in skip:
             continue
-        uid = pod_of_pid(int(entry), proc).pod_uid
+        uid = pod_of_pid(pid, proc).pod_uid
         if uid in out:
-            out[uid].append(int(entry))
+            out[uid].append(pid)
     for pids in out.values():
         pids.sort()
     return out

@@ -10,6 +10,7 @@ from ...errors import UsageProblem
 from ...events import capabilities as caps
 from ...pods import caps as own_caps
 from ...pods import sockets
+from ...pods.proc import is_alive
 from .. import EventSink
 from . import program
 from .decode import Decoder
@@ -31,7 +32,7 @@ class BpfBackend:
                  ringbuf_pages: int = program.DEFAULT_RINGBUF_PAGES, arm_window_s: float = ARM_WINDOW_S,
                  refresh_s: float = REFRESH_S, tcp_detail: str = "stopping", note: Any = None):
         for pid in pids:
-            if not os.path.isdir(f"/proc/{pid}"):
+            if not is_alive(pid):
                 raise UsageProblem(f"--pid {pid}: no such process; pass the pid of a running process")
         self.opts = program.ProgramOptions(filter_all=all_processes, ringbuf_pages=ringbuf_pages)
         self.pids, self.comms = tuple(pids), tuple(comms)

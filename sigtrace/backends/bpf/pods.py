@@ -22,14 +22,15 @@ from __future__ import annotations
 import functools
 import ipaddress
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple
 
 from ...pods.cgroup import parse_cgroup_path, parse_proc_cgroup
-from ...pods.sockets import parse_proc_net_tcp, read_proc_text as _read, socket_inodes
+from ...pods.proc import (PROC, is_alive, list_pids, mountinfo as read_mountinfo, netns_local_addrs, ns_id,
+                          read_cgroup, read_comm, read_lines, read_ns, read_status, tcp_sockets)
+from ...pods.sockets import socket_inodes
 
 SELECTED_PIDX = 1          # pseudo-pod of --pid / --comm processes that are not in a pod
 AMBIGUOUS = 0xFFFFFFFF
@@ -59,13 +60,8 @@ class TaskInfo:
 
 def cgroup_mounts(mountinfo: str | None = None) -> tuple[list[Path], list[Path]]:
     """(cgroup v2 mount points, cgroup v1 mount points) from /proc/self/mountinfo."""
-    if mountinfo is None:
-        try:
-            mountinfo = Path("/proc/self/mountinfo").read_text()
-        except OSError:
-            return [], []
     v2, v1 = [], []
-    for line in mountinfo.splitlines():
+    for line in (mountinfo.splitlines() if mountinfo is not None else read_mountinfo() or []):
         left, _, right = line.partition(" - ")
         fstype = right.split(" ", 1)[0] if right else ""
         parts = left.split()
@@ -79,49 +75,8 @@ def cgroup_mounts(mountinfo: str | None = None) -> tuple[list[Path], list[Path]]
     return v2, v1
 
 
-def read_nspid(pid: int, proc: str = "/proc") -> tuple[int | None, int | None, str | None]:
-    """(pid in its innermost PID namespace, ppid, comm) from /proc/<pid>/status, or Nones."""
-    try:
-        text = Path(f"{proc}/{pid}/status").read_text()
-    except OSError:
-        return None, None, None
-    nspid = ppid = comm = None
-    for line in text.splitlines():
-        if line.startswith("NSpid:"):
-            ids = line.split()[1:]
-            # one entry: the process is in the node's PID namespace (runc's setup stages, hostPID)
-            nspid = int(ids[-1]) if len(ids) > 1 else None
-        elif line.startswith("PPid:"):
-            ppid = int(line.split()[1])
-        elif line.startswith("Name:"):
-            comm = line.split(None, 1)[1] if len(line.split()) > 1 else ""
-    return nspid, ppid, comm
-
-
-# ---- /proc/<pid>/net parsing ------------------------------------------------------------
-def parse_fib_trie_local(text: str) -> set[bytes]:
-    """Local IPv4 addresses of a network namespace from /proc/<pid>/net/fib_trie."""
-    out: set[bytes] = set()
-    last = None
-    for line in text.splitlines():
-        m = re.search(r"\|--\s+(\d+\.\d+\.\d+\.\d+)", line)
-        if m:
-            last = m.group(1)
-        elif "/32 host LOCAL" in line and last:
-            out.add(b"\0" * 10 + b"\xff\xff" + ipaddress.IPv4Address(last).packed)
-    return out
-
-
-def parse_if_inet6(text: str) -> set[bytes]:
-    return {bytes.fromhex(line.split()[0]) for line in text.splitlines() if line.strip()}
-
-
+# ---- listeners ------------------------------------------------------------------------------
 WILDCARDS = (b"\0" * 16, b"\0" * 10 + b"\xff\xff" + b"\0" * 4)
-
-
-def netns_local_addrs(pid: int, proc: str = "/proc") -> set[bytes]:
-    """Local addresses (v4 mapped and v6) of the network namespace of this process."""
-    return parse_fib_trie_local(_read(f"{proc}/{pid}/net/fib_trie")) | parse_if_inet6(_read(f"{proc}/{pid}/net/if_inet6"))
 
 
 def expand_wildcard(addr: bytes, port: int, local: set[bytes]) -> set[tuple[bytes, int]]:
@@ -134,7 +89,7 @@ def expand_wildcard(addr: bytes, port: int, local: set[bytes]) -> set[tuple[byte
     return out
 
 
-def listening_endpoints(pids: Iterable[int], proc: str = "/proc") -> set[tuple[bytes, int]]:
+def listening_endpoints(pids: Iterable[int], proc: str = PROC) -> set[tuple[bytes, int]]:
     """(addr16, port) that these processes listen on; wildcards also under each netns address."""
     pids = list(pids)
     inodes: set[int] = set()
@@ -145,16 +100,11 @@ def listening_endpoints(pids: Iterable[int], proc: str = "/proc") -> set[tuple[b
     seen_ns: set[str] = set()
     out: set[tuple[bytes, int]] = set()
     for pid in pids:
-        try:
-            ns = os.readlink(f"{proc}/{pid}/ns/net")
-        except OSError:
-            continue
-        if ns in seen_ns:
+        ns = read_ns(pid, "net", proc)
+        if ns is None or ns in seen_ns:
             continue
         seen_ns.add(ns)
-        listeners = []
-        for name in ("tcp", "tcp6"):
-            listeners += [(a, p) for a, p, ino in parse_proc_net_tcp(_read(f"{proc}/{pid}/net/{name}")) if ino in inodes]
+        listeners = [(a, p) for a, p, ino in tcp_sockets(pid, proc) if ino in inodes]
         if not listeners:
             continue
         local = netns_local_addrs(pid, proc)
@@ -182,7 +132,7 @@ def format_endpoint(addr16: bytes, port: int) -> str:
 class PodRegistry:
     """Containers, pods and processes seen, by the indices the probes carry. What is gone is kept
     RETAIN_S (exits and TCP events arrive after the process is gone), then forgotten (forget_gone)."""
-    proc: str = "/proc"
+    proc: str = PROC
     containers: dict[tuple[str | None, str | None], int] = field(default_factory=dict)
     cref: dict[int, ContainerRef] = field(default_factory=dict)
     pods: dict[str | None, int] = field(default_factory=lambda: {None: SELECTED_PIDX})
@@ -257,11 +207,13 @@ class PodRegistry:
     def note_task(self, pid: int, cidx: int) -> TaskInfo:
         info = self.tasks.get(pid)
         if info is None or info.cidx != cidx or info.nspid is None:
-            nspid, ppid, comm = read_nspid(pid, self.proc)
+            st = read_status(pid, self.proc)
+            # one NSpid entry: the process is in the node's PID namespace (runc's setup stages, hostPID)
+            nspid = st.nspid[-1] if st and len(st.nspid) > 1 else None
             if info is not None and nspid is None:    # gone: keep what we knew
                 info.cidx = cidx or info.cidx
                 return info
-            info = TaskInfo(cidx, nspid, comm, ppid)
+            info = TaskInfo(cidx, nspid, st.name if st else None, st.ppid if st else None)
             self.tasks[pid] = info
             self.task_seen.setdefault(pid, time.monotonic())
         return info
@@ -273,9 +225,8 @@ class PodRegistry:
         info = self.tasks.get(pid)
         if info is not None:
             return info
-        try:
-            text = Path(f"{self.proc}/{pid}/cgroup").read_text()
-        except OSError:
+        text = read_cgroup(pid, self.proc)
+        if text is None:
             return None
         ref = parse_proc_cgroup(text)
         cidx = self.cidx_of(ref.pod_uid, ref.container_id) if ref.pod_uid else 0
@@ -298,18 +249,18 @@ class PodRegistry:
                             self.cgroups[os.stat(dirpath).st_ino] = cidx
                         except OSError:
                             continue
-                    procs = _read(os.path.join(dirpath, "cgroup.procs")).split()
+                    procs = read_lines(os.path.join(dirpath, "cgroup.procs"))    # as long as the container is big
                     found.setdefault(cidx, [])
                     found[cidx].extend(int(p) for p in procs if p.isdigit())
         for pid in list(self.selected_pids):
-            if Path(f"{self.proc}/{pid}").exists():
+            if is_alive(pid, self.proc):
                 found.setdefault(self.cidx_of(None, None), []).append(pid)
         if self.selected_comms:
             # --comm processes join the selection (children, TCP endpoints, exit codes), like --pid
-            for name in os.listdir(self.proc):
-                if name.isdigit() and _read(f"{self.proc}/{name}/comm").strip() in self.selected_comms:
-                    if not any(int(name) in pids for pids in found.values()):
-                        found.setdefault(self.cidx_of(None, None), []).append(int(name))
+            for pid in list_pids(self.proc):
+                if (read_comm(pid, self.proc) or "").strip() in self.selected_comms:
+                    if not any(pid in pids for pids in found.values()):
+                        found.setdefault(self.cidx_of(None, None), []).append(pid)
         now = time.monotonic()
         for cidx, pids in found.items():
             found[cidx] = sorted(set(pids))
@@ -318,11 +269,9 @@ class PodRegistry:
                 self.note_task(pid, cidx)
                 self.task_seen[pid] = now
             if found[cidx] and cidx not in self.pidns and self.cref[cidx].pod_uid:
-                try:
-                    st = os.stat(f"{self.proc}/{found[cidx][0]}/ns/pid")
-                    self.pidns[cidx], self.nsfs_dev = st.st_ino, st.st_dev
-                except OSError:
-                    pass
+                ns = ns_id(found[cidx][0], "pid", self.proc)
+                if ns is not None:
+                    self.pidns[cidx], self.nsfs_dev = ns
         return found
 
     def claimants(self, addr16: bytes, port: int) -> set[int]:

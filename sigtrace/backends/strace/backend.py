@@ -23,6 +23,7 @@ from ...errors import PermissionProblem, UsageProblem
 from ...events import capabilities as caps
 from ...pods import node
 from ...pods.cgroup import pod_of_pid
+from ...pods.proc import PROC, is_alive, list_pids, read_ns
 from .. import EventSink
 from . import command
 from .parser import LineParser, parse_message
@@ -35,13 +36,6 @@ STOP_WAIT_S = 5.0
 READ_CHUNK = 1 << 16
 CLONE_NEWNET = 0x40000000
 PR_SET_PDEATHSIG = 1
-
-
-def _netns_of(pid: int, proc: str = "/proc") -> str | None:
-    try:
-        return os.readlink(f"{proc}/{pid}/ns/net")
-    except OSError:
-        return None
 
 
 def _enter_netns(path: str) -> None:
@@ -90,7 +84,7 @@ class StraceBackend:
     def __init__(self, *, all_processes: bool = False, pids: tuple[int, ...] | list[int] = (),
                  comms: tuple[str, ...] = (), pods: tuple[str, ...] = (), node_root: str | None = None,
                  strace: str = "strace", rescan_s: float = RESCAN_S,
-                 note: Callable[[str], None] | None = None, proc: str = "/proc", raw_log: str | None = None,
+                 note: Callable[[str], None] | None = None, proc: str = PROC, raw_log: str | None = None,
                  **_ignored: Any):
         if all_processes:
             raise UsageProblem("--all is not possible with --backend strace (ptrace follows given processes); "
@@ -153,7 +147,7 @@ class StraceBackend:
                 ok = self._precheck(pid, target)
                 if ok:
                     wanted.append(pid)
-        refs = {self.procs.facts(p).pod for p in targets if command.is_alive(p, self.proc)}
+        refs = {self.procs.facts(p).pod for p in targets if is_alive(p, self.proc)}
         if len(refs) == 1:
             # a child that exits before we read its cgroup belongs to the targets' (single) container
             self.procs.fallback_pod = refs.pop()
@@ -245,11 +239,8 @@ class StraceBackend:
         if not self.comms:
             return []
         skip = own_lineage(self.proc)
-        out = []
-        for entry in os.listdir(self.proc):
-            if entry.isdigit() and int(entry) not in skip and command.comm_of(int(entry), self.proc) in self.comms:
-                out.append(int(entry))
-        return sorted(out)
+        return sorted(pid for pid in list_pids(self.proc)
+                      if pid not in skip and command.comm_of(pid, self.proc) in self.comms)
 
     def _pids_of_pods(self) -> list[int]:
         if not self.pod_uids:
@@ -260,17 +251,12 @@ class StraceBackend:
     def _traced_init_of_own_pidns(self, pids: list[int]) -> dict[str, Any] | None:
         """The PID 1 of our own PID namespace, when we trace it (a `kubectl debug --target`
         container): the kernel SIGKILLs every process of a PID namespace when its init exits."""
-        try:
-            own = os.readlink(f"{self.proc}/self/ns/pid")
-        except OSError:
+        own = read_ns("self", "pid", self.proc)
+        if own is None:
             return None
         for pid in pids:
             f = self.procs.facts(pid)
-            try:
-                same = os.readlink(f"{self.proc}/{pid}/ns/pid") == own
-            except OSError:
-                continue
-            if same and f.nspid == 1:
+            if read_ns(pid, "pid", self.proc) == own and f.nspid == 1:
                 return {"pid": pid, "comm": command.comm_of(pid, self.proc) or None,
                         "pod_uid": f.pod.pod_uid, "container_id": f.pod.container_id}
         return None
@@ -279,7 +265,7 @@ class StraceBackend:
         """Record why a pid cannot be attached before strace says it less clearly."""
         entry: dict[str, Any] = {"target": target, "comm": command.comm_of(pid, self.proc) or None}
         self.attach[pid] = entry
-        if not command.is_alive(pid, self.proc):
+        if not is_alive(pid, self.proc):
             entry.update(status="gone", detail="no such process (exited?)")
             return False
         tracer = command.tracer_of(pid, self.proc)
@@ -298,8 +284,8 @@ class StraceBackend:
         # pod's sockets only decode from inside the pod's. One strace per network namespace.
         groups: dict[str | None, list[int]] = {}
         for pid in pids:
-            groups.setdefault(_netns_of(pid, self.proc), []).append(pid)
-        own = _netns_of(os.getpid(), self.proc)
+            groups.setdefault(read_ns(pid, "net", self.proc), []).append(pid)
+        own = read_ns(os.getpid(), "net", self.proc)
         for netns, members in groups.items():
             self._start_one(members, members[0] if netns is not None and netns != own else None)
 
@@ -386,14 +372,7 @@ class StraceBackend:
             return
         skip = own_lineage(self.proc) | {t.proc.pid for t in self.tracers}
         new = []
-        try:
-            entries = os.listdir(self.proc)
-        except OSError:
-            return
-        for entry in entries:
-            if not entry.isdigit():
-                continue
-            pid = int(entry)
+        for pid in list_pids(self.proc):
             if pid in skip or pid in self.attach:
                 continue
             ref = pod_of_pid(pid, self.proc)

@@ -19,13 +19,13 @@ Exit lines (`+++ exited with N +++`, `+++ killed by SIGKILL +++`) are kept: no -
 """
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
 
 from ...errors import PermissionProblem, SigtraceError
 from ...pods import caps
+from ...pods.proc import PROC, read_comm, read_status, read_text
 
 # The syscalls we print. ptrace stops every syscall anyway; this only limits decoding and output.
 SIGNAL_SYSCALLS = ("kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo", "pidfd_send_signal")
@@ -84,15 +84,7 @@ def has_cap_sys_ptrace(status_text: str) -> bool:
     return caps.effective(status_text) is not None and caps.has(caps.CAP_SYS_PTRACE, status_text)
 
 
-def read_text(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            return fh.read()
-    except OSError:
-        return None
-
-
-def check_ptrace_permission(proc: str = "/proc") -> None:
+def check_ptrace_permission(proc: str = PROC) -> None:
     """Fail with one line when this process cannot ptrace processes it did not start.
 
     Yama scope 3 forbids ptrace entirely; scopes 1-2 need CAP_SYS_PTRACE for attaching to
@@ -112,16 +104,11 @@ def check_ptrace_permission(proc: str = "/proc") -> None:
                                 f"(kubectl debug --profile=sysadmin)")
 
 
-def tracer_of(pid: int, proc: str = "/proc") -> int:
+def tracer_of(pid: int, proc: str = PROC) -> int:
     """TracerPid of pid (0 when not traced or gone): a second tracer cannot attach."""
-    status = read_text(f"{proc}/{pid}/status") or ""
-    m = re.search(r"^TracerPid:\s*(\d+)", status, re.M)
-    return int(m.group(1)) if m else 0
+    st = read_status(pid, proc)
+    return (st.tracer_pid if st else None) or 0
 
 
-def comm_of(pid: int, proc: str = "/proc") -> str:
-    return (read_text(f"{proc}/{pid}/comm") or "").strip()
-
-
-def is_alive(pid: int, proc: str = "/proc") -> bool:
-    return os.path.isdir(f"{proc}/{pid}")
+def comm_of(pid: int, proc: str = PROC) -> str:
+    return (read_comm(pid, proc) or "").strip()

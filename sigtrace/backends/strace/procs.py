@@ -8,12 +8,10 @@ processes all share it).
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 
 from ...pods.cgroup import NO_POD, PodRef, parse_proc_cgroup, pod_of_pid
-
-_STATUS = re.compile(r"^(Tgid|PPid|NSpid|TracerPid):\s*(.*)$", re.M)
+from ...pods.proc import PROC, list_pids, read_cgroup, read_ns, read_status
 
 
 @dataclass
@@ -25,25 +23,12 @@ class ProcFacts:
     in_child_ns: bool          # lives in a PID namespace below ours (a container seen from the node)
 
 
-def _read(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            return fh.read()
-    except OSError:
-        return None
+def _ppid(pid: int, proc: str) -> int:
+    st = read_status(pid, proc)
+    return (st.ppid if st else None) or 0
 
 
-def parse_status(text: str) -> dict[str, list[int]]:
-    out: dict[str, list[int]] = {}
-    for key, value in _STATUS.findall(text):
-        try:
-            out[key] = [int(v) for v in value.split()]
-        except ValueError:
-            continue
-    return out
-
-
-def container_key(pid: int, proc: str = "/proc", ref: PodRef | None = None) -> tuple | None:
+def container_key(pid: int, proc: str = PROC, ref: PodRef | None = None) -> tuple | None:
     """What makes processes 'the same container': the kubelet cgroup's container id when there is
     one, else the (mount, PID) namespaces of a process in a container other than ours (a runc
     container without a kubelet cgroup, or the target seen from a `kubectl debug` container).
@@ -51,43 +36,36 @@ def container_key(pid: int, proc: str = "/proc", ref: PodRef | None = None) -> t
     ref = ref if ref is not None else pod_of_pid(pid, proc)
     if ref.container_id:
         return ("cgroup", ref.container_id)
-    try:
-        mnt = os.readlink(f"{proc}/{pid}/ns/mnt")
-        pidns = os.readlink(f"{proc}/{pid}/ns/pid")
-    except OSError:
+    mnt, pidns = read_ns(pid, "mnt", proc), read_ns(pid, "pid", proc)
+    if mnt is None or pidns is None:
         return None
-    try:
-        if mnt == os.readlink(f"{proc}/self/ns/mnt"):
-            return None
-    except OSError:
+    own = read_ns("self", "mnt", proc)
+    if own is None or mnt == own:
         return None
     return ("ns", mnt, pidns)
 
 
-def own_lineage(proc: str = "/proc") -> set[int]:
+def own_lineage(proc: str = PROC) -> set[int]:
     """Our pid and our ancestors: never traced (a tracer cannot trace its own parent chain usefully,
     and in a `kubectl debug` container these are the debug shell and sigtrace itself)."""
     seen, pid = set(), os.getpid()
     while pid > 0 and pid not in seen:
         seen.add(pid)
-        st = parse_status(_read(f"{proc}/{pid}/status") or "")
-        pid = (st.get("PPid") or [0])[0]
+        pid = _ppid(pid, proc)
     return seen
 
 
-def expand_targets(pids: list[int], proc: str = "/proc") -> dict[int, list[int]]:
+def expand_targets(pids: list[int], proc: str = PROC) -> dict[int, list[int]]:
     """For each target pid, every live process of its container and its live descendants
     (itself first): -f only follows children born after the attach."""
     keys = {pid: container_key(pid, proc) for pid in pids}
     members: dict[tuple, list[int]] = {k: [] for k in keys.values() if k is not None}
     skip = own_lineage(proc)
     parent: dict[int, int] = {}
-    for entry in os.listdir(proc):
-        if not entry.isdigit() or int(entry) in skip:
+    for pid in list_pids(proc):
+        if pid in skip:
             continue
-        pid = int(entry)
-        st = parse_status(_read(f"{proc}/{pid}/status") or "")
-        parent[pid] = (st.get("PPid") or [0])[0]
+        parent[pid] = _ppid(pid, proc)
         if members:
             k = container_key(pid, proc)
             if k in members:
@@ -108,7 +86,7 @@ def expand_targets(pids: list[int], proc: str = "/proc") -> dict[int, list[int]]
 class ProcTable:
     """tid -> ProcFacts, read once from /proc."""
 
-    def __init__(self, proc: str = "/proc"):
+    def __init__(self, proc: str = PROC):
         self.proc = proc
         self._facts: dict[int, ProcFacts] = {}
         self._tgid: dict[int, int] = {}
@@ -119,8 +97,8 @@ class ProcTable:
 
     def tgid(self, tid: int) -> int:
         if tid not in self._tgid:
-            st = parse_status(_read(f"{self.proc}/{tid}/status") or "")
-            self._tgid[tid] = (st.get("Tgid") or [tid])[0]
+            st = read_status(tid, self.proc)
+            self._tgid[tid] = st.tgid if st and st.tgid is not None else tid
         return self._tgid[tid]
 
     def facts(self, tid: int, parent: int | None = None) -> ProcFacts:
@@ -132,19 +110,18 @@ class ProcTable:
         return f
 
     def _read_facts(self, pid: int, parent: int | None) -> ProcFacts:
-        st = parse_status(_read(f"{self.proc}/{pid}/status") or "")
-        nspids = st.get("NSpid")
-        ppid = (st.get("PPid") or [parent])[0] if st else parent
-        cg = _read(f"{self.proc}/{pid}/cgroup")
+        st = read_status(pid, self.proc)
+        nspids = st.nspid if st else ()
+        ppid = st.ppid if st and st.ppid is not None else parent
+        cg = read_cgroup(pid, self.proc)
         if cg is not None:
             pod = parse_proc_cgroup(cg)
         elif ppid in self._facts:
             pod = self._facts[ppid].pod          # gone already: a child is in its parent's container
         else:
             pod = self.fallback_pod
-        try:
-            pidns = os.readlink(f"{self.proc}/{pid}/ns/pid")
-        except OSError:
+        pidns = read_ns(pid, "pid", self.proc)
+        if pidns is None:
             pidns = self._pidns.get(ppid or -1, "")
         self._pidns[pid] = pidns
         nspid = nspids[-1] if nspids else self._host_to_ns.get(pid)
@@ -174,19 +151,15 @@ class ProcTable:
 
         Read when the delivery line arrives, a few ms after the fact: a handler installed or reset
         in between is missed, which sigaction calls around a stop signal rarely do."""
-        text = _read(f"{self.proc}/{tid}/status")
-        if not text or signum <= 0:
+        st = read_status(tid, self.proc)
+        if st is None or signum <= 0 or st.sig_cgt is None:
             return None
-        masks = dict(re.findall(r"^(SigCgt|SigIgn):\s*([0-9a-fA-F]+)", text, re.M))
-        try:
-            bit = 1 << (signum - 1)
-            if int(masks["SigCgt"], 16) & bit:
-                return "handler"
-            if int(masks["SigIgn"], 16) & bit:
-                return "ignore"
-        except (KeyError, ValueError):
+        bit = 1 << (signum - 1)
+        if st.sig_cgt & bit:
+            return "handler"
+        if st.sig_ign is None:
             return None
-        return "default"
+        return "ignore" if st.sig_ign & bit else "default"
 
     def forget(self, pid: int) -> None:
         """After a process exit: pids are reused."""
