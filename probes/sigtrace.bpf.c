@@ -527,19 +527,24 @@ static __always_inline int routine_transition(int old, int new)
 {
     if (ST_TCP_ALL_STATES)
         return 0;
-    /* 1 EST, 2 SYN_SENT, 3 SYN_RECV, 4 FIN_WAIT1, 5 FIN_WAIT2, 6 TIME_WAIT, 7 CLOSE,
-     * 8 CLOSE_WAIT, 9 LAST_ACK, 10 LISTEN, 11 CLOSING */
-    if (new == 1 && (old == 2 || old == 3))
+    if (new == ST_TCP_ESTABLISHED && (old == ST_TCP_SYN_SENT || old == ST_TCP_SYN_RECV))
         return 1;                                  /* handshake completed */
-    if (old == 10 && new == 3)
+    if (old == ST_TCP_LISTEN && new == ST_TCP_SYN_RECV)
         return 1;                                  /* a listener's child socket created */
-    if (old == 7 && new == 2)
+    if (old == ST_TCP_CLOSE && new == ST_TCP_SYN_SENT)
         return 1;                                  /* connect() started */
-    if (old == 4 || old == 5 || old == 6 || old == 9 || old == 11)
+    if (old == ST_TCP_FIN_WAIT1 || old == ST_TCP_FIN_WAIT2 || old == ST_TCP_TIME_WAIT || old == ST_TCP_LAST_ACK
+        || old == ST_TCP_CLOSING)
         return 1;                                  /* the rest of a close already streamed */
-    if (old == 8 && new == 9)
-        return 1;                                  /* CLOSE_WAIT -> LAST_ACK: orderly close */
+    if (old == ST_TCP_CLOSE_WAIT && new == ST_TCP_LAST_ACK)
+        return 1;                                  /* orderly close */
     return 0;
+}
+
+/* listen() (-> LISTEN) or the close of a listener (LISTEN -> CLOSE) */
+static __always_inline int is_listener_change(int old, int new)
+{
+    return new == ST_TCP_LISTEN || (old == ST_TCP_LISTEN && new == ST_TCP_CLOSE);
 }
 
 static __always_inline void fill_tcp_event(struct st_event *e, struct st_tcp *t, u32 cidx)
@@ -601,7 +606,7 @@ static __always_inline int emit_listener(struct st_tcp *t)
 /* A TCP socket changed state (its tuple already read): learn listeners, stream or count. */
 static __always_inline int tcp_state(struct st_tcp *t)
 {
-    if (t->new_state == 10 /* LISTEN */) {
+    if (t->new_state == ST_TCP_LISTEN) {
         /* listen() runs in the owner's context: learn the pod's endpoint in the kernel */
         u32 tgid = bpf_get_current_pid_tgid() >> 32;
         struct st_task cur = {};
@@ -619,7 +624,7 @@ static __always_inline int tcp_state(struct st_tcp *t)
             endpoints.update(&key, &value);
         }
     }
-    if (t->new_state == 10 || (t->old_state == 10 && t->new_state == 7))
+    if (is_listener_change(t->old_state, t->new_state))
         return emit_listener(t);
     return emit_tcp(t, ST_KIND_TCP_STATE, ST_PROBE_TCP_STATE);
 }
@@ -658,7 +663,7 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state)
 {
     const u8 *sk = (const u8 *)ctx->args[0];
     int old = (int)ctx->args[1], new = (int)ctx->args[2];
-    int listener = new == 10 || (old == 10 && new == 7);
+    int listener = is_listener_change(old, new);
     u16 protocol = 0;
     bpf_probe_read_kernel(&protocol, sizeof(protocol), sk + ST_SK_PROTOCOL);
     if (protocol != 6 /* IPPROTO_TCP */)
@@ -694,7 +699,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
     if (args->protocol != 6 /* IPPROTO_TCP */)
         return 0;
     int old = args->oldstate, new = args->newstate;
-    int listener = new == 10 || (old == 10 && new == 7);
+    int listener = is_listener_change(old, new);
     /* most transitions of a churning server are routine: decided before anything is copied */
     if (!listener && routine_transition(old, new)) {
         count(ST_COUNT_TCP_ROUTINE);

@@ -8,7 +8,9 @@
 #ifndef SIGTRACE_H
 #define SIGTRACE_H
 
-/* kind: which probe produced the event (names as in sigtrace.events.schema) */
+/* kind: which probe produced the event. Each is declared once, with its fields, capability and
+ * tracepoint, in sigtrace/events/kinds.py (ST_KIND_<NAME> / ST_PROBE_<NAME> for kind "name"), which
+ * tests/test_event_kinds.py checks against the defines below. */
 #define ST_KIND_SIGNAL_GENERATE 1
 #define ST_KIND_SIGNAL_DELIVER 2
 #define ST_KIND_PROCESS_EXEC 3
@@ -32,6 +34,21 @@
 #define ST_COUNT_TCP_UNARMED 1      /* a pod's socket, but the pod is not stopping */
 #define ST_COUNT_TCP_ROUTINE 2      /* a routine transition (connect, accept, orderly close) */
 #define ST_NCOUNTERS 3
+
+/* TCP states (include/net/tcp_states.h), as the probes and the decoder compare them */
+#define ST_TCP_ESTABLISHED 1
+#define ST_TCP_SYN_SENT 2
+#define ST_TCP_SYN_RECV 3
+#define ST_TCP_FIN_WAIT1 4
+#define ST_TCP_FIN_WAIT2 5
+#define ST_TCP_TIME_WAIT 6
+#define ST_TCP_CLOSE 7
+#define ST_TCP_CLOSE_WAIT 8
+#define ST_TCP_LAST_ACK 9
+#define ST_TCP_LISTEN 10
+#define ST_TCP_CLOSING 11
+#define ST_TCP_NEW_SYN_RECV 12
+#define ST_TCP_BOUND_INACTIVE 13
 
 /* role of a TCP socket relative to the pod it is attributed to */
 #define ST_ROLE_NONE 0

@@ -2,7 +2,8 @@
 
 The report decides from these (never from the backend's name) whether a verdict is
 decidable: a verdict whose signature needs evidence the recording cannot hold is
-reported as undecidable, naming the missing evidence, instead of being guessed.
+reported as undecidable, naming the missing evidence, instead of being guessed. Which event kind
+proves which is declared in kinds.py (Kind.proves); each recorder's list is derived from it.
 """
 SIGNAL_SENDER = "signal_sender"        # signal_generate for every sender, with result (ignored...)
 SIGNAL_DELIVERY = "signal_delivery"    # signal_deliver in the receiver, with handler

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from ...errors import UsageProblem
-from ...events import capabilities as caps
+from ...events import kinds
 from ...pods import caps as own_caps
 from ...pods import sockets
 from ...pods.proc import is_alive
@@ -25,8 +25,7 @@ TCP_DETAIL = ("stopping", "always")
 
 class BpfBackend:
     name = "bpf"
-    capabilities = (caps.SIGNAL_SENDER, caps.SIGNAL_DELIVERY, caps.PROCESS_EXEC, caps.PROCESS_EXIT,
-                    caps.TCP_STATES, caps.KERNEL_RESETS)
+    capabilities = kinds.capabilities_recorded(kinds.BPF)     # what the kinds it probes prove
 
     def __init__(self, *, all_processes: bool = False, pids: tuple[int, ...] = (), comms: tuple[str, ...] = (),
                  ringbuf_pages: int = program.DEFAULT_RINGBUF_PAGES, arm_window_s: float = ARM_WINDOW_S,
@@ -242,7 +241,7 @@ class BpfBackend:
         """A pod process listens: learn the endpoint and push it into the kernel's map (the probe
         already wrote the exact key when it knew the pod; wildcards also go under the netns's
         addresses, and a listener of a cgroup classified only now is written here)."""
-        if raw.new_state != 10:
+        if raw.new_state != self.decoder.listen:
             return           # a listener closed: the endpoint is remembered (refusals name the pod)
         ref = self.registry.container(cidx) if cidx else None
         pidx = ref.pidx if ref is not None else raw.pidx

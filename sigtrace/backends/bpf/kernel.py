@@ -14,22 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import KernelProblem, PermissionProblem
+from ...events import kinds
 from ...pods import caps
 
 TRACEFS_CANDIDATES = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 
-# tracepoint -> fields the probes read (tcp_send_reset is handled by shape, see send_reset_shape)
+# tracepoint -> fields the probes read: each kind's probe (sigtrace.events.kinds), and the fork probe that
+# learns parents (no kind of its own). tcp_send_reset's other fields are handled by shape (send_reset_shape).
 REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
-    "signal/signal_generate": ("sig", "code", "comm", "pid", "result"),
-    "signal/signal_deliver": ("sig", "code", "sa_handler"),
-    "sched/sched_process_exec": ("filename",),
-    "sched/sched_process_exit": ("group_dead",),
+    **kinds.tracepoint_fields(),
     "sched/sched_process_fork": ("child_pid",),
-    "sock/inet_sock_set_state": ("skaddr", "oldstate", "newstate", "sport", "dport", "family",
-                                 "protocol", "saddr", "daddr", "saddr_v6", "daddr_v6"),
-    "tcp/tcp_receive_reset": ("skaddr", "sport", "dport", "family", "saddr", "daddr",
-                              "saddr_v6", "daddr_v6"),
-    "tcp/tcp_send_reset": ("skaddr", "saddr", "daddr"),
 }
 
 

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from ...errors import PermissionProblem, UsageProblem
 from ...events import capabilities as caps
+from ...events import kinds
 from ...pods import node
 from ...pods.cgroup import pod_of_pid
 from ...pods.proc import PROC, is_alive, list_pids, read_ns
@@ -77,9 +78,10 @@ class _Tracer:
 
 class StraceBackend:
     name = "strace"
-    # no signal_sender (senders outside the traced processes, and the kernel's verdict on each signal,
-    # are invisible), no tcp_states and no kernel_resets (strace sees syscalls, not the TCP stack)
-    capabilities = (caps.SIGNAL_DELIVERY, caps.PROCESS_EXEC, caps.PROCESS_EXIT, caps.SOCKET_CALLS)
+    # what the kinds it sees all of prove (sigtrace.events.kinds): no signal_sender (senders outside the
+    # traced processes, and the kernel's verdict on each signal, are invisible), no tcp_states and no
+    # kernel_resets (strace sees syscalls, not the TCP stack)
+    capabilities = kinds.capabilities_recorded(kinds.STRACE)
 
     def __init__(self, *, all_processes: bool = False, pids: tuple[int, ...] | list[int] = (),
                  comms: tuple[str, ...] = (), pods: tuple[str, ...] = (), node_root: str | None = None,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable
 
-from ...events import schema as S
+from ...events import kinds, schema as S
 from .parser import EXIT_CALLS, Exit, Record, SignalRecv, Syscall, split_top
 from .procs import ProcTable
 
@@ -52,9 +52,9 @@ _SOCKADDR_V4 = re.compile(r'inet_addr\("([0-9.]+)"\)')
 _SOCKADDR_V6 = re.compile(r'inet_pton\(AF_INET6, "([^"]+)"')
 _SO_ERROR = re.compile(r"SO_ERROR, \[(?P<err>E[A-Z0-9]+|\d+)\]")
 
-SIGNAL_CALLS = {"kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo", "pidfd_send_signal"}
-READ_CALLS = {"read", "readv", "recvfrom", "recvmsg"}
-WRITE_CALLS = {"write", "writev", "sendto", "sendmsg", "sendfile"}
+# the calls each kind comes from are declared with the kind (sigtrace.events.kinds)
+SIGNAL_CALLS = kinds.strace_calls(S.SIGNAL_GENERATE)
+EXEC_CALLS = kinds.strace_calls(S.PROCESS_EXEC)
 # errors of a connection attempt, whichever call reports them
 CONNECT_ERRORS = {"ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "ENETUNREACH", "EHOSTUNREACH", "ECONNABORTED",
                   "EADDRNOTAVAIL"}
@@ -137,6 +137,17 @@ class Translator:
         self._connecting: dict[tuple[int, int], Tuple] = {}      # non-blocking connect in progress
         self._owned: set[tuple[int, int]] = set()                # (pid, fd) this process accepted/connected
         self._exiting: set[int] = set()                          # pids seen entering exit_group
+        # syscall -> its translation; which kinds each call yields is declared in sigtrace.events.kinds
+        self.handlers: dict[str, Callable[[Syscall], None]] = {
+            **dict.fromkeys(SIGNAL_CALLS, self._signal_call),
+            **dict.fromkeys(EXEC_CALLS, self._exec),
+            **dict.fromkeys(EXIT_CALLS, self._exit_group),
+            **dict.fromkeys(("close", "shutdown"), self._close),
+            "connect": self._connect,
+            **dict.fromkeys(("accept", "accept4"), self._accept),
+            "getsockopt": self._getsockopt,
+            **dict.fromkeys(kinds.READ_WRITE_CALLS, self._io),
+        }
 
     # -- common fields
     def _common(self, tid: int, comm: str | None) -> dict[str, Any]:
@@ -212,23 +223,9 @@ class Translator:
 
     # -- syscalls
     def _syscall(self, rec: Syscall) -> None:
-        name = rec.name
-        if name in SIGNAL_CALLS:
-            self._signal_call(rec)
-        elif name in ("execve", "execveat"):
-            self._exec(rec)
-        elif name in EXIT_CALLS:
-            self._exit_group(rec)
-        elif name in ("close", "shutdown"):
-            self._close(rec)
-        elif name == "connect":
-            self._connect(rec)
-        elif name in ("accept", "accept4"):
-            self._accept(rec)
-        elif name == "getsockopt":
-            self._getsockopt(rec)
-        elif name in READ_CALLS or name in WRITE_CALLS:
-            self._io(rec)
+        handler = self.handlers.get(rec.name)
+        if handler is not None:
+            handler(rec)
 
     def _signal_call(self, rec: Syscall) -> None:
         args = split_top(rec.args)
