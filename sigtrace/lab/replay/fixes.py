@@ -35,66 +35,88 @@ def _sleep_s(cmd: str | None) -> float:
     return float(m.group(1)) if m else 0.0
 
 
+class _Fixer:
+    """The settings being fixed and the list of what changed, each change with its verdicts."""
+
+    def __init__(self, values: dict[str, Any], verdicts: set[str]):
+        self.fixed = dict(values)
+        self.verdicts = verdicts
+        self.changes: list[Change] = []
+
+    def set(self, setting: str, after: Any, because: tuple[str, ...], why: str) -> None:
+        """Change a setting when one of `because` was seen (recorded or replayed)."""
+        hit = tuple(dict.fromkeys(v for v in because if v in self.verdicts))
+        if hit and self.fixed[setting] != after:
+            self.changes.append(Change(setting, self.fixed[setting], after, hit, why))
+            self.fixed[setting] = after
+
+    def because(self, *settings: str) -> tuple[str, ...]:
+        """The verdicts behind earlier changes of these settings (a change that follows from them)."""
+        return tuple(dict.fromkeys(v for c in self.changes if c.setting in settings for v in c.because))
+
+
 def apply_fixes(values: dict[str, Any], verdicts: set[str]) -> tuple[dict[str, Any], list[Change]]:
-    """(fixed settings, what changed and why) for the verdicts seen (recorded or replayed)."""
-    fixed = dict(values)
-    changes: list[Change] = []
+    """(fixed settings, what changed and why) for the verdicts seen (recorded or replayed).
 
-    def change(setting: str, after: Any, because: tuple[str, ...], why: str) -> None:
-        hit = tuple(v for v in because if v in verdicts)
-        if not hit or fixed[setting] == after:
-            return
-        changes.append(Change(setting, fixed[setting], after, hit, why))
-        fixed[setting] = after
-
+    First what each verdict's fix names; then what those changes require to stay graceful (a
+    signal that now reaches nginx must be its graceful one, php-fpm must outlive nginx's drain,
+    the grace period must hold it all): the chain is only as good as its weakest step."""
+    f = _Fixer(values, verdicts)
     lag = float(values["lb_delay_s"])
     request_s = values["request_ms"] / 1000
     drain = int(math.ceil(request_s)) + 1                   # the longest request, and a second
+    # nginx drains what is in flight and what queued behind busy children
+    rounds = max(1, math.ceil(values["concurrency"] / max(1, values["workers"])))
+    drain_all = int(math.ceil(request_s * rounds)) + 1
     hold = int(math.ceil(lag)) + 1                          # outlast the balancer's lag
+    all_seen = tuple(sorted(verdicts))
 
-    # the app must get the signal: exec form instead of a wrapper
-    change("wrapper", "none", ("pid1-signal-ignored", "signal-not-forwarded"),
-           "exec form (the app is PID 1) so the stop signal reaches it")
-    # nginx: graceful stop, and keep serving until the balancer has let go
-    change("stop_signal.nginx", "SIGQUIT", ("nginx-fast-shutdown", "prestop-quit-superseded"),
-           "SIGQUIT is nginx's graceful stop: in-flight requests finish")
-    if _sleep_s(fixed["prestop.nginx"]) < hold:
-        change("prestop.nginx", f"sleep {hold}", ("endpoint-race", "keepalive-close-race", "prestop-quit-superseded"),
-               f"keep serving {hold} s, past the balancer's measured {lag:g} s lag, before nginx is told to stop")
-    sleep_change = next((c for c in changes if c.setting == "prestop.nginx"), None)
-    if sleep_change is not None and fixed["stop_signal.nginx"] != "SIGQUIT":
-        # after the preStop sleep the runtime's signal stops nginx: it must be the graceful one
-        changes.append(Change("stop_signal.nginx", fixed["stop_signal.nginx"], "SIGQUIT", sleep_change.because,
-                              "after the preStop sleep, the stop signal must be nginx's graceful stop (SIGQUIT)"))
-        fixed["stop_signal.nginx"] = "SIGQUIT"
-    if fixed["worker_shutdown_timeout_s"] is not None and fixed["worker_shutdown_timeout_s"] < drain:
-        change("worker_shutdown_timeout_s", float(drain), ("nginx-shutdown-timeout",),
-               f"above the longest request ({request_s:g} s)")
-    # php-fpm: graceful stop with a drain limit, and up until nginx has drained
-    change("stop_signal.php-fpm", "SIGQUIT", ("phpfpm-abrupt-stop",),
-           "SIGQUIT is php-fpm's graceful stop: children finish their request")
-    if fixed["stop_signal.php-fpm"] == "SIGQUIT" and fixed["process_control_timeout_s"] < drain:
-        change("process_control_timeout_s", drain, ("phpfpm-abrupt-stop",),
-               f"children get the longest request ({request_s:g} s) and a second to finish")
-    nginx_done = _sleep_s(fixed["prestop.nginx"]) + drain
-    fpm_first = fixed["stop_order"] and fixed["stop_order"][0] == FPM
-    fpm_hold = nginx_done + (fixed["stop_delay_s"] if fpm_first else 0.0)
-    fpm_hold = int(math.ceil(fpm_hold)) if "upstream-exited-first" in verdicts else _sleep_s(fixed["prestop.nginx"])
-    if _sleep_s(fixed["prestop.php-fpm"]) < fpm_hold:
-        change("prestop.php-fpm", f"sleep {fpm_hold:g}",
-               ("upstream-exited-first", "phpfpm-abrupt-stop", "endpoint-race", "keepalive-close-race"),
-               "php-fpm stays up while nginx still sends it requests" if "upstream-exited-first" in verdicts
-               else "php-fpm keeps serving as long as nginx does")
+    # what the verdicts name
+    f.set("wrapper", "none", ("pid1-signal-ignored", "signal-not-forwarded"),
+          "exec form (the app is PID 1) so the stop signal reaches it")
+    f.set("stop_signal.nginx", "SIGQUIT", ("nginx-fast-shutdown", "prestop-quit-superseded"),
+          "SIGQUIT is nginx's graceful stop: in-flight requests finish")
+    if _sleep_s(f.fixed["prestop.nginx"]) < hold:
+        f.set("prestop.nginx", f"sleep {hold}", ("endpoint-race", "keepalive-close-race", "prestop-quit-superseded"),
+              f"keep serving {hold} s, past the balancer's measured {lag:g} s lag, before nginx is told to stop")
+    if f.fixed["worker_shutdown_timeout_s"] is not None and f.fixed["worker_shutdown_timeout_s"] < drain_all:
+        f.set("worker_shutdown_timeout_s", float(drain_all), ("nginx-shutdown-timeout",),
+              f"above the longest request ({request_s:g} s) and the ones queued behind it")
+    f.set("stop_signal.php-fpm", "SIGQUIT", ("phpfpm-abrupt-stop",),
+          "SIGQUIT is php-fpm's graceful stop: children finish their request")
+    if "upstream-exited-first" in verdicts:
+        fpm_first = bool(f.fixed["stop_order"]) and f.fixed["stop_order"][0] == FPM
+        outlast = max(_sleep_s(f.fixed["prestop.nginx"]), hold) + drain_all + (f.fixed["stop_delay_s"] if fpm_first else 0)
+        if _sleep_s(f.fixed["prestop.php-fpm"]) < outlast:
+            f.set("prestop.php-fpm", f"sleep {int(math.ceil(outlast))}", ("upstream-exited-first",),
+                  "php-fpm stays up until nginx has stopped sending it requests")
+
+    # what those changes require
+    reaches = f.because("wrapper")
+    if reaches and _sleep_s(f.fixed["prestop.nginx"]) < hold:
+        f.set("prestop.nginx", f"sleep {hold}", reaches,
+              f"now that the signal reaches nginx, keep serving {hold} s past the balancer's {lag:g} s lag first")
+    touched = f.because("wrapper", "prestop.nginx")
+    if touched:
+        f.set("stop_signal.nginx", "SIGQUIT", touched,
+              "the signal that now stops nginx must be its graceful one (SIGQUIT)")
+    nginx_done = _sleep_s(f.fixed["prestop.nginx"]) + drain_all
+    if f.changes and _sleep_s(f.fixed["prestop.php-fpm"]) < nginx_done:
+        f.set("prestop.php-fpm", f"sleep {nginx_done:g}", all_seen,
+              f"php-fpm keeps serving until nginx has drained (its preStop, then {drain_all} s of requests)")
+    if f.changes:
+        f.set("stop_signal.php-fpm", "SIGQUIT", all_seen,
+              "requests nginx still passes on finish in php-fpm (graceful stop)")
+    if f.fixed["stop_signal.php-fpm"] == "SIGQUIT" and f.fixed["process_control_timeout_s"] < drain:
+        f.set("process_control_timeout_s", drain, f.because("stop_signal.php-fpm") or all_seen,
+              f"children get the longest request ({request_s:g} s) and a second to finish")
     # the grace period must hold the preStop, the drain and the kubelet's margin
-    need = max(_sleep_s(fixed["prestop.nginx"]), _sleep_s(fixed["prestop.php-fpm"])) + drain + MARGIN_S
-    need += fixed["stop_delay_s"] if fixed["stop_order"] else 0.0
-    need = float(math.ceil(need))
-    if fixed["grace_s"] < need:
-        # asked for by a grace verdict, or needed because the fixes above made the stop longer
-        because = ("killed-after-grace", "prestop-exceeds-grace") + tuple(v for c in changes for v in c.because)
-        change("grace_s", need, tuple(dict.fromkeys(because)),
-               f"covers the preStop, the drain ({drain} s) and {MARGIN_S} s of margin")
-    return fixed, changes
+    need = max(_sleep_s(f.fixed["prestop.nginx"]), _sleep_s(f.fixed["prestop.php-fpm"])) + drain_all + MARGIN_S
+    need = float(math.ceil(need + (f.fixed["stop_delay_s"] if f.fixed["stop_order"] else 0.0)))
+    if f.fixed["grace_s"] < need:
+        f.set("grace_s", need, ("killed-after-grace", "prestop-exceeds-grace") + (all_seen if f.changes else ()),
+              f"covers the preStop, the drain ({drain_all} s) and {MARGIN_S} s of margin")
+    return f.fixed, f.changes
 
 
 def pod_patch(fixed: dict[str, Any], changes: list[Change], containers: dict[str, str]) -> dict[str, Any]:

@@ -79,7 +79,7 @@ def scenario_of(values: dict[str, Any], name: str, layout: str = "cgroupfs") -> 
         request_ms=values["request_ms"], concurrency=values["concurrency"], lb_delay_s=values["lb_delay_s"],
         process_control_timeout_s=values["process_control_timeout_s"],
         worker_shutdown_timeout_s=values["worker_shutdown_timeout_s"],
-        keepalive_idle_ms=values["keepalive_idle_ms"], warmup_s=max(DEFAULTS.warmup_s, 1.5))
+        keepalive_idle_ms=values["keepalive_idle_ms"])
 
 
 def choose_pod(reports: ReportSet, pod: str | None, directory: str) -> PodReport:
@@ -129,13 +129,18 @@ def learn(rec: Recording, reports: ReportSet, report: PodReport) -> Learned:
     s["wrapper"] = _wrapper(report, by_app.get(NGINX))
     s["grace_s"] = _grace(report, lc)
     s["stop_order"], s["stop_delay_s"] = _stop_order(report, by_app)
-    s["request_ms"] = _request_ms(report)
     s["concurrency"] = _concurrency(report)
     s["workers"] = _workers(by_app)
-    s["lb_delay_s"] = _lb_delay(rec.events, report, lc)
-    s["process_control_timeout_s"] = _process_control_timeout(report, by_app.get(FPM))
+    s["request_ms"] = _request_ms(report, s["workers"].value, s["concurrency"].value)
+    s["lb_delay_s"] = _lb_delay(rec.events, report, lc, rec.meta)
+    s["process_control_timeout_s"] = _process_control_timeout(report, by_app.get(FPM), s["request_ms"].value)
     s["worker_shutdown_timeout_s"] = _worker_shutdown_timeout(report, by_app.get(NGINX))
     s["keepalive_idle_ms"] = _keepalive(report)
+    req = s["request_ms"]
+    if not req.learned or "cut" in req.source:
+        notes.append(f"the recording does not show how long a whole request takes: the replay uses "
+                     f"{req.value} ms, so its fix is proven for requests up to that; check your longest request "
+                     "(nginx's $request_time) before applying the drain limits")
     names = {app: c.get("name") or c["container_id"][:12] for app, c in by_app.items()}
     verdicts = [v.id for v in report.verdicts if v.status == "confirmed"]
     return Learned(report.pod_uid, report.pod_name, names, s, verdicts, notes)
@@ -288,7 +293,7 @@ def _stop_order(report: PodReport, by_app: dict[str, dict[str, Any]]) -> tuple[S
             Setting(round(gap, 1), f"recorded: {gap:.1f} s between the containers' stops"))
 
 
-def _request_ms(report: PodReport) -> Setting:
+def _request_ms(report: PodReport, workers: int, concurrency: int) -> Setting:
     """Request duration from connection lifetimes: FastCGI connections carry one request each
     (nginx opens one per request), so a whole one seen is a request; else client connections."""
     for cls in ("upstream", "serving"):
@@ -299,12 +304,23 @@ def _request_ms(report: PodReport) -> Setting:
             ms = int(math.ceil(max(whole) * 10)) * 100
             return Setting(max(ms, 100), f"recorded: the longest of {len(whole)} whole {cls} connection(s) "
                                          f"({max(whole):.2f} s)")
+    # FastCGI requests in flight at the stop that then finished: the longest rest is most of a request
+    rest = [c["end_t"] for c in report.connections if c.get("port_class") == "upstream" and c.get("start_t") is None
+            and c.get("end_t") is not None and c["end_t"] > 0 and c.get("close_kind") == "fin" and not c.get("at_exit")]
+    if rest:
+        # more requests than children: they queued, and the last one waited for the ones before it
+        share = min(1.0, workers / concurrency) if concurrency else 1.0
+        ms = max(100, int(math.ceil(max(rest) * share * 10)) * 100)
+        queued = f", {concurrency} requests on {workers} child(ren) queued" if share < 1 else ""
+        return Setting(ms, f"recorded: {len(rest)} FastCGI request(s) in flight at the stop finished up to "
+                           f"{max(rest):.2f} s later{queued}")
     cut = [c["end_t"] - max(c["start_t"] or 0.0, 0.0) for c in report.connections
            if c.get("end_t") is not None and (c.get("close_kind") != "fin" or c.get("at_exit"))]
     floor = max(cut, default=0.0)
-    if floor * 1000 * 1.5 > DEFAULTS.request_ms:
-        ms = int(math.ceil(floor * 1.5 * 10)) * 100
-        return Setting(ms, f"recorded: requests were cut after at least {floor:.1f} s; replayed as 1.5 x that")
+    if floor * 1000 * 2 > DEFAULTS.request_ms:
+        # cut ones had run at least `floor`; twice that keeps them in flight past the same deadline
+        ms = int(math.ceil(floor * 2 * 10)) * 100
+        return Setting(ms, f"recorded: requests were cut after at least {floor:.1f} s; replayed as twice that")
     return Setting(DEFAULTS.request_ms, "default: no whole request seen (the stop cut them), the lab's "
                                         f"{DEFAULTS.request_ms} ms")
 
@@ -334,7 +350,8 @@ def _workers(by_app: dict[str, dict[str, Any]]) -> Setting:
     return Setting(DEFAULTS.workers, f"default: no workers recorded (the lab's {DEFAULTS.workers})")
 
 
-def _lb_delay(events: pd.DataFrame, report: PodReport, lc: dict[str, dict[str, Any]]) -> Setting:
+def _lb_delay(events: pd.DataFrame, report: PodReport, lc: dict[str, dict[str, Any]],
+              meta: dict[str, Any] | None) -> Setting:
     """How long the balancer kept sending after the deletion: the last connection attempt the pod
     saw (accepted or refused) or, from the API, when the endpoint was taken out."""
     deleted = _deleted_t(report)
@@ -350,6 +367,10 @@ def _lb_delay(events: pd.DataFrame, report: PodReport, lc: dict[str, dict[str, A
         t, what = max(seen)
         lag = max(0.1, round(t - origin + 0.05, 1))
         return Setting(lag, f"recorded: {what} at {_t(t)}, {lag:g} s after the deletion")
+    caps = set((meta or {}).get("capabilities") or ())
+    if {C.TCP_STATES, C.KERNEL_RESETS} <= caps and deleted is not None:
+        # the kernel shows every attempt, accepted or refused: none means the balancer had let go
+        return Setting(0.0, "recorded: no connection attempt after the deletion, accepted or refused")
     ep = [d["ts"] for e, d in lc.items() if e in (lifecycle.ENDPOINTS_NOT_READY, lifecycle.ENDPOINTS_TERMINATING,
                                                    lifecycle.ENDPOINTS_REMOVED)]
     deleted_ts = lc.get(lifecycle.POD_DELETED, {}).get("ts")
@@ -377,7 +398,7 @@ def _signals_to(report: PodReport, container: str | None, sig: str, target: str)
             and e.get("container") == container and target in str(e.get("target"))]
 
 
-def _process_control_timeout(report: PodReport, c: dict[str, Any] | None) -> Setting:
+def _process_control_timeout(report: PodReport, c: dict[str, Any] | None, request_ms: int) -> Setting:
     """php-fpm's process_control_timeout: after a QUIT, the master waits that long for its children
     and then sends them SIGTERM: the gap shows it."""
     name = _name(c)
@@ -386,13 +407,23 @@ def _process_control_timeout(report: PodReport, c: dict[str, Any] | None) -> Set
         return Setting(DEFAULTS.process_control_timeout_s,
                        "default: php-fpm got no QUIT, so its process_control_timeout never applied (0)")
     q = quits[0]["t"]
+    # the runtime's SIGKILL at the grace deadline ends the wait whatever the timeout
+    killed = min((e["t"] for e in report.timeline if e.get("sig") == "SIGKILL" and e.get("container") == name
+                  and "runtime" in str(e.get("sender")) and e["t"] > q), default=None)
     later = [e["t"] for e in report.timeline if e.get("type") == "signal" and e.get("container") == name
-             and "php-fpm master" in str(e.get("sender")) and e.get("sig") in ("SIGTERM", "SIGKILL") and e["t"] > q]
-    if later:
+             and "php-fpm master" in str(e.get("sender")) and e.get("sig") in ("SIGTERM", "SIGKILL") and e["t"] > q
+             and (killed is None or e["t"] < killed - 0.05)]
+    if later and min(later) - q >= 0.5:
         gap = max(1, round(min(later) - q))
         return Setting(gap, f"recorded: the master signalled its children {min(later) - q:.1f} s after the QUIT")
-    return Setting(DEFAULTS.process_control_timeout_s,
-                   "default: after the QUIT the children finished on their own (the timeout, if any, never fired: 0)")
+    # no escalation: the timeout was longer than the wait (0, php-fpm's default, escalates at once)
+    if killed is not None:
+        longer = int(math.ceil(killed - q)) + 1
+        return Setting(longer, f"recorded: the children were still draining {killed - q:.1f} s after the QUIT, "
+                               f"when the grace period's SIGKILL came: replayed as {longer} s")
+    longer = int(math.ceil(request_ms / 1000)) + 1
+    return Setting(longer, "recorded: after the QUIT the children finished on their own, so the timeout was "
+                           f"longer than their requests: replayed as the longest request + 1 s ({longer} s)")
 
 
 def _worker_shutdown_timeout(report: PodReport, c: dict[str, Any] | None) -> Setting:

@@ -59,7 +59,8 @@ class Replay:
             "recorded": {"verdicts": lr.verdicts, "containers": lr.containers},
             "as_recorded": {"settings": {k: s.to_dict() for k, s in lr.settings.items()},
                             "client": self.as_recorded.client, "verdicts": self.as_recorded.verdicts,
-                            "recording": str(self.as_recorded.result.out_dir)},
+                            "recording": str(self.as_recorded.result.out_dir),
+                            "incomplete": self.as_recorded.report_notes},
             "reproduced": self.reproduced, "differences": self.differences(),
             "fixed": None, "fix_proven": self.fix_proven,
             "partial": lr.partial, "notes": lr.notes,
@@ -69,7 +70,7 @@ class Replay:
                           "client": self.fixed.client, "verdicts": self.fixed.verdicts,
                           "patch": pod_patch(self.fixed.settings, self.changes, lr.containers),
                           "config": config_lines(self.fixed.settings, self.changes),
-                          "recording": str(self.fixed.result.out_dir)}
+                          "recording": str(self.fixed.result.out_dir), "incomplete": self.fixed.report_notes}
         return d
 
 
