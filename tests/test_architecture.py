@@ -97,3 +97,21 @@ def test_stages_only_look_down():
             if a in LAYERS and b in LAYERS and a != b and LAYERS.index(b) < LAYERS.index(a):
                 wrong.append(f"{mod} -> {dep}")
     assert wrong == []
+
+
+def external_imports(path: Path) -> set[str]:
+    """The top-level packages a module imports from outside sigtrace, lazy imports included."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            out.add(node.module.split(".")[0])
+    return out
+
+
+def test_verdicts_ask_the_facts_and_never_touch_pandas():
+    # the rules ask typed questions (sigtrace/correlate/facts.py); numpy and pandas stay in correlate
+    wrong = {str(f.relative_to(PKG)): sorted(external_imports(f) & {"numpy", "pandas"})
+             for f in sorted((PKG / "verdicts").rglob("*.py"))}
+    assert {f: libs for f, libs in wrong.items() if libs} == {}

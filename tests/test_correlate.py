@@ -59,11 +59,11 @@ def test_reused_sock_address_is_two_connections_and_syn_sent_has_no_port_yet():
         tcp(1.5, 8080, 40002, "ESTABLISHED", "CLOSE_WAIT", "0xa"),
     ]
     ctx = ctx_of(rows)
-    c = ctx.conns.set_index("key")
+    c = ctx.conns.frame.set_index("key")
     assert set(c.index) == {"0xa#1", "0xa#2"}
     assert (c.loc["0xa#1", "side"], c.loc["0xa#1", "close_kind"], c.loc["0xa#1", "sport"]) == ("client", "refused", 40001)
     assert (c.loc["0xa#2", "side"], c.loc["0xa#2", "port"], c.loc["0xa#2", "closed_by"]) == ("server", 8080, "peer")
-    assert list(ctx.refused["client_port"]) == [40001]
+    assert list(ctx.refused.frame["client_port"]) == [40001]
 
 
 def test_reused_sock_address_without_a_visible_start_is_split_by_its_tuple():
@@ -76,7 +76,7 @@ def test_reused_sock_address_without_a_visible_start_is_split_by_its_tuple():
              sport=9000, daddr="127.0.0.1", dport=38930, old_state="CLOSE", sock="0xb", reason="TCP_ABORT_ON_CLOSE"),
         tcp(0.5, 9000, 0, "CLOSE", "LISTEN", "0xl", pid=20, comm="php-fpm8.2"),
     ]
-    c = ctx_of(rows).conns.set_index("key")
+    c = ctx_of(rows).conns.frame.set_index("key")
     assert len(c) == 2
     fcgi = c[c["sport"] == 9000].iloc[0]
     assert (fcgi["side"], fcgi["port"], fcgi["port_class"], fcgi["close_kind"], fcgi["closed_by"], fcgi["dport"]) \
@@ -85,8 +85,9 @@ def test_reused_sock_address_without_a_visible_start_is_split_by_its_tuple():
     assert (older["side"], older["port"]) == ("client", 9000)
 
 
-def test_connection_first_seen_established_was_open_before_and_its_reset_is_matched():
-    rows = [
+def fpm_child_killed_mid_request():
+    """A php-fpm child SIGKILLed with a FastCGI connection open since before the recording."""
+    return [
         dict(ts=0.5, kind="process_exit", pid=2010, comm="php-fpm8.2", pod_uid=POD, container_id="bb22", nspid=5,
              exit_signal="SIGKILL"),
         tcp(0.5001, 9000, 40560, "ESTABLISHED", "CLOSE", "0xf", pid=2010, container_id="bb22"),
@@ -94,12 +95,30 @@ def test_connection_first_seen_established_was_open_before_and_its_reset_is_matc
              sport=9000, daddr="127.0.0.1", dport=40560, sock="0xf", reason="TCP_ABORT_ON_CLOSE"),
         tcp(0.6, 9000, 0, "LISTEN", "CLOSE", "0x9000", pid=2001, comm="php-fpm8.2"),
     ]
-    ctx = ctx_of(rows)
-    (c,) = ctx.conns.to_dict("records")
+
+
+def test_connection_first_seen_established_was_open_before_and_its_reset_is_matched():
+    ctx = ctx_of(fpm_child_killed_mid_request())
+    (c,) = ctx.conns.frame.to_dict("records")
     assert c["est_ts"] == float("-inf") and c["close_kind"] == "rst" and c["reset_by"] == "pod"
     assert c["side"] == "server" and c["port"] == 9000 and c["port_class"] == "upstream"
     assert c["at_exit"] and c["closer_pid"] == 2010
-    assert len(ctx.conns_open_at(0.4, "upstream")) == 1
+    assert len(ctx.conns.open_at(0.4, "upstream")) == 1
+
+
+def test_connection_questions_answer_with_typed_rows():
+    # the verdict rules' view: questions narrow the set, rows come out typed (None, never NaN)
+    ctx = ctx_of(fpm_child_killed_mid_request())
+    cut = ctx.conns.open_at(0.4).upstream().cut_by_pod()
+    (c,) = cut
+    assert (c.port, c.closer_pid, c.at_exit, c.fin_row, c.rst_ts) == (9000, 2010, True, None, 0.5002)
+    assert c.row == c.close_row and isinstance(c.row, int)
+    role = ctx.procs[2010].role
+    assert not cut.not_closed_by_roles((role,)) and len(cut.closed_by_roles((role,))) == 1
+    assert len(cut.not_closed_by_roles(("nginx-worker",))) == 1
+    assert not ctx.conns.open_at(0.4).serving() and not ctx.conns.open_at(0.55)
+    assert cut.earliest_end() == 0.5001 and ctx.conns.ended(before=0.5).earliest_end() is None
+    assert not ctx.refused and ctx.refused.latest() is None and not ctx.calls.closes()
 
 
 def test_reset_without_socket_for_a_known_connection_is_not_a_refusal():
@@ -114,7 +133,7 @@ def test_reset_without_socket_for_a_known_connection_is_not_a_refusal():
              daddr="127.0.0.1", dport=40003, reason="NO_SOCKET"),
     ]
     ctx = ctx_of(rows)
-    assert list(ctx.refused["client_port"]) == [40003]
+    assert list(ctx.refused.frame["client_port"]) == [40003]
 
 
 def test_runc_init_thread_kills_at_exec_are_not_signals():
@@ -147,13 +166,13 @@ def test_reset_from_a_time_wait_orphan_joins_the_connection_by_its_4_tuple():
             tcp(1.0, 8080, 40001, "ESTABLISHED", "FIN_WAIT1", "0xs", pid=11, comm="nginx"),
             rst(1.2, "tcp_reset_sent", 8080, 40001, "0xtw", old="TIME_WAIT", reason="TCP_TIMEWAIT_SOCKET")]
     ctx = ctx_of(rows + [dict(ts=0.1, kind="process_exec", pid=11, comm="nginx", nspid=7, ppid=10, **N)])
-    c = ctx.conns.set_index("dport").loc[40001]
+    c = ctx.conns.frame.set_index("dport").loc[40001]
     assert (c["side"], c["close_kind"], c["reset_by"], c["closed_by"]) == ("server", "rst", "pod", "pod")
     assert c["rst_after_close"] and c["rst_ts"] == 1.2 and c["end_ts"] == 1.0
     assert c["closer_pid"] == 11                # who closed it: the FIN's task, not the reset's (the client)
     fin = ctx.events.loc[int(c["fin_row"])]
     assert (fin["kind"], fin["new_state"], fin["sock"]) == ("tcp_state", "FIN_WAIT1", "0xs")
-    assert ctx.conn_stats["client_resets"] == 1
+    assert ctx.display.stats["client_resets"] == 1
 
 
 def test_reset_on_a_reused_sock_address_goes_to_the_connection_of_its_4_tuple():
@@ -164,17 +183,17 @@ def test_reset_on_a_reused_sock_address_goes_to_the_connection_of_its_4_tuple():
             rst(2.0, "tcp_reset_received", 33378, 8080, "0xs"),
             tcp(2.000005, 33378, 8080, "SYN_SENT", "CLOSE", "0xs")]
     ctx = ctx_of(rows)
-    conns = ctx.conns.set_index("dport")
+    conns = ctx.conns.frame.set_index("dport")
     old = conns.loc[40001]
     assert (old["close_kind"], old["closed_by"], bool(old["rst_after_close"])) == ("fin", "pod", False)
-    assert ctx.conn_stats.get("client_resets", 0) == 0
+    assert ctx.display.stats.get("client_resets", 0) == 0
 
 
 def test_a_reset_matching_no_4_tuple_keeps_its_sock():
     # the tuple check only re-keys: a reset whose tuple no state change shows stays with its sock
     rows = [LISTEN, tcp(1.0, 8080, 40001, "ESTABLISHED", "CLOSE_WAIT", "0xs", pid=11, comm="nginx"),
             rst(1.5, "tcp_reset_sent", 8080, 40099, "0xs", old="CLOSE_WAIT")]
-    c = ctx_of(rows).conns.set_index("dport").loc[40001]
+    c = ctx_of(rows).conns.frame.set_index("dport").loc[40001]
     assert c["close_kind"] == "rst" and not c["rst_after_close"]
 
 

@@ -10,8 +10,7 @@ from ..events import capabilities as C
 from ..events import schema as S
 from .cut import mark_recorder_cut
 from .pod import PodContext, process_context
-from .rows import EventLookup, Row, to_rows
-from .timeline import exec_rows
+from .rows import EventLookup, Row, exec_rows, to_rows
 
 
 def capabilities_of(meta: dict[str, Any], events: pd.DataFrame) -> tuple[frozenset[str], list[str]]:

@@ -4,7 +4,7 @@ context. One vectorised pass over the recording's TCP events (most of its rows) 
 per pod: a pandas operation costs ~0.1 ms whatever its size, and a node has many small pods."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -12,6 +12,7 @@ import pandas as pd
 from ..events import schema as S
 from .connections import (CONN_COLUMNS, REFUSED_COLUMNS, Listener, aggregate_connections, build_listeners,
                           build_refused, classify, listener_masks)
+from .facts import Connections, PodRows, Refusals, SocketCalls, numpy_columns
 from .pod import PodContext, mark_upstream
 from .rows import to_rows
 
@@ -24,7 +25,7 @@ MAX_LANE_CONNS = 2000
 
 def attach_tcp(ctxs: dict[str, PodContext], tcp: pd.DataFrame, endpoints: dict[str, Any] | None,
                lanes: bool = True) -> None:
-    """Fill listeners, conns, refused and socket_calls of every context. tcp: the recording's TCP
+    """Fill listeners, conns, refused, calls and display of every context. tcp: the recording's TCP
     events that belong to a pod (pod_uid set), in time order."""
     st = tcp[tcp["kind"] == S.TCP_STATE]
     _attach_listeners(ctxs, st, endpoints or {})
@@ -38,32 +39,24 @@ def attach_tcp(ctxs: dict[str, PodContext], tcp: pd.DataFrame, endpoints: dict[s
              else pd.DataFrame(columns=["pod"] + CONN_COLUMNS))
     refused = build_refused(tcp, conns, upstream)
     calls = tcp[tcp["kind"].isin(SOCKET_CALL_KINDS)]
-    # each pod's rows made adjacent once: a pod's table is then a slice, not a copy
-    for table, frame, key, columns in (("conns", conns, "pod", CONN_COLUMNS), ("refused", refused, "pod", REFUSED_COLUMNS),
-                                       ("socket_calls", calls, "pod_uid", None)):
-        frame = frame.iloc[np.argsort(_keys(frame[key]), kind="stable")] if len(frame) else frame
-        parts = _ranges(frame[key]) if len(frame) else {}
-        view = frame[columns] if columns else frame
-        cols = numpy_columns(view) if columns else None
-        for uid, ctx in ctxs.items():
-            a, b = parts.get(uid, (0, 0))
-            ctx.share_table(table, view, cols, a, b)
+    conn_rows, refused_rows = _pod_rows(conns, "pod", CONN_COLUMNS), _pod_rows(refused, "pod", REFUSED_COLUMNS)
+    call_rows = _pod_rows(calls, "pod_uid", None)
+    for uid, ctx in ctxs.items():
+        ctx.conns = Connections(conn_rows(uid), ctx.procs)
+        ctx.refused = Refusals(refused_rows(uid))
+        ctx.calls = SocketCalls(call_rows(uid))
     _attach_summaries(ctxs, conns, refused, lanes)
 
 
-def numpy_columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Every column as numpy, converted once for all pods: bool as bool, numbers as float (NaN for
-    missing), the rest as objects."""
-    out = {}
-    for name in frame.columns:
-        s = frame[name]
-        if s.dtype == bool:
-            out[name] = s.to_numpy(dtype=bool)
-        elif s.dtype.kind in "fiu" or str(s.dtype) in ("Int64", "Float64", "boolean"):
-            out[name] = s.to_numpy(dtype=float, na_value=np.nan)
-        else:
-            out[name] = s.to_numpy(dtype=object)
-    return out
+def _pod_rows(frame: pd.DataFrame, key: str, columns: list[str] | None) -> Callable[[str], PodRows]:
+    """pod uid -> its rows of a table of all pods. Each pod's rows are made adjacent once: a pod's
+    table is then a slice, not a copy. columns: those kept, converted to numpy once for all pods;
+    None keeps all, converted per pod on first use."""
+    frame = frame.iloc[np.argsort(_keys(frame[key]), kind="stable")] if len(frame) else frame
+    parts = _ranges(frame[key]) if len(frame) else {}
+    view = frame[columns] if columns else frame
+    cols = numpy_columns(view) if columns else None
+    return lambda uid: PodRows(view, cols, *parts.get(uid, (0, 0)))
 
 
 def _keys(col: pd.Series) -> np.ndarray:
@@ -85,11 +78,11 @@ def _attach_summaries(ctxs: dict[str, PodContext], conns: pd.DataFrame, refused:
     t0 = {u: c.t0 for u, c in ctxs.items()}
     ref = {u: (c.t0 if c.t0 is not None else c.first_ts) for u, c in ctxs.items()}
     starts = {u: (c.t0 - PRE_WINDOW_S if c.t0 is not None else float("-inf")) for u, c in ctxs.items()}
-    for name, per_pod in (("conn_stats", conn_stats(conns, refused, t0)), ("conn_lines", conn_lines(conns, refused, starts)),
+    for name, per_pod in (("stats", conn_stats(conns, refused, t0)), ("timeline", conn_lines(conns, refused, starts)),
                           ("lanes", conn_lanes(conns, t0, ref) if lanes else {})):
         for uid, value in per_pod.items():
             if uid in ctxs:
-                setattr(ctxs[uid], name, value)
+                setattr(ctxs[uid].display, name, value)
 
 
 def conn_lanes(conns: pd.DataFrame, t0: dict[str, float | None], ref: dict[str, float]) -> dict[str, list[dict[str, Any]]]:

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from .pod import PodContext
 from .processes import FPM_CHILD
 
@@ -31,23 +29,18 @@ def resets_outside_stop(ctxs: dict[str, PodContext]) -> list[dict[str, Any]]:
 
 
 def _pod_entry(ctx: PodContext) -> dict[str, Any] | None:
-    if not ctx.size("conns"):
+    # ended outside the stop: on a pod that never stopped, or before its stop began
+    outside = ctx.conns.server_side().ended(before=ctx.stop_from)
+    client = outside.serving().reset_by_pod()
+    upstream = outside.upstream().reset()
+    span = (client | upstream).reset_span()
+    if span is None:
         return None
-    end = ctx.col("end_ts")
-    has_end = ~np.isnan(end)
-    outside = has_end & ~ctx.in_stop(np.where(has_end, end, 0.0))
-    server, kind, cls = ctx.col("side") == "server", ctx.col("close_kind"), ctx.col("port_class")
-    client = server & (cls == "serving") & (kind == "rst") & (ctx.col("reset_by") == "pod") & outside
-    upstream = server & (cls == "upstream") & (kind == "rst") & outside
-    if not (client.any() or upstream.any()):
-        return None
-    race = ctx.col("rst_after_close")
-    when = np.where(np.isnan(ctx.col("rst_ts")), end, ctx.col("rst_ts"))[client | upstream]
     recycled = [p for p in ctx.procs.values() if p.role == FPM_CHILD and p.exit_ts is not None
                 and p.exit_code == 0 and not ctx.in_stop(p.exit_ts)
                 and not any(s.target is p and s.sig not in ("SIGCHLD",) for s in ctx.signals)]
-    n_client, n_up = int(client.sum()), int(upstream.sum())
-    n_ka, n_fcgi = int((client & race).sum()), int((upstream & race).sum())
+    n_client, n_up = len(client), len(upstream)
+    n_ka, n_fcgi = len(client.reset_after_close()), len(upstream.reset_after_close())
     causes = []
     if n_ka:
         causes.append(f"{n_ka} on idle keep-alive connections the pod had closed (its keepalive_timeout) when the "
@@ -62,5 +55,5 @@ def _pod_entry(ctx: PodContext) -> dict[str, Any] | None:
                       "recycling: a kept FastCGI connection to one is closed under nginx)")
     return {"pod_uid": ctx.pod_uid, "pod_name": ctx.pod_name, "namespace": ctx.namespace, "stopped": ctx.stopped,
             "client_resets": n_client, "keepalive_races": n_ka, "upstream_resets": n_up, "fastcgi_races": n_fcgi,
-            "fpm_children_recycled": len(recycled), "first_ts": float(np.min(when)), "last_ts": float(np.max(when)),
+            "fpm_children_recycled": len(recycled), "first_ts": span[0], "last_ts": span[1],
             "causes": causes}

@@ -7,17 +7,14 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from ..events import schema as S
-from .connections import CONN_COLUMNS, DEFAULT_UPSTREAM_PORTS, REFUSED_COLUMNS, Listener
+from .connections import DEFAULT_UPSTREAM_PORTS, Listener
+from .facts import Connections, Refusals, SocketCalls
 from .processes import (EXEC, HOST, PRESTOP, RUNTIME, ROLE_LABELS, Process, app_of, assign_roles,
                         build_processes, is_runtime_comm, parent_map)
-from .rows import EventLookup, Row
-
-_EMPTY_TABLES = {"conns": pd.DataFrame(columns=CONN_COLUMNS), "refused": pd.DataFrame(columns=REFUSED_COLUMNS),
-                 "socket_calls": pd.DataFrame(columns=["ts", "kind"])}
+from .rows import EventLookup, Row, exec_rows
 
 # signals that are never a stop request (kernel notifications, timers)
 NOT_STOP = frozenset({"SIGCHLD", "SIGPIPE", "SIGURG", "SIGALRM", "SIGVTALRM", "SIGPROF", "SIGIO", "SIGWINCH",
@@ -91,8 +88,29 @@ class Container:
         return self.pid1 is not None and self.pid1.exit_ts is not None
 
 
+@dataclass(frozen=True)
+class LifecycleFact:
+    """A pod_lifecycle event: what the API watcher (or the lab) said about the pod."""
+    ts: float
+    row: int
+    event: str | None                # sigtrace.events.lifecycle: pod_seen, pod_deleted, endpoints_...
+    detail: dict[str, Any]           # the rest: grace period, preStop hooks, containers, owner...
+
+
+@dataclass
+class ConnDisplay:
+    """What the report shows of the pod's connections, made for all pods at once (network.attach_tcp):
+    the stats' counts, the timeline's connection lines (as rows) and the HTML picture's lanes. No
+    verdict reads them: rules ask PodContext.conns and .refused."""
+    stats: dict[str, int] = field(default_factory=dict)
+    timeline: list[dict[str, Any]] = field(default_factory=list)
+    lanes: list[dict[str, Any]] = field(default_factory=list)
+
+
 @dataclass
 class PodContext:
+    """The facts of one pod's shutdown. Rules ask them questions: its processes, containers and
+    signals as objects, its TCP side as question sets (facts.Connections, Refusals, SocketCalls)."""
     pod_uid: str
     events: pd.DataFrame             # the recording's frame (evidence cites its row index)
     caps: frozenset[str]
@@ -103,56 +121,22 @@ class PodContext:
     stopped: bool = False
     procs: dict[int, Process] = field(default_factory=dict)
     containers: dict[str, Container] = field(default_factory=dict)
+    container_names: dict[str, str] = field(default_factory=dict)   # container id -> name, from the API
     signals: list[Signal] = field(default_factory=list)
     listeners: dict[int, Listener] = field(default_factory=dict)
-    lifecycle: list[dict[str, Any]] = field(default_factory=list)
+    lifecycle: list[LifecycleFact] = field(default_factory=list)
     prestops: list[Process] = field(default_factory=list)
     runtime_stops: list[Signal] = field(default_factory=list)
     first_ts: float = 0.0
-    exec_rows: dict[int, int] | None = None     # pid -> its first process_exec row, shared by all pods
-    # taken for all pods at once (network.attach_tcp): connection counts, the timeline's
-    # connection lines (as rows) and the HTML picture's connection lanes
-    conn_stats: dict[str, int] = field(default_factory=dict)
-    conn_lines: list[dict[str, Any]] = field(default_factory=list)
-    lanes: list[dict[str, Any]] = field(default_factory=list)
-    lookup: EventLookup | None = None           # the recording's ts and kind by row, shared by all pods
     recorder_cut: Any = None                    # cut.RecorderCut: the recorder died with this pod's init
-    # conns, refused and socket_calls of all pods (network.attach_tcp), this pod's rows at [start, end)
-    _tables: dict[str, tuple[pd.DataFrame, dict[str, np.ndarray] | None, int, int]] = field(default_factory=dict, repr=False)
-    _sliced: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
-
-    # ---- the pod's TCP tables --------------------------------------------------------------
-    def share_table(self, table: str, frame: pd.DataFrame, columns: dict[str, np.ndarray] | None,
-                    start: int, end: int) -> None:
-        self._tables[table] = (frame, columns, start, end)
-        self._sliced.pop(table, None)
-
-    def _table(self, table: str) -> pd.DataFrame:
-        # sliced on first use: most rules decide from numpy columns (col) and never need the frame
-        got = self._sliced.get(table)
-        if got is None:
-            frame, _, start, end = self._tables.get(table, (_EMPTY_TABLES[table], None, 0, 0))
-            got = self._sliced[table] = frame.iloc[start:end]
-        return got
-
-    @property
-    def conns(self) -> pd.DataFrame:
-        """One row per connection (connections.CONN_COLUMNS)."""
-        return self._table("conns")
-
-    @property
-    def refused(self) -> pd.DataFrame:
-        """Refused connection attempts (connections.REFUSED_COLUMNS)."""
-        return self._table("refused")
-
-    @property
-    def socket_calls(self) -> pd.DataFrame:
-        """sock_close/connect_error/resets as the pod's processes saw them (strace view)."""
-        return self._table("socket_calls")
-
-    def size(self, table: str) -> int:
-        got = self._tables.get(table)
-        return got[3] - got[2] if got else 0
+    # the TCP side, this pod's rows of tables made for all pods at once (network.attach_tcp)
+    conns: Connections = field(default_factory=Connections.empty)
+    refused: Refusals = field(default_factory=Refusals.empty)
+    calls: SocketCalls = field(default_factory=SocketCalls.empty)
+    display: ConnDisplay = field(default_factory=ConnDisplay)
+    # indexes of the whole recording, shared by all pods (build.build_contexts)
+    exec_rows: dict[int, int] | None = None     # pid -> its first process_exec row
+    lookup: EventLookup | None = None           # ts and kind by row
 
     # ---- helpers for rules ---------------------------------------------------------------
     def has(self, *caps: str) -> bool:
@@ -165,11 +149,34 @@ class PodContext:
         return None if ts is None else round(ts - (self.t0 if self.t0 is not None else self.first_ts), 6)
 
     def evidence(self, row: int | None, what: str, ts: float | None = None) -> dict[str, Any]:
-        lookup = self.lookup or EventLookup(self.events)
+        lookup = self._lookup()
         if row is not None and ts is None:
             ts = lookup.ts(row)
         kind = lookup.kind(row) if row is not None else None
         return {"t": self.rel(ts), "ts": ts, "kind": kind, "what": what, "event": row}
+
+    def _lookup(self) -> EventLookup:
+        if self.lookup is None:
+            self.lookup = EventLookup(self.events)
+        return self.lookup
+
+    def event_ts(self, row: int) -> float:
+        """When the recording's event at row happened."""
+        return self._lookup().ts(row)
+
+    def reset_detail(self, row: int | None) -> list[str]:
+        """How the kernel sent the reset at row, where its event says: the (orphan) socket's state and
+        the kernel's reason."""
+        if row is None or row not in self.events.index:
+            return []
+        e = self.events.loc[row]
+        return [str(v) for v in (e.get("old_state"), e.get("reason")) if isinstance(v, str) and v]
+
+    def exec_row(self, pid: int) -> int | None:
+        """The first process_exec of pid in the whole recording."""
+        if self.exec_rows is None:
+            self.exec_rows = exec_rows(self.events)
+        return self.exec_rows.get(pid)
 
     def by_role(self, role: str) -> list[Process]:
         return [p for p in self.procs.values() if p.role == role]
@@ -178,38 +185,19 @@ class PodContext:
         return [s for s in self.signals if s.target is not None
                 and (role is None or s.target.role == role) and (pid is None or s.target.pid == pid)]
 
-    def col(self, name: str, table: str = "conns") -> np.ndarray:
-        """A column of conns or refused as numpy (missing numbers as NaN): the rules filter with
-        numpy masks, which cost microseconds where a pandas one costs ~0.1 ms."""
-        _, columns, start, end = self._tables[table]
-        return columns[name][start:end]
+    def lifecycle_events(self, *events: str) -> list[LifecycleFact]:
+        return [lc for lc in self.lifecycle if lc.event in events]
 
-    def rows_where(self, mask: np.ndarray, table: str = "conns") -> pd.DataFrame:
-        """The rows of conns or refused where mask holds."""
-        frame = getattr(self, table)
-        idx = np.flatnonzero(mask)
-        return frame.iloc[idx] if len(idx) else frame.iloc[:0]
+    @property
+    def stop_from(self) -> float | None:
+        """Where this pod's stop begins (STOP_PRE_S before its trigger); None: it never stopped. What
+        happened before, or on a pod that never stopped (keep-alive expiry at steady state, php-fpm
+        recycling its children), is no stop's doing."""
+        return None if self.t0 is None else self.t0 - STOP_PRE_S
 
-    def open_mask(self, ts: float, port_class: str | None = None) -> np.ndarray:
-        """Server-side connections established at ts and not yet ended."""
-        if not self.size("conns"):
-            return np.zeros(0, dtype=bool)
-        est, end = self.col("est_ts"), self.col("end_ts")
-        m = (self.col("side") == "server") & ~np.isnan(est) & (est <= ts) & (np.isnan(end) | (end > ts))
-        if port_class:
-            m &= self.col("port_class") == port_class
-        return m
-
-    def conns_open_at(self, ts: float, port_class: str | None = None) -> pd.DataFrame:
-        return self.rows_where(self.open_mask(ts, port_class))
-
-    def in_stop(self, ts: np.ndarray | float) -> np.ndarray | bool:
-        """Whether ts falls in this pod's stop (from STOP_PRE_S before its trigger on): what happened
-        before, or on a pod that never stopped (keep-alive expiry at steady state, php-fpm recycling
-        its children), is no stop's doing."""
-        if self.t0 is None:
-            return np.zeros(np.shape(ts), dtype=bool) if np.ndim(ts) else False
-        return np.asarray(ts) >= self.t0 - STOP_PRE_S if np.ndim(ts) else ts >= self.t0 - STOP_PRE_S
+    def in_stop(self, ts: float) -> bool:
+        """Whether ts falls in this pod's stop (stop_from on)."""
+        return self.t0 is not None and ts >= self.t0 - STOP_PRE_S
 
     def last_exit_ts(self) -> float | None:
         ts = [p.exit_ts for p in self.procs.values() if p.exit_ts is not None and not p.external]
@@ -259,8 +247,8 @@ def _lifecycle(ctx: PodContext, lc: list[Row]) -> None:
             names.update({str(k): str(v) for k, v in detail["containers"].items()})
         if r.get("container_name") and r.get("container_id"):
             names[str(r["container_id"])] = str(r["container_name"])
-        ctx.lifecycle.append({"ts": float(r["ts"]), "row": r["row"], "event": r.get("event"), "detail": detail})
-    ctx._names = names  # type: ignore[attr-defined]
+        ctx.lifecycle.append(LifecycleFact(float(r["ts"]), r["row"], r.get("event"), detail))
+    ctx.container_names = names
 
 
 def _is_exec_noise(r: Row) -> bool:
@@ -328,7 +316,7 @@ def _signals(ctx: PodContext, own: list[Row], from_outside: list[Row]) -> list[S
 
 
 def _containers(ctx: PodContext) -> None:
-    names = getattr(ctx, "_names", {})
+    names = ctx.container_names
     ids: dict[str, list[Process]] = {}
     for p in ctx.procs.values():
         if p.container_id:
@@ -376,7 +364,7 @@ def _trigger(ctx: PodContext) -> None:
     if deleted is not None:
         pre = [p for p in pre if p.exec_ts >= deleted]
     if hook_of is not None:
-        names: dict[str, str] = getattr(ctx, "_names", {})
+        names = ctx.container_names
         kept, first = [], {}
         for p in sorted(pre, key=lambda p: p.exec_ts):
             name = names.get(p.container_id or "")
@@ -398,7 +386,7 @@ def _trigger(ctx: PodContext) -> None:
 def deletion_ts(ctx: PodContext) -> float | None:
     """When the pod's deletion was requested (pod_deleted; the API's deletionTimestamp minus the
     grace period, a lower bound of the request time), if the recording says."""
-    ts = [lc["ts"] for lc in ctx.lifecycle if lc["event"] == "pod_deleted"]
+    ts = [lc.ts for lc in ctx.lifecycle_events("pod_deleted")]
     return min(ts) if ts else None
 
 
@@ -412,10 +400,10 @@ def declared_hooks(ctx: PodContext) -> dict[str, str] | None:
     exec into a stopping container in the stop window may be the hook)."""
     declared = None
     for lc in ctx.lifecycle:
-        hooks = lc["detail"].get("prestop") if lc["event"] == "pod_seen" else None
+        hooks = lc.detail.get("prestop") if lc.event == "pod_seen" else None
         if isinstance(hooks, dict):
             declared = hooks
-    if declared is None or not getattr(ctx, "_names", None):
+    if declared is None or not ctx.container_names:
         return None
     out: dict[str, str] = {}
     for name, cmd in declared.items():

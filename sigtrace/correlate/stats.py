@@ -54,7 +54,7 @@ def _sum_by(frame: pd.DataFrame, key: pd.Series) -> tuple[list[str], list[dict[s
 
 
 def build_stats(ctx: PodContext) -> dict[str, Any]:
-    counts = ctx.conn_stats or {}
+    counts = ctx.display.stats
     t0 = ctx.t0
     last_exit = ctx.last_exit_ts()
     killed = [p for p in ctx.procs.values() if p.exit_signal == "SIGKILL" and not p.external]

@@ -31,13 +31,13 @@ def build_timeline(ctx: PodContext) -> list[dict[str, Any]]:
     start = (ctx.t0 - PRE_WINDOW_S) if ctx.t0 is not None else float("-inf")
     out: list[dict[str, Any]] = []
     for lc in ctx.lifecycle:
-        if lc["event"] != "pod_seen":
-            out.append(_entry(ctx, lc["ts"], "lifecycle", str(lc["event"]).replace("_", " "), lc["row"]))
+        if lc.event != "pod_seen":
+            out.append(_entry(ctx, lc.ts, "lifecycle", str(lc.event).replace("_", " "), lc.row))
     for p in ctx.procs.values():
         if p.external and p.exec_ts is not None and p.exec_ts >= start:
             what = "preStop exec" if p.role == PRESTOP else "exec into the container"
             out.append(_entry(ctx, p.exec_ts, "prestop" if p.role == PRESTOP else "exec",
-                              f"{what}: {p.filename or p.comm} [{p.pid}]", _exec_row(ctx, p.pid), _cname(ctx, p.container_id),
+                              f"{what}: {p.filename or p.comm} [{p.pid}]", ctx.exec_row(p.pid), _cname(ctx, p.container_id),
                               pid=p.pid, comm=p.comm))
         if p.exit_ts is not None and p.exit_ts >= start:
             how = f"killed by {p.exit_signal}" if p.exit_signal else f"exited, code {p.exit_code}"
@@ -65,19 +65,6 @@ def build_timeline(ctx: PodContext) -> list[dict[str, Any]]:
     return out
 
 
-def _exec_row(ctx: PodContext, pid: int) -> int | None:
-    """The first process_exec of pid in the whole recording. The pid -> row map is built once per
-    recording (scanning the frame per process made reports O(pods x events))."""
-    rows = ctx.exec_rows
-    if rows is None:
-        rows = ctx.exec_rows = exec_rows(ctx.events)
-    return rows.get(pid)
-
-
-def exec_rows(events: pd.DataFrame) -> dict[int, int]:
-    ex = events[(events["kind"] == "process_exec") & events["pid"].notna()]
-    first = ex.index.to_series().groupby(ex["pid"].to_numpy()).min() if len(ex) else {}
-    return {int(p): int(r) for p, r in dict(first).items()}
 
 
 CONN_LINE_TYPES = ("conn_reset", "conn_cut", "conn_close")
@@ -130,7 +117,7 @@ def _ranked(sel: pd.DataFrame, groups: list[str], by: str, line: Any, more: Any,
 
 def _conn_entries(ctx: PodContext) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    for x in ctx.conn_lines:
+    for x in ctx.display.timeline:
         type_ = x["type"]
         if "more" in x:
             what = "more refused attempts" if type_ == "refused" else "more like this"

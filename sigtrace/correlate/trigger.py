@@ -26,7 +26,7 @@ DISRUPTIONS = {
 
 
 def _details(ctx: PodContext) -> list[dict[str, Any]]:
-    return [lc["detail"] for lc in ctx.lifecycle if lc["event"] in (L.POD_SEEN, L.POD_DELETED)]
+    return [lc.detail for lc in ctx.lifecycle_events(L.POD_SEEN, L.POD_DELETED)]
 
 
 def owner_of(ctx: PodContext) -> tuple[bool, dict[str, str] | None, str | None]:

@@ -32,7 +32,7 @@ def report_for(ctx: PodContext, rs_by_deployment: dict[str, set[str]] | None = N
             "processes": [p.to_dict(t0) for p in c.processes],
         })
     return PodReport(ctx.pod_uid, ctx.pod_name, ctx.namespace, ctx.stopped, ctx.t0, containers,
-                     build_timeline(ctx), evaluate(ctx), build_stats(ctx), connections=ctx.lanes,
+                     build_timeline(ctx), evaluate(ctx), build_stats(ctx), connections=ctx.display.lanes,
                      trigger=pod_trigger(ctx, rs_by_deployment or {}))
 
 

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..correlate.pod import PodContext
-from ..events import schema as S
 
 MAX_EVIDENCE = 8
 
@@ -73,11 +72,22 @@ def fmt_t(t: float | None) -> str:
 
 def serving_ports(ctx: PodContext) -> list[int]:
     """The pod's serving (not FastCGI) listening ports: from TCP states, and under strace from the
-    listeners its processes closed (a close() of a socket without a peer)."""
+    listeners its processes closed."""
     ports = {p for p, li in ctx.listeners.items() if not li.upstream}
-    sc = ctx.socket_calls
-    if len(sc) and "dport" in sc and "sport" in sc:
-        upstream = {p for p, li in ctx.listeners.items() if li.upstream}
-        lis = sc[(sc["kind"] == S.SOCK_CLOSE) & sc["dport"].isna() & sc["sport"].notna()]
-        ports |= {int(p) for p in lis["sport"].unique()} - upstream
-    return sorted(ports)
+    upstream = {p for p, li in ctx.listeners.items() if li.upstream}
+    return sorted(ports | (ctx.calls.closes().listeners().local_ports() - upstream))
+
+
+def more(n: int, what: str = "more") -> dict[str, Any]:
+    """The evidence line that stands for n items left out."""
+    return {"t": None, "ts": None, "kind": None, "what": f"... and {n} {what}", "event": None}
+
+
+def shown(v: Any) -> Any:
+    """A value as the report prints it: a missing one as <NA>."""
+    return "<NA>" if v is None else v
+
+
+def upstream_ports(ctx: PodContext) -> list[int]:
+    """The pod's FastCGI listening ports."""
+    return [li.port for li in ctx.listeners.values() if li.upstream]

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from ..correlate.pod import NOT_STOP, Container, PodContext, Signal, declared_hooks, deletion_ts, program_names
 from ..correlate.processes import OTHER, Process
 from ..correlate.processes import INIT, SHELL
@@ -112,7 +110,7 @@ def killed_after_grace(ctx: PodContext) -> Finding | Undecidable | None:
                                f"from outside" + (f", together with {others}" if others else ""), ts=cut.after))
     victims = ({s.target.pid for s in kills} | {p.pid for p in pid1_killed + unsent}
                | (set(cut.running) if cut_victims else set()))
-    n_open = int(ctx.open_mask(first).sum())
+    n_open = len(ctx.conns.open_at(first))
     extra = f"; {n_open} connection(s) still open" if n_open else ""
     grace = f" (grace period {ctx.grace_s:g} s)" if ctx.grace_s is not None else ""
     return Finding(f"{len(victims)} process(es) were still running at {fmt_t(ctx.rel(first))}{grace} and were "
@@ -216,7 +214,7 @@ def prestop_exceeds_grace(ctx: PodContext) -> Finding | Undecidable | None:
     abandoned = hurt
     ev, marks, names = [], [], []
     if deleted is not None:
-        row = next((lc["row"] for lc in ctx.lifecycle if lc["event"] == "pod_deleted"), None)
+        row = next((lc.row for lc in ctx.lifecycle_events("pod_deleted")), None)
         ev.append(ctx.evidence(row, "pod deleted" + (f" (grace period {grace:g} s)" if grace is not None else "")))
     kill_gap = None
     for c, hook, s, waited, since in abandoned:
@@ -224,7 +222,7 @@ def prestop_exceeds_grace(ctx: PodContext) -> Finding | Undecidable | None:
                     and x.target is not None and x.target.container_id == c.id), key=lambda x: x.ts, default=None)
         names.append(f"{c.label} ({hook.filename or hook.comm})")
         if hook.exec_ts is not None:
-            ev.append(ctx.evidence(_exec_row(ctx, hook.pid), f"preStop exec into {c.label}: "
+            ev.append(ctx.evidence(ctx.exec_row(hook.pid), f"preStop exec into {c.label}: "
                                                              f"{hook.filename or hook.comm} [{hook.pid}]", ts=hook.exec_ts))
         ev.append(ctx.evidence(s.row, f"{s.sender_label} → {s.target_label}: {s.sig} {waited:.3f} s after {since}, "
                                       f"while {hook.label} still ran (the kubelet stopped waiting for it)"))
@@ -264,10 +262,6 @@ def _running_hooks(ctx: PodContext, c: Container, s: Signal) -> list[Process]:
             and want in program_names(p) and p.alive_at(s.ts)]
 
 
-def _exec_row(ctx: PodContext, pid: int) -> int | None:
-    return (ctx.exec_rows or {}).get(pid)
-
-
 def _ports_of(ctx: PodContext, c: Container) -> set[int]:
     """The ports container c listens on: its listeners, else by its app (nginx serves, php-fpm is the
     FastCGI upstream) when the recording does not say which container a listener belongs to."""
@@ -286,21 +280,16 @@ def _harm_after(ctx: PodContext, c: Container, ts: float, exclude: set[int]) -> 
     their children excepted). (evidence, phrases)"""
     ev: list[dict[str, Any]] = []
     said: list[str] = []
-    ports = list(_ports_of(ctx, c))
-    if ctx.size("refused") and ports:
-        idx = np.flatnonzero((ctx.col("ts", "refused") >= ts) & np.isin(ctx.col("port", "refused"), ports))
-        if len(idx):
-            said.append(f"{len(idx)} connection attempt(s) refused")
-            ev.append(ctx.evidence(int(ctx.col("row", "refused")[idx[0]]), f"the first of {said[-1]}"))
-    if ctx.size("conns") and ports:
-        end = np.nan_to_num(ctx.col("end_ts"), nan=-np.inf)
-        idx = np.flatnonzero((ctx.col("side") == "server") & (end >= ts) & (ctx.col("closed_by") == "pod")
-                             & np.isin(ctx.col("port"), ports)
-                             & ((ctx.col("close_kind") == "rst") | ctx.col("at_exit")))
-        if len(idx):
-            said.append(f"{len(idx)} connection(s) reset or cut by the pod")
-            row = ctx.col("close_row")[idx[0]]
-            ev.append(ctx.evidence(int(row) if row == row else None, f"the first of {said[-1]}", ts=float(end[idx[0]])))
+    ports = _ports_of(ctx, c)
+    refused = ctx.refused.at(since=ts).on_ports(ports)
+    if refused:
+        said.append(f"{len(refused)} connection attempt(s) refused")
+        ev.append(ctx.evidence(refused.first(1)[0].row, f"the first of {said[-1]}"))
+    cut = ctx.conns.server_side().on_ports(ports).ended(since=ts).cut_by_pod()
+    if cut:
+        said.append(f"{len(cut)} connection(s) reset or cut by the pod")
+        (first,) = cut.first(1)
+        ev.append(ctx.evidence(first.close_row, f"the first of {said[-1]}", ts=first.end_ts))
     killed = [p for p in c.processes if p.exit_signal == "SIGKILL" and p.exit_ts is not None and p.exit_ts >= ts
               and not p.external and p.pid not in exclude]
     if killed:
