@@ -15,7 +15,8 @@ from sigtrace.analyze import node_frames, read_exports
 from sigtrace.events.reader import read_recording
 from sigtrace.events.validate import INT_RANGES
 from sigtrace.events.schema import DTYPES, FIELD_NAMES, KINDS, new_event
-from sigtrace.export import COLUMNS, export_recordings, have_pyarrow, sidecar_path
+from sigtrace.export import COLUMNS, EXPORT_DTYPES, export_recordings, have_pyarrow, sidecar_path
+from sigtrace.export.columns import POD_META_COLUMNS
 
 DATA = Path(__file__).parent / "data" / "fleet"
 NODES = [DATA / "node-a", DATA / "node-b"]
@@ -31,6 +32,23 @@ def assert_same_events(got: pd.DataFrame, want: pd.DataFrame) -> None:
         if isinstance(w.dtype, pd.CategoricalDtype):
             g, w = g.astype(object), w.astype(object)
         pd.testing.assert_series_equal(g, w, check_dtype=False, check_names=True, obj=col)
+
+
+def _values(s: pd.Series) -> list:
+    return s.astype(object).where(s.notna(), None).tolist()
+
+
+def assert_recorded_events(got: pd.DataFrame, want: pd.DataFrame) -> None:
+    """got is the recording's events as the export has them: every column the same, except that pod
+    and container names (categorical) are also on rows the recording left without them (the export's
+    fill); pod_lifecycle rows, and every name recorded, are as recorded."""
+    meta = list(POD_META_COLUMNS)
+    assert_same_events(got.drop(columns=meta), want.drop(columns=meta))
+    kept = (want["kind"] == "pod_lifecycle").to_numpy()
+    for col in meta:
+        assert isinstance(got[col].dtype, pd.CategoricalDtype), col
+        recorded = kept | want[col].notna().to_numpy()
+        assert _values(got[col][recorded]) == _values(want[col][recorded]), col
 
 
 def test_columns_are_the_schema_in_order_then_node():
@@ -52,25 +70,42 @@ def test_export_merges_nodes_and_round_trips_every_field(tmp_path):
     assert plain["ts"].is_monotonic_increasing
     assert plain.groupby("node").size().to_dict() == {"node-a": 20, "node-b": 15}
 
-    # analyze's reader gives every node's events back exactly as read_recording does
+    # analyze's reader gives every node's events back as read_recording does, names filled in
     export = read_exports([str(out)])
     assert export.metas["node-b"]["lost_events"] == 3 and export.metas["node-a"]["backend"] == "bpf"
     for node, events, meta, _ in node_frames(export):
         assert meta["node"] == node and "sources" not in meta
-        assert_same_events(events, recs[node].events)
+        assert_recorded_events(events, recs[node].events)
 
 
 def test_pod_metadata_filled_for_every_event_of_a_named_pod(tmp_path):
     out = tmp_path / "fleet.csv"
     export_recordings(NODES, csv=str(out))
     df = read_exports([str(out)]).events
-    web = df[df["pod_uid"] == "a1b2c3d4-0000-4000-8000-00000000000a"]
+    web = df[(df["pod_uid"] == "a1b2c3d4-0000-4000-8000-00000000000a") & (df["kind"] != "pod_lifecycle")]
     assert (web["pod_name"] == "web-7c9d8f6b5-x2k4q").all() and (web["namespace"] == "shop").all()
     php = web[web["comm"] == "php-fpm8.2"]
     assert len(php) == 2 and (php["container_name"] == "php-fpm").all()
     # an event outside pods stays without pod metadata; the runtime's signals name the target, not a pod
     assert df.loc[df["comm"] == "sshd", ["pod_uid", "pod_name", "container_name"]].isna().all().all()
     assert df.loc[df["comm"] == "runc", "pod_name"].isna().all()
+    # a few names on every row: categorical in memory, dictionary-encoded in Parquet
+    assert all(str(df[c].dtype) == EXPORT_DTYPES[c] == "category" for c in POD_META_COLUMNS)
+
+
+@pytest.mark.skipif(not have_pyarrow(), reason="Parquet needs pyarrow")
+def test_a_column_without_values_reads_back_from_parquet(tmp_path):
+    # without its pod_lifecycle rows no event of node-b names a pod or a lifecycle event: the
+    # reader gives such columns float categories, which Arrow would write as a float column
+    d = tmp_path / "rec"
+    d.mkdir()
+    lines = [e for e in (DATA / "node-b" / "events.jsonl").read_text().splitlines() if "pod_lifecycle" not in e]
+    (d / "events.jsonl").write_text("\n".join(lines) + "\n")
+    (d / "meta.json").write_text((DATA / "node-b" / "meta.json").read_text())
+    export_recordings([d], csv=str(tmp_path / "x.csv"), parquet=str(tmp_path / "x.parquet"))
+    a, b = read_exports([str(tmp_path / "x.csv")]), read_exports([str(tmp_path / "x.parquet")])
+    assert_same_events(b.events, a.events)
+    assert b.events[["event", "pod_name"]].isna().all().all()
 
 
 @pytest.mark.skipif(not have_pyarrow(), reason="Parquet needs pyarrow")
@@ -142,13 +177,9 @@ def test_odd_values_round_trip(tmp_path_factory, events, node):
     export_recordings([d], csv=str(out))
     ((got_node, got, _, _),) = list(node_frames(read_exports([str(out)])))
     assert got_node == node
-    want = rec.events.copy()
-    # pod metadata on non-lifecycle rows is the export's own fill, which analyze takes out again
-    lifecycle = want["kind"] == "pod_lifecycle"
-    for col in ("pod_name", "namespace", "container_name"):
-        want.loc[~lifecycle, col] = pd.NA
+    want = rec.events
     if have_pyarrow():
-        assert_same_events(got, want)
+        assert_recorded_events(got, rec.events)
     else:   # the pandas fallback cannot tell "" from null
         assert len(got) == len(want)
     assert all(math.isfinite(t) for t in got["ts"])

@@ -1,8 +1,10 @@
 """sigtrace analyze: exports (many nodes) -> the report of every pod -> fleet aggregates.
 
 The verdicts come from sigtrace.report.build_reports, the same code `sigtrace report`
-runs: the export is split per node, each node's events are put back into the exact shape
-read_recording gives, and build_reports decides. This package only reads and aggregates.
+runs: the export is split per node and build_reports decides on each node's events as the export
+has them (the recording's columns; pod and container names are on every row of a named pod, which
+changes nothing: the report reads them from pod_lifecycle rows, which keep what was recorded).
+This package only reads and aggregates.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import pandas as pd
 
 from ..events.lifecycle import POD_SEEN
 from ..events.schema import FIELD_NAMES, POD_LIFECYCLE
-from ..export.columns import NODE, POD_META_COLUMNS
+from ..export.columns import NODE
 from .fleet import Fleet, fleet_from_reports
 from .read import Export, read_exports
 
@@ -25,12 +27,11 @@ __all__ = ["Export", "Fleet", "analyze_files", "node_frames", "read_exports"]
 _EXPORT_META_KEYS = ("sources", "incomplete")
 
 
-def _restore(events: pd.DataFrame) -> pd.DataFrame:
-    """A node's rows as read_recording would give them: schema columns, pod metadata only on
-    pod_lifecycle rows (the export filled it in elsewhere), used categories sorted, fresh index."""
+def _node_events(events: pd.DataFrame) -> pd.DataFrame:
+    """A node's rows for build_reports: the schema's columns, only the categories the node uses
+    (sorted, as read_recording has them), a fresh index."""
     df = events[list(FIELD_NAMES)]
-    is_lifecycle = df["kind"] == POD_LIFECYCLE
-    fixed: dict[str, pd.Series] = {col: df[col].where(is_lifecycle) for col in POD_META_COLUMNS}
+    fixed: dict[str, pd.Series] = {}
     for col in df.columns:
         s = df[col]
         if isinstance(s.dtype, pd.CategoricalDtype):
@@ -55,7 +56,7 @@ def node_frames(export: Export) -> Iterator[tuple[str, pd.DataFrame, dict[str, A
         for key in _EXPORT_META_KEYS:
             meta.pop(key, None)
         # one node (the usual per-node export): no copy of the rows, just the restored view
-        yield str(node), _restore(events if idx is None else events.take(idx)), meta, incomplete
+        yield str(node), _node_events(events if idx is None else events.take(idx)), meta, incomplete
 
 
 def template_hashes(events: pd.DataFrame) -> dict[str, str]:

@@ -148,6 +148,10 @@ def _read_parquet(path: Path, notes: list[str]) -> tuple[pd.DataFrame, dict | No
         table = pf.read(columns=usecols)
         # cast in Arrow (vectorised, multi-threaded) so pandas gets the schema's dtypes directly
         types = _arrow_types()
+        for i, (name, col) in enumerate(zip(table.column_names, table.columns)):
+            if col.type != types[name] and col.null_count == len(col):
+                # all null, written as another type (earlier exports wrote an empty category as float)
+                table = table.set_column(i, name, pa.nulls(len(col), types[name]))
         table = table.cast(pa.schema([pa.field(c, types[c]) for c in table.column_names]))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
         raise DataError(f"{path}: not a readable Parquet export ({_one_line(exc)})") from None

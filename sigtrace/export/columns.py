@@ -11,15 +11,19 @@ NODE = "node"
 SCHEMA_VERSION_COLUMN = "schema_version"
 
 # pod_name, namespace and container_name are pod_lifecycle fields in the event schema; the
-# export fills them for every event of a pod whose lifecycle events name it (where null).
+# export fills them for every event of a pod whose lifecycle events name it (where null), so that
+# a spreadsheet row says whose it is. analyze reads them as they are: the report takes names from
+# pod_lifecycle rows only, which keep what the watcher wrote.
 POD_META_COLUMNS = ("pod_name", "namespace", "container_name")
 
 EXTRA_COLUMNS = (NODE, SCHEMA_VERSION_COLUMN)
 COLUMNS: tuple[str, ...] = FIELD_NAMES + EXTRA_COLUMNS
 
-# dtypes of the exported frame: the schema's, plus a categorical node (few distinct values,
-# repeated on every row) and a plain integer version.
-EXPORT_DTYPES: dict[str, str] = {**DTYPES, NODE: "category", SCHEMA_VERSION_COLUMN: "Int64"}
+# dtypes of the exported frame: the schema's, except that the pod metadata is categorical like
+# node (a few names repeated on every row: dictionary-encoded in Parquet and in memory), plus a
+# plain integer version.
+EXPORT_DTYPES: dict[str, str] = {**DTYPES, **{c: "category" for c in POD_META_COLUMNS},
+                                 NODE: "category", SCHEMA_VERSION_COLUMN: "Int64"}
 
 # Columns analyze cannot work without; other schema columns missing from an export are
 # filled with nulls and reported under `incomplete`.

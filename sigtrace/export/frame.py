@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+from pandas.api.types import is_string_dtype
 
 from ..events.lifecycle import POD_SEEN
 from ..events.source import Recording
@@ -46,26 +48,45 @@ def container_names(lifecycle: pd.DataFrame) -> dict[str, str]:
     return names
 
 
+def _filled(recorded: pd.Series, keys: tuple[np.ndarray, pd.Index], names: pd.Series,
+            keep: np.ndarray) -> pd.Series:
+    """recorded where it has a value or keep is set, else the name of the row's key, as a categorical.
+    keys is pd.factorize of the key column: a million rows cost one lookup per distinct key, and the
+    result is built from codes (making a categorical from a million strings would hash each one)."""
+    codes, uniques = keys
+    key_codes, fill_names = pd.factorize(uniques.map(names) if len(uniques) else pd.Index([], dtype=object))
+    rec = recorded.astype("category")
+    cats = rec.cat.categories.union(pd.Index(fill_names))
+    # each mapping array ends with -1, so that code -1 (null) indexes to -1 again
+    rec_codes = np.append(cats.get_indexer(rec.cat.categories), -1)[rec.cat.codes.to_numpy()]
+    key_to_cat = np.append(cats.get_indexer(fill_names), -1)[key_codes]
+    fill_codes = np.append(key_to_cat, -1)[codes]
+    out = np.where(keep | (rec_codes >= 0), rec_codes, fill_codes)
+    return pd.Series(pd.Categorical.from_codes(out, categories=cats), index=recorded.index)
+
+
 def fill_pod_metadata(df: pd.DataFrame) -> None:
     """Fill pod_name/namespace (by pod_uid) and container_name (by container_id) in place, where
-    null, on every event except pod_lifecycle ones: those keep what the watcher wrote, so that
-    analyze can restore the recording exactly by clearing the fill on the other kinds."""
-    is_lifecycle = df["kind"] == POD_LIFECYCLE
+    null, on every event except pod_lifecycle ones: those keep what the watcher wrote (and are all
+    the report reads names from, so analyze reads the filled columns as they are)."""
+    is_lifecycle = (df["kind"] == POD_LIFECYCLE).to_numpy(dtype=bool, na_value=False)
     lifecycle = df[is_lifecycle]
     if lifecycle.empty:
         return
-    other = ~is_lifecycle
-    by_pod = lifecycle.dropna(subset=["pod_uid"]).groupby("pod_uid", sort=False)[["pod_name", "namespace"]].last()
+    by_pod = lifecycle.dropna(subset=["pod_uid"]).groupby("pod_uid", sort=False, observed=True)[
+        ["pod_name", "namespace"]].last()
+    pods = pd.factorize(df["pod_uid"])
     for col in ("pod_name", "namespace"):
-        known = by_pod[col].dropna()
-        if not known.empty:
-            fill = df.loc[other, "pod_uid"].map(known).astype(df[col].dtype)
-            df.loc[other, col] = df.loc[other, col].fillna(fill)
-    names = container_names(lifecycle)
-    if names:
-        mapped = df.loc[other, "container_id"].map(pd.Series(names, dtype="string"))
-        df.loc[other, "container_name"] = df.loc[other, "container_name"].fillna(
-            mapped.astype(df["container_name"].dtype))
+        df[col] = _filled(df[col], pods, by_pod[col].dropna(), is_lifecycle)
+    names = pd.Series(container_names(lifecycle), dtype=object)
+    df["container_name"] = _filled(df["container_name"], pd.factorize(df["container_id"]), names, is_lifecycle)
+
+
+def _text_categories(s: pd.Series) -> pd.Series:
+    """A categorical column with text categories: one that is all null comes from the reader with
+    float categories, which Arrow writes as a float column that analyze cannot read as a category."""
+    cats = s.cat.categories
+    return s if is_string_dtype(cats) else s.cat.rename_categories(cats.astype(str))
 
 
 def export_frame(recordings: list[Recording]) -> tuple[pd.DataFrame, dict[str, dict], list[str]]:
@@ -103,4 +124,7 @@ def export_frame(recordings: list[Recording]) -> tuple[pd.DataFrame, dict[str, d
     if len(frames) > 1:
         df = df.sort_values("ts", kind="stable", ignore_index=True)
     fill_pod_metadata(df)
+    for col in EXPORT_DTYPES:
+        if isinstance(df[col].dtype, pd.CategoricalDtype):
+            df[col] = _text_categories(df[col])
     return df[list(COLUMNS)], metas, notes
