@@ -26,8 +26,11 @@ CASES = [
     ("fpm-first", ["--workers", "1", "--stop-order", "php-fpm,nginx", "--stop-delay", "2", "--stop-signal", "php-fpm=QUIT",
                    "--process-control-timeout", "10", "--stop-signal", "nginx=QUIT", "--request-ms", "300",
                    "--lb-delay", "1.5"], {"upstream-exited-first"}),
+    # php-fpm's stop starts 1 s after nginx's, so its grace ends after nginx's (killed at the same instant,
+    # which of the two dies first is a coin toss, and with it upstream-exited-first)
     ("grace-too-short", ["--grace", "2", "--request-ms", "5000", "--lb-delay", "0", "--stop-signal", "nginx=QUIT",
-                         "--stop-signal", "php-fpm=QUIT", "--process-control-timeout", "30"], {"killed-after-grace"}),
+                         "--stop-signal", "php-fpm=QUIT", "--process-control-timeout", "30",
+                         "--stop-order", "nginx,php-fpm", "--stop-delay", "1"], {"killed-after-grace"}),
 ]
 
 

@@ -101,8 +101,10 @@ def apply_fixes(values: dict[str, Any], verdicts: set[str]) -> tuple[dict[str, A
         f.set("stop_signal.nginx", "SIGQUIT", touched,
               "the signal that now stops nginx must be its graceful one (SIGQUIT)")
     nginx_done = _sleep_s(f.fixed["prestop.nginx"]) + drain_all
-    if f.changes and _sleep_s(f.fixed["prestop.php-fpm"]) < nginx_done:
-        f.set("prestop.php-fpm", f"sleep {nginx_done:g}", all_seen,
+    if _sleep_s(f.fixed["prestop.php-fpm"]) < nginx_done:
+        # phpfpm-abrupt-stop's own fix, and what any other fix needs: requests nginx drains go to php-fpm
+        f.set("prestop.php-fpm", f"sleep {nginx_done:g}",
+              ("phpfpm-abrupt-stop", "upstream-exited-first") + (all_seen if f.changes else ()),
               f"php-fpm keeps serving until nginx has drained (its preStop, then {drain_all} s of requests)")
     if f.changes:
         f.set("stop_signal.php-fpm", "SIGQUIT", all_seen,
