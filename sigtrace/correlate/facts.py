@@ -9,8 +9,7 @@ stays in here: the verdict rules only ask (sigtrace/verdicts imports neither num
 """
 from __future__ import annotations
 
-import copy
-from abc import ABC, abstractmethod
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Collection, Generic, Iterator, Mapping, TypeVar
 
@@ -47,7 +46,7 @@ class PodRows:
 
     def __init__(self, frame: pd.DataFrame, columns: dict[str, np.ndarray] | None, start: int, end: int) -> None:
         self._frame, self._columns, self._start, self._end = frame, columns, start, end
-        self._own: dict[str, np.ndarray] | None = None
+        self._mine: dict[str, np.ndarray] = {}        # this pod's slices, taken once per column
 
     @classmethod
     def empty(cls) -> "PodRows":
@@ -63,15 +62,25 @@ class PodRows:
 
     def column(self, name: str) -> np.ndarray:
         """A column of this pod's rows; a column the table lacks is all missing (NaN)."""
-        if self._columns is None:
-            if self._own is None:
-                frame = self.frame
-                self._own = numpy_columns(frame)
-                self._own["row"] = frame.index.to_numpy()
-            got = self._own.get(name)
-            return got if got is not None else np.full(len(self), np.nan)
-        got = self._columns.get(name)
-        return got[self._start:self._end] if got is not None else np.full(len(self), np.nan)
+        got = self._mine.get(name)
+        if got is None:
+            if self._columns is None:
+                self._mine = self._converted()
+                got = self._mine.get(name)
+            else:
+                whole = self._columns.get(name)
+                got = whole[self._start:self._end] if whole is not None else None
+            if got is None:
+                got = np.full(len(self), np.nan)
+            self._mine[name] = got
+        return got
+
+    def _converted(self) -> dict[str, np.ndarray]:
+        frame = self.frame
+        out = numpy_columns(frame)
+        out["row"] = frame.index.to_numpy()
+        self._columns = {}          # all converted: a name not among them is a column the table lacks
+        return out
 
 
 def _float(v: Any) -> float | None:
@@ -84,6 +93,11 @@ def _int(v: Any) -> int | None:
 
 def _text(v: Any) -> str | None:
     return None if v is None else str(v)
+
+
+# a row field's type (as annotated) -> how a numpy value becomes it
+_CONVERT: dict[str, Callable[[Any], Any]] = {"int": int, "int | None": _int, "float": float, "float | None": _float,
+                                             "str": str, "str | None": _text, "bool": bool}
 
 
 def _when(ts: np.ndarray, since: float | None, before: float | None, until: float | None) -> np.ndarray:
@@ -102,8 +116,9 @@ def _isin(values: np.ndarray, wanted: Collection[int]) -> np.ndarray:
     return np.isin(values, list(wanted))
 
 
-class _Set(ABC, Generic[T]):
+class _Set(Generic[T]):
     """Some rows of a pod's table, in table order. Subclasses add the questions and the row type."""
+    _row_type: type                 # a frozen dataclass whose fields are columns of the table
 
     def __init__(self, rows: PodRows, idx: np.ndarray | None = None) -> None:
         self._rows, self._idx = rows, idx          # idx None: all rows
@@ -128,14 +143,19 @@ class _Set(ABC, Generic[T]):
         return f if self._idx is None else f.iloc[self._idx]
 
     def first(self, n: int) -> list[T]:
-        """The first n rows (table order) as typed rows."""
-        return [self._row(int(i)) for i in self._positions()[:n]]
+        """The first n rows (table order) as typed rows: each field of the row type is the table's
+        column of that name, converted by the field's type (None for missing)."""
+        pos = self._positions()[:n]
+        fields = dataclasses.fields(self._row_type)
+        values = [map(_CONVERT[f.type], self._rows.column(f.name)[pos].tolist()) for f in fields]
+        return [self._row_type(*row) for row in zip(*values)]
 
     def _positions(self) -> np.ndarray:
         return np.arange(len(self._rows)) if self._idx is None else self._idx
 
     def _with(self: "S_", idx: np.ndarray) -> "S_":
-        out = copy.copy(self)
+        out = object.__new__(type(self))          # a copy.copy without its generic machinery: questions chain
+        out.__dict__.update(self.__dict__)
         out._idx = idx
         return out
 
@@ -153,13 +173,6 @@ class _Set(ABC, Generic[T]):
     def _is(self: "S_", name: str, value: Any) -> "S_":
         """The rows whose column name equals value."""
         return self._where(lambda: self._col(name) == value)
-
-    def _value(self, name: str, i: int) -> Any:
-        return self._rows.column(name)[i]
-
-    @abstractmethod
-    def _row(self, i: int) -> T:
-        """Row i of the pod's table as its typed row."""
 
 
 S_ = TypeVar("S_", bound=_Set)
@@ -198,6 +211,7 @@ class Conn:
 
 class Connections(_Set[Conn]):
     """Some of the pod's connections. procs: the pod's processes, to tell who closed one."""
+    _row_type = Conn
 
     def __init__(self, rows: PodRows, procs: Mapping[int, Process], idx: np.ndarray | None = None) -> None:
         super().__init__(rows, idx)
@@ -304,16 +318,6 @@ class Connections(_Set[Conn]):
         when = np.where(np.isnan(rst), end, rst)
         return float(np.min(when)), float(np.max(when))
 
-    def _row(self, i: int) -> Conn:
-        v = self._value
-        return Conn(side=v("side", i), port=_int(v("port", i)), port_class=v("port_class", i),
-                    saddr=_text(v("saddr", i)), sport=_int(v("sport", i)), daddr=_text(v("daddr", i)),
-                    dport=_int(v("dport", i)), est_ts=_float(v("est_ts", i)), end_ts=_float(v("end_ts", i)),
-                    close_kind=v("close_kind", i), closed_by=_text(v("closed_by", i)), reset_by=_text(v("reset_by", i)),
-                    closer_pid=_int(v("closer_pid", i)), at_exit=bool(v("at_exit", i)),
-                    rst_after_close=bool(v("rst_after_close", i)), rst_ts=_float(v("rst_ts", i)),
-                    close_row=_int(v("close_row", i)), fin_row=_int(v("fin_row", i)), first_row=int(v("first_row", i)))
-
 
 # ---- refused attempts ----------------------------------------------------------------------
 
@@ -330,6 +334,7 @@ class Refusal:
 
 class Refusals(_Set[Refusal]):
     """Some of the connection attempts refused on the pod's ports."""
+    _row_type = Refusal
 
     @classmethod
     def empty(cls) -> "Refusals":
@@ -365,12 +370,6 @@ class Refusals(_Set[Refusal]):
     def latest(self) -> float | None:
         return float(np.max(self._col("ts"))) if len(self) else None
 
-    def _row(self, i: int) -> Refusal:
-        v = self._value
-        return Refusal(ts=float(v("ts", i)), row=int(v("row", i)), port=int(v("port", i)),
-                       client_addr=_text(v("client_addr", i)), client_port=_int(v("client_port", i)),
-                       port_class=v("port_class", i))
-
 
 # ---- socket calls (strace) -----------------------------------------------------------------
 
@@ -396,6 +395,7 @@ class SocketCall:
 
 class SocketCalls(_Set[SocketCall]):
     """Some of the socket calls the pod's processes made, as they saw them (the strace view)."""
+    _row_type = SocketCall
 
     @classmethod
     def empty(cls) -> "SocketCalls":
@@ -455,9 +455,3 @@ class SocketCalls(_Set[SocketCall]):
 
     def earliest(self) -> float | None:
         return float(np.min(self._col("ts"))) if len(self) else None
-
-    def _row(self, i: int) -> SocketCall:
-        v = self._value
-        return SocketCall(row=int(v("row", i)), ts=float(v("ts", i)), kind=str(v("kind", i)), pid=_int(v("pid", i)),
-                          comm=_text(v("comm", i)), saddr=_text(v("saddr", i)), sport=_int(v("sport", i)),
-                          daddr=_text(v("daddr", i)), dport=_int(v("dport", i)), reason=_text(v("reason", i)))
