@@ -223,7 +223,8 @@ class StraceBackend:
             "attached_pids": attached,
             "pods": sorted(self.pod_uids),
             "dies_with": self.dies_with,
-            "partial_attach": any(r["status"] != "attached" for r in self.attach.values()),
+            # a pid that exited before strace reached it ran nothing to miss: listed, not partial
+            "partial_attach": any(r["status"] not in ("attached", "gone") for r in self.attach.values()),
             "counts": dict(self.translator.counts) if self.translator else {},
             "startup_s": self.startup_s,
             "header_source": "n/a (strace)",
