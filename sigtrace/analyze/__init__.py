@@ -78,9 +78,11 @@ def _build_reports() -> Callable[..., Any]:
     return partial(build_reports, lanes=False)     # no HTML picture here
 
 
-def analyze_files(paths: Sequence[str], build_reports: Callable[..., Any] | None = None) -> Fleet:
-    """Read the exports, run the report per node, aggregate. DataError on unusable input."""
-    export = read_exports(paths)
+def analyze_files(paths: Sequence[str], build_reports: Callable[..., Any] | None = None,
+                  **select: Any) -> Fleet:
+    """Read the exports, run the report per node, aggregate. DataError on unusable input.
+    select: read_exports' nodes, since, until."""
+    export = read_exports(paths, **select)
     build = build_reports or _build_reports()
     per_node = []
     for node, events, meta, incomplete in node_frames(export):

@@ -9,9 +9,12 @@ Every problem that makes a file unusable is a DataError with one line (exit 2).
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
+import operator
 from dataclasses import dataclass, field
+from datetime import date, datetime, time, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,6 +27,7 @@ from ..export.columns import (COLUMNS, EXPORT_DTYPES, NODE, REQUIRED_COLUMNS, SC
                               sidecar_path)
 from ..events.validate import clean_meta, frame_problems
 from ..export import cells
+from ..export.dataset import DATE, SECONDS_PER_DAY, partitioning
 from ..export.write import have_pyarrow
 
 SNIFF_BYTES = 1 << 16
@@ -37,11 +41,11 @@ class Export:
 
 
 def _sniff(path: Path) -> tuple[str, list[str] | None]:
-    """("parquet", None) or ("csv", header columns); DataError when it is neither."""
+    """("parquet", None), ("dataset", None) or ("csv", header columns); DataError when it is neither."""
     if not path.exists():
         raise DataError(f"{path}: no such file; pass a file written by 'sigtrace export --csv FILE'")
     if path.is_dir():
-        raise DataError(f"{path}: is a directory; analyze reads exports: sigtrace export {path} --csv FILE first")
+        return "dataset", None               # what is in it is checked when it is read (_part_files)
     try:
         with open(path, "rb") as fh:
             head = fh.read(SNIFF_BYTES)
@@ -137,6 +141,18 @@ def _read_csv_pandas(path: Path, usecols: list[str]) -> pd.DataFrame:
         raise DataError(f"{path}: not a readable sigtrace CSV export ({_one_line(exc)})") from None
 
 
+def _typed_table(table):
+    """The export's columns cast in Arrow (vectorised, multi-threaded) to the schema's types, so that
+    pandas gets EXPORT_DTYPES directly."""
+    import pyarrow as pa
+    types = _arrow_types()
+    for i, (name, col) in enumerate(zip(table.column_names, table.columns)):
+        if col.type != types[name] and col.null_count == len(col):
+            # all null, written as another type (earlier exports wrote an empty category as float)
+            table = table.set_column(i, name, pa.nulls(len(col), types[name]))
+    return table.cast(pa.schema([pa.field(c, types[c]) for c in table.column_names]))
+
+
 def _read_parquet(path: Path, notes: list[str]) -> tuple[pd.DataFrame, dict | None]:
     if not have_pyarrow():
         raise DataError(f"{path}: is Parquet, which needs pyarrow; pip install pyarrow or export with --csv")
@@ -145,19 +161,104 @@ def _read_parquet(path: Path, notes: list[str]) -> tuple[pd.DataFrame, dict | No
     try:
         pf = pq.ParquetFile(str(path))
         usecols = _check_columns(path, pf.schema_arrow.names, notes)
-        table = pf.read(columns=usecols)
-        # cast in Arrow (vectorised, multi-threaded) so pandas gets the schema's dtypes directly
-        types = _arrow_types()
-        for i, (name, col) in enumerate(zip(table.column_names, table.columns)):
-            if col.type != types[name] and col.null_count == len(col):
-                # all null, written as another type (earlier exports wrote an empty category as float)
-                table = table.set_column(i, name, pa.nulls(len(col), types[name]))
-        table = table.cast(pa.schema([pa.field(c, types[c]) for c in table.column_names]))
+        table = _typed_table(pf.read(columns=usecols))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
         raise DataError(f"{path}: not a readable Parquet export ({_one_line(exc)})") from None
     raw = (pf.schema_arrow.metadata or {}).get(b"sigtrace")
     meta = json.loads(raw) if raw else None
     return table.to_pandas(types_mapper=_pandas_types_mapper()), meta
+
+
+def _part_files(root: Path) -> list[str]:
+    """The dataset's parts: node=*/date=*/*.parquet, without hidden files (a part being written)."""
+    files = sorted(str(p) for p in root.glob("*=*/*=*/*.parquet") if not p.name.startswith((".", "_")))
+    if not files:
+        raise DataError(f"{root}: is a directory, not an export dataset (no node=*/date=*/*.parquet parts); "
+                        f"analyze reads exports: sigtrace export {root} --csv FILE (or --parquet DATASET/) first")
+    return files
+
+
+def _merged_metas(fragments, notes: list[str]) -> dict[str, Any]:
+    """node -> meta, from the meta each part embeds: one recording's parts (several days) carry the
+    same meta, counted once; several recordings of one node add up their lost events."""
+    by_node: dict[str, dict[str, dict]] = {}
+    for frag in fragments:
+        raw = (frag.physical_schema.metadata or {}).get(b"sigtrace")
+        try:
+            nodes = json.loads(raw).get("nodes") if raw else None
+        except (ValueError, AttributeError):
+            nodes = None
+        if not isinstance(nodes, dict):
+            notes.append(f"{frag.path}: no sigtrace meta in the part: backend and lost events unknown")
+            continue
+        for node, m in nodes.items():
+            if isinstance(m, dict):
+                by_node.setdefault(str(node), {})[json.dumps(m, sort_keys=True, default=str)] = m
+    merged: dict[str, Any] = {}
+    for node, distinct in by_node.items():
+        first, *more = distinct.values()
+        meta = dict(first)
+        for m in more:
+            lost = [x.get("lost_events") for x in (meta, m)]
+            meta["lost_events"] = sum(v for v in lost if isinstance(v, int) and not isinstance(v, bool))
+            meta["incomplete"] = list(meta.get("incomplete") or []) + list(m.get("incomplete") or [])
+        merged[node] = meta
+    return merged
+
+
+def _selection(nodes: Sequence[str], since: date | None, until: date | None):
+    """The partition filter of --node/--since/--until (None: everything)."""
+    import pyarrow.dataset as ds
+    parts = []
+    if nodes:
+        parts.append(ds.field(NODE).isin(list(nodes)))
+    if since is not None:
+        parts.append(ds.field(DATE) >= since.isoformat())
+    if until is not None:
+        parts.append(ds.field(DATE) <= until.isoformat())
+    return functools.reduce(operator.and_, parts) if parts else None
+
+
+def _read_dataset(root: Path, notes: list[str], nodes: Sequence[str], since: date | None,
+                  until: date | None) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A dataset DIR of `export --parquet DIR/`, read lazily: only the parts of the selected nodes
+    and days (partition pruning), only the known columns."""
+    if not have_pyarrow():
+        raise DataError(f"{root}: a Parquet dataset needs pyarrow; pip install pyarrow")
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+    try:
+        found = ds.dataset(_part_files(root), format="parquet", partitioning=partitioning(),
+                           partition_base_dir=str(root))
+        fragments = list(found.get_fragments(filter=_selection(nodes, since, until)))
+        if not fragments:
+            raise DataError(f"{root}: no parts of the selected node(s)/date(s); see the node=*/date=* directories")
+        # parts written by different sigtrace versions may differ in columns: read them as one schema
+        schema = pa.unify_schemas([f.physical_schema.remove_metadata() for f in fragments] + [partitioning().schema])
+        chosen = ds.dataset([f.path for f in fragments], schema=schema, format="parquet",
+                            partitioning=partitioning(), partition_base_dir=str(root))
+        usecols = _check_columns(root, [c for c in schema.names if c != DATE], notes)
+        table = _typed_table(chosen.to_table(columns=usecols))
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError) as exc:
+        raise DataError(f"{root}: not a readable Parquet dataset ({_one_line(exc)})") from None
+    return table.to_pandas(types_mapper=_pandas_types_mapper()), {"nodes": _merged_metas(fragments, notes)}
+
+
+def _selected_rows(df: pd.DataFrame, nodes: Sequence[str], since: date | None, until: date | None) -> pd.DataFrame:
+    """--node/--since/--until on rows (files; a dataset's parts are chosen before reading)."""
+    keep = np.ones(len(df), dtype=bool)
+    if nodes:
+        keep &= df[NODE].astype(object).isin(list(nodes)).to_numpy()
+    ts = df["ts"].to_numpy(dtype=float, na_value=np.nan)
+    if since is not None:
+        keep &= ts >= _epoch(since)
+    if until is not None:
+        keep &= ts < _epoch(until) + SECONDS_PER_DAY
+    return df if keep.all() else df[keep].reset_index(drop=True)
+
+
+def _epoch(day: date) -> float:
+    return datetime.combine(day, time(), tzinfo=timezone.utc).timestamp()
 
 
 def _check_version(path: Path, df: pd.DataFrame) -> int:
@@ -229,8 +330,10 @@ def _load_sidecar(path: Path, embedded: dict | None, notes: list[str]) -> dict[s
     return meta if isinstance(meta, dict) else {}
 
 
-def read_exports(paths: Sequence[str]) -> Export:
-    """Read and validate all export files; DataError (exit 2, one line) on unusable input."""
+def read_exports(paths: Sequence[str], nodes: Sequence[str] = (), since: date | None = None,
+                 until: date | None = None) -> Export:
+    """Read and validate all exports (files, or dataset directories); DataError (exit 2, one line)
+    on unusable input. nodes, since, until (UTC days, inclusive): only those events."""
     frames: list[pd.DataFrame] = []
     metas: dict[str, dict] = {}
     notes: list[str] = []
@@ -238,7 +341,9 @@ def read_exports(paths: Sequence[str]) -> Export:
     for p in paths:
         path = Path(p)
         kind, header = _sniff(path)
-        if kind == "parquet":
+        if kind == "dataset":
+            df, embedded = _read_dataset(path, notes, nodes, since, until)
+        elif kind == "parquet":
             df, embedded = _read_parquet(path, notes)
         else:
             usecols = _check_columns(path, header or [], notes)
@@ -251,13 +356,13 @@ def read_exports(paths: Sequence[str]) -> Export:
             (v1, f1), (v2, f2) = list(versions.items())[:2]
             raise DataError(f"mixed schemas: {f1} has schema_version {v1}, {f2} has {v2}; "
                             "export all recordings with one sigtrace version")
-        side = _load_sidecar(path, embedded, notes)
+        side = embedded if kind == "dataset" else _load_sidecar(path, embedded, notes)
         file_metas = {}
         for node, m in (side.get("nodes") if isinstance(side.get("nodes"), dict) else {}).items():
             clean, dropped = clean_meta(m)        # a sidecar from elsewhere: same checks as meta.json
             file_metas[str(node)] = clean
             notes += [f"{path.name}: node {node}: {n}" for n in dropped]
-        if kind != "parquet" and side.get("csv_cells", cells.NEUTRALISED) != cells.RAW:
+        if kind == "csv" and side.get("csv_cells", cells.NEUTRALISED) != cells.RAW:
             df = cells.restore(df)           # the values recorded, not the spreadsheet-safe form
         for node in pd.unique(df[NODE].dropna().astype(str)):
             if node in file_metas:
@@ -266,8 +371,10 @@ def read_exports(paths: Sequence[str]) -> Export:
                 metas[node] = {"node": node}
                 notes.append(f"node {node}: no meta ({sidecar_path(str(path))} missing): "
                               "backend and lost events unknown")
-        frames.append(df)
+        frames.append(_selected_rows(df, nodes, since, until))
     df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    if df.empty:
+        raise DataError(f"no events of the selected node(s)/date(s) in {', '.join(map(str, paths))}")
     df = _conform(df)
     df = _usable_rows(df, notes)
     if len(frames) > 1:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 
 import click
 
@@ -12,12 +13,22 @@ Examples:
   sigtrace analyze fleet.csv
   sigtrace analyze fleet.csv --json > fleet.json
   sigtrace analyze day1.csv day2.parquet --plot fleet.png
+  sigtrace analyze fleet/ --node node-a --since 2026-12-01 --until 2026-12-07
 """)
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("--json", "as_json", is_flag=True, help="print JSON for programs instead of tables")
 @click.option("--plot", metavar="PNG", help="also write a picture: verdict counts and shutdown-time distribution")
-def analyze(files: tuple[str, ...], as_json: bool, plot: str | None) -> None:
-    """Per-pod summary and fleet aggregates from CSV/Parquet exports of 'sigtrace export'.
+@click.option("--node", "nodes", multiple=True, metavar="NODE", help="only this node's events; repeatable")
+@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), metavar="YYYY-MM-DD",
+              help="only events from this UTC day on")
+@click.option("--until", type=click.DateTime(["%Y-%m-%d"]), metavar="YYYY-MM-DD",
+              help="only events up to this UTC day, inclusive")
+def analyze(files: tuple[str, ...], as_json: bool, plot: str | None, nodes: tuple[str, ...],
+            since: datetime | None, until: datetime | None) -> None:
+    """Per-pod summary and fleet aggregates from CSV/Parquet exports of 'sigtrace export', or
+    from a dataset directory of 'sigtrace export --parquet DIR/' (only the parts of the chosen
+    nodes and days are read). A day filter cuts at UTC midnight: a pod stopping across it is
+    seen in part.
 
     Each node's events go through the same correlation and verdicts as 'sigtrace report';
     then: per pod the verdicts, trigger → last exit, resets, refused attempts, lost events;
@@ -29,7 +40,7 @@ def analyze(files: tuple[str, ...], as_json: bool, plot: str | None) -> None:
     if plot:                                    # before reading gigabytes: a bad path is one line
         from ..analyze.plot import check_plot_path
         check_plot_path(plot)
-    fleet = analyze_files(files)
+    fleet = analyze_files(files, nodes=nodes, since=since and since.date(), until=until and until.date())
     if plot:
         from ..analyze.plot import write_plot
         write_plot(fleet, plot)

@@ -1,4 +1,5 @@
-"""sigtrace export: recordings -> one CSV/Parquet file for pandas, spreadsheets and `sigtrace analyze`."""
+"""sigtrace export: recordings -> one CSV/Parquet file for pandas, spreadsheets and `sigtrace analyze`,
+or a partitioned Parquet dataset for DuckDB, Spark and Trino."""
 from __future__ import annotations
 
 import click
@@ -9,11 +10,15 @@ Examples:
   sigtrace export /tmp/rec --csv events.csv
   sigtrace export node-a/ node-b/ node-c/ --csv fleet.csv --parquet fleet.parquet
   sigtrace export /tmp/rec --csv - | head
+  sigtrace export node-a/ --parquet fleet/          # dataset: fleet/node=.../date=.../part-*.parquet
+  sigtrace analyze fleet/ --node node-a
   sigtrace analyze fleet.csv
 """)
 @click.argument("dirs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=str))
 @click.option("--csv", "csv_path", metavar="FILE", help="write a UTF-8 CSV, one row per event")
-@click.option("--parquet", "parquet_path", metavar="FILE", help="write Parquet (needs pyarrow)")
+@click.option("--parquet", "parquet_path", metavar="FILE|DIR/",
+              help="write Parquet; to a directory (existing, or ending in /): add to a dataset partitioned "
+                   "by node and UTC date")
 @click.option("--raw", is_flag=True, help="CSV: keep cells a spreadsheet would evaluate (=, +, -, @) as recorded")
 def export(dirs: tuple[str, ...], csv_path: str | None, parquet_path: str | None, raw: bool) -> None:
     """Export the events of one or more recording DIRs (one per node) into one file.
@@ -24,11 +29,19 @@ def export(dirs: tuple[str, ...], csv_path: str | None, parquet_path: str | None
     Per-node meta goes to FILE.meta.json beside it (analyze reads it). FILE - writes to stdout
     (no sidecar). CSV string cells starting with = + - @ get a leading ' (spreadsheets would run
     them as formulas); analyze reads them back unchanged; --raw leaves them as recorded.
+
+    --parquet DIR/ adds DIR/node=<node>/date=<YYYY-MM-DD>/part-<digest>.parquet files (Hive
+    layout: DuckDB, Spark, Trino and analyze read DIR as is); parts already there are never
+    replaced, and the same events exported again are skipped.
     """
     from ..export import export_recordings
 
     result = export_recordings(dirs, csv=csv_path, parquet=parquet_path, raw=raw)
     for note in result.notes:
         click.echo(f"sigtrace: note: {note}", err=True)
+    if result.skipped:
+        click.echo(f"sigtrace: note: {len(result.skipped)} part(s) already in the dataset with the same events: "
+                   "skipped", err=True)
+    where = ", ".join(result.written) or "nothing new"
     click.echo(f"wrote {result.rows} events from {len(result.nodes)} node(s) "
-               f"({', '.join(result.nodes)}) to {', '.join(result.written)}", err=True)
+               f"({', '.join(result.nodes)}) to {where}", err=True)

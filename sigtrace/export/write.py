@@ -32,7 +32,7 @@ def have_pyarrow() -> bool:
     return True
 
 
-def _arrow_table(df: pd.DataFrame):
+def arrow_table(df: pd.DataFrame):
     import pyarrow as pa
     try:
         return pa.Table.from_pandas(df, preserve_index=False)
@@ -51,7 +51,7 @@ def _write_csv(df: pd.DataFrame, tmp: Path) -> None:
     if have_pyarrow():
         import pyarrow.csv as pacsv
         # "needed" quotes every string value (strings can contain separators) and leaves nulls bare
-        pacsv.write_csv(_arrow_table(df), str(tmp), pacsv.WriteOptions(quoting_style="needed"))
+        pacsv.write_csv(arrow_table(df), str(tmp), pacsv.WriteOptions(quoting_style="needed"))
     else:
         # fallback: the C writer cannot tell "" from null; both become an empty field
         df.to_csv(tmp, index=False, encoding="utf-8", quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
@@ -61,7 +61,7 @@ def _write_parquet(df: pd.DataFrame, tmp: Path, meta: dict) -> None:
     if not have_pyarrow():
         raise UsageProblem("--parquet needs pyarrow, which is not installed; pip install pyarrow, or use --csv")
     import pyarrow.parquet as pq
-    table = _arrow_table(df)
+    table = arrow_table(df)
     # the per-node meta travels inside the Parquet file as well as in the sidecar
     schema_meta = dict(table.schema.metadata or {})
     schema_meta[b"sigtrace"] = json.dumps(meta).encode()
