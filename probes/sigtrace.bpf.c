@@ -39,7 +39,11 @@ BPF_HASH(other_cgroups, u64, u32, 16384);             /* cgroups user space foun
 BPF_TABLE("lru_hash", u32, u32, parents, 16384);     /* child pid -> parent tgid, from fork */
 BPF_PERCPU_ARRAY(lost, u64, ST_NPROBES);
 BPF_PERCPU_ARRAY(counters, u64, ST_NCOUNTERS);
-BPF_ARRAY(config, u64, 2);                             /* [0] arm window (ns), [1] nsfs dev */
+BPF_ARRAY(config, u64, 3);                             /* [0] arm window (ns), [1] nsfs dev, [2] last arm (ktime) */
+#if ST_CLOSE_COUNTS
+BPF_TABLE("lru_hash", struct st_ctuple, struct st_conn, conns, 32768);   /* established while armed */
+BPF_HASH(close_counts, struct st_close_key, struct st_close_count, 16384);
+#endif
 
 static __always_inline void count_lost(int probe)
 {
@@ -157,6 +161,10 @@ static __always_inline void arm(u32 pidx)
     armed.update(&pidx, &now);
     /* ambiguous endpoints stream while any pod is armed */
     armed.update(&any, &now);
+    int last = 2;
+    u64 *at = config.lookup(&last);
+    if (at)
+        *at = now;
 }
 
 static __always_inline int is_armed(u32 pidx)
@@ -563,11 +571,183 @@ static __always_inline void fill_tcp_event(struct st_event *e, struct st_tcp *t,
     __builtin_memcpy(e->daddr, t->daddr, 16);
 }
 
+#if ST_CLOSE_COUNTS
+/* ---- counted closes: a stopping pod under churn closes tens of thousands of healthy connections a
+ * second; streaming each (two events per connection when both ends are the pod's) cost a third of
+ * its throughput and lost events. What a verdict needs still streams: resets, refusals, listener
+ * changes, closes with data in flight, closes by an exiting process, the closes of connections open
+ * when the pod was armed, and a few examples per bucket. A connection is known to have been
+ * established while its pod was armed by its entry in conns, made at the handshake (tracked only
+ * while some pod is armed: config[2]); without one (open at arming, or evicted) its close streams. */
+
+static __always_inline int some_pod_armed(void)
+{
+    int zero = 0, last = 2;
+    u64 *window = config.lookup(&zero);
+    u64 *at = config.lookup(&last);
+    return window && at && *at && bpf_ktime_get_ns() - *at < *window;
+}
+
+static __always_inline int is_handshake(int old, int new)
+{
+    return new == ST_TCP_ESTABLISHED && (old == ST_TCP_SYN_SENT || old == ST_TCP_SYN_RECV);
+}
+
+static __always_inline int is_first_close(int old, int new)
+{
+    return old == ST_TCP_ESTABLISHED && (new == ST_TCP_FIN_WAIT1 || new == ST_TCP_CLOSE_WAIT);
+}
+
+static __always_inline void tuple_key(struct st_ctuple *k, struct st_tcp *t)
+{
+    __builtin_memcpy(k->saddr, t->saddr, 16);
+    __builtin_memcpy(k->daddr, t->daddr, 16);
+    k->sport = t->sport;
+    k->dport = t->dport;
+}
+
+/* A handshake completed on an armed pod's endpoint: remember when, so that its close can be counted. */
+static __always_inline int note_established(struct st_tcp *t)
+{
+    count(ST_COUNT_TCP_ROUTINE);
+    u32 pidx = ep_owner(t->saddr, t->sport);
+    if (!pidx)
+        pidx = ep_owner(t->daddr, t->dport);
+    if (!pidx || !is_armed(pidx))          /* ambiguous endpoints: while any pod is armed */
+        return 0;
+    struct st_ctuple key = {};
+    tuple_key(&key, t);
+    struct st_conn c = {};
+    u64 id = bpf_get_current_pid_tgid();
+    c.skaddr = t->skaddr;
+    c.est_ns = bpf_ktime_get_ns();
+    c.est_pid = id >> 32;
+    c.est_tid = (u32)id;
+    c.est_old = t->old_state;
+    bpf_get_current_comm(c.est_comm, sizeof(c.est_comm));
+    conns.update(&key, &c);
+    return 0;
+}
+
+static __always_inline u32 sk_u32(u64 sk, int off)
+{
+    u32 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), (void *)(sk + off));
+    return v;
+}
+
+/* An orderly close with nothing in flight as far as the kernel can tell: this side closed (FIN) with
+ * no unread data (with unread data the kernel resets instead; shutdown() may leave some) and not by
+ * a process in its exit (connections cut as it died); or the peer closed while all we sent was
+ * acknowledged (else the peer left with our response in flight). Offsets from the kernel's BTF. */
+static __always_inline int routine_close(struct st_tcp *t)
+{
+    if (t->new_state == ST_TCP_FIN_WAIT1) {
+        u32 flags = 0;
+        u64 task = bpf_get_current_task();
+        if (bpf_probe_read_kernel(&flags, sizeof(flags), (void *)(task + ST_TASK_FLAGS)) != 0 ||
+            (flags & ST_PF_EXITING))
+            return 0;
+        return sk_u32(t->skaddr, ST_TP_RCV_NXT) == sk_u32(t->skaddr, ST_TP_COPIED_SEQ);
+    }
+    return sk_u32(t->skaddr, ST_TP_WRITE_SEQ) == sk_u32(t->skaddr, ST_TP_SND_UNA);
+}
+
+/* Count the close, or return 0 when it streams as one of its bucket's examples (or the map is full). */
+static __always_inline int count_close(struct st_tcp *t, struct st_close_key *key)
+{
+    key->bucket = bpf_ktime_get_ns() / (ST_CLOSE_BUCKET_MS * 1000000ULL);
+    key->pidx = t->pidx;
+    key->port = t->role == ST_ROLE_SERVER ? t->sport : t->dport;
+    key->role = t->role;
+    key->new_state = t->new_state;
+    struct st_close_count *n = close_counts.lookup(key);
+    if (!n) {
+        struct st_close_count first = {.sampled = 1};
+        close_counts.update(key, &first);
+        return 0;
+    }
+    if (n->sampled < ST_CLOSE_SAMPLE) {
+        n->sampled++;            /* racy across CPUs: a sample of 4 may be 5 */
+        return 0;
+    }
+    lock_xadd(&n->counted, 1);
+    return 1;
+}
+
+/* Stream what conns knows of a connection before one of its events streams: its handshake (so the
+ * report knows it was established after the pod was armed) and a close that was counted (the
+ * connection turned out not to be routine: a reset followed), taken back from its count. */
+static __always_inline void emit_known(struct st_tcp *t, struct st_conn *c)
+{
+    struct st_event *e = new_tcp_event(ST_KIND_TCP_STATE, ST_PROBE_TCP_STATE);
+    if (e) {
+        fill_tcp_event(e, t, 0);
+        e->ts_ns = c->est_ns;
+        e->pid = c->est_pid;
+        e->tid = c->est_tid;
+        __builtin_memcpy(e->comm, c->est_comm, 16);
+        e->skaddr = c->skaddr;
+        e->old_state = c->est_old;
+        e->new_state = ST_TCP_ESTABLISHED;
+        e->reason = 0;
+        events.ringbuf_submit(e, 0);
+    }
+    if (!c->close_ns)
+        return;
+    struct st_close_count *n = close_counts.lookup(&c->counted);
+    if (n)
+        lock_xadd(&n->counted, -1);
+    e = new_tcp_event(ST_KIND_TCP_STATE, ST_PROBE_TCP_STATE);
+    if (!e)
+        return;
+    fill_tcp_event(e, t, c->close_cidx);
+    e->ts_ns = c->close_ns;
+    e->pid = c->close_pid;
+    e->tid = c->close_tid;
+    __builtin_memcpy(e->comm, c->close_comm, 16);
+    e->skaddr = c->skaddr;
+    e->old_state = ST_TCP_ESTABLISHED;
+    e->new_state = c->close_new;
+    e->reason = 0;
+    events.ringbuf_submit(e, 0);
+}
+
+/* An armed pod's TCP event that would stream: counted instead when it is the routine close of a
+ * connection established while armed (1), else what conns knew of it streams first (0). */
+static __always_inline int counted_or_known(struct st_tcp *t, u32 kind, u32 cidx)
+{
+    struct st_ctuple key = {};
+    tuple_key(&key, t);
+    struct st_conn *c = conns.lookup(&key);
+    if (!c)
+        return 0;
+    if (kind == ST_KIND_TCP_STATE && !c->close_ns && t->pidx != ST_AMBIGUOUS &&
+        is_first_close(t->old_state, t->new_state) && routine_close(t) && count_close(t, &c->counted)) {
+        u64 id = bpf_get_current_pid_tgid();
+        c->close_ns = bpf_ktime_get_ns();
+        c->close_pid = id >> 32;
+        c->close_tid = (u32)id;
+        c->close_cidx = cidx;
+        c->close_new = t->new_state;
+        bpf_get_current_comm(c->close_comm, sizeof(c->close_comm));
+        return 1;
+    }
+    emit_known(t, c);
+    conns.delete(&key);
+    return 0;
+}
+#endif
+
 static __always_inline int emit_tcp(struct st_tcp *t, u32 kind, int probe)
 {
     u32 cidx = 0;
     if (!tcp_attribute(t, &cidx))
         return 0;
+#if ST_CLOSE_COUNTS
+    if (counted_or_known(t, kind, cidx))
+        return 0;
+#endif
     struct st_event *e = new_tcp_event(kind, probe);
     if (!e)
         return 0;
@@ -626,7 +806,25 @@ static __always_inline int tcp_state(struct st_tcp *t)
     }
     if (is_listener_change(t->old_state, t->new_state))
         return emit_listener(t);
+#if ST_CLOSE_COUNTS
+    if (is_handshake(t->old_state, t->new_state))
+        return note_established(t);
+#endif
     return emit_tcp(t, ST_KIND_TCP_STATE, ST_PROBE_TCP_STATE);
+}
+
+/* Routine transitions are counted before the socket is read; a handshake is read too while some pod
+ * is armed (its connection's close may then be counted). */
+static __always_inline int counted_early(int old, int new, int listener)
+{
+    if (listener || !routine_transition(old, new))
+        return 0;
+#if ST_CLOSE_COUNTS
+    if (is_handshake(old, new) && some_pod_armed())
+        return 0;
+#endif
+    count(ST_COUNT_TCP_ROUTINE);
+    return 1;
 }
 
 #if ST_TCP_RAW
@@ -669,10 +867,8 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state)
     if (protocol != 6 /* IPPROTO_TCP */)
         return 0;
     /* most transitions of a churning server are routine: decided before the socket is read */
-    if (!listener && routine_transition(old, new)) {
-        count(ST_COUNT_TCP_ROUTINE);
+    if (counted_early(old, new, listener))
         return 0;
-    }
     /* sock_common: skc_daddr, skc_dport, skc_family; inet_sock: inet_saddr, inet_sport */
     u64 common[(ST_SKC_WIN + 7) / 8], inet[(ST_INET_WIN + 7) / 8];
     bpf_probe_read_kernel(common, ST_SKC_WIN, sk + ST_SKC_BASE);
@@ -701,10 +897,8 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
     int old = args->oldstate, new = args->newstate;
     int listener = is_listener_change(old, new);
     /* most transitions of a churning server are routine: decided before anything is copied */
-    if (!listener && routine_transition(old, new)) {
-        count(ST_COUNT_TCP_ROUTINE);
+    if (counted_early(old, new, listener))
         return 0;
-    }
     struct st_tcp t = {};
     t.skaddr = (u64)args->skaddr;
     t.old_state = old;

@@ -50,6 +50,14 @@
 #define ST_TCP_NEW_SYN_RECV 12
 #define ST_TCP_BOUND_INACTIVE 13
 
+/* Counted closes (ST_CLOSE_COUNTS): an armed pod's routine closes of connections it established
+ * while armed are counted per pod, port, side and closer in buckets of ST_CLOSE_BUCKET_MS, and the
+ * first ST_CLOSE_SAMPLE of each bucket stream as examples. User space writes the counts as
+ * tcp_close_counts events (sigtrace/backends/bpf/backend.py). */
+#define ST_CLOSE_BUCKET_MS 100
+#define ST_CLOSE_SAMPLE 4
+#define ST_PF_EXITING 4            /* task_struct.flags: the task is in do_exit (include/linux/sched.h) */
+
 /* role of a TCP socket relative to the pod it is attributed to */
 #define ST_ROLE_NONE 0
 #define ST_ROLE_SERVER 1   /* local endpoint is a pod's listening endpoint */
@@ -130,6 +138,48 @@ struct st_exit {
     s32 sig;            /* fatal signal seen at delivery */
     s32 pending;        /* last fatal-by-default signal generated for it (SIGKILL shortcut) */
     s32 pad;
+};
+
+/* a TCP connection by its 4-tuple, seen from one socket (saddr: our side) */
+struct st_ctuple {
+    u8 saddr[16];
+    u8 daddr[16];
+    u16 sport;
+    u16 dport;
+    u32 pad;
+};
+
+/* a connection of an armed pod established while it was armed (conns): when, and, once its routine
+ * close was counted, that close, streamed late if the connection is reset afterwards */
+struct st_close_key {
+    u64 bucket;         /* ktime / ST_CLOSE_BUCKET_MS */
+    u32 pidx;
+    u16 port;           /* the pod's port: local on the server side, remote on the client side */
+    u8 role;            /* ST_ROLE_SERVER / ST_ROLE_CLIENT */
+    u8 new_state;       /* ST_TCP_FIN_WAIT1: this side closed; ST_TCP_CLOSE_WAIT: the peer closed */
+};
+
+struct st_close_count {
+    u32 sampled;        /* streamed as examples */
+    u32 pad;
+    u64 counted;        /* counted, not streamed */
+};
+
+struct st_conn {
+    u64 skaddr;
+    u64 est_ns;
+    u64 close_ns;       /* 0: not closed (or its close streamed) */
+    u32 est_pid;
+    u32 est_tid;
+    u32 close_pid;
+    u32 close_tid;
+    u32 close_cidx;
+    s32 est_old;        /* SYN_RECV or SYN_SENT */
+    s32 close_new;
+    u32 pad;
+    struct st_close_key counted;
+    char est_comm[16];
+    char close_comm[16];
 };
 
 #endif

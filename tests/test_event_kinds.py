@@ -117,7 +117,8 @@ def test_schema_keeps_its_names_and_groups():
     assert S.KINDS == kinds.NAMES and S.SIGNAL_GENERATE == "signal_generate" and S.SOCK_CLOSE == "sock_close"
     assert S.SIGNAL_KINDS == (S.SIGNAL_GENERATE, S.SIGNAL_DELIVER)
     assert S.PROCESS_KINDS == (S.PROCESS_EXEC, S.PROCESS_EXIT)
-    assert S.TCP_KINDS == (S.TCP_STATE, S.TCP_RESET_SENT, S.TCP_RESET_RECEIVED, S.SOCK_CLOSE, S.CONNECT_ERROR)
+    assert S.TCP_KINDS == (S.TCP_STATE, S.TCP_RESET_SENT, S.TCP_RESET_RECEIVED, S.TCP_CLOSE_COUNTS, S.SOCK_CLOSE,
+                           S.CONNECT_ERROR)
 
 
 def test_the_one_builder_makes_sparse_events_and_refuses_unknown_names():

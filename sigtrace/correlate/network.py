@@ -12,13 +12,14 @@ import pandas as pd
 from ..events import schema as S
 from .connections import (CONN_COLUMNS, REFUSED_COLUMNS, Listener, aggregate_connections, build_listeners,
                           build_refused, classify, listener_masks)
+from .counted import add_to_stats, add_to_timeline, counted_closes
 from .facts import Connections, PodRows, Refusals, SocketCalls, numpy_columns
 from .pod import PodContext, mark_upstream
 from .rows import to_rows
 
 # what aggregate_connections and build_refused read: only these of a big recording's TCP rows
 TCP_INPUT = ["ts", "kind", "pid", "comm", "pod_uid", "container_id", "saddr", "sport", "daddr", "dport",
-             "old_state", "new_state", "sock", "reason"]
+             "old_state", "new_state", "sock", "reason", "count"]
 SOCKET_CALL_KINDS = (S.SOCK_CLOSE, S.CONNECT_ERROR, S.TCP_RESET_RECEIVED)
 MAX_LANE_CONNS = 2000
 
@@ -45,7 +46,8 @@ def attach_tcp(ctxs: dict[str, PodContext], tcp: pd.DataFrame, endpoints: dict[s
         ctx.conns = Connections(conn_rows(uid), ctx.procs)
         ctx.refused = Refusals(refused_rows(uid))
         ctx.calls = SocketCalls(call_rows(uid))
-    _attach_summaries(ctxs, conns, refused, lanes)
+    counted = counted_closes(tcp, ports, upstream)
+    _attach_summaries(ctxs, conns, refused, lanes, counted)
 
 
 def _pod_rows(frame: pd.DataFrame, key: str, columns: list[str] | None) -> Callable[[str], PodRows]:
@@ -71,14 +73,20 @@ def _ranges(col: pd.Series) -> dict[str, tuple[int, int]]:
     return {str(vals[a]): (int(a), int(b)) for a, b in zip(starts, ends) if vals[a] is not None}
 
 
-def _attach_summaries(ctxs: dict[str, PodContext], conns: pd.DataFrame, refused: pd.DataFrame, lanes: bool) -> None:
-    """What the stats, the timeline and the HTML picture take from the connections, for all pods."""
+def _attach_summaries(ctxs: dict[str, PodContext], conns: pd.DataFrame, refused: pd.DataFrame, lanes: bool,
+                      counted: pd.DataFrame) -> None:
+    """What the stats, the timeline and the HTML picture take from the connections (and the closes
+    the kernel counted), for all pods."""
     from .stats import conn_stats
     from .timeline import PRE_WINDOW_S, conn_lines
     t0 = {u: c.t0 for u, c in ctxs.items()}
     ref = {u: (c.t0 if c.t0 is not None else c.first_ts) for u, c in ctxs.items()}
     starts = {u: (c.t0 - PRE_WINDOW_S if c.t0 is not None else float("-inf")) for u, c in ctxs.items()}
-    for name, per_pod in (("stats", conn_stats(conns, refused, t0)), ("timeline", conn_lines(conns, refused, starts)),
+    stats, lines = conn_stats(conns, refused, t0), conn_lines(conns, refused, starts)
+    if len(counted):
+        add_to_stats(stats, counted)
+        add_to_timeline(lines, counted, starts)
+    for name, per_pod in (("stats", stats), ("timeline", lines),
                           ("lanes", conn_lanes(conns, t0, ref) if lanes else {})):
         for uid, value in per_pod.items():
             if uid in ctxs:

@@ -62,6 +62,8 @@ def build_stats(ctx: PodContext) -> dict[str, Any]:
     out: dict[str, Any] = {k: counts.get(k, 0) for k in CONN_STATS}
     if t0 is None:
         out["client_open_at_trigger"] = None
+    if "closes_counted" in counts:      # routine closes the kernel counted (correlate.counted)
+        out["closes_counted"] = counts["closes_counted"]
     out.update({
         "signals": len(ctx.signals),
         "killed_by_sigkill": len(killed),

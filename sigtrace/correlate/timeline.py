@@ -121,6 +121,8 @@ def _conn_entries(ctx: PodContext) -> list[dict[str, Any]]:
         type_ = x["type"]
         if "more" in x:
             what = "more refused attempts" if type_ == "refused" else "more like this"
+            if x.get("counted"):
+                what += f" ({x['counted']} counted in the kernel, not recorded one by one: the closes shown are a sample)"
             out.append(_entry(ctx, x["ts"], type_, f"... and {x['more']} {what}", None))
         elif type_ == "refused":
             r = x["row"]

@@ -24,6 +24,7 @@ PROCESS_EXIT = "process_exit"
 TCP_STATE = "tcp_state"
 TCP_RESET_SENT = "tcp_reset_sent"
 TCP_RESET_RECEIVED = "tcp_reset_received"
+TCP_CLOSE_COUNTS = "tcp_close_counts"
 SOCK_CLOSE = "sock_close"
 CONNECT_ERROR = "connect_error"
 POD_LIFECYCLE = "pod_lifecycle"
@@ -122,6 +123,12 @@ DECLARED: tuple[Kind, ...] = (
                                                "saddr_v6", "daddr_v6")),
          strace=Strace(READ_WRITE_CALLS, sees_all=False,
                        note="those a traced process sees fail with ECONNRESET")),
+    # the kernel counts them (probes/sigtrace.bpf.c, close_counts); the recorder writes the counts
+    Kind(TCP_CLOSE_COUNTS, "tcp", "routine closes of a stopping pod's connections counted in the kernel, not "
+         "streamed: `count` closes in the 100 ms from `ts` on the pod's port (`sport`: server side, `dport`: client "
+         "side), `old_state` → `new_state` as in `tcp_state`; what a verdict needs still streams",
+         ("pod_uid", "sport", "dport", "old_state", "new_state", "count"),
+         outside="the eBPF recorder, from the kernel's per-pod close counters"),
     Kind(SOCK_CLOSE, "tcp", "a process closed or shut down a TCP socket (or exited holding it)",
          TASK + TUPLE + ("reason",),
          proves=(C.SOCKET_CALLS,),

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from .kinds import (CONNECT_ERROR, DECLARED, NAMES as KINDS, POD_LIFECYCLE, PROCESS_EXEC, PROCESS_EXIT,
-                    SIGNAL_DELIVER, SIGNAL_GENERATE, SOCK_CLOSE, TCP_RESET_RECEIVED, TCP_RESET_SENT, TCP_STATE,
-                    in_group)
+                    SIGNAL_DELIVER, SIGNAL_GENERATE, SOCK_CLOSE, TCP_CLOSE_COUNTS, TCP_RESET_RECEIVED, TCP_RESET_SENT,
+                    TCP_STATE, in_group)
 
 __all__ = [
     "SCHEMA_VERSION", "KINDS", "SIGNAL_KINDS", "PROCESS_KINDS", "TCP_KINDS",
     "SIGNAL_GENERATE", "SIGNAL_DELIVER", "PROCESS_EXEC", "PROCESS_EXIT", "TCP_STATE", "TCP_RESET_SENT",
-    "TCP_RESET_RECEIVED", "SOCK_CLOSE", "CONNECT_ERROR", "POD_LIFECYCLE",
+    "TCP_RESET_RECEIVED", "TCP_CLOSE_COUNTS", "SOCK_CLOSE", "CONNECT_ERROR", "POD_LIFECYCLE",
     "Field", "FIELDS", "FIELD_NAMES", "DTYPES", "COMMON_FIELDS", "SIGNAL_FIELDS", "PROCESS_FIELDS", "TCP_FIELDS",
     "LIFECYCLE_FIELDS", "SIGNAL_NAMES", "SIGNAL_NUMBERS", "GENERATE_RESULTS", "TCP_STATES", "signal_name",
     "new_event",
@@ -94,6 +94,7 @@ TCP_FIELDS = (
     Field("new_state", "category", "the state after (see `old_state`)"),
     Field("sock", "string", "kernel socket identity (hex) to follow one connection across events; null for a "
           "reset without a socket"),
+    Field("count", "Int64", "`tcp_close_counts`: how many closes the event stands for"),
     Field("reason", "string", "`tcp_reset_sent`: the kernel's reset reason where it reports one (≥ 6.10: "
           "`NO_SOCKET`, `TCP_ABORT_ON_CLOSE` = closed with unread data, `TCP_STATE`...); strace: the errno name "
           "(`connect_error`), the call (`sock_close`: `close`, `shutdown SHUT_WR`, `exit`; `tcp_reset_received`: "

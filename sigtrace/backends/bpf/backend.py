@@ -18,6 +18,9 @@ from .pods import AMBIGUOUS, RUNTIME_COMMS, MapSync, PodRegistry, cgroup_mounts,
 
 REFRESH_S = 1.0                # rescan pods and processes (listeners: from the probes, and once per new process)
 ARM_WINDOW_S = 600.0           # a stopping pod streams TCP detail this long after it was armed
+# the kernel's close counts are written once their bucket is this old: a reset that follows a counted
+# close takes it back from its bucket's count (the close streams then), which rarely comes later
+CLOSE_COUNTS_AGE_S = 2.0
 # stopping: TCP detail only for pods that are stopping (the default; a node agent);
 # always: for every pod, all the time (debugging a running pod's resets; costs ~25k events/s under churn)
 TCP_DETAIL = ("stopping", "always")
@@ -65,6 +68,8 @@ class BpfBackend:
             self.note(self.loaded.tcp.note)
         if self.loaded.exit is not None and self.loaded.exit.note:
             self.note(self.loaded.exit.note)
+        if self.loaded.closes is not None and self.loaded.closes.note:
+            self.note(self.loaded.closes.note)
         try:
             self._attach(sink)
         except BaseException:
@@ -102,6 +107,7 @@ class BpfBackend:
         self.loaded.bpf.ring_buffer_poll(max(0, int(timeout_s * 1000)))
         if time.monotonic() - self._last_refresh >= self.refresh_s:
             self.refresh()
+            self._write_close_counts()
 
     def close(self) -> None:
         if self.loaded is None:
@@ -110,11 +116,13 @@ class BpfBackend:
             self.loaded.bpf.ring_buffer_consume()
         except Exception:
             pass
+        self._write_close_counts(every=True)
         self._final_lost = self.lost()
         self._final_counters = self.counters()
         self._headers = self.loaded.headers
         self._tcp = self.loaded.tcp
         self._exit = self.loaded.exit
+        self._closes = self.loaded.closes
         self.loaded.close()
         self.loaded = None
 
@@ -139,6 +147,7 @@ class BpfBackend:
         headers = self.loaded.headers if self.loaded else getattr(self, "_headers", None)
         tcp = self.loaded.tcp if self.loaded else getattr(self, "_tcp", None)
         exit_probe = self.loaded.exit if self.loaded else getattr(self, "_exit", None)
+        closes = self.loaded.closes if self.loaded else getattr(self, "_closes", None)
         reg = self.registry
         endpoints: dict[str, list[str]] = {}
         for (addr, port), owners in sorted(reg.endpoints.items(), key=lambda kv: (kv[0][1], kv[0][0])):
@@ -149,6 +158,7 @@ class BpfBackend:
             "header_source": headers.note if headers else None,
             "tcp_probe": tcp.description if tcp else None,
             "exit_probe": exit_probe.description if exit_probe else None,
+            "tcp_closes": closes.description if closes else None,
             "capabilities": list(self.capabilities),
             "filter": "all" if self.opts.filter_all else "pods",
             "pids": list(self.pids), "comms": list(self.comms),
@@ -217,6 +227,26 @@ class BpfBackend:
             self._armed_cache = self.maps.armed_pods(self.arm_window_s)
             self._armed_at = now
         return self._armed_cache
+
+    def _write_close_counts(self, every: bool = False) -> None:
+        """Write the kernel's buckets of counted closes that are old enough (every: all of them, at the
+        end) as tcp_close_counts events, and delete them from the map."""
+        assert self.loaded is not None and self._sink is not None
+        if not self.loaded.closes or not self.loaded.closes.defines.get("ST_CLOSE_COUNTS"):
+            return
+        table = self.loaded.bpf["close_counts"]
+        bucket_ns = self.loaded.defines["ST_CLOSE_BUCKET_MS"] * 1_000_000
+        last = (time.clock_gettime_ns(time.CLOCK_MONOTONIC) - int(CLOSE_COUNTS_AGE_S * 1e9)) // bucket_ns
+        for key, value in sorted(table.items(), key=lambda kv: kv[0].bucket):
+            if not every and key.bucket > last:
+                continue
+            try:
+                del table[key]
+            except KeyError:
+                pass
+            event = self.decoder.close_counts(key, value.counted) if value.counted else None
+            if event is not None:
+                self._sink(event)
 
     def _on_raw(self, raw: Any) -> None:
         assert self.loaded is not None and self._sink is not None

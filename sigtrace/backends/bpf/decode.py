@@ -61,6 +61,8 @@ class Decoder:
         self.offset = monotonic_offset()
         self.armed_pods: Any = lambda: set()      # set by the backend: pods stopping now
         self.listener_closed: dict[tuple[str, int], float] = {}     # (pod_uid, port) -> when
+        self.bucket_s = defines["ST_CLOSE_BUCKET_MS"] / 1000
+        self.server_role = defines["ST_ROLE_SERVER"]
 
     def _disambiguate(self, e: Any, ts: float) -> str | None:
         """Several pods claim the endpoint (each lab pod's 127.0.0.1:8080) and the kernel's tie-break
@@ -159,6 +161,17 @@ class Decoder:
             _opt(fields, old_state=self.tcp_states.get(e.old_state) if e.old_state else None,
                  reason=self.reset_reasons.get(e.reason, str(e.reason)) if self.reset_reasons else None)
         return fields
+
+    def close_counts(self, key: Any, counted: int) -> dict[str, Any] | None:
+        """A bucket of the kernel's counted closes (struct st_close_key) as a tcp_close_counts event;
+        None when its pod is forgotten already."""
+        pod_uid = self.reg.pod_uid(key.pidx) if key.pidx != AMBIGUOUS else None
+        if pod_uid is None:
+            return None
+        port = "sport" if key.role == self.server_role else "dport"
+        return {"ts": key.bucket * self.bucket_s + self.offset, "kind": schema.TCP_CLOSE_COUNTS, "pod_uid": pod_uid,
+                port: key.port, "old_state": "ESTABLISHED",
+                "new_state": self.tcp_states.get(key.new_state, str(key.new_state)), "count": counted}
 
     def probe_name(self, index: int) -> str:
         return self.probes.get(index, f"probe{index}")

@@ -218,3 +218,24 @@ def exit_layout(btf_path: Path | None = None) -> dict[str, int]:
         return _member_offsets(btfmod, btfmod.BTF.vmlinux(btf_path or btfmod.VMLINUX), TASK_FIELDS)
     except (struct.error, IndexError, ValueError) as exc:     # a truncated or malformed BTF
         raise btfmod.BTFError(f"malformed BTF ({exc})") from None
+
+
+# What the probes read to tell a routine close from one with a request in flight or cut by an exiting
+# process (probes/sigtrace.bpf.c routine_close): #define -> (struct, member, size)
+CLOSE_FIELDS: dict[str, tuple[str, str, int]] = {
+    "ST_TASK_FLAGS": ("task_struct", "flags", 4),
+    "ST_TP_RCV_NXT": ("tcp_sock", "rcv_nxt", 4),
+    "ST_TP_COPIED_SEQ": ("tcp_sock", "copied_seq", 4),
+    "ST_TP_SND_UNA": ("tcp_sock", "snd_una", 4),
+    "ST_TP_WRITE_SEQ": ("tcp_sock", "write_seq", 4),
+}
+
+
+def close_layout(btf_path: Path | None = None) -> dict[str, int]:
+    """#defines of the task and socket fields the close counting reads, from the running kernel's
+    BTF; BTFError (one line) when the BTF is missing or lacks them."""
+    from . import btf as btfmod
+    try:
+        return _member_offsets(btfmod, btfmod.BTF.vmlinux(btf_path or btfmod.VMLINUX), CLOSE_FIELDS)
+    except (struct.error, IndexError, ValueError) as exc:     # a truncated or malformed BTF
+        raise btfmod.BTFError(f"malformed BTF ({exc})") from None

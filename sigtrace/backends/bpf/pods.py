@@ -411,6 +411,8 @@ class MapSync:
         now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)   # the clock of bpf_ktime_get_ns
         armed[armed.Key(pidx)] = armed.Leaf(now)
         armed[armed.Key(AMBIGUOUS)] = armed.Leaf(now)
+        cfg = self.bpf["config"]
+        cfg[cfg.Key(2)] = cfg.Leaf(now)      # some pod armed: handshakes are noted (counted closes)
 
     def armed_pods(self, window_s: float) -> set[int]:
         """Pod indices armed within the window (kernel or user space armed them)."""

@@ -105,13 +105,30 @@ def choose_exit_probe(opts: ProgramOptions, btf_path: Path | None = None) -> Pro
                        dict(kernel.EXIT_GROUP_FIELDS))
 
 
+CLOSES_COUNTED = "routine closes of connections established while armed counted in the kernel, a sample streamed"
+CLOSES_STREAMED = "every close of an armed pod streamed"
+
+
+def choose_close_counts(opts: ProgramOptions, btf_path: Path | None = None) -> ProbeChoice:
+    """Count an armed pod's routine closes in the kernel (task and socket fields from BTF tell them
+    from closes with data in flight or by an exiting process); without those fields, or when every
+    transition is to stream, every close streams as before."""
+    if opts.tcp_all_states:
+        return ProbeChoice({"ST_CLOSE_COUNTS": 0}, CLOSES_STREAMED)
+    defines, why = _choose_layout("auto", "", "", lambda: kernel.close_layout(btf_path), "ST_CLOSE_COUNTS", "")
+    if defines["ST_CLOSE_COUNTS"]:
+        return ProbeChoice(defines, CLOSES_COUNTED)
+    return ProbeChoice(defines, CLOSES_STREAMED, f"every close of a stopping pod streams (costlier under churn): {why}")
+
+
 def program_text(formats: kernel.KernelFormats, opts: ProgramOptions, tcp: ProbeChoice | None = None,
-                 exit_probe: ProbeChoice | None = None) -> str:
+                 exit_probe: ProbeChoice | None = None, closes: ProbeChoice | None = None) -> str:
     defines: dict[str, int] = {"ST_FILTER_ALL": int(opts.filter_all), "ST_RINGBUF_PAGES": opts.ringbuf_pages,
                                "ST_TCP_ALL_STATES": int(opts.tcp_all_states)}
     defines.update(formats.send_reset_shape())
     defines.update((tcp or ProbeChoice({"ST_TCP_RAW": 0}, TCP_TRACEPOINT)).defines)
     defines.update((exit_probe or ProbeChoice({"ST_EXIT_TASK": 0}, EXIT_SYSCALL)).defines)
+    defines.update((closes or ProbeChoice({"ST_CLOSE_COUNTS": 0}, CLOSES_STREAMED)).defines)
     prelude = "".join(f"#define {k} {v}\n" for k, v in defines.items())
     d = probes_dir()
     return prelude + (d / HEADER_FILE).read_text() + "\n" + (d / PROBE_FILE).read_text()
@@ -140,6 +157,7 @@ class LoadedProgram:
     defines: dict[str, int] = field(default_factory=dict)
     tcp: ProbeChoice | None = None
     exit: ProbeChoice | None = None
+    closes: ProbeChoice | None = None
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -154,8 +172,9 @@ def load(opts: ProgramOptions) -> LoadedProgram:
     exit_probe = choose_exit_probe(opts)
     formats = kernel.check_formats(root, {**kernel.REQUIRED_FIELDS, **exit_probe.formats})
     tcp = choose_tcp_probe(opts)
+    closes = choose_close_counts(opts)
     headers = find_headers()
-    text = program_text(formats, opts, tcp, exit_probe)
+    text = program_text(formats, opts, tcp, exit_probe, closes)
     try:
         import warnings
         # bcc 0.26 warns on every str table name; its API is fine with str
@@ -176,7 +195,7 @@ def load(opts: ProgramOptions) -> LoadedProgram:
                                     "CAP_BPF/CAP_PERFMON, or use --backend strace") from None
         raise KernelProblem(f"could not compile/load the probes against {headers.path} ({exc}); "
                             f"check the kernel headers, or use --backend strace") from None
-    return LoadedProgram(bpf, headers, formats, header_defines(), tcp, exit_probe)
+    return LoadedProgram(bpf, headers, formats, header_defines(), tcp, exit_probe, closes)
 
 
 def _errno_of(exc: Exception) -> int | None:
