@@ -73,19 +73,21 @@ def template_hashes(events: pd.DataFrame) -> dict[str, str]:
     return out
 
 
-def _build_reports() -> Callable[..., Any]:
+def _build_reports(progress: Callable[..., Any] | None = None) -> Callable[..., Any]:
     from ..report import build_reports   # the one correlation + verdict implementation
-    return partial(build_reports, lanes=False)     # no HTML picture here
+    return partial(build_reports, lanes=False, progress=progress)     # no HTML picture here
 
 
 def analyze_files(paths: Sequence[str], build_reports: Callable[..., Any] | None = None,
-                  **select: Any) -> Fleet:
+                  progress: Callable[[str, int, int | None], None] | None = None, **select: Any) -> Fleet:
     """Read the exports, run the report per node, aggregate. DataError on unusable input.
-    select: read_exports' nodes, since, until."""
-    export = read_exports(paths, **select)
-    build = build_reports or _build_reports()
+    select: read_exports' nodes, since, until. progress(what, done, total): events read, nodes and pods done."""
+    export = read_exports(paths, progress=progress, **select)
+    build = build_reports or _build_reports(progress)
     per_node = []
     for node, events, meta, incomplete in node_frames(export):
         report_set = build(events, meta, incomplete)
         per_node.append((node, report_set.to_dict() if hasattr(report_set, "to_dict") else report_set))
+        if progress:
+            progress("nodes done", len(per_node), len(export.metas))
     return fleet_from_reports(per_node, export.metas, template_hashes(export.events), export.incomplete)

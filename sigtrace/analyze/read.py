@@ -16,7 +16,7 @@ import operator
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -331,9 +331,10 @@ def _load_sidecar(path: Path, embedded: dict | None, notes: list[str]) -> dict[s
 
 
 def read_exports(paths: Sequence[str], nodes: Sequence[str] = (), since: date | None = None,
-                 until: date | None = None) -> Export:
+                 until: date | None = None, progress: Callable[[str, int, int | None], None] | None = None) -> Export:
     """Read and validate all exports (files, or dataset directories); DataError (exit 2, one line)
-    on unusable input. nodes, since, until (UTC days, inclusive): only those events."""
+    on unusable input. nodes, since, until (UTC days, inclusive): only those events.
+    progress(what, done, total): told after each export read."""
     frames: list[pd.DataFrame] = []
     metas: dict[str, dict] = {}
     notes: list[str] = []
@@ -372,6 +373,9 @@ def read_exports(paths: Sequence[str], nodes: Sequence[str] = (), since: date | 
                 notes.append(f"node {node}: no meta ({sidecar_path(str(path))} missing): "
                               "backend and lost events unknown")
         frames.append(_selected_rows(df, nodes, since, until))
+        if progress:
+            progress("exports read", len(frames), len(paths))
+            progress("events read", sum(len(f) for f in frames), None)
     df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     if df.empty:
         raise DataError(f"no events of the selected node(s)/date(s) in {', '.join(map(str, paths))}")

@@ -40,7 +40,11 @@ def analyze(files: tuple[str, ...], as_json: bool, plot: str | None, nodes: tupl
     if plot:                                    # before reading gigabytes: a bad path is one line
         from ..analyze.plot import check_plot_path
         check_plot_path(plot)
-    fleet = analyze_files(files, nodes=nodes, since=since and since.date(), until=until and until.date())
+    from ..render.progress import progress_on_stderr
+
+    with progress_on_stderr() as progress:      # a bar on a terminal after a second; never in a pipe
+        fleet = analyze_files(files, progress=progress, nodes=nodes, since=since and since.date(),
+                              until=until and until.date())
     if plot:
         from ..analyze.plot import write_plot
         write_plot(fleet, plot)

@@ -35,8 +35,10 @@ def export(dirs: tuple[str, ...], csv_path: str | None, parquet_path: str | None
     replaced, and the same events exported again are skipped.
     """
     from ..export import export_recordings
+    from ..render.progress import progress_on_stderr
 
-    result = export_recordings(dirs, csv=csv_path, parquet=parquet_path, raw=raw)
+    with progress_on_stderr() as progress:      # a bar on a terminal after a second; never in a pipe
+        result = export_recordings(dirs, csv=csv_path, parquet=parquet_path, raw=raw, progress=progress)
     for note in result.notes:
         click.echo(f"sigtrace: note: {note}", err=True)
     if result.skipped:

@@ -32,11 +32,12 @@ def report(directory: Path, fmt: str, pods: tuple[str, ...], output: Path | None
       sigtrace report /tmp/rec --format html -o shutdown.html
       sigtrace report /var/lib/sigtrace                     # an agent's root: every run of this node
     """
-    from ..report import build_reports
-    from ..events.reader import read_recording
+    from ..report.build import report_recording
+    from ..render.progress import progress_on_stderr
 
-    rec = read_recording(directory)
-    rs = build_reports(rec.events, rec.meta, rec.incomplete, lanes=fmt == "html")
+    with progress_on_stderr() as progress:      # a bar on a terminal after a second; never in a pipe
+        # in parts by pod when the recording is big (bounded memory): the same reports as read whole
+        rs = report_recording(directory, lanes=fmt == "html", progress=progress)
     if pods:
         chosen = []
         for uid in pods:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 from ..errors import UsageProblem
 from ..events.reader import read_recording
@@ -33,10 +33,12 @@ class ExportResult:
 
 
 def export_recordings(dirs: Sequence[str | os.PathLike], csv: str | None = None,
-                      parquet: str | None = None, raw: bool = False) -> ExportResult:
+                      parquet: str | None = None, raw: bool = False,
+                      progress: Callable[[str, int, int | None], None] | None = None) -> ExportResult:
     """Read every recording dir (tolerantly) and write all their events to csv and/or parquet
     ("-": stdout; a directory, or a path ending in '/': a partitioned dataset added to).
-    raw: CSV cells exactly as recorded (see sigtrace.export.cells)."""
+    raw: CSV cells exactly as recorded (see sigtrace.export.cells). progress(what, done, total):
+    told after each recording read."""
     if not csv and not parquet:
         raise UsageProblem("nothing to write: give --csv FILE and/or --parquet FILE")
     if csv == "-" and parquet == "-":
@@ -51,7 +53,13 @@ def export_recordings(dirs: Sequence[str | os.PathLike], csv: str | None = None,
     # events.jsonl and the tolerant line-by-line one otherwise; everything after is vectorised.
     # A directory of runs (an agent's root, a `kubectl sigtrace collect` output) is read run by run:
     # rows do not care, and export_frame adds up each node's runs in its meta.
-    recordings = [read_recording(run) for d in dirs for run in (run_dirs_under(d) or [d])]
+    runs = [run for d in dirs for run in (run_dirs_under(d) or [d])]
+    recordings = []
+    for run in runs:
+        recordings.append(read_recording(run))
+        if progress:
+            progress("recordings read", len(recordings), len(runs))
+            progress("events read", sum(len(r.events) for r in recordings), None)
     df, metas, notes = export_frame(recordings)
     meta = {"schema_version": SCHEMA_VERSION, "columns": list(COLUMNS), "nodes": metas, "notes": notes}
     written, skipped = [], []

@@ -3,7 +3,7 @@ and stats -> one PodReport per pod. The one implementation behind `sigtrace repo
 and `sigtrace analyze`; it knows nothing of how a report is rendered."""
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import pandas as pd
 
@@ -37,16 +37,21 @@ def report_for(ctx: PodContext, rs_by_deployment: dict[str, set[str]] | None = N
 
 
 def build_reports(events: pd.DataFrame, meta: dict[str, Any], incomplete: Iterable[str] = (),
-                  lanes: bool = True) -> ReportSet:
+                  lanes: bool = True, progress: Callable[[str, int, int | None], None] | None = None) -> ReportSet:
     """One report per pod seen in the events (as the current task's pod or a signal's target).
-    lanes=False leaves out PodReport.connections (only the HTML picture draws them)."""
+    lanes=False leaves out PodReport.connections (only the HTML picture draws them).
+    progress(what, done, total): told as pods are done."""
     meta = meta or {}
     notes = list(incomplete)
     caps, cap_notes = capabilities_of(meta, events)
     notes += cap_notes
     ctxs = build_contexts(events, caps, meta, lanes)
     rs_by_deployment = replica_sets(ctxs)
-    reports = [report_for(ctx, rs_by_deployment) for ctx in ctxs.values()]
+    reports = []
+    for ctx in ctxs.values():
+        reports.append(report_for(ctx, rs_by_deployment))
+        if progress:
+            progress("pods done", len(reports), len(ctxs))
     lost = meta.get("lost_events") or 0
     try:
         lost = int(lost)
