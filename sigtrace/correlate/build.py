@@ -2,14 +2,14 @@
 the recording can hold (capabilities_of). The report stage (sigtrace.report) asks them questions."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Collection
 
 import pandas as pd
 
 from ..events import capabilities as C
 from ..events import schema as S
 from .cut import mark_recorder_cut
-from .pod import PodContext, process_context
+from .pod import PodContext, lifecycle_context, process_context
 from .rows import EventLookup, Row, exec_rows, to_rows
 
 
@@ -19,7 +19,15 @@ def capabilities_of(meta: dict[str, Any], events: pd.DataFrame) -> tuple[frozens
     caps = meta.get("capabilities") if isinstance(meta, dict) else None
     if isinstance(caps, list) and caps:
         return frozenset(str(c) for c in caps), []
-    kinds = set(events["kind"].astype("object").dropna().unique())
+    return capabilities_for(meta, set(events["kind"].astype("object").dropna().unique()))
+
+
+def capabilities_for(meta: dict[str, Any], kinds: Collection[str]) -> tuple[frozenset[str], list[str]]:
+    """capabilities_of for a recording whose kinds of events are known (read in parts)."""
+    caps = meta.get("capabilities") if isinstance(meta, dict) else None
+    if isinstance(caps, list) and caps:
+        return frozenset(str(c) for c in caps), []
+    kinds = set(kinds)
     inferred = set()
     if S.SIGNAL_GENERATE in kinds:
         inferred.add(C.SIGNAL_SENDER)
@@ -49,10 +57,12 @@ def pod_uids(events: pd.DataFrame) -> list[str]:
 
 
 def build_contexts(events: pd.DataFrame, caps: frozenset[str], meta: dict[str, Any] | None = None,
-                   lanes: bool = True) -> dict[str, PodContext]:
+                   lanes: bool = True, pods: Collection[str] | None = None,
+                   last_ts: float | None = None) -> dict[str, PodContext]:
     """Every pod's context (pod uid -> PodContext), in pod uid order. Processes and signals per pod
     from a few rows each; TCP for all pods at once (network.attach_tcp). lanes: also the HTML
-    picture's connection intervals."""
+    picture's connection intervals. pods: only these (events holds all of their rows, and maybe
+    some of other pods); last_ts: the whole recording's last event time when events is a part."""
     from .network import TCP_INPUT, attach_tcp
     meta = meta or {}
     if len(events) and not events["ts"].is_monotonic_increasing:
@@ -66,16 +76,17 @@ def build_contexts(events: pd.DataFrame, caps: frozenset[str], meta: dict[str, A
             own.setdefault(str(uid), []).append(r)
         if r["kind"] == S.SIGNAL_GENERATE and r.get("target_pod_uid"):
             incoming.setdefault(str(r["target_pod_uid"]), []).append(r)
-    tcp = events.loc[is_tcp & events["pod_uid"].notna(), [c for c in TCP_INPUT if c in events.columns]]
+    mine = events["pod_uid"].notna() if pods is None else events["pod_uid"].isin(pods)
+    tcp = events.loc[is_tcp & mine, [c for c in TCP_INPUT if c in events.columns]]
     first_tcp = tcp.groupby(tcp["pod_uid"].astype(object), sort=False)["ts"].min().to_dict() if len(tcp) else {}
     ctxs = {uid: process_context(events, uid, caps, own.get(uid, []), incoming.get(uid, []), first_tcp.get(uid))
-            for uid in pod_uids(events)}
+            for uid in pod_uids(events) if pods is None or uid in pods}
     execs, lookup = exec_rows(events), EventLookup(events)
     for ctx in ctxs.values():
         ctx.exec_rows, ctx.lookup = execs, lookup
     endpoints = meta.get("pod_endpoints") if isinstance(meta.get("pod_endpoints"), dict) else None
     attach_tcp(ctxs, tcp, endpoints, lanes)
-    mark_recorder_cut(ctxs, meta, events)
+    mark_recorder_cut(ctxs, meta, events, last_ts)
     return ctxs
 
 
@@ -86,3 +97,13 @@ def build_context(events: pd.DataFrame, pod_uid: str, caps: frozenset[str],
     if ctx is None:
         raise KeyError(f"pod {pod_uid} has no events")
     return ctx
+
+
+def lifecycle_contexts(lifecycle: pd.DataFrame, caps: frozenset[str]) -> dict[str, PodContext]:
+    """Contexts holding only each pod's lifecycle facts (name, namespace, owner): what the node-wide
+    questions about pods (trigger.replica_sets) read, from a recording's pod_lifecycle rows."""
+    rows: dict[str, list[Row]] = {}
+    for r in to_rows(lifecycle):
+        if r.get("pod_uid"):
+            rows.setdefault(str(r["pod_uid"]), []).append(r)
+    return {uid: lifecycle_context(lifecycle, uid, caps, rows[uid]) for uid in sorted(rows)}

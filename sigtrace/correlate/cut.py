@@ -25,8 +25,10 @@ class RecorderCut:
     before: float | None          # ...and before the next sign of life was due (None: unknown)
 
 
-def mark_recorder_cut(ctxs: dict[str, PodContext], meta: dict[str, Any], events: pd.DataFrame) -> None:
-    """Set PodContext.recorder_cut on the pod whose init the killed recorder died with."""
+def mark_recorder_cut(ctxs: dict[str, PodContext], meta: dict[str, Any], events: pd.DataFrame,
+                      last_ts: float | None = None) -> None:
+    """Set PodContext.recorder_cut on the pod whose init the killed recorder died with. last_ts: the
+    recording's last event time, when events is only a part of it."""
     dies = meta.get("dies_with")
     if not isinstance(dies, dict) or meta.get("end") is not None or not len(events):
         return
@@ -39,7 +41,7 @@ def mark_recorder_cut(ctxs: dict[str, PodContext], meta: dict[str, Any], events:
         init = container.pid1 if container else None
     if init is None or init.exit_ts is not None:
         return                      # its exit is in the recording: nothing to infer
-    after, before = float(events["ts"].max()), None
+    after, before = float(events["ts"].max()) if last_ts is None else last_ts, None
     alive, every = meta.get("alive_at"), meta.get("alive_every_s")
     if isinstance(alive, (int, float)) and isinstance(every, (int, float)) and alive + every >= after:
         after, before = max(after, float(alive)), float(alive) + float(every)

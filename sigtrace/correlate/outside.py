@@ -22,13 +22,14 @@ def resets_outside_stop(ctxs: dict[str, PodContext]) -> list[dict[str, Any]]:
     """One entry per pod with resets outside its stop, in pod uid order."""
     out = []
     for uid, ctx in ctxs.items():
-        entry = _pod_entry(ctx)
+        entry = pod_resets_outside_stop(ctx)
         if entry is not None:
             out.append(entry)
     return out
 
 
-def _pod_entry(ctx: PodContext) -> dict[str, Any] | None:
+def pod_resets_outside_stop(ctx: PodContext) -> dict[str, Any] | None:
+    """One pod's entry of resets_outside_stop, None when it has none."""
     # ended outside the stop: on a pod that never stopped, or before its stop began
     outside = ctx.conns.server_side().ended(before=ctx.stop_from)
     client = outside.serving().reset_by_pod()

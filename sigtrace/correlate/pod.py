@@ -227,6 +227,13 @@ def process_context(events: pd.DataFrame, pod_uid: str, caps: frozenset[str], ow
     return ctx
 
 
+def lifecycle_context(events: pd.DataFrame, pod_uid: str, caps: frozenset[str], lc: list[Row]) -> PodContext:
+    """A context with only the pod's lifecycle facts (lc: its pod_lifecycle rows, time order)."""
+    ctx = PodContext(pod_uid=pod_uid, events=events, caps=caps)
+    _lifecycle(ctx, lc)
+    return ctx
+
+
 def _lifecycle(ctx: PodContext, lc: list[Row]) -> None:
     names: dict[str, str] = {}
     for r in lc:

@@ -60,52 +60,47 @@ def read_clean_recording(directory: str | Path) -> Recording | None:
     return read_clean_source(src)
 
 
-def read_clean_source(src: Source) -> Recording | None:
-    """read_clean_recording for a planned recording (sigtrace.events.source.plan_recording)."""
-    try:
-        import pyarrow as pa
-        import pyarrow.json as pajson
-    except ImportError:
-        return None
+def parse_options():
+    """pyarrow's JSON options for a clean file: the schema's fields and types, nothing else."""
+    import pyarrow.json as pajson
+    return pajson.ParseOptions(explicit_schema=_arrow_schema(), unexpected_field_behavior="error")
 
-    meta, incomplete = src.meta, list(src.notes)
-    if not isinstance(meta, dict):
+
+def complete_source(label: str, path: Path, cut_lines: list[str]):
+    """What pyarrow reads of one segment: its complete lines (a path, or a buffer without the cut-off
+    last line, which is named in cut_lines), or None for an empty one. OSError when it is gone."""
+    import pyarrow as pa
+    size = path.stat().st_size
+    if size == 0:
         return None
-    options = pajson.ParseOptions(explicit_schema=_arrow_schema(), unexpected_field_behavior="error")
-    tables, cut_lines = [], []
-    for label, path in src.files:
-        try:
-            size = path.stat().st_size
-            if size == 0:
-                continue
-            complete, cut_line = _complete_part(path, size)
-            if cut_line is not None:
-                cut_lines.append(f"{label} line {cut_line}" if label else f"line {cut_line}")
-            if complete == 0:
-                continue
-            source = (pa.BufferReader(pa.memory_map(str(path)).read_buffer(complete)) if cut_line is not None
-                      else str(path))
-            tables.append(pajson.read_json(source, parse_options=options))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, ValueError):
-            return None
-    if not tables:
+    complete, cut_line = _complete_part(path, size)
+    if cut_line is not None:
+        cut_lines.append(f"{label} line {cut_line}" if label else f"line {cut_line}")
+    if complete == 0:
         return None
-    # zero-copy: the segments' chunks side by side; the list must not keep them alive past here
-    table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-    tables.clear()
-    if cut_lines:
-        incomplete.append(f"skipped {len(cut_lines)} truncated last line (first at {cut_lines[0]})")
-    if lost_note(meta):
-        incomplete.append(lost_note(meta))
-    if table.num_rows == 0 or table.column("ts").null_count or table.column("kind").null_count:
-        return None
+    return pa.BufferReader(pa.memory_map(str(path)).read_buffer(complete)) if cut_line is not None else str(path)
+
+
+def table_is_clean(table) -> bool:
+    """No event without ts or kind, every string UTF-8 (pyarrow's JSON reader does not check it:
+    a stray byte would fail far later)."""
+    import pyarrow as pa
+    if table.column("ts").null_count or table.column("kind").null_count:
+        return False
     try:
-        # pyarrow's JSON reader does not check that text is UTF-8; a stray byte would fail far later
         for name in table.column_names:
             if pa.types.is_string(table.schema.field(name).type):
                 table.column(name).validate(full=True)
     except pa.ArrowInvalid:
-        return None                     # the tolerant reader skips those lines and counts them
+        return False                     # the tolerant reader skips those lines and counts them
+    return True
+
+
+def table_frame(table, index=None) -> pd.DataFrame | None:
+    """The events frame read_recording gives (schema dtypes, sorted categories) of a clean table,
+    consumed; None when a value is out of range or vocabulary (the tolerant reader skips it).
+    index: the frame's row labels (default 0..n-1)."""
+    import pyarrow as pa
     # repeated strings become categoricals inside Arrow (dictionary encoding, no Python strings)
     for i, name in enumerate(table.column_names):
         if DTYPES[name] == "category":
@@ -117,6 +112,8 @@ def read_clean_source(src: Source) -> Recording | None:
     except (pa.ArrowException, UnicodeDecodeError):
         return None                     # text that is not UTF-8: the tolerant reader skips its lines
     del table
+    if index is not None:
+        df.index = index
     for name, dtype in DTYPES.items():
         if dtype == "category":
             if df[name].cat.categories.empty:
@@ -128,6 +125,44 @@ def read_clean_source(src: Source) -> Recording | None:
                 df[name] = df[name].cat.reorder_categories(sorted(df[name].cat.categories))
     if not frame_is_valid(df):
         return None                                # the tolerant reader skips and counts the bad events
+    return df
+
+
+def read_clean_source(src: Source) -> Recording | None:
+    """read_clean_recording for a planned recording (sigtrace.events.source.plan_recording)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.json as pajson
+    except ImportError:
+        return None
+
+    meta, incomplete = src.meta, list(src.notes)
+    if not isinstance(meta, dict):
+        return None
+    options = parse_options()
+    tables, cut_lines = [], []
+    for label, path in src.files:
+        try:
+            source = complete_source(label, path, cut_lines)
+            if source is not None:
+                tables.append(pajson.read_json(source, parse_options=options))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, ValueError):
+            return None
+    if not tables:
+        return None
+    # zero-copy: the segments' chunks side by side; the list must not keep them alive past here
+    table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    tables.clear()
+    if cut_lines:
+        incomplete.append(f"skipped {len(cut_lines)} truncated last line (first at {cut_lines[0]})")
+    if lost_note(meta):
+        incomplete.append(lost_note(meta))
+    if table.num_rows == 0 or not table_is_clean(table):
+        return None
+    df = table_frame(table)
+    del table
+    if df is None:
+        return None
     if not df["ts"].is_monotonic_increasing:      # a sorted file (the usual case) needs no copy
         df = df.sort_values("ts", kind="stable").reset_index(drop=True)
     if unfinished_note(meta, df):

@@ -1,14 +1,20 @@
 """The report stage: facts per pod (sigtrace.correlate) -> verdicts (sigtrace.verdicts) -> timeline
 and stats -> one PodReport per pod. The one implementation behind `sigtrace report`, live reports
-and `sigtrace analyze`; it knows nothing of how a report is rendered."""
+and `sigtrace analyze`; it knows nothing of how a report is rendered.
+
+A recording is reported whole (build_reports: its events as one frame) or in parts by pod
+(report_recording: sigtrace.events.partition), which gives the same reports in bounded memory: a
+pod's report reads only its own events; the node-wide parts (which ReplicaSets the recording saw,
+the recording's kinds and last event) come from small summaries gathered while reading."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import pandas as pd
 
-from ..correlate.build import build_contexts, capabilities_of
-from ..correlate.outside import resets_outside_stop
+from ..correlate.build import build_contexts, capabilities_for, capabilities_of, lifecycle_contexts
+from ..correlate.outside import pod_resets_outside_stop, resets_outside_stop
 from ..correlate.pod import PodContext
 from ..correlate.stats import build_stats
 from ..correlate.timeline import build_timeline
@@ -52,9 +58,67 @@ def build_reports(events: pd.DataFrame, meta: dict[str, Any], incomplete: Iterab
         reports.append(report_for(ctx, rs_by_deployment))
         if progress:
             progress("pods done", len(reports), len(ctxs))
-    lost = meta.get("lost_events") or 0
+    return ReportSet(reports, _lost(meta), notes, meta, outside_stop=resets_outside_stop(ctxs))
+
+
+def _lost(meta: dict[str, Any]) -> int:
     try:
-        lost = int(lost)
+        return int(meta.get("lost_events") or 0)
     except (TypeError, ValueError):
-        lost = 0
-    return ReportSet(reports, lost, notes, meta, outside_stop=resets_outside_stop(ctxs))
+        return 0
+
+
+def report_recording(directory: str | Path, lanes: bool = True, part_bytes: int | None = None,
+                     progress: Callable[[str, int, int | None], None] | None = None) -> ReportSet:
+    """The reports of a recording directory (read_recording's input), read in parts by pod when it
+    is big and clean (bounded memory), whole otherwise. DataError as read_recording. part_bytes:
+    how much of the recording's JSON a part holds (events.partition.PART_BYTES); progress as
+    build_reports'."""
+    from ..events.partition import PART_BYTES, NotClean, split_recording
+    from ..events.reader import read_recording
+    from ..events.source import plan_recording
+    src = plan_recording(directory)
+    parts = split_recording(src, part_bytes or PART_BYTES, progress)
+    if parts is not None:
+        try:
+            return report_parts(parts, lanes, progress)
+        except NotClean:
+            pass                     # a value the tolerant reader skips: read it whole, as it does
+        finally:
+            parts.close()
+    if progress:
+        progress("reading events", 0, None)
+    rec = read_recording(directory)
+    if progress:
+        progress("reading events", len(rec.events), len(rec.events))
+    return build_reports(rec.events, rec.meta, rec.incomplete, lanes, progress)
+
+
+def report_parts(parts: Any, lanes: bool = True,
+                 progress: Callable[[str, int, int | None], None] | None = None) -> ReportSet:
+    """build_reports of a recording split by pod (sigtrace.events.partition.PodParts): each part's
+    pods from that part alone, in pod uid order as a whole recording's. NotClean from a part."""
+    from ..events.source import unfinished_note
+    meta = parts.meta or {}
+    summary = parts.summary
+    notes = list(parts.incomplete)
+    if unfinished_note(meta, summary.last):
+        notes.append(unfinished_note(meta, summary.last))
+    caps, cap_notes = capabilities_for(meta, summary.kinds)
+    notes += cap_notes
+    rs_by_deployment = replica_sets(lifecycle_contexts(summary.lifecycle, caps))
+    reports: list[PodReport] = []
+    outside: list[dict[str, Any]] = []
+    for events, uids in parts.frames():
+        ctxs = build_contexts(events, caps, meta, lanes, pods=uids, last_ts=summary.last_ts)
+        del events
+        for ctx in ctxs.values():
+            reports.append(report_for(ctx, rs_by_deployment))
+            entry = pod_resets_outside_stop(ctx)
+            if entry is not None:
+                outside.append(entry)
+            if progress:
+                progress("pods done", len(reports), None)
+    reports.sort(key=lambda r: r.pod_uid)
+    outside.sort(key=lambda e: e["pod_uid"])
+    return ReportSet(reports, _lost(meta), notes, meta, outside_stop=outside)

@@ -1,0 +1,248 @@
+"""A clean recording split by pod, for reports in bounded memory.
+
+Pods are independent once their events are together: a pod's report reads its own events and the
+signals sent to it (target_pod_uid), nothing of another pod's. So a big recording is read in chunks
+of its files (pyarrow's multithreaded JSON reader on each), each chunk's rows are spilled to one of
+a few temporary Arrow files by a hash of their pod (a signal to another pod's process to both), and
+each of those parts is then read back alone: the peak is one chunk while reading and one part while
+reporting, whatever the recording's size. What needs every event (the kinds present, the last
+event, every pod's lifecycle rows) is gathered while reading, a few values per chunk.
+
+Rows keep the labels the whole recording's frame gives them (their place in time order, as
+read_recording numbers them), so the evidence a report cites is the same event either way. Events
+of no pod (host processes) are in no part: no pod's report reads them.
+
+A recording that is not clean (anything the tolerant reader would skip or list) gives None here:
+read_recording reads it whole, as before.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pandas as pd
+
+from . import schema as S
+from .fast_reader import _complete_part, parse_options, table_frame, table_is_clean
+from .source import Source, lost_note
+
+# a part holds about this much of the recording's JSON (~200k events): what one report pass holds
+PART_BYTES = 64 << 20
+CHUNK_BYTES = 32 << 20          # read at once: pyarrow parses a chunk's blocks on all cores
+_ROW = "__row"
+
+
+class NotClean(Exception):
+    """A part holds a value the tolerant reader would skip: read the recording whole instead."""
+
+
+@dataclass
+class Summary:
+    """What the per-pod work needs of the whole recording."""
+    events: int
+    kinds: frozenset[str]
+    last_ts: float
+    last: pd.DataFrame              # the recording's last event (time order), one row
+    lifecycle: pd.DataFrame         # every pod_lifecycle row, labelled like the parts' rows
+
+
+@dataclass
+class PodParts:
+    """A recording as parts that each hold every event of their pods (pods: uid -> part)."""
+    meta: dict[str, Any]
+    incomplete: list[str]
+    source: str
+    summary: Summary
+    n_parts: int
+    _dir: tempfile.TemporaryDirectory
+    _rank: np.ndarray | None = None     # row label by position in the files, when they are out of time order
+    _memory: list = field(default_factory=list)
+
+    def frames(self) -> Iterator[tuple[pd.DataFrame, frozenset[str]]]:
+        """Each part as (events frame in time order, labelled by row; the uids of the pods it holds
+        whole). Raises NotClean when a part has a value the tolerant reader would skip."""
+        import pyarrow as pa
+        for i in range(self.n_parts):
+            path = Path(self._dir.name) / f"{i}.arrow"
+            if not path.exists():
+                continue
+            with pa.memory_map(str(path)) as src:
+                table = pa.ipc.open_stream(src).read_all()
+            path.unlink()
+            seq = table.column(_ROW).to_numpy()
+            table = table.drop_columns([_ROW])
+            rows = seq if self._rank is None else self._rank[seq]
+            if self._rank is not None and len(rows) and not (rows[1:] >= rows[:-1]).all():
+                order = np.argsort(rows, kind="stable")
+                table, rows = table.take(order), rows[order]
+            uids = _uids(table, i, self.n_parts)
+            df = table_frame(table, pd.Index(rows))
+            del table
+            if df is None:
+                raise NotClean(f"part {i}")
+            yield df, uids
+
+    def close(self) -> None:
+        self._dir.cleanup()
+
+
+def part_of(uid: str, n: int) -> int:
+    return zlib.crc32(uid.encode()) % n
+
+
+def _uids(table, i: int, n: int) -> frozenset[str]:
+    import pyarrow.compute as pc
+    vals = set()
+    for name in ("pod_uid", "target_pod_uid"):
+        vals |= {v for v in pc.unique(table.column(name)).to_pylist() if v}
+    return frozenset(v for v in vals if part_of(v, n) == i)
+
+
+def _chunks(path: Path, complete: int) -> Iterator[Any]:
+    """The first `complete` bytes of a file as buffers of whole lines, about CHUNK_BYTES each."""
+    import pyarrow as pa
+    buf = pa.memory_map(str(path)).read_buffer(complete)
+    pos = 0
+    while pos < complete:
+        end = min(complete, pos + CHUNK_BYTES)
+        while end < complete:
+            nl = buf.slice(end, min(1 << 20, complete - end)).to_pybytes().find(b"\n")
+            if nl >= 0:
+                end += nl + 1
+                break
+            end = min(complete, end + (1 << 20))
+        yield pa.BufferReader(buf.slice(pos, end - pos))
+        pos = end
+
+
+def split_recording(src: Source, part_bytes: int = PART_BYTES,
+                    progress: Callable[[str, int, int | None], None] | None = None) -> PodParts | None:
+    """The recording as parts by pod, or None when it is not clean or small enough to read whole
+    (one part: read_recording's frame is the same thing, without the spill). progress(what, done,
+    total): told as events are read."""
+    try:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.json as pajson
+    except ImportError:
+        return None
+    meta = src.meta
+    if not isinstance(meta, dict):
+        return None
+    try:
+        sizes = [p.stat().st_size for _, p in src.files]
+    except OSError:
+        return None
+    n_parts = sum(sizes) // part_bytes + 1
+    if n_parts < 2:
+        return None
+    incomplete = list(src.notes)
+    tmp = tempfile.TemporaryDirectory(prefix="sigtrace-parts-", dir=os.environ.get("SIGTRACE_TMPDIR"))
+    writers: dict[int, Any] = {}
+    options = parse_options()
+    cut_lines: list[str] = []
+    ts_parts: list[np.ndarray] = []
+    kinds: set[str] = set()
+    lifecycle: list[Any] = []
+    last = None                     # (ts, position, one-row table)
+    base = 0
+    schema = None
+    try:
+        for (label, path), size in zip(src.files, sizes):
+            if size == 0:
+                continue
+            complete, cut_line = _complete_part(path, size)
+            if cut_line is not None:
+                cut_lines.append(f"{label} line {cut_line}" if label else f"line {cut_line}")
+            for chunk in _chunks(path, complete):
+                table = pajson.read_json(chunk, parse_options=options)
+                if not table.num_rows:
+                    continue
+                if not table_is_clean(table):
+                    raise NotClean(str(path))
+                n = table.num_rows
+                seq = pa.array(np.arange(base, base + n, dtype=np.int64))
+                ts = table.column("ts").to_numpy()
+                ts_parts.append(ts)
+                kinds |= set(pc.unique(table.column("kind")).to_pylist())
+                top = ts.max()
+                at = n - 1 - int(np.argmax(ts[::-1] == top))      # the last row at the latest time
+                if last is None or top >= last[0]:
+                    last = (float(top), base + at, table.slice(at, 1))
+                lc = pc.equal(table.column("kind"), S.POD_LIFECYCLE)
+                if pc.any(lc).as_py():
+                    lifecycle.append(table.filter(lc).append_column(_ROW, seq.filter(lc)))
+                table = table.append_column(_ROW, seq)
+                schema = table.schema
+                for part, mask in _routes(table, n_parts):
+                    w = writers.get(part)
+                    if w is None:
+                        w = writers[part] = pa.ipc.new_stream(str(Path(tmp.name) / f"{part}.arrow"), schema)
+                    w.write_table(table.filter(mask))
+                base += n
+                if progress:
+                    progress("reading events", base, None)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, ValueError, NotClean):
+        tmp.cleanup()
+        return None
+    finally:
+        for w in writers.values():
+            w.close()
+    if not base:
+        tmp.cleanup()
+        return None
+    if cut_lines:
+        incomplete.append(f"skipped {len(cut_lines)} truncated last line (first at {cut_lines[0]})")
+    if lost_note(meta):
+        incomplete.append(lost_note(meta))
+    ts_all = np.concatenate(ts_parts)
+    ts_parts.clear()
+    rank = None
+    if not (ts_all[1:] >= ts_all[:-1]).all():
+        order = np.argsort(ts_all, kind="stable")
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+    last_ts = float(ts_all.max())
+    del ts_all
+    at = last[1] if rank is None else int(rank[last[1]])
+    last_frame = table_frame(last[2], pd.Index([at]))
+    lc_table = pa.concat_tables(lifecycle) if lifecycle else None
+    lc_frame = _labelled(lc_table, rank, schema)
+    if last_frame is None or lc_frame is None:
+        tmp.cleanup()
+        return None
+    summary = Summary(base, frozenset(kinds), last_ts, last_frame, lc_frame)
+    return PodParts(meta, incomplete, str(src.directory), summary, n_parts, tmp, rank)
+
+
+def _labelled(table, rank: np.ndarray | None, schema) -> pd.DataFrame | None:
+    """A table carrying its rows' positions (_ROW) as a frame labelled by row, in time order."""
+    if table is None:
+        table = schema.empty_table()
+    seq = table.column(_ROW).to_numpy()
+    rows = seq if rank is None else rank[seq]
+    order = np.argsort(rows, kind="stable")
+    return table_frame(table.drop_columns([_ROW]).take(order), pd.Index(rows[order]))
+
+
+def _routes(table, n_parts: int) -> Iterator[tuple[int, Any]]:
+    """(part, mask) of a chunk's rows: by pod_uid, and by target_pod_uid for a signal sent to
+    another pod's process (the target's report cites it too)."""
+    import pyarrow as pa
+    own = _part_codes(table.column("pod_uid"), n_parts)
+    tgt = _part_codes(table.column("target_pod_uid"), n_parts)
+    for part in np.unique(np.concatenate([own[own >= 0], tgt[tgt >= 0]])):
+        yield int(part), pa.array((own == part) | (tgt == part))
+
+
+def _part_codes(col, n_parts: int) -> np.ndarray:
+    """Each row's part by the uid in col, -1 for none."""
+    enc = col.combine_chunks().dictionary_encode() if col.num_chunks != 1 else col.chunk(0).dictionary_encode()
+    lookup = np.array([part_of(u, n_parts) if u else -1 for u in enc.dictionary.to_pylist()] + [-1], dtype=np.int64)
+    import pyarrow.compute as pc
+    return lookup[pc.fill_null(enc.indices, -1).to_numpy()]     # a missing uid: the -1 at the end

@@ -1,0 +1,71 @@
+"""Reports in parts by pod (sigtrace.events.partition, report.build.report_recording): the same
+reports, byte for byte, as the whole recording's. Every recording under tests/data is split into
+many small parts (a few hundred bytes each), so a pod's report is made from its own events only,
+and the node-wide parts (ReplicaSets, the last event, resets outside a stop) from the summaries."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from sigtrace.events.partition import split_recording
+from sigtrace.events.reader import read_recording
+from sigtrace.events.source import plan_recording
+from sigtrace.render.json import render_json
+from sigtrace.report import build_reports
+from sigtrace.report.build import report_parts, report_recording
+
+DATA = Path(__file__).parent / "data"
+RECORDINGS = sorted(p.parent for p in DATA.rglob("events.jsonl"))
+
+
+def whole(rec_dir: Path) -> str:
+    rec = read_recording(rec_dir)
+    return render_json(build_reports(rec.events, rec.meta, rec.incomplete))
+
+
+@pytest.mark.parametrize("rec_dir", RECORDINGS, ids=lambda p: str(p.relative_to(DATA)))
+def test_parts_give_the_whole_recordings_reports(rec_dir):
+    parts = split_recording(plan_recording(rec_dir), part_bytes=300)
+    if parts is None:
+        pytest.skip("not clean: read whole by the tolerant reader")
+    try:
+        assert parts.n_parts > 1
+        assert render_json(report_parts(parts)) == whole(rec_dir)
+    finally:
+        parts.close()
+
+
+def article_with(tmp_path: Path, change) -> Path:
+    """The article's recording in tmp_path, its lines (a list) changed by change."""
+    src = DATA / "article"
+    shutil.copy(src / "meta.json", tmp_path / "meta.json")
+    lines = (src / "events.jsonl").read_text().splitlines()
+    change(lines)
+    (tmp_path / "events.jsonl").write_text("\n".join(lines) + "\n")
+    return tmp_path
+
+
+def test_events_out_of_time_order_keep_their_rows(tmp_path):
+    """Rows are labelled by their place in time order, as the whole frame numbers them."""
+    def swap(lines: list[str]) -> None:
+        lines[2], lines[5] = lines[5], lines[2]
+    article_with(tmp_path, swap)
+    parts = split_recording(plan_recording(tmp_path), part_bytes=500)
+    assert parts is not None
+    try:
+        assert render_json(report_parts(parts)) == whole(tmp_path)
+    finally:
+        parts.close()
+
+
+def test_a_bad_value_reads_the_recording_whole(tmp_path):
+    """A value the tolerant reader skips sends the recording to it, with its note."""
+    def negative_ts(lines: list[str]) -> None:
+        lines[3] = json.dumps({**json.loads(lines[3]), "ts": -1.0})
+    article_with(tmp_path, negative_ts)
+    rs = report_recording(tmp_path, lanes=True, part_bytes=500)
+    assert any("ts out of range" in n for n in rs.incomplete)
+    assert render_json(rs) == whole(tmp_path)
