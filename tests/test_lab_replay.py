@@ -84,6 +84,11 @@ def test_replay_reproduces_and_proves_the_fix(sigtrace_cli, tmp_path, name, args
     if name == "shell-wrapper":
         assert fixed["settings"]["wrapper"] == "none"
         assert any("exec form" in line for lines in fixed["config"].values() for line in lines)
+    if name == "grace-too-short":
+        # php-fpm drained after its QUIT (process_control_timeout 30) until the grace SIGKILL: the
+        # summary blames the grace period, not the timeout
+        fpm = [v for v in run["report"]["pods"][0]["verdicts"] if v["id"] == "phpfpm-abrupt-stop"]
+        assert all("grace period ran out" in v["summary"] for v in fpm), fpm
     if name == "fpm-first":
         learned = rp["as_recorded"]["settings"]
         assert learned["stop_order"]["value"] == ["php-fpm", "nginx"]

@@ -3,8 +3,8 @@ still sends it requests."""
 from __future__ import annotations
 
 from ..correlate.facts import SocketCalls
-from ..correlate.pod import PodContext
-from ..correlate.processes import FPM_CHILD, FPM_MASTER, NGINX_MASTER
+from ..correlate.pod import PodContext, Signal
+from ..correlate.processes import FPM_CHILD, FPM_MASTER, NGINX_MASTER, Process
 from ..events import capabilities as C
 from ..events import schema as S
 from .base import Finding, Undecidable, fmt_t, more, rule, shown, upstream_ports
@@ -46,9 +46,15 @@ def phpfpm_abrupt_stop(ctx: PodContext) -> Finding | Undecidable | None:
             ev += [ctx.evidence(x.row, f"{x.sender_label} → {x.target_label}: {x.sig}") for x in to_children[:3]]
             ev += [ctx.evidence(p.exit_row, f"{p.label} killed by {p.exit_signal}") for p in killed[:2]]
             ev += conn_ev(ctx, cut)
-            how = ("got SIGQUIT but its children were terminated before their requests ended "
-                   "(process_control_timeout too small)" if s.sig == "SIGQUIT"
-                   else f"got {s.sig}: children are terminated at once")
+            if s.sig != "SIGQUIT":
+                how = f"got {s.sig}: children are terminated at once"
+            elif _escalated(ctx, m, to_children):
+                how = ("got SIGQUIT but its children were terminated before their requests ended "
+                       "(process_control_timeout too small)")
+            else:
+                # the master never escalated: the runtime's SIGKILL at the grace deadline cut the drain
+                how = ("got SIGQUIT and its children were still draining when the grace period ran out "
+                       "and the runtime SIGKILLed them")
             return Finding(f"{m.label} {how}; {len(cut)} FastCGI connection(s) were cut mid-request.", ev, about=m.pid)
     return None
 
@@ -105,6 +111,15 @@ def upstream_exited_first(ctx: PodContext) -> Finding | Undecidable | None:
     return Finding(f"php-fpm was gone at {fmt_t(ctx.rel(gone_ts))} while {n.label} still served: "
                    f"{found} FastCGI connection(s) refused or reset "
                    "(502 for the client).", ev)
+
+
+def _escalated(ctx: PodContext, master: Process, to_children: list[Signal]) -> bool:
+    """The master itself sent TERM/KILL to its children (process_control_timeout expired), before
+    the runtime's SIGKILL at the grace deadline (after which the namespace teardown also shows as
+    signals from the dying master)."""
+    grace_kill = min((x.ts for x in ctx.signals if x.sig == "SIGKILL" and x.from_outside and x.target is not None
+                      and x.target.container_id == master.container_id), default=None)
+    return any(x.sig in ("SIGTERM", "SIGKILL") and (grace_kill is None or x.ts < grace_kill) for x in to_children)
 
 
 def fastcgi_cut_by_calls(ctx: PodContext, since: float) -> SocketCalls:
