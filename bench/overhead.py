@@ -27,7 +27,8 @@ MODES = ("untraced", "bpf", "bpf-armed", "strace", "tcpstates")
 MODE_DOC = {
     "untraced": "no tracer",
     "bpf": "`sigtrace record` (bcc), pod not stopping: TCP transitions counted in the kernel, not streamed",
-    "bpf-armed": "`sigtrace record --tcp-detail always`: TCP closes streamed, as for a stopping pod",
+    "bpf-armed": "`sigtrace record --tcp-detail always`: TCP detail as for a stopping pod (routine closes counted in "
+                 "the kernel, resets and a sample of closes streamed)",
     "strace": "`sigtrace record --backend strace --pid <nginx master>` (ptrace of master and workers)",
     "tcpstates": "bcc `tcpstates-bpfcc` (every TCP state change of the node to user space, printed)",
 }
