@@ -15,6 +15,7 @@ from sigtrace.events.reader import read_recording
 from sigtrace.events.source import plan_recording
 from sigtrace.render.json import render_json
 from sigtrace.report import build_reports
+from sigtrace.report import build
 from sigtrace.report.build import report_parts, report_recording
 
 DATA = Path(__file__).parent / "data"
@@ -69,3 +70,12 @@ def test_a_bad_value_reads_the_recording_whole(tmp_path):
     rs = report_recording(tmp_path, lanes=True, part_bytes=500)
     assert any("ts out of range" in n for n in rs.incomplete)
     assert render_json(rs) == whole(tmp_path)
+
+
+@pytest.mark.parametrize("rec_dir", RECORDINGS, ids=lambda p: str(p.relative_to(DATA)))
+def test_a_big_frame_is_reported_in_parts_the_same(rec_dir, monkeypatch):
+    """build_reports of a frame past PART_EVENTS (an export's node in `analyze`) goes part by part."""
+    expected = whole(rec_dir)
+    monkeypatch.setattr(build, "PART_EVENTS", 40)
+    rec = read_recording(rec_dir)
+    assert render_json(build_reports(rec.events, rec.meta, rec.incomplete)) == expected

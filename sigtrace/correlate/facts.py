@@ -39,6 +39,9 @@ def numpy_columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     return out
 
 
+_NO_ROWS = pd.DataFrame()
+
+
 class PodRows:
     """One pod's rows [start, end) of a table shared by all pods. columns: the whole table's numpy
     columns (numpy_columns); None converts this pod's slice on first use (the socket calls, which
@@ -50,7 +53,9 @@ class PodRows:
 
     @classmethod
     def empty(cls) -> "PodRows":
-        return cls(pd.DataFrame(), {}, 0, 0)
+        # one frame for all: every PodContext starts with three empty sets, and a DataFrame costs
+        # ~0.3 ms to make (a tenth of a 26k-pod report's time)
+        return cls(_NO_ROWS, {}, 0, 0)
 
     def __len__(self) -> int:
         return self._end - self._start

@@ -29,7 +29,7 @@ import pandas as pd
 
 from . import schema as S
 from .fast_reader import _complete_part, parse_options, table_frame, table_is_clean
-from .source import Source, lost_note
+from .source import Source, lost_note, unfinished_note
 
 # a part holds about this much of the recording's JSON (~200k events): what one report pass holds
 PART_BYTES = 64 << 20
@@ -47,7 +47,6 @@ class Summary:
     events: int
     kinds: frozenset[str]
     last_ts: float
-    last: pd.DataFrame              # the recording's last event (time order), one row
     lifecycle: pd.DataFrame         # every pod_lifecycle row, labelled like the parts' rows
 
 
@@ -89,6 +88,39 @@ class PodParts:
 
     def close(self) -> None:
         self._dir.cleanup()
+
+
+class FrameParts:
+    """A recording already in memory (an export's node, a tolerant read) as parts by pod, for
+    reports whose peak is one part's correlation rather than the whole frame's."""
+
+    def __init__(self, events: pd.DataFrame, meta: dict[str, Any], incomplete: list[str], n_parts: int) -> None:
+        self.meta, self.incomplete, self.n_parts = meta, incomplete, n_parts
+        self._events = events
+        kinds = {str(k) for k in pd.unique(events["kind"].astype(object).dropna())}
+        self.summary = Summary(len(events), frozenset(kinds), float(events["ts"].max()),
+                               events[events["kind"] == S.POD_LIFECYCLE])
+        self._own = _frame_codes(events["pod_uid"], n_parts)
+        self._tgt = _frame_codes(events["target_pod_uid"], n_parts)
+
+    def frames(self) -> Iterator[tuple[pd.DataFrame, frozenset[str]]]:
+        for i in range(self.n_parts):
+            mask = (self._own == i) | (self._tgt == i)
+            if not mask.any():
+                continue
+            part = self._events[mask]
+            uids = {str(u) for col in ("pod_uid", "target_pod_uid") for u in pd.unique(part[col].dropna()) if u}
+            yield part, frozenset(u for u in uids if part_of(u, self.n_parts) == i)
+
+    def close(self) -> None:
+        self._events = None
+
+
+def _frame_codes(col: pd.Series, n_parts: int) -> np.ndarray:
+    codes, uniq = pd.factorize(col.astype(object) if not isinstance(col.dtype, pd.CategoricalDtype) else col)
+    lookup = np.array([part_of(str(u), n_parts) if isinstance(u, str) and u else -1 for u in uniq] + [-1],
+                      dtype=np.int64)
+    return lookup[codes]           # a missing uid (code -1): the -1 at the end
 
 
 def part_of(uid: str, n: int) -> int:
@@ -216,7 +248,9 @@ def split_recording(src: Source, part_bytes: int = PART_BYTES,
     if last_frame is None or lc_frame is None:
         tmp.cleanup()
         return None
-    summary = Summary(base, frozenset(kinds), last_ts, last_frame, lc_frame)
+    if unfinished_note(meta, last_frame):
+        incomplete.append(unfinished_note(meta, last_frame))
+    summary = Summary(base, frozenset(kinds), last_ts, lc_frame)
     return PodParts(meta, incomplete, str(src.directory), summary, n_parts, tmp, rank)
 
 

@@ -22,6 +22,10 @@ from ..correlate.trigger import pod_trigger, replica_sets
 from ..verdicts import evaluate
 from .model import PodReport, ReportSet
 
+# a frame of more events than this is reported in parts by pod (report_parts): the correlation's
+# peak is then a part's (~100 bytes an event for each of a dozen intermediate columns), not the whole's
+PART_EVENTS = 250_000
+
 
 def report_for(ctx: PodContext, rs_by_deployment: dict[str, set[str]] | None = None) -> PodReport:
     """One pod's report. rs_by_deployment: the ReplicaSets the recording saw per Deployment
@@ -48,6 +52,10 @@ def build_reports(events: pd.DataFrame, meta: dict[str, Any], incomplete: Iterab
     lanes=False leaves out PodReport.connections (only the HTML picture draws them).
     progress(what, done, total): told as pods are done."""
     meta = meta or {}
+    if len(events) > PART_EVENTS:
+        from ..events.partition import FrameParts
+        n_parts = len(events) // PART_EVENTS + 1
+        return report_parts(FrameParts(events, meta, list(incomplete), n_parts), lanes, progress)
     notes = list(incomplete)
     caps, cap_notes = capabilities_of(meta, events)
     notes += cap_notes
@@ -98,12 +106,9 @@ def report_parts(parts: Any, lanes: bool = True,
                  progress: Callable[[str, int, int | None], None] | None = None) -> ReportSet:
     """build_reports of a recording split by pod (sigtrace.events.partition.PodParts): each part's
     pods from that part alone, in pod uid order as a whole recording's. NotClean from a part."""
-    from ..events.source import unfinished_note
     meta = parts.meta or {}
     summary = parts.summary
     notes = list(parts.incomplete)
-    if unfinished_note(meta, summary.last):
-        notes.append(unfinished_note(meta, summary.last))
     caps, cap_notes = capabilities_for(meta, summary.kinds)
     notes += cap_notes
     rs_by_deployment = replica_sets(lifecycle_contexts(summary.lifecycle, caps))
