@@ -79,3 +79,13 @@ def test_a_big_frame_is_reported_in_parts_the_same(rec_dir, monkeypatch):
     monkeypatch.setattr(build, "PART_EVENTS", 40)
     rec = read_recording(rec_dir)
     assert render_json(build_reports(rec.events, rec.meta, rec.incomplete)) == expected
+
+
+def test_chunks_are_whole_lines(monkeypatch):
+    """A file is read in chunks of whole lines, whatever the chunk size."""
+    from sigtrace.events import partition
+    monkeypatch.setattr(partition, "CHUNK_BYTES", 1000)
+    path = DATA / "article" / "events.jsonl"
+    chunks = [c.read() for c in partition._chunks(path, path.stat().st_size)]
+    assert len(chunks) > 2 and all(c.endswith(b"\n") for c in chunks)
+    assert b"".join(chunks) == path.read_bytes()
