@@ -133,7 +133,8 @@ def test_counted_and_streamed_closes_add_up_to_the_connections_made(run):
     # 127.0.0.1:8080 is every lab pod's endpoint: while other lab pods run on the node (other tests),
     # a close in softirq context may be given to one pod for another; alone, both sides are exact
     assert made <= sum(server) <= made * 1.01, (server, made)
-    assert sum(client) <= made, (client, made)
+    # (the window reaches 200 ms before the churn, where the fixture's readiness connections may close)
+    assert sum(client) <= made * 1.01, (client, made)
     assert server[1] > made * 0.8 and client[1] > made * 0.8, "most routine closes should be counted"
     assert run["meta"]["tcp_closes"].startswith("routine closes")
 
