@@ -24,5 +24,8 @@ def write_report(rs: Any, fmt: str, stream: TextIO) -> None:
 
         from .text import render_text
         render_text(rs, Console(file=stream, soft_wrap=False))
+    elif fmt == "json":
+        from .json import write_json
+        write_json(rs, stream)             # pod by pod: a big report never exists as one string
     else:
         stream.write(render(rs, fmt))

@@ -53,8 +53,11 @@ class ReportSet:
     outside_stop: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"pods": [p.to_dict() for p in self.pods], "lost_events": self.lost_events,
-             "incomplete": list(self.incomplete)}
+        return dict(self.header(), pods=[p.to_dict() for p in self.pods])
+
+    def header(self) -> dict[str, Any]:
+        """Everything but the pods (a writer that goes pod by pod adds them)."""
+        d: dict[str, Any] = {"lost_events": self.lost_events, "incomplete": list(self.incomplete)}
         if self.outside_stop:
             d["resets_outside_stop"] = self.outside_stop
         return d
