@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -48,19 +49,28 @@ def report(directory: Path, fmt: str, pods: tuple[str, ...], output: Path | None
             chosen.append(p)
         rs.pods = chosen
     if output is not None and str(output) != "-":
-        from ..render import render
-        _emit(render(rs, fmt), output)
+        _emit(rs, fmt, output)
     else:
         from ..render import write_report
         write_report(rs, fmt, sys.stdout)
     return 0
 
 
-def _emit(text: str, output: Path) -> None:
-    """A regular file replaced atomically: never through a link, never a FIFO or device."""
+def _emit(rs: Any, fmt: str, output: Path) -> None:
+    """A regular file replaced atomically: never through a link, never a FIFO or device. JSON is
+    written pod by pod (a big report never exists as one string); text and HTML as documents."""
     from ..export.write import atomic_file, check_output_path
+    from ..render import render
+    from ..render.json import write_json
     check_output_path(str(output))
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            if fmt == "json":
+                write_json(rs, f)
+            else:
+                f.write(render(rs, fmt))
     try:
-        atomic_file(Path(output), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        atomic_file(Path(output), write)
     except OSError as exc:
         raise OutputError(f"cannot write {output}: {exc.strerror}; choose another --output") from None
