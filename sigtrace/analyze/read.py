@@ -201,7 +201,8 @@ def _merged_metas(fragments, notes: list[str]) -> dict[str, Any]:
         for m in more:
             lost = [x.get("lost_events") for x in (meta, m)]
             meta["lost_events"] = sum(v for v in lost if isinstance(v, int) and not isinstance(v, bool))
-            meta["incomplete"] = list(meta.get("incomplete") or []) + list(m.get("incomplete") or [])
+            # embedded metas are data from elsewhere: a note list that is not a list is left out
+            meta["incomplete"] = [*_notes(meta.get("incomplete")), *_notes(m.get("incomplete"))]
         merged[node] = meta
     return merged
 
@@ -384,3 +385,7 @@ def read_exports(paths: Sequence[str], nodes: Sequence[str] = (), since: date | 
     if len(frames) > 1:
         df = df.sort_values("ts", kind="stable", ignore_index=True)
     return Export(events=df, metas=metas, incomplete=notes)
+
+
+def _notes(value: object) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, list) else []

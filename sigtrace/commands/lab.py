@@ -132,8 +132,9 @@ def _replay(directory: Path, pod: str | None, out_root: Path, layout: str, backe
 
     from ..lab.replay import replay
     from ..lab.replay.render import show
+    from ..render.safe import plain
     console = Console(stderr=(fmt == "json"))
-    console.rule(f"[bold]replay of {directory}")
+    console.rule(f"[bold]replay of {plain(str(directory))}")
     with console.status("replaying...") as status:
         rp = replay(directory, out_root, pod=pod, layout=layout, backend=backend,
                     progress=lambda what: status.update(what + "..."))

@@ -117,6 +117,11 @@ def validate(s: Scenario) -> None:
     for c in s.prestop:
         if c not in CONTAINERS:
             raise LabError(f"--prestop for unknown container {c!r}: use nginx='cmd' or php-fpm='cmd'")
+        try:
+            s.prestop_of(c)
+        except ValueError as exc:
+            raise LabError(f"--prestop {c}={s.prestop[c]!r} cannot be split into a command ({exc}): "
+                           "check its quotes") from None
     for c in s.stop_order or []:
         if c not in CONTAINERS:
             raise LabError(f"--stop-order names unknown container {c!r}: use nginx,php-fpm")

@@ -106,8 +106,9 @@ class BpfBackend:
         assert self.loaded is not None
         self.loaded.bpf.ring_buffer_poll(max(0, int(timeout_s * 1000)))
         if time.monotonic() - self._last_refresh >= self.refresh_s:
-            self.refresh()
+            # counts first: refresh() may forget a gone pod, whose last buckets would then be dropped
             self._write_close_counts()
+            self.refresh()
 
     def close(self) -> None:
         if self.loaded is None:

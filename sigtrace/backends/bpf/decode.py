@@ -28,6 +28,9 @@ HANDLERS = {"ST_HANDLER_DEFAULT": "default", "ST_HANDLER_IGNORE": "ignore", "ST_
 DECODED_FIELDS = kinds.fields_of(kinds.BPF)
 
 
+MAX_LISTENER_CLOSES = 4096     # (pod, port) listener closes kept for telling shared endpoints apart
+
+
 def _opt(event: dict[str, Any], **fields: Any) -> None:
     """Add the fields that are known (not None): events are sparse."""
     for k, v in fields.items():
@@ -154,6 +157,9 @@ class Decoder:
         if kind == schema.TCP_STATE:
             if e.old_state == self.listen and e.new_state == self.close and pod_uid is not None:
                 self.listener_closed[(pod_uid, e.sport)] = ts
+                if len(self.listener_closed) > MAX_LISTENER_CLOSES:
+                    # an agent runs for weeks: keep the last hour's closes (pods stopping now)
+                    self.listener_closed = {k: t for k, t in self.listener_closed.items() if t > ts - 3600}
             fields.update(old_state=self.tcp_states.get(e.old_state, str(e.old_state)),
                           new_state=self.tcp_states.get(e.new_state, str(e.new_state)))
         elif kind == schema.TCP_RESET_SENT:

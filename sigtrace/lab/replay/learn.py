@@ -200,6 +200,13 @@ def _stop_signal(report: PodReport, c: dict[str, Any] | None, seen: dict[str, An
 
 
 _SLEEP = re.compile(r"^sleep\s+(\d+(?:\.\d+)?)s?$")
+# the only recorded preStop commands the lab runs as they are: anything else in a recording (tenant
+# data, or a file copied from anywhere) would be a command run as root on this machine
+_RUNNABLE = re.compile(r"^(?:nginx -s (?:quit|stop)|kill -(?:QUIT|TERM|INT|s (?:QUIT|TERM|INT)) 1)$")
+MAX_PRESTOP_S = 300.0
+MAX_GRACE_S = 600.0
+MAX_REQUEST_MS = 60_000
+MAX_LAG_S = 60.0
 
 
 def _prestop(report: PodReport, c: dict[str, Any] | None, seen: dict[str, Any]) -> Setting:
@@ -208,15 +215,19 @@ def _prestop(report: PodReport, c: dict[str, Any] | None, seen: dict[str, Any]) 
     if c is None:
         return Setting(None, "default: container not in the pod")
     if isinstance(declared, dict) and isinstance(declared.get(name), str) and declared[name].strip():
-        cmd = declared[name].strip()
+        cmd = " ".join(declared[name].split())
         m = _SLEEP.match(cmd)
         if m:                                          # the kubelet's sleep action, "sleep 5s"
-            return Setting(f"sleep {m.group(1)}", f"the API's pod data: preStop {cmd}")
-        if cmd.split()[0] in ("httpGet", "tcpSocket"):
-            dur = _prestop_duration(report, name)
-            return Setting(f"sleep {dur:g}" if dur else None,
-                           f"the API's pod data: preStop {cmd}, replayed as a sleep of its recorded length")
-        return Setting(cmd, f"the API's pod data: preStop exec {cmd}")
+            secs = min(float(m.group(1)), MAX_PRESTOP_S)
+            return Setting(f"sleep {secs:g}", f"the API's pod data: preStop {cmd}" + _capped(secs, float(m.group(1))))
+        if _RUNNABLE.match(cmd):
+            return Setting(cmd, f"the API's pod data: preStop exec {cmd}")
+        dur = _prestop_duration(report, name)
+        secs = min(max(1, round(dur)), MAX_PRESTOP_S) if dur else None
+        return Setting(f"sleep {secs:g}" if secs else None,
+                       f"the API's pod data: preStop {cmd[:80]}; not run here (only sleep, nginx -s quit|stop and "
+                       "kill -SIG 1 are), replayed as a sleep of its recorded length" if secs else
+                       f"the API's pod data: preStop {cmd[:80]}; not run here and its length not recorded: left out")
     procs = [p for p in c.get("processes") or () if p.get("role") == "prestop"]
     if not procs:
         return Setting(None, "recorded: no preStop process")
@@ -225,10 +236,14 @@ def _prestop(report: PodReport, c: dict[str, Any] | None, seen: dict[str, Any]) 
     if comm == "nginx":
         return Setting("nginx -s quit", "recorded: a preStop exec of nginx that signalled the master "
                                         "(arguments are not recorded: taken as `nginx -s quit`)")
-    secs = max(1, round(dur))
+    secs = min(max(1, round(dur)), int(MAX_PRESTOP_S))
     if comm == "sleep":
         return Setting(f"sleep {secs}", f"recorded: preStop `sleep` ran {dur:.1f} s")
     return Setting(f"sleep {secs}", f"recorded: preStop {comm!r} ran {dur:.1f} s (replayed as a sleep of that length)")
+
+
+def _capped(used: float, seen: float) -> str:
+    return f" (capped from {seen:g} for the lab)" if used < seen else ""
 
 
 def _prestop_duration(report: PodReport, container: str | None) -> float | None:
@@ -255,7 +270,7 @@ def _grace(report: PodReport, lc: dict[str, dict[str, Any]]) -> Setting:
                         (lifecycle.POD_SEEN, "terminationGracePeriodSeconds (API)")):
         g = lc.get(event, {}).get("grace_period_s")
         if isinstance(g, (int, float)) and not isinstance(g, bool) and 0 <= g <= 86400:
-            return Setting(float(g), what)
+            return Setting(min(float(g), MAX_GRACE_S), what + _capped(min(float(g), MAX_GRACE_S), float(g)))
     kills = [e for e in report.timeline if e.get("sig") == "SIGKILL" and "runtime" in str(e.get("sender"))]
     deleted = _deleted_t(report)
     if kills and deleted is not None:
@@ -290,27 +305,29 @@ def _stop_order(report: PodReport, by_app: dict[str, dict[str, Any]]) -> tuple[S
         return (Setting(None, f"recorded: both containers' stops began within {gap:.2f} s (in parallel)"),
                 Setting(0.0, "recorded: in parallel"))
     return (Setting([first, second], f"recorded: {first} stopped first, {second} {gap:.1f} s later"),
-            Setting(round(gap, 1), f"recorded: {gap:.1f} s between the containers' stops"))
+            Setting(min(round(gap, 1), MAX_GRACE_S), f"recorded: {gap:.1f} s between the containers' stops"))
 
 
 def _request_ms(report: PodReport, workers: int, concurrency: int) -> Setting:
     """Request duration from connection lifetimes: FastCGI connections carry one request each
     (nginx opens one per request), so a whole one seen is a request; else client connections."""
-    for cls in ("upstream", "serving"):
+    # a keep-alive connection carries many requests: its lifetime is not one request's
+    keepalive = any(v.id == "keepalive-close-race" for v in report.verdicts)
+    for cls in ("upstream",) if keepalive else ("upstream", "serving"):
         whole = [c["end_t"] - c["start_t"] for c in report.connections
                  if c.get("port_class") == cls and c.get("start_t") is not None and c.get("end_t") is not None
                  and c.get("close_kind") == "fin" and not c.get("at_exit")]
         if whole:
-            ms = int(math.ceil(max(whole) * 10)) * 100
-            return Setting(max(ms, 100), f"recorded: the longest of {len(whole)} whole {cls} connection(s) "
-                                         f"({max(whole):.2f} s)")
+            ms = min(max(int(math.ceil(max(whole) * 10)) * 100, 100), MAX_REQUEST_MS)
+            return Setting(ms, f"recorded: the longest of {len(whole)} whole {cls} connection(s) "
+                               f"({max(whole):.2f} s)" + _capped(ms, max(whole) * 1000))
     # FastCGI requests in flight at the stop that then finished: the longest rest is most of a request
     rest = [c["end_t"] for c in report.connections if c.get("port_class") == "upstream" and c.get("start_t") is None
             and c.get("end_t") is not None and c["end_t"] > 0 and c.get("close_kind") == "fin" and not c.get("at_exit")]
     if rest:
         # more requests than children: they queued, and the last one waited for the ones before it
         share = min(1.0, workers / concurrency) if concurrency else 1.0
-        ms = max(100, int(math.ceil(max(rest) * share * 10)) * 100)
+        ms = min(max(100, int(math.ceil(max(rest) * share * 10)) * 100), MAX_REQUEST_MS)
         queued = f", {concurrency} requests on {workers} child(ren) queued" if share < 1 else ""
         return Setting(ms, f"recorded: {len(rest)} FastCGI request(s) in flight at the stop finished up to "
                            f"{max(rest):.2f} s later{queued}")
@@ -319,7 +336,7 @@ def _request_ms(report: PodReport, workers: int, concurrency: int) -> Setting:
     floor = max(cut, default=0.0)
     if floor * 1000 * 2 > DEFAULTS.request_ms:
         # cut ones had run at least `floor`; twice that keeps them in flight past the same deadline
-        ms = int(math.ceil(floor * 2 * 10)) * 100
+        ms = min(int(math.ceil(floor * 2 * 10)) * 100, MAX_REQUEST_MS)
         return Setting(ms, f"recorded: requests were cut after at least {floor:.1f} s; replayed as twice that")
     return Setting(DEFAULTS.request_ms, "default: no whole request seen (the stop cut them), the lab's "
                                         f"{DEFAULTS.request_ms} ms")
@@ -365,7 +382,7 @@ def _lb_delay(events: pd.DataFrame, report: PodReport, lc: dict[str, dict[str, A
         seen.append((refused, "the last connection attempt refused"))
     if seen:
         t, what = max(seen)
-        lag = max(0.1, round(t - origin + 0.05, 1))
+        lag = min(max(0.1, round(t - origin + 0.05, 1)), MAX_LAG_S)
         return Setting(lag, f"recorded: {what} at {_t(t)}, {lag:g} s after the deletion")
     caps = set((meta or {}).get("capabilities") or ())
     if {C.TCP_STATES, C.KERNEL_RESETS} <= caps and deleted is not None:
@@ -375,7 +392,7 @@ def _lb_delay(events: pd.DataFrame, report: PodReport, lc: dict[str, dict[str, A
                                                    lifecycle.ENDPOINTS_REMOVED)]
     deleted_ts = lc.get(lifecycle.POD_DELETED, {}).get("ts")
     if ep and deleted_ts is not None:
-        lag = max(0.1, round(min(ep) - deleted_ts, 1))
+        lag = min(max(0.1, round(min(ep) - deleted_ts, 1)), MAX_LAG_S)
         return Setting(lag, f"the API: the endpoint left the Service {lag:g} s after the deletion "
                             "(this node's view; cloud balancers may learn later)")
     return Setting(DEFAULTS.lb_delay_s, "default: no traffic after the deletion recorded (the lab's "
@@ -414,11 +431,11 @@ def _process_control_timeout(report: PodReport, c: dict[str, Any] | None, reques
              and "php-fpm master" in str(e.get("sender")) and e.get("sig") in ("SIGTERM", "SIGKILL") and e["t"] > q
              and (killed is None or e["t"] < killed - 0.05)]
     if later and min(later) - q >= 0.5:
-        gap = max(1, round(min(later) - q))
+        gap = min(max(1, round(min(later) - q)), int(MAX_GRACE_S))
         return Setting(gap, f"recorded: the master signalled its children {min(later) - q:.1f} s after the QUIT")
     # no escalation: the timeout was longer than the wait (0, php-fpm's default, escalates at once)
     if killed is not None:
-        longer = int(math.ceil(killed - q)) + 1
+        longer = min(int(math.ceil(killed - q)) + 1, int(MAX_GRACE_S))
         return Setting(longer, f"recorded: the children were still draining {killed - q:.1f} s after the QUIT, "
                                f"when the grace period's SIGKILL came: replayed as {longer} s")
     longer = int(math.ceil(request_ms / 1000)) + 1
@@ -436,7 +453,7 @@ def _worker_shutdown_timeout(report: PodReport, c: dict[str, Any] | None) -> Set
     exits = [p["exit_t"] for p in (c or {}).get("processes") or ()
              if p.get("role") == "nginx-worker" and p.get("exit_t") is not None and p["exit_t"] > q]
     if exits:
-        gap = max(0.5, round(max(exits) - q, 1))
+        gap = min(max(0.5, round(max(exits) - q, 1)), MAX_GRACE_S)
         return Setting(gap, f"recorded: workers cut their connections and exited {gap:g} s after the QUIT")
     return Setting(None, "default: the timeout's length is not visible in the recording (unset)")
 

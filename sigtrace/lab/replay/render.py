@@ -139,5 +139,5 @@ def show(rp: Replay, console: Console) -> None:
         console.print(panel)
     for line in conclusion(rp):
         console.print(line, highlight=False)
-    console.print(f"recordings: {rp.as_recorded.result.out_dir}"
-                  + (f", {rp.fixed.result.out_dir}" if rp.fixed else ""), highlight=False)
+    console.print(f"recordings: {plain(str(rp.as_recorded.result.out_dir))}"
+                  + (f", {plain(str(rp.fixed.result.out_dir))}" if rp.fixed else ""), highlight=False)
