@@ -72,6 +72,18 @@ def test_a_bad_value_reads_the_recording_whole(tmp_path):
     assert render_json(rs) == whole(tmp_path)
 
 
+def test_a_bad_value_on_a_host_row_reads_the_recording_whole(tmp_path):
+    """A row of no pod is in no part: it is checked while splitting, as the whole read checks it."""
+    def host_row(lines: list[str]) -> None:
+        e = {k: v for k, v in json.loads(lines[3]).items() if k not in ("pod_uid", "target_pod_uid",
+                                                                        "container_id", "target_container_id")}
+        lines.insert(4, json.dumps({**e, "pid": -5}))
+    article_with(tmp_path, host_row)
+    rs = report_recording(tmp_path, lanes=True, part_bytes=500)
+    assert any("pid" in n for n in rs.incomplete), rs.incomplete
+    assert render_json(rs) == whole(tmp_path)
+
+
 @pytest.mark.parametrize("rec_dir", RECORDINGS, ids=lambda p: str(p.relative_to(DATA)))
 def test_a_big_frame_is_reported_in_parts_the_same(rec_dir, monkeypatch):
     """build_reports of a frame past PART_EVENTS (an export's node in `analyze`) goes part by part."""

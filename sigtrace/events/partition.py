@@ -33,6 +33,7 @@ from .source import Source, lost_note, unfinished_note
 
 # a part holds about this much of the recording's JSON (~200k events): what one report pass holds
 PART_BYTES = 64 << 20
+MAX_PARTS = 256
 CHUNK_BYTES = 32 << 20          # read at once: pyarrow parses a chunk's blocks on all cores
 _ROW = "__row"
 
@@ -176,7 +177,8 @@ def split_recording(src: Source, part_bytes: int = PART_BYTES,
         sizes = [p.stat().st_size for _, p in src.files]
     except OSError:
         return None
-    n_parts = sum(sizes) // part_bytes + 1
+    # one open spill file per part: a cap keeps a huge root under the open-files limit (parts grow instead)
+    n_parts = min(sum(sizes) // part_bytes + 1, MAX_PARTS)
     if n_parts < 2:
         return None
     incomplete = list(src.notes)
@@ -217,7 +219,12 @@ def split_recording(src: Source, part_bytes: int = PART_BYTES,
                     lifecycle.append(table.filter(lc).append_column(_ROW, seq.filter(lc)))
                 table = table.append_column(_ROW, seq)
                 schema = table.schema
-                for part, mask in _routes(table, n_parts):
+                routes, unrouted = _routes(table, n_parts)
+                # rows of no pod are checked here as a whole read checks them (range, vocabulary):
+                # a bad one sends the recording to the tolerant reader, which lists what it skips
+                if pc.any(unrouted).as_py() and table_frame(table.filter(unrouted).drop_columns([_ROW])) is None:
+                    raise NotClean(str(path))
+                for part, mask in routes:
                     w = writers.get(part)
                     if w is None:
                         w = writers[part] = pa.ipc.new_stream(str(Path(tmp.name) / f"{part}.arrow"), schema)
@@ -270,14 +277,15 @@ def _labelled(table, rank: np.ndarray | None, schema) -> pd.DataFrame | None:
     return table_frame(table.drop_columns([_ROW]).take(order), pd.Index(rows[order]))
 
 
-def _routes(table, n_parts: int) -> Iterator[tuple[int, Any]]:
-    """(part, mask) of a chunk's rows: by pod_uid, and by target_pod_uid for a signal sent to
-    another pod's process (the target's report cites it too)."""
+def _routes(table, n_parts: int) -> tuple[list[tuple[int, Any]], Any]:
+    """[(part, mask)] of a chunk's rows: by pod_uid, and by target_pod_uid for a signal sent to
+    another pod's process (the target's report cites it too); and the mask of rows no part gets."""
     import pyarrow as pa
     own = _part_codes(table.column("pod_uid"), n_parts)
     tgt = _part_codes(table.column("target_pod_uid"), n_parts)
-    for part in np.unique(np.concatenate([own[own >= 0], tgt[tgt >= 0]])):
-        yield int(part), pa.array((own == part) | (tgt == part))
+    parts = [(int(part), pa.array((own == part) | (tgt == part)))
+             for part in np.unique(np.concatenate([own[own >= 0], tgt[tgt >= 0]]))]
+    return parts, pa.array((own < 0) & (tgt < 0))
 
 
 def _part_codes(col, n_parts: int) -> np.ndarray:
