@@ -46,3 +46,34 @@ def sigtrace_cli():
         return subprocess.run([sys.executable, "-m", "sigtrace", *args], capture_output=True,
                               text=True, timeout=timeout, cwd=kw.pop("cwd", REPO), **kw)
     return run
+
+
+class ThreadRecorder:
+    """A RecordSession of `backend` into `out` in a thread of the test process: start() returns once
+    the probes are attached (failing the test if they are not within startup_s), stop() ends it."""
+
+    def __init__(self, backend, out: Path, startup_s: float = 60):
+        import threading
+
+        from sigtrace.record import RecordSession
+        self.backend, self.startup_s = backend, startup_s
+        self.session = RecordSession(backend, out, live=False)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: self.session.run(stop=self._stop), daemon=True)
+
+    def start(self) -> "ThreadRecorder":
+        import time
+        self._thread.start()
+        deadline = time.monotonic() + self.startup_s
+        try:
+            while getattr(self.backend, "startup_s", None) is None:
+                assert self._thread.is_alive() and time.monotonic() < deadline, "recorder did not start"
+                time.sleep(0.05)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)

@@ -10,12 +10,11 @@ One recorder, one running lab pod (nginx + php-fpm, kubelet-style cgroups) under
 from __future__ import annotations
 
 import json
-import threading
 import time
 
 import pytest
 
-from conftest import require_kernel
+from conftest import ThreadRecorder, require_kernel
 
 pytestmark = pytest.mark.kernel
 TOOLS = ("runc", "nginx", "php-fpm8.2", "ip")
@@ -33,21 +32,13 @@ def run(tmp_path_factory):
     from sigtrace.lab.load import LoadClient
     from sigtrace.lab.pod import LocalPod, PodSpec
     from sigtrace.lab.scenario import ExecProber
-    from sigtrace.record import RecordSession
 
     tmp = tmp_path_factory.mktemp("arming")
     out = tmp / "rec"
     backend = BpfBackend()
-    session = RecordSession(backend, out, live=False)
-    stop = threading.Event()
-    recorder = threading.Thread(target=lambda: session.run(stop=stop), daemon=True)
-    recorder.start()
+    recorder = ThreadRecorder(backend, out).start()
     facts: dict = {}
     try:
-        deadline = time.monotonic() + 60
-        while backend.startup_s is None:
-            assert recorder.is_alive() and time.monotonic() < deadline, "recorder did not start"
-            time.sleep(0.05)
         app = configs.write_app_dir(tmp / "app", nginx=configs.nginx_conf(workers=2),
                                     fpm=configs.fpm_conf(children=2, process_control_timeout_s=5))
         spec = PodSpec(name="running", layout="cgroupfs", grace_period_s=5, app_dir=app.root, containers=[
@@ -79,8 +70,7 @@ def run(tmp_path_factory):
                 facts["load"] = load.wait().counts()
         time.sleep(0.5)
     finally:
-        stop.set()
-        recorder.join(30)
+        recorder.stop()
     return dict(facts=facts, events=_events(out / "events.jsonl"), meta=json.loads((out / "meta.json").read_text()))
 
 

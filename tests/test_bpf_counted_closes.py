@@ -14,13 +14,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import require_kernel
+from conftest import ThreadRecorder, require_kernel
 
 pytestmark = pytest.mark.kernel
 TOOLS = ("runc", "nginx", "php-fpm8.2", "ip", "nsenter")
@@ -63,21 +62,13 @@ def run(tmp_path_factory):
     from sigtrace.lab import configs
     from sigtrace.lab.netns import in_netns
     from sigtrace.lab.pod import LocalPod, PodSpec
-    from sigtrace.record import RecordSession
 
     tmp = tmp_path_factory.mktemp("counted")
     out = tmp / "rec"
     backend = BpfBackend()
-    session = RecordSession(backend, out, live=False)
-    stop = threading.Event()
-    recorder = threading.Thread(target=lambda: session.run(stop=stop), daemon=True)
-    recorder.start()
+    recorder = ThreadRecorder(backend, out).start()
     facts: dict = {}
     try:
-        deadline = time.monotonic() + 60
-        while backend.startup_s is None:
-            assert recorder.is_alive() and time.monotonic() < deadline, "recorder did not start"
-            time.sleep(0.05)
         app = configs.write_app_dir(tmp / "app", nginx=nginx_conf(2), fpm=configs.fpm_conf(children=2))
         spec = PodSpec(name="churn", layout="cgroupfs", grace_period_s=5, app_dir=app.root,
                        containers=[configs.nginx_container(app), configs.fpm_container(app)])
@@ -103,8 +94,7 @@ def run(tmp_path_factory):
             facts["refused"] = client(REFUSED, "refused")
             time.sleep(0.5)
     finally:
-        stop.set()
-        recorder.join(30)
+        recorder.stop()
     report = subprocess.run([sys.executable, "-m", "sigtrace", "report", str(out), "--format", "json"],
                             capture_output=True, text=True, cwd=REPO, timeout=300, check=True)
     return dict(facts=facts, events=_events(out), meta=json.loads((out / "meta.json").read_text()),

@@ -6,12 +6,11 @@ on the closed connection, the kernel answers with a reset), and php-fpm recycles
 and no verdict, and lists the pod in the node-level "resets outside a stop" summary."""
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 
-from conftest import require_kernel
+from conftest import ThreadRecorder, require_kernel
 
 pytestmark = pytest.mark.kernel
 TOOLS = ("runc", "nginx", "php-fpm8.2", "ip")
@@ -53,20 +52,12 @@ def steady(tmp_path_factory):
     from sigtrace.lab import configs
     from sigtrace.lab.load import LoadClient
     from sigtrace.lab.pod import LocalPod, PodSpec
-    from sigtrace.record import RecordSession
 
     tmp = tmp_path_factory.mktemp("outside")
     out = tmp / "rec"
-    session = RecordSession(BpfBackend(tcp_detail="always"), out, live=False)
-    stop = threading.Event()
-    recorder = threading.Thread(target=lambda: session.run(stop=stop), daemon=True)
-    recorder.start()
+    recorder = ThreadRecorder(BpfBackend(tcp_detail="always"), out, startup_s=90).start()
     facts: dict = {}
     try:
-        deadline = time.monotonic() + 90
-        while getattr(session.backend, "startup_s", None) is None:
-            assert recorder.is_alive() and time.monotonic() < deadline, "recorder did not start"
-            time.sleep(0.05)
         fpm = configs.fpm_conf(children=2) + "pm.max_requests = 3\n"
         app = configs.write_app_dir(tmp / "app", nginx=NGINX_KEEPCONN, fpm=fpm)
         spec = PodSpec(name="steady", app_dir=app.root, containers=[configs.nginx_container(app),
@@ -82,11 +73,9 @@ def steady(tmp_path_factory):
                 load.stop_sending()
                 facts["load"] = load.wait().counts()
             time.sleep(0.5)
-            stop.set()               # the recording ends before the pod is removed: it never stopped
-            recorder.join(30)
+            recorder.stop()          # the recording ends before the pod is removed: it never stopped
     finally:
-        stop.set()
-        recorder.join(30)
+        recorder.stop()
     from sigtrace.report import build_reports
     from sigtrace.events.reader import read_recording
     rec = read_recording(out)
