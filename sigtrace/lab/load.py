@@ -239,7 +239,9 @@ class LoadClient:
         self.stopped_sending: float | None = None
         self._out = None
 
-    def start(self, warmup_s: float = 5.0) -> None:
+    def start(self, warmup_s: float = 15.0) -> None:
+        """Start the client and return once it says it started (within warmup_s: a Python start on
+        a loaded 2-core machine can take seconds)."""
         import tempfile
         self._out = tempfile.TemporaryFile(dir=self.workdir)
         self._err = tempfile.TemporaryFile(dir=self.workdir)
@@ -250,17 +252,21 @@ class LoadClient:
                                      env=env)
         deadline = time.monotonic() + warmup_s
         while time.monotonic() < deadline:      # wait for "started" so load is on before the stop
-            self._err.seek(0)
-            if b"started" in self._err.read():
+            if b"started" in self._err_bytes():
                 return
             if self.proc.poll() is not None:
                 break
             time.sleep(0.02)
         raise LabError(f"load client did not start in netns {self.netns}: {self._stderr()}")
 
+    def _err_bytes(self) -> bytes:
+        # pread, not seek+read: the child writes through the same open file, and a seek here
+        # would move the offset its next write lands at (a readiness line read back as "tarted").
+        fd = self._err.fileno()
+        return os.pread(fd, min(os.fstat(fd).st_size, 1 << 20), 0)
+
     def _stderr(self) -> str:
-        self._err.seek(0)
-        lines = self._err.read().decode(errors="replace").strip().splitlines()
+        lines = self._err_bytes().decode(errors="replace").strip().splitlines()
         return lines[-1] if lines else "no output"
 
     def stop_sending(self) -> float:
