@@ -33,8 +33,8 @@ def json_chunks(rs: ReportSet) -> Iterator[str]:
             yield "[]"
         else:
             yield "[\n"
-            for j, pod in enumerate(rs.pods):
-                yield "    " + _dump(pod.to_dict(), 2) + (",\n" if j < len(rs.pods) - 1 else "\n")
+            for j, pod in enumerate(rs.pod_dicts()):
+                yield "    " + _dump(pod, 2) + (",\n" if j < len(rs.pods) - 1 else "\n")
             yield "  ]"
         yield ",\n" if i < len(keys) - 1 else "\n"
     yield "}\n"

@@ -20,7 +20,7 @@ from ..correlate.stats import build_stats
 from ..correlate.timeline import build_timeline
 from ..correlate.trigger import pod_trigger, replica_sets
 from ..verdicts import evaluate
-from .model import PodReport, ReportSet
+from .model import PodReport, PodStore, ReportSet
 
 # a frame of more events than this is reported in parts by pod (report_parts): the correlation's
 # peak is then a part's (~100 bytes an event for each of a dozen intermediate columns), not the whole's
@@ -112,18 +112,18 @@ def report_parts(parts: Any, lanes: bool = True,
     caps, cap_notes = capabilities_for(meta, summary.kinds)
     notes += cap_notes
     rs_by_deployment = replica_sets(lifecycle_contexts(summary.lifecycle, caps))
-    reports: list[PodReport] = []
+    reports = PodStore()             # compact until rendered: 26k reports as objects held ~0.9 GB
     outside: list[dict[str, Any]] = []
     for events, uids in parts.frames():
         ctxs = build_contexts(events, caps, meta, lanes, pods=uids, last_ts=summary.last_ts)
         del events
         for ctx in ctxs.values():
-            reports.append(report_for(ctx, rs_by_deployment))
+            reports.add(report_for(ctx, rs_by_deployment))
             entry = pod_resets_outside_stop(ctx)
             if entry is not None:
                 outside.append(entry)
             if progress:
                 progress("pods done", len(reports), None)
-    reports.sort(key=lambda r: r.pod_uid)
+    reports.sort()
     outside.sort(key=lambda e: e["pod_uid"])
     return ReportSet(reports, _lost(meta), notes, meta, outside_stop=outside)

@@ -25,3 +25,9 @@ class Verdict:
         if self.status == UNDECIDABLE:
             d["missing"] = self.missing
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], marks: list[dict[str, Any]] | None = None) -> "Verdict":
+        """The verdict to_dict gave (marks kept beside it: they are not in the JSON)."""
+        return cls(d["id"], d["summary"], d["fix"], d.get("evidence") or [], d.get("status", CONFIRMED),
+                   d.get("missing") or [], marks or [])
