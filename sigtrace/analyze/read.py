@@ -27,7 +27,7 @@ from ..export.columns import (COLUMNS, EXPORT_DTYPES, NODE, REQUIRED_COLUMNS, SC
                               sidecar_path)
 from ..events.validate import clean_meta, frame_problems
 from ..export import cells
-from ..export.dataset import DATE, SECONDS_PER_DAY, partitioning
+from ..export.dataset import DATE, SECONDS_PER_DAY, latest_runs, merge_runs, partitioning
 from ..export.write import have_pyarrow
 
 SNIFF_BYTES = 1 << 16
@@ -179,9 +179,10 @@ def _part_files(root: Path) -> list[str]:
 
 
 def _merged_metas(fragments, notes: list[str]) -> dict[str, Any]:
-    """node -> meta, from the meta each part embeds: one recording's parts (several days) carry the
-    same meta, counted once; several recordings of one node add up their lost events."""
-    by_node: dict[str, dict[str, dict]] = {}
+    """node -> meta, from the meta each part embeds: a run's parts (several days, several exports
+    of it, an older sigtrace's parts beside its own) count as that run once, with its latest export's
+    meta; several runs of one node add up their lost events."""
+    by_node: dict[str, list[dict]] = {}
     for frag in fragments:
         raw = (frag.physical_schema.metadata or {}).get(b"sigtrace")
         try:
@@ -193,18 +194,8 @@ def _merged_metas(fragments, notes: list[str]) -> dict[str, Any]:
             continue
         for node, m in nodes.items():
             if isinstance(m, dict):
-                by_node.setdefault(str(node), {})[json.dumps(m, sort_keys=True, default=str)] = m
-    merged: dict[str, Any] = {}
-    for node, distinct in by_node.items():
-        first, *more = distinct.values()
-        meta = dict(first)
-        for m in more:
-            lost = [x.get("lost_events") for x in (meta, m)]
-            meta["lost_events"] = sum(v for v in lost if isinstance(v, int) and not isinstance(v, bool))
-            # embedded metas are data from elsewhere: a note list that is not a list is left out
-            meta["incomplete"] = [*_notes(meta.get("incomplete")), *_notes(m.get("incomplete"))]
-        merged[node] = meta
-    return merged
+                by_node.setdefault(str(node), []).append(m)
+    return {node: merge_runs(latest_runs(metas)) for node, metas in by_node.items()}
 
 
 def _selection(nodes: Sequence[str], since: date | None, until: date | None):
@@ -385,7 +376,3 @@ def read_exports(paths: Sequence[str], nodes: Sequence[str] = (), since: date | 
     if len(frames) > 1:
         df = df.sort_values("ts", kind="stable", ignore_index=True)
     return Export(events=df, metas=metas, incomplete=notes)
-
-
-def _notes(value: object) -> list[str]:
-    return [str(v) for v in value] if isinstance(value, list) else []

@@ -1,4 +1,4 @@
-"""The export as a Hive-partitioned Parquet dataset: DIR/node=<node>/date=<YYYY-MM-DD>/part-<digest>.parquet.
+"""The export as a Hive-partitioned Parquet dataset: DIR/node=<node>/date=<YYYY-MM-DD>/part-<run>.parquet.
 
 DuckDB (`read_parquet('DIR/**/*.parquet', hive_partitioning = true)`), Spark, Trino and
 pyarrow.dataset read it as is. Hive layout means the partition columns live in the path only: a
@@ -9,41 +9,58 @@ Node names come from the recorded meta.json (tenant data): each one becomes a di
 through pyarrow's own Hive formatting, which URL-encodes the value (`../x` -> `node=..%2Fx`), so
 no name can climb out of DIR or into another node's directory, and readers decode it back.
 
-Appending: a second recording (another node, another day) adds parts and never replaces one. A
-part's name is a digest of its data pages (the footer, which carries source paths, left out), so
-the same events exported again come out under the same name and are skipped, and two different
-parts can never share a name. The new part is linked into place (link(2) fails where a file
-exists), so two exports writing at once cannot overwrite each other either.
+One part per recorder run and day, named by the run's start (meta.json `start`, the moment that
+run of the recorder began: part-20251129T070610.000000Z.parquet). Exporting a run again (an
+agent's recording that is still growing, or a run across midnight) replaces that run's part of
+each day, so every event is in the dataset once and plain DuckDB or Spark count it once:
+
+- the new part holds the rows of the old one as well as the new export's (a multiset union on
+  the recorded fields): events the recorder pruned since the last export stay in the dataset;
+- rows already in another part of the same node and day (a part written by an older sigtrace,
+  named by a digest of its data, or an export that read several runs of the node together) are
+  left out, so overlapping exports never count an event twice;
+- the part is written to a new hidden file in the same directory (O_EXCL, never following a
+  link), fsynced and renamed over the old one: a reader sees the old or the new part, never both
+  or half of one; writers of one node and day take turns (flock on the directory).
+
+Each part embeds the export's meta with its own node's only; analyze merges those per run (the
+latest export of a run wins) and adds up the runs.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import math
 import os
+import secrets
 import stat
-import struct
-import tempfile
+import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
 
 from ..errors import OutputError, UsageProblem
 from ..events.writer import FILE_MODE, existing_output
-from .columns import NODE
+from .columns import NODE, POD_META_COLUMNS
 from .write import arrow_table
 
 DATE = "date"
 DIR_MODE = 0o750
 NAME_MAX = 255          # bytes of one directory name on Linux filesystems
 SECONDS_PER_DAY = 86400
+EXPORTED_AT = "exported_at"      # in each part's node meta: which export of a run is the latest
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass
 class DatasetWrite:
-    written: list[str] = field(default_factory=list)    # parts added, relative to DIR
-    skipped: list[str] = field(default_factory=list)    # parts already there with the same events
+    written: list[str] = field(default_factory=list)    # parts added or replaced, relative to DIR
+    skipped: list[str] = field(default_factory=list)    # parts that already held these events
 
 
 def is_dataset_target(path: str) -> bool:
@@ -58,6 +75,58 @@ def partitioning():
     return ds.partitioning(pa.schema([(NODE, pa.string()), (DATE, pa.string())]), flavor="hive")
 
 
+def run_key(node_meta: dict[str, Any]) -> str:
+    """What identifies a recorder run: its start time (to the microsecond), else its source dirs."""
+    start = node_meta.get("start")
+    if isinstance(start, (int, float)) and not isinstance(start, bool) and math.isfinite(start):
+        try:
+            return datetime.fromtimestamp(start, timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        except (OverflowError, ValueError, OSError):
+            pass
+    sources = json.dumps(node_meta.get("sources"), sort_keys=True, default=str)
+    return "nostart-" + hashlib.sha256(sources.encode()).hexdigest()[:16]
+
+
+def _is_count(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def latest_runs(metas: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One meta per run (run_key) out of the metas parts embed: the latest export of each run (a
+    run's lost events only grow), in start order."""
+    runs: dict[str, dict] = {}
+    for m in metas:
+        old = runs.get(key := run_key(m))
+        if old is None or _recency(m) > _recency(old):
+            runs[key] = m
+    return [runs[k] for k in sorted(runs)]
+
+
+def _recency(meta: dict[str, Any]) -> tuple[float, int]:
+    """Which of two exports of a run is the later one (embedded metas are data from elsewhere: a
+    value of the wrong type counts as none); an older sigtrace's parts have no export time."""
+    at, lost = meta.get(EXPORTED_AT), meta.get("lost_events")
+    at = float(at) if isinstance(at, (int, float)) and not isinstance(at, bool) and math.isfinite(at) else 0.0
+    return at, lost if _is_count(lost) else -1
+
+
+def merge_runs(metas: list[dict[str, Any]]) -> dict[str, Any]:
+    """One node meta for several runs: the first run's, with the lost events added up and the
+    notes of all runs (embedded metas are data from elsewhere: a note list that is not a list is
+    left out)."""
+    first, *more = metas
+    meta = dict(first)
+    for m in more:
+        meta["lost_events"] = sum(v for v in (meta.get("lost_events"), m.get("lost_events")) if _is_count(v))
+        meta["incomplete"] = [*_notes(meta.get("incomplete")), *_notes(m.get("incomplete"))]
+    meta.pop(EXPORTED_AT, None)
+    return meta
+
+
+def _notes(value: object) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
 def _utc_days(ts: pd.Series) -> tuple[np.ndarray, list[str]]:
     """Per row the index of its UTC day, and the days as YYYY-MM-DD: one strftime per distinct day,
     not per event (ts is finite and in range: the readers skip rows where it is not)."""
@@ -67,8 +136,7 @@ def _utc_days(ts: pd.Series) -> tuple[np.ndarray, list[str]]:
 
 
 def _own_categories(df: pd.DataFrame) -> pd.DataFrame:
-    """Only the categories the part's rows use: a part must not carry other nodes' pod names (nor
-    change its digest with what else was exported beside it)."""
+    """Only the categories the part's rows use: a part must not carry other nodes' pod names."""
     return df.assign(**{c: df[c].cat.remove_unused_categories() for c in df.columns
                         if isinstance(df[c].dtype, pd.CategoricalDtype)})
 
@@ -96,49 +164,177 @@ def _subdir(parent: Path, name: str) -> Path:
     return path
 
 
-def _data_digest(path: Path) -> str:
-    """sha256 of a Parquet file's data pages: everything before the footer (whose length the file's
-    last 8 bytes give), so metadata such as the source paths does not change the name."""
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        fh.seek(size - 8)
-        (footer_len,) = struct.unpack("<I", fh.read(4))
-        fh.seek(0)
-        h, left = hashlib.sha256(), max(size - 8 - footer_len, 0)
-        while left:
-            chunk = fh.read(min(left, 1 << 20))
-            if not chunk:
-                break
-            h.update(chunk)
-            left -= len(chunk)
-    return h.hexdigest()[:32]
-
-
-def _write_part(table, directory: Path, meta: dict) -> tuple[str, bool]:
-    """One part into directory: (its file name, whether it was added rather than already there)."""
-    import pyarrow.parquet as pq
-    schema_meta = dict(table.schema.metadata or {})
-    schema_meta[b"sigtrace"] = json.dumps(meta, sort_keys=True, default=str).encode()
-    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=".part-", suffix=".tmp")   # hidden from readers
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        pq.write_table(table.replace_schema_metadata(schema_meta), tmp, compression="zstd")
-        os.chmod(tmp, FILE_MODE)
-        name = f"part-{_data_digest(tmp)}.parquet"
+# ---- rows as a multiset ------------------------------------------------------------------------------
+def _like(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+    """old's columns in new's dtypes (a part read back from Parquet comes with Arrow's types), so that
+    equal values hash equal; a column new lacks is dropped, one old lacks is null."""
+    out = {}
+    for col in new.columns:
+        dtype = new[col].dtype
+        if col not in old.columns:
+            out[col] = pd.Series(pd.NA, index=old.index, dtype=dtype)
+            continue
         try:
-            os.link(tmp, directory / name)
-            added = True
-        except FileExistsError:
-            added = False            # the same events, exported before: keep the part that is there
-        return name, added
+            out[col] = old[col].astype("category" if isinstance(dtype, pd.CategoricalDtype) else dtype)
+        except (TypeError, ValueError):
+            out[col] = old[col].astype("string")      # an older part's text where new has numbers
+    return pd.DataFrame(out, index=old.index)
+
+
+def _row_keys(df: pd.DataFrame) -> np.ndarray:
+    """A hash per row of what the recorder wrote: not the pod names the export fills in, which a
+    later export of the same events may fill differently (a pod's names recorded after its first event)."""
+    cols = [c for c in df.columns if c not in POD_META_COLUMNS]
+    return pd.util.hash_pandas_object(df[cols], index=False).to_numpy()
+
+
+def _occurrence(keys: np.ndarray) -> np.ndarray:
+    """Per row, how many rows before it have the same key (0 for the first)."""
+    return pd.Series(keys).groupby(keys, sort=False).cumcount().to_numpy()
+
+
+def _counts_at(keys: np.ndarray, of: np.ndarray) -> np.ndarray:
+    """Per key in keys, how often it occurs in of."""
+    counts = pd.Series(of).value_counts()
+    return counts.reindex(keys, fill_value=0).to_numpy()
+
+
+def _beyond(keys: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """Mask of the rows of keys that other does not already hold (as a multiset: a key twice in keys
+    and once in other keeps its second row)."""
+    if not len(other):
+        return np.ones(len(keys), dtype=bool)
+    return _occurrence(keys) >= _counts_at(keys, other)
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """frames (same columns and dtypes) as one, categoricals kept categorical: pd.concat makes text
+    of categoricals whose categories differ, which Arrow writes as another type than the other parts'."""
+    out = {}
+    for col in frames[0].columns:
+        parts = [f[col] for f in frames]
+        if isinstance(parts[-1].dtype, pd.CategoricalDtype):
+            # the new rows' categories are text (export_frame); an older part's may be typed otherwise
+            text = parts[-1].cat.categories.dtype
+            cats = pd.Index(pd.unique(np.concatenate([p.cat.categories.astype(text).to_numpy() for p in parts])))
+            parts = [p.cat.rename_categories(p.cat.categories.astype(text)) for p in parts]
+            dtype = pd.CategoricalDtype(cats.astype(text))
+            out[col] = pd.concat([p.astype(dtype) for p in parts], ignore_index=True)
+        else:
+            out[col] = pd.concat(parts, ignore_index=True)
+    return pd.DataFrame(out)
+
+
+def _merged_rows(new: pd.DataFrame, own: pd.DataFrame | None, others: np.ndarray) -> pd.DataFrame:
+    """The run's part: new rows, the old part's rows the new export no longer has (pruned from the
+    recording since), less rows another part of the node and day holds; sorted by ts."""
+    keys = _row_keys(new)
+    frames = [new]
+    if own is not None and len(own):
+        own = _like(own, new)
+        frames.insert(0, own[_beyond(_row_keys(own), keys)])
+    rows = _concat(frames) if len(frames) > 1 else new.reset_index(drop=True)
+    if len(others):
+        rows = rows[_beyond(_row_keys(rows), others)]
+    return rows.sort_values("ts", kind="stable", ignore_index=True)
+
+
+# ---- parts on disk, relative to their directory's descriptor -----------------------------------------
+def _read_part(dir_fd: int, directory: Path, name: str, columns: list[str] | None = None) -> tuple[pd.DataFrame, dict]:
+    """A part of this directory (never through a link, never a FIFO or device): rows and node metas."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OutputError(f"{directory / name} is not a regular file; the dataset was changed by someone else")
+        try:
+            pf = pq.ParquetFile(fh)
+            present = [c for c in (columns or pf.schema_arrow.names) if c in pf.schema_arrow.names]
+            table = pf.read(columns=present)
+        except (pa.ArrowException, ValueError) as exc:
+            why = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise OutputError(f"{directory / name}: not a readable Parquet part ({why}); move it out of the "
+                              "dataset to add this run's part beside it") from None
+    types = {pa.int64(): pd.Int64Dtype(), pa.string(): pd.StringDtype(), pa.large_string(): pd.StringDtype()}
+    raw = (pf.schema_arrow.metadata or {}).get(b"sigtrace")
+    try:
+        nodes = json.loads(raw).get("nodes") if raw else None
+    except (ValueError, AttributeError):
+        nodes = None
+    return table.to_pandas(types_mapper=types.get), nodes if isinstance(nodes, dict) else {}
+
+
+def _replace_part(table, dir_fd: int, name: str) -> None:
+    """table as dir/name: a new hidden file (O_EXCL, no link followed), fsynced, renamed over name."""
+    import pyarrow.parquet as pq
+    tmp = f".part-{secrets.token_hex(8)}.tmp"            # hidden from readers (and _part_files)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE,
+                 dir_fd=dir_fd)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            pq.write_table(table, fh, compression="zstd")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        os.fsync(dir_fd)                                  # the rename itself survives a crash
+    except BaseException:
+        try:
+            os.unlink(tmp, dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _part_names(dir_fd: int) -> list[str]:
+    return sorted(n for n in os.listdir(dir_fd) if n.endswith(".parquet") and not n.startswith((".", "_")))
+
+
+def _write_run_part(rows: pd.DataFrame, directory: Path, meta: dict, node: str) -> tuple[str, bool]:
+    """This run's part of one node and day, replaced by the union with what it held: (its file name,
+    whether it was written rather than already holding these rows)."""
+    # as it reads back from the part (JSON), to tell whether the run's meta changed since
+    node_meta = json.loads(json.dumps(meta.get("nodes", {}).get(node, {"node": node}), sort_keys=True, default=str))
+    name = f"part-{run_key(node_meta)}.parquet"
+    dir_fd = os.open(directory, _DIR_FLAGS)
+    try:
+        fcntl.flock(dir_fd, fcntl.LOCK_EX)               # another export of this node and day waits
+        names = _part_names(dir_fd)
+        own, own_metas = _read_part(dir_fd, directory, name) if name in names else (None, {})
+        key_cols = [c for c in rows.columns if c not in POD_META_COLUMNS]
+        others = [_like(_read_part(dir_fd, directory, n, key_cols)[0], rows[key_cols]) for n in names if n != name]
+        other_keys = np.concatenate([_row_keys(o) for o in others]) if others else np.empty(0, np.uint64)
+        merged = _merged_rows(rows, own, other_keys)
+        same_meta = [{k: v for k, v in m.items() if k != EXPORTED_AT} for m in own_metas.values()] == [node_meta]
+        if own is not None and same_meta and _same_rows(merged, _like(own, rows)):
+            return name, False
+        if own is None and merged.empty:
+            return name, False                            # every row is in another part already
+        stamped = dict(node_meta, **{EXPORTED_AT: time.time()})
+        part_meta = dict(meta, nodes={node: stamped})
+        table = arrow_table(_own_categories(merged))
+        schema_meta = dict(table.schema.metadata or {})
+        schema_meta[b"sigtrace"] = json.dumps(part_meta, sort_keys=True, default=str).encode()
+        _replace_part(table.replace_schema_metadata(schema_meta), dir_fd, name)
+        return name, True
     finally:
-        tmp.unlink(missing_ok=True)
+        os.close(dir_fd)                                  # releases the lock
+
+
+def _same_rows(a: pd.DataFrame, b: pd.DataFrame) -> bool:
+    """Whether a and b hold the same rows, pod names included (a later export may fill more)."""
+    if len(a) != len(b):
+        return False
+    full = list(a.columns)
+    ha = np.sort(pd.util.hash_pandas_object(a[full], index=False).to_numpy())
+    hb = np.sort(pd.util.hash_pandas_object(b[full], index=False).to_numpy())
+    return bool((ha == hb).all())
 
 
 def write_dataset(df: pd.DataFrame, meta: dict, root: str | os.PathLike) -> DatasetWrite:
-    """Add df (the export frame: COLUMNS, sorted by ts) to the dataset at root, one part per node
-    and UTC day. meta is the export's sidecar dict; each part carries it with its own node's meta only."""
+    """Add df (the export frame: COLUMNS, sorted by ts) to the dataset at root: per node and UTC day,
+    the run's part, replaced (see the module doc). meta is the export's sidecar dict; each part
+    carries it with its own node's meta only."""
     root = Path(root)
     _check_root(root)
     try:
@@ -159,8 +355,7 @@ def write_dataset(df: pd.DataFrame, meta: dict, root: str | os.PathLike) -> Data
             directory = root
             for name in rel.split("/"):
                 directory = _subdir(directory, name)
-            node_meta = dict(meta, nodes={node: meta.get("nodes", {}).get(node, {"node": node})})
-            name, added = _write_part(arrow_table(_own_categories(df.iloc[rows][columns])), directory, node_meta)
+            name, added = _write_run_part(df.iloc[rows][columns], directory, meta, node)
             (out.written if added else out.skipped).append(f"{rel}/{name}")
     except OSError as exc:
         raise OutputError(f"cannot write the dataset under {root}: {exc.strerror}; choose a writable directory") from None
