@@ -41,7 +41,11 @@ BPF_PERCPU_ARRAY(lost, u64, ST_NPROBES);
 BPF_PERCPU_ARRAY(counters, u64, ST_NCOUNTERS);
 BPF_ARRAY(config, u64, 3);                             /* [0] arm window (ns), [1] nsfs dev, [2] last arm (ktime) */
 #if ST_CLOSE_COUNTS
-BPF_TABLE("lru_hash", struct st_ctuple, struct st_conn, conns, 32768);   /* established while armed */
+/* socket address -> connection established while armed, deleted when the socket reaches CLOSE: an
+ * 8-byte key, and the churn's closed connections never push live ones out of the LRU */
+BPF_TABLE("lru_hash", u64, struct st_conn, conns, 32768);
+/* 4-tuple -> an active closer's counted close, kept past its socket's CLOSE for its orphan's reset */
+BPF_TABLE("lru_hash", struct st_ctuple, struct st_conn, orphans, 16384);
 BPF_HASH(close_counts, struct st_close_key, struct st_close_count, 16384);
 #endif
 
@@ -167,14 +171,20 @@ static __always_inline void arm(u32 pidx)
         *at = now;
 }
 
-static __always_inline int is_armed(u32 pidx)
+/* When the pod was armed if it still is (now: bpf_ktime_get_ns(), read once per program run), else 0 */
+static __always_inline u64 armed_since(u32 pidx, u64 now)
 {
     int zero = 0;
     u64 *window = config.lookup(&zero);
     u64 *at = armed.lookup(&pidx);
-    if (!at || !window)
+    if (!at || !window || now - *at >= *window)
         return 0;
-    return bpf_ktime_get_ns() - *at < *window;
+    return *at;
+}
+
+static __always_inline int is_armed(u32 pidx, u64 now)
+{
+    return armed_since(pidx, now) != 0;
 }
 
 static __always_inline int fatal_by_default(int sig)
@@ -429,6 +439,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
  * that do not stream cost no st_event; the ring buffer event is filled only when one streams. */
 struct st_tcp {
     u64 skaddr;
+    u64 now;            /* bpf_ktime_get_ns(), 0 until read (tcp_now): one clock read per run */
     u8 saddr[16];       /* IPv4 as ::ffff:a.b.c.d; 8-byte aligned (is_wildcard) */
     u8 daddr[16];
     s32 old_state;
@@ -439,8 +450,15 @@ struct st_tcp {
     u16 family;
     u16 sport;
     u16 dport;
-    u16 pad;
+    u16 early;          /* ST_EARLY_TRIED: the close was already offered to the count (counted_early) */
 };
+
+static __always_inline u64 tcp_now(struct st_tcp *t)
+{
+    if (!t->now)
+        t->now = bpf_ktime_get_ns();
+    return t->now;
+}
 
 /* Tracepoint arrays are read with bpf_probe_read_kernel: the verifier refuses loads through a
  * ctx pointer plus an offset. */
@@ -502,7 +520,7 @@ static __always_inline int tcp_attribute(struct st_tcp *t, u32 *cidx)
             count(ST_COUNT_TCP_NOT_POD);
             return 0;
         }
-        if (pidx != ST_AMBIGUOUS && !is_armed(pidx)) {
+        if (pidx != ST_AMBIGUOUS && !is_armed(pidx, tcp_now(t))) {
             count(ST_COUNT_TCP_UNARMED);
             return 0;
         }
@@ -520,7 +538,7 @@ static __always_inline int tcp_attribute(struct st_tcp *t, u32 *cidx)
     t->pidx = pidx;
     if (ST_FILTER_ALL)
         return 1;
-    if (ambiguous && !is_armed(pidx)) {     /* other pods' armed state was checked above */
+    if (ambiguous && !is_armed(pidx, tcp_now(t))) {     /* other pods' armed state was checked above */
         count(ST_COUNT_TCP_UNARMED);
         return 0;
     }
@@ -578,14 +596,23 @@ static __always_inline void fill_tcp_event(struct st_event *e, struct st_tcp *t,
  * changes, closes with data in flight, closes by an exiting process, the closes of connections open
  * when the pod was armed, and a few examples per bucket. A connection is known to have been
  * established while its pod was armed by its entry in conns, made at the handshake (tracked only
- * while some pod is armed: config[2]); without one (open at arming, or evicted) its close streams. */
+ * while some pod is armed: config[2]); without one (open at arming, or evicted) its close streams.
+ * The entry goes when the socket reaches CLOSE (its address is then reused by the next socket);
+ * an active closer's counted close moves to orphans, by 4-tuple, for a reset its orphan (the
+ * TIME_WAIT / FIN_WAIT2 mini socket, at an address of its own) may send. */
 
-static __always_inline int some_pod_armed(void)
+#define ST_EARLY_TRIED 1
+#define ST_ORPHAN_NS (60ULL * 1000000000ULL)   /* TCP_TIMEWAIT_LEN: an orphan lives no longer */
+
+static __always_inline u64 some_pod_armed(void)
 {
     int zero = 0, last = 2;
     u64 *window = config.lookup(&zero);
     u64 *at = config.lookup(&last);
-    return window && at && *at && bpf_ktime_get_ns() - *at < *window;
+    if (!window || !at || !*at)                /* never armed: no clock read */
+        return 0;
+    u64 now = bpf_ktime_get_ns();
+    return now - *at < *window ? now : 0;
 }
 
 static __always_inline int is_handshake(int old, int new)
@@ -606,26 +633,41 @@ static __always_inline void tuple_key(struct st_ctuple *k, struct st_tcp *t)
     k->dport = t->dport;
 }
 
-/* A handshake completed on an armed pod's endpoint: remember when, so that its close can be counted. */
+static __always_inline int same_tuple(const struct st_ctuple *a, const struct st_ctuple *b)
+{
+    const u64 *x = (const u64 *)a, *y = (const u64 *)b;
+    return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3] && x[4] == y[4];
+}
+
+/* A handshake completed on an armed pod's endpoint: remember when, and the pod, port and side its
+ * close is counted under, so that the close can be counted before the socket is read. */
 static __always_inline int note_established(struct st_tcp *t)
 {
     count(ST_COUNT_TCP_ROUTINE);
+    u32 role = ST_ROLE_SERVER;
+    u16 port = t->sport;
     u32 pidx = ep_owner(t->saddr, t->sport);
-    if (!pidx)
+    if (!pidx) {
+        role = ST_ROLE_CLIENT;
+        port = t->dport;
         pidx = ep_owner(t->daddr, t->dport);
-    if (!pidx || !is_armed(pidx))          /* ambiguous endpoints: while any pod is armed */
+    }
+    if (!pidx || !is_armed(pidx, tcp_now(t)))     /* ambiguous endpoints: while any pod is armed */
         return 0;
-    struct st_ctuple key = {};
-    tuple_key(&key, t);
     struct st_conn c = {};
     u64 id = bpf_get_current_pid_tgid();
     c.skaddr = t->skaddr;
-    c.est_ns = bpf_ktime_get_ns();
+    c.est_ns = t->now;
     c.est_pid = id >> 32;
     c.est_tid = (u32)id;
     c.est_old = t->old_state;
+    c.counted.pidx = pidx;
+    c.counted.port = port;
+    c.counted.role = role;
+    tuple_key(&c.tuple, t);
     bpf_get_current_comm(c.est_comm, sizeof(c.est_comm));
-    conns.update(&key, &c);
+    u64 sk = t->skaddr;
+    conns.update(&sk, &c);
     return 0;
 }
 
@@ -640,27 +682,25 @@ static __always_inline u32 sk_u32(u64 sk, int off)
  * no unread data (with unread data the kernel resets instead; shutdown() may leave some) and not by
  * a process in its exit (connections cut as it died); or the peer closed while all we sent was
  * acknowledged (else the peer left with our response in flight). Offsets from the kernel's BTF. */
-static __always_inline int routine_close(struct st_tcp *t)
+static __always_inline int routine_close(u64 sk, int new)
 {
-    if (t->new_state == ST_TCP_FIN_WAIT1) {
+    if (new == ST_TCP_FIN_WAIT1) {
         u32 flags = 0;
         u64 task = bpf_get_current_task();
         if (bpf_probe_read_kernel(&flags, sizeof(flags), (void *)(task + ST_TASK_FLAGS)) != 0 ||
             (flags & ST_PF_EXITING))
             return 0;
-        return sk_u32(t->skaddr, ST_TP_RCV_NXT) == sk_u32(t->skaddr, ST_TP_COPIED_SEQ);
+        return sk_u32(sk, ST_TP_RCV_NXT) == sk_u32(sk, ST_TP_COPIED_SEQ);
     }
-    return sk_u32(t->skaddr, ST_TP_WRITE_SEQ) == sk_u32(t->skaddr, ST_TP_SND_UNA);
+    return sk_u32(sk, ST_TP_WRITE_SEQ) == sk_u32(sk, ST_TP_SND_UNA);
 }
 
-/* Count the close, or return 0 when it streams as one of its bucket's examples (or the map is full). */
-static __always_inline int count_close(struct st_tcp *t, struct st_close_key *key)
+/* Count the close under key (pidx, port, role filled), or return 0 when it streams as one of its
+ * bucket's examples (or the map is full). */
+static __always_inline int count_close(struct st_close_key *key, int new, u64 now)
 {
-    key->bucket = bpf_ktime_get_ns() / (ST_CLOSE_BUCKET_MS * 1000000ULL);
-    key->pidx = t->pidx;
-    key->port = t->role == ST_ROLE_SERVER ? t->sport : t->dport;
-    key->role = t->role;
-    key->new_state = t->new_state;
+    key->bucket = now / (ST_CLOSE_BUCKET_MS * 1000000ULL);
+    key->new_state = new;
     struct st_close_count *n = close_counts.lookup(key);
     if (!n) {
         struct st_close_count first = {.sampled = 1};
@@ -673,6 +713,58 @@ static __always_inline int count_close(struct st_tcp *t, struct st_close_key *ke
     }
     lock_xadd(&n->counted, 1);
     return 1;
+}
+
+/* What a counted close keeps for its take-back: who closed, when */
+static __always_inline void note_close(struct st_conn *c, int new, u64 now, u32 cidx)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    c->close_ns = now;
+    c->close_pid = id >> 32;
+    c->close_tid = (u32)id;
+    c->close_cidx = cidx;
+    c->close_new = new;
+    bpf_get_current_comm(c->close_comm, sizeof(c->close_comm));
+}
+
+/* The first close of a connection noted at its handshake, decided before the socket's tuple is read:
+ * 1 when counted. *tried: the close was offered to the count (a bucket's example, or not routine),
+ * so the full path streams it without counting it again. An entry older than its pod's arming may
+ * be a reused address's (a socket that reached CLOSE while no pod was armed keeps its entry): the
+ * full path checks its 4-tuple. */
+static __always_inline int close_counted_early(u64 sk, int new, u16 *tried)
+{
+    u64 now = some_pod_armed();
+    if (!now)
+        return 0;
+    struct st_conn *c = conns.lookup(&sk);
+    if (!c || c->close_ns || c->counted.pidx == ST_AMBIGUOUS)
+        return 0;
+    u32 pidx = c->counted.pidx;
+    u64 since = armed_since(pidx, now);
+    if (!since || c->est_ns < since)
+        return 0;
+    *tried = ST_EARLY_TRIED;
+    if (!routine_close(sk, new) || !count_close(&c->counted, new, now))
+        return 0;
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    struct st_task cur = {};
+    u32 cidx = current_task(&cur, tgid) && cur.pidx == pidx ? cur.cidx : 0;
+    note_close(c, new, now, cidx);
+    return 1;
+}
+
+/* A socket reached CLOSE: forget its connection; an active closer's counted close moves to orphans. */
+static __always_inline void forget_conn(u64 sk, int old)
+{
+    if (!some_pod_armed())
+        return;
+    if (old == ST_TCP_FIN_WAIT2 || old == ST_TCP_TIME_WAIT || old == ST_TCP_CLOSING) {
+        struct st_conn *c = conns.lookup(&sk);
+        if (c && c->close_ns)
+            orphans.update(&c->tuple, c);
+    }
+    conns.delete(&sk);
 }
 
 /* Stream what conns knows of a connection before one of its events streams: its handshake (so the
@@ -713,28 +805,52 @@ static __always_inline void emit_known(struct st_tcp *t, struct st_conn *c)
     events.ringbuf_submit(e, 0);
 }
 
+/* A reset of a socket conns does not know (an orphan's, or none): a counted close of its 4-tuple
+ * whose socket reached CLOSE is taken back. */
+static __always_inline void orphan_known(struct st_tcp *t)
+{
+    struct st_ctuple key = {};
+    tuple_key(&key, t);
+    struct st_conn *c = orphans.lookup(&key);
+    if (!c)
+        return;
+    if (tcp_now(t) - c->close_ns < ST_ORPHAN_NS)
+        emit_known(t, c);
+    orphans.delete(&key);
+}
+
 /* An armed pod's TCP event that would stream: counted instead when it is the routine close of a
  * connection established while armed (1), else what conns knew of it streams first (0). */
 static __always_inline int counted_or_known(struct st_tcp *t, u32 kind, u32 cidx)
 {
-    struct st_ctuple key = {};
-    tuple_key(&key, t);
-    struct st_conn *c = conns.lookup(&key);
-    if (!c)
+    u64 sk = t->skaddr;
+    struct st_conn *c = conns.lookup(&sk);
+    if (c) {
+        struct st_ctuple key = {};
+        tuple_key(&key, t);
+        if (!same_tuple(&c->tuple, &key)) {       /* a reused address: another connection's entry */
+            conns.delete(&sk);
+            c = 0;
+        }
+    }
+    if (!c) {
+        if (kind != ST_KIND_TCP_STATE)
+            orphan_known(t);
         return 0;
-    if (kind == ST_KIND_TCP_STATE && !c->close_ns && t->pidx != ST_AMBIGUOUS &&
-        is_first_close(t->old_state, t->new_state) && routine_close(t) && count_close(t, &c->counted)) {
-        u64 id = bpf_get_current_pid_tgid();
-        c->close_ns = bpf_ktime_get_ns();
-        c->close_pid = id >> 32;
-        c->close_tid = (u32)id;
-        c->close_cidx = cidx;
-        c->close_new = t->new_state;
-        bpf_get_current_comm(c->close_comm, sizeof(c->close_comm));
-        return 1;
+    }
+    if (kind == ST_KIND_TCP_STATE && !c->close_ns && !t->early && t->pidx != ST_AMBIGUOUS &&
+        is_first_close(t->old_state, t->new_state) && routine_close(sk, t->new_state)) {
+        struct st_close_key *key = &c->counted;
+        key->pidx = t->pidx;
+        key->port = t->role == ST_ROLE_SERVER ? t->sport : t->dport;
+        key->role = t->role;
+        if (count_close(key, t->new_state, tcp_now(t))) {
+            note_close(c, t->new_state, t->now, cidx);
+            return 1;
+        }
     }
     emit_known(t, c);
-    conns.delete(&key);
+    conns.delete(&sk);
     return 0;
 }
 #endif
@@ -809,19 +925,34 @@ static __always_inline int tcp_state(struct st_tcp *t)
 #if ST_CLOSE_COUNTS
     if (is_handshake(t->old_state, t->new_state))
         return note_established(t);
-#endif
+    emit_tcp(t, ST_KIND_TCP_STATE, ST_PROBE_TCP_STATE);
+    if (t->new_state == ST_TCP_CLOSE)        /* a reset or failed connection: gone too */
+        forget_conn(t->skaddr, t->old_state);
+    return 0;
+#else
     return emit_tcp(t, ST_KIND_TCP_STATE, ST_PROBE_TCP_STATE);
+#endif
 }
 
 /* Routine transitions are counted before the socket is read; a handshake is read too while some pod
- * is armed (its connection's close may then be counted). */
-static __always_inline int counted_early(int old, int new, int listener)
+ * is armed (its connection's close may then be counted; *now: the clock read then), and the first
+ * close of a connection noted at its handshake is counted from conns and the socket's sequence
+ * numbers alone (*tried: see close_counted_early). A socket reaching CLOSE forgets its connection. */
+static __always_inline int counted_early(u64 sk, int old, int new, int listener, u16 *tried, u64 *now)
 {
-    if (listener || !routine_transition(old, new))
+    if (listener)
         return 0;
 #if ST_CLOSE_COUNTS
-    if (is_handshake(old, new) && some_pod_armed())
+    if (is_first_close(old, new))
+        return close_counted_early(sk, new, tried);
+#endif
+    if (!routine_transition(old, new))
         return 0;
+#if ST_CLOSE_COUNTS
+    if (is_handshake(old, new) && (*now = some_pod_armed()))
+        return 0;
+    if (new == ST_TCP_CLOSE)
+        forget_conn(sk, old);
 #endif
     count(ST_COUNT_TCP_ROUTINE);
     return 1;
@@ -867,7 +998,9 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state)
     if (protocol != 6 /* IPPROTO_TCP */)
         return 0;
     /* most transitions of a churning server are routine: decided before the socket is read */
-    if (counted_early(old, new, listener))
+    u16 tried = 0;
+    u64 now = 0;
+    if (counted_early((u64)sk, old, new, listener, &tried, &now))
         return 0;
     /* sock_common: skc_daddr, skc_dport, skc_family; inet_sock: inet_saddr, inet_sport */
     u64 common[(ST_SKC_WIN + 7) / 8], inet[(ST_INET_WIN + 7) / 8];
@@ -875,6 +1008,8 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state)
     bpf_probe_read_kernel(inet, ST_INET_WIN, sk + ST_INET_BASE);
     struct st_tcp t = {};
     t.skaddr = (u64)sk;
+    t.now = now;
+    t.early = tried;
     t.old_state = old;
     t.new_state = new;
     t.family = win_u16(common, ST_SK_FAMILY - ST_SKC_BASE);
@@ -897,10 +1032,14 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
     int old = args->oldstate, new = args->newstate;
     int listener = is_listener_change(old, new);
     /* most transitions of a churning server are routine: decided before anything is copied */
-    if (counted_early(old, new, listener))
+    u16 tried = 0;
+    u64 now = 0;
+    if (counted_early((u64)args->skaddr, old, new, listener, &tried, &now))
         return 0;
     struct st_tcp t = {};
     t.skaddr = (u64)args->skaddr;
+    t.now = now;
+    t.early = tried;
     t.old_state = old;
     t.new_state = new;
     t.family = args->family;

@@ -140,7 +140,8 @@ struct st_exit {
     s32 pad;
 };
 
-/* a TCP connection by its 4-tuple, seen from one socket (saddr: our side) */
+/* a TCP connection by its 4-tuple, seen from one socket (saddr: our side): the key of an orphan's
+ * counted close (a TIME_WAIT / FIN_WAIT2 mini socket resets with an address of its own) */
 struct st_ctuple {
     u8 saddr[16];
     u8 daddr[16];
@@ -149,8 +150,8 @@ struct st_ctuple {
     u32 pad;
 };
 
-/* a connection of an armed pod established while it was armed (conns): when, and, once its routine
- * close was counted, that close, streamed late if the connection is reset afterwards */
+/* a connection of an armed pod established while it was armed (conns, by socket address): when, and,
+ * once its routine close was counted, that close, streamed late if the connection is reset afterwards */
 struct st_close_key {
     u64 bucket;         /* ktime / ST_CLOSE_BUCKET_MS */
     u32 pidx;
@@ -177,7 +178,8 @@ struct st_conn {
     s32 est_old;        /* SYN_RECV or SYN_SENT */
     s32 close_new;
     u32 pad;
-    struct st_close_key counted;
+    struct st_close_key counted;   /* pidx, port, role from the handshake; bucket, new_state once counted */
+    struct st_ctuple tuple;        /* a reused socket address is another connection */
     char est_comm[16];
     char close_comm[16];
 };

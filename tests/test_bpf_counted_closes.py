@@ -82,6 +82,9 @@ def run(tmp_path_factory):
                                    capture_output=True, text=True, cwd=REPO, timeout=60, check=True)
             facts["churn"] = json.loads(churn.stdout)
             facts["churn_to"] = time.time()
+            time.sleep(0.5)                                  # the churn's last sockets reach CLOSE
+            facts["conns_left"] = _conns_of_port(backend, "conns", PORT)
+            facts["orphans"] = _conns_of_port(backend, "orphans", PORT)
 
             def client(n: int, mode: str) -> int:
                 done = subprocess.run(in_netns(pod.netns, [sys.executable, "-c", CLIENT, str(n), mode, str(PORT)]),
@@ -99,6 +102,11 @@ def run(tmp_path_factory):
                             capture_output=True, text=True, cwd=REPO, timeout=300, check=True)
     return dict(facts=facts, events=_events(out), meta=json.loads((out / "meta.json").read_text()),
                 report=json.loads(report.stdout))
+
+
+def _conns_of_port(backend, table: str, port: int) -> int:
+    """Entries of the probes' connection map `table` (conns, orphans) whose 4-tuple has `port`."""
+    return sum(1 for v in backend.loaded.bpf[table].values() if port in (v.tuple.sport, v.tuple.dport))
 
 
 def _closes(ev: list[dict], uid: str, port_field: str, new_state: str, since: float, until: float) -> tuple[int, int]:
@@ -127,6 +135,16 @@ def test_counted_and_streamed_closes_add_up_to_the_connections_made(run):
     assert sum(client) <= made * 1.01, (client, made)
     assert server[1] > made * 0.8 and client[1] > made * 0.8, "most routine closes should be counted"
     assert run["meta"]["tcp_closes"].startswith("routine closes")
+
+
+def test_closed_connections_leave_no_entry_behind(run):
+    """Each connection's entry goes when its socket reaches CLOSE (#16: kept, the churn's closed
+    connections filled the LRU map and pushed live ones out, whose closes then streamed as if open at
+    arming); an active closer's counted close stays, by 4-tuple, for its orphan's reset."""
+    f = run["facts"]
+    assert f["churn"]["connections"] > 1000
+    assert f["conns_left"] == 0
+    assert f["orphans"] > 0
 
 
 def test_resets_and_refusals_still_stream_one_by_one(run):
