@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import tempfile
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -30,6 +31,7 @@ import pandas as pd
 from . import schema as S
 from .fast_reader import _complete_part, parse_options, table_frame, table_is_clean
 from .source import Source, lost_note, unfinished_note
+from .writer import _stderr_warning
 
 # a part holds about this much of the recording's JSON (~200k events): what one report pass holds
 PART_BYTES = 64 << 20
@@ -40,6 +42,38 @@ _ROW = "__row"
 
 class NotClean(Exception):
     """A part holds a value the tolerant reader would skip: read the recording whole instead."""
+
+
+class SpillFailed(Exception):
+    """The temporary part files could not be written (disk full, too many open files)."""
+
+    def __init__(self, exc: OSError) -> None:
+        super().__init__(os.strerror(exc.errno) if exc.errno else str(exc))
+
+
+@contextmanager
+def _spilling() -> Iterator[None]:
+    # an OSError here is the spill's, not the recording's (which the tolerant reader reports)
+    try:
+        yield
+    except OSError as exc:
+        raise SpillFailed(exc) from exc
+
+
+def _close_quietly(writers: dict[int, Any]) -> None:
+    """After a failure: the parts are thrown away, so a close that fails as well changes nothing."""
+    while writers:
+        try:
+            writers.popitem()[1].close()
+        except OSError:
+            pass
+
+
+def _spill_warning(why: SpillFailed) -> None:
+    """The report stays right (and complete: no note in it), but takes the recording's size in memory."""
+    where = os.environ.get("SIGTRACE_TMPDIR") or tempfile.gettempdir()
+    _stderr_warning(f"could not spill parts to {where} ({why}); reading the recording whole (more memory); "
+                    "set SIGTRACE_TMPDIR to a roomier place")
 
 
 @dataclass
@@ -182,7 +216,12 @@ def split_recording(src: Source, part_bytes: int = PART_BYTES,
     if n_parts < 2:
         return None
     incomplete = list(src.notes)
-    tmp = tempfile.TemporaryDirectory(prefix="sigtrace-parts-", dir=os.environ.get("SIGTRACE_TMPDIR"))
+    try:
+        with _spilling():
+            tmp = tempfile.TemporaryDirectory(prefix="sigtrace-parts-", dir=os.environ.get("SIGTRACE_TMPDIR"))
+    except SpillFailed as exc:
+        _spill_warning(exc)
+        return None
     writers: dict[int, Any] = {}
     options = parse_options()
     cut_lines: list[str] = []
@@ -226,18 +265,27 @@ def split_recording(src: Source, part_bytes: int = PART_BYTES,
                     raise NotClean(str(path))
                 for part, mask in routes:
                     w = writers.get(part)
-                    if w is None:
-                        w = writers[part] = pa.ipc.new_stream(str(Path(tmp.name) / f"{part}.arrow"), schema)
-                    w.write_table(table.filter(mask))
+                    with _spilling():
+                        if w is None:
+                            w = writers[part] = pa.ipc.new_stream(str(Path(tmp.name) / f"{part}.arrow"), schema)
+                        w.write_table(table.filter(mask))
                 base += n
                 if progress:
                     progress("reading events", base, None)
+        with _spilling():
+            while writers:                  # a part's last bytes go out as it is closed
+                writers.popitem()[1].close()
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, ValueError, NotClean):
+        _close_quietly(writers)
         tmp.cleanup()
         return None
+    except SpillFailed as exc:
+        _close_quietly(writers)             # first: removing the files needs descriptors (EMFILE)
+        tmp.cleanup()
+        _spill_warning(exc)
+        return None
     finally:
-        for w in writers.values():
-            w.close()
+        _close_quietly(writers)
     if not base:
         tmp.cleanup()
         return None
