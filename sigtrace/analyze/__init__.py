@@ -9,7 +9,6 @@ This package only reads and aggregates.
 from __future__ import annotations
 
 import json
-from functools import partial
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -19,7 +18,7 @@ from ..events.lifecycle import POD_SEEN
 from ..events.schema import FIELD_NAMES, POD_LIFECYCLE
 from ..export.columns import NODE
 from .fleet import Fleet, fleet_from_reports
-from .read import Export, read_exports
+from .read import Export, ExportReader, read_exports
 
 __all__ = ["Export", "Fleet", "analyze_files", "node_frames", "read_exports"]
 
@@ -59,6 +58,12 @@ def node_frames(export: Export) -> Iterator[tuple[str, pd.DataFrame, dict[str, A
         yield str(node), _node_events(events if idx is None else events.take(idx)), meta, incomplete
 
 
+def _lazy_dict(report_set: Any) -> dict[str, Any]:
+    """ReportSet.to_dict()'s shape with the pods as an iterator: a node's 26k reports stay compact
+    (report.model.PodStore) until the fleet flattens them, one at a time."""
+    return dict(report_set.header(), pods=report_set.pod_dicts())
+
+
 def template_hashes(events: pd.DataFrame) -> dict[str, str]:
     """pod_uid -> pod-template-hash label, from the last pod_seen of each pod (few rows)."""
     seen = events[(events["kind"] == POD_LIFECYCLE) & (events["event"] == POD_SEEN) & events["detail"].notna()]
@@ -73,21 +78,28 @@ def template_hashes(events: pd.DataFrame) -> dict[str, str]:
     return out
 
 
-def _build_reports(progress: Callable[..., Any] | None = None) -> Callable[..., Any]:
-    from ..report import build_reports   # the one correlation + verdict implementation
-    return partial(build_reports, lanes=False, progress=progress)     # no HTML picture here
-
-
-def analyze_files(paths: Sequence[str], build_reports: Callable[..., Any] | None = None,
-                  progress: Callable[[str, int, int | None], None] | None = None, **select: Any) -> Fleet:
+def analyze_files(paths: Sequence[str], progress: Callable[[str, int, int | None], None] | None = None,
+                  **select: Any) -> Fleet:
     """Read the exports, run the report per node, aggregate. DataError on unusable input.
-    select: read_exports' nodes, since, until. progress(what, done, total): events read, nodes and pods done."""
-    export = read_exports(paths, progress=progress, **select)
-    build = build_reports or _build_reports(progress)
+    select: read_exports' nodes, since, until. progress(what, done, total): events read, nodes and pods done.
+
+    In bounded memory: the exports are read in chunks and spilled by node and pod (analyze.parts);
+    each node's reports come from report.build.report_parts, the code `sigtrace report` runs on a
+    big recording, one group of pods at a time."""
+    from ..report.build import report_parts   # the one correlation + verdict implementation
+    from .parts import NodeSpill
+    reader = ExportReader(paths, progress=progress, **select)
     per_node = []
-    for node, events, meta, incomplete in node_frames(export):
-        report_set = build(events, meta, incomplete)
-        per_node.append((node, report_set.to_dict() if hasattr(report_set, "to_dict") else report_set))
-        if progress:
-            progress("nodes done", len(per_node), len(export.metas))
-    return fleet_from_reports(per_node, export.metas, template_hashes(export.events), export.incomplete)
+    lifecycle = []
+    with NodeSpill(in_order=len(reader.paths) == 1) as spill:
+        for chunk in reader.chunks():
+            spill.add(chunk)
+        for node, parts in spill.nodes(reader.metas, reader.notes):
+            report_set = report_parts(parts, lanes=False, progress=progress)   # no HTML picture here
+            per_node.append((node, _lazy_dict(report_set)))
+            if parts.lifecycle_rows is not None:
+                lifecycle.append(parts.lifecycle_rows)
+            if progress:
+                progress("nodes done", len(per_node), len(reader.metas))
+    hashes = template_hashes(pd.concat(lifecycle)) if lifecycle else {}
+    return fleet_from_reports(per_node, reader.metas, hashes, reader.notes)

@@ -16,7 +16,7 @@ import operator
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -153,7 +153,9 @@ def _typed_table(table):
     return table.cast(pa.schema([pa.field(c, types[c]) for c in table.column_names]))
 
 
-def _read_parquet(path: Path, notes: list[str]) -> tuple[pd.DataFrame, dict | None]:
+def _read_parquet(path: Path, notes: list[str], batch_rows: int) -> tuple[Iterator[pd.DataFrame], dict | None]:
+    """The file's rows in batches of about batch_rows (row groups are read one at a time), and the
+    meta it embeds."""
     if not have_pyarrow():
         raise DataError(f"{path}: is Parquet, which needs pyarrow; pip install pyarrow or export with --csv")
     import pyarrow as pa
@@ -161,12 +163,21 @@ def _read_parquet(path: Path, notes: list[str]) -> tuple[pd.DataFrame, dict | No
     try:
         pf = pq.ParquetFile(str(path))
         usecols = _check_columns(path, pf.schema_arrow.names, notes)
-        table = _typed_table(pf.read(columns=usecols))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
         raise DataError(f"{path}: not a readable Parquet export ({_one_line(exc)})") from None
     raw = (pf.schema_arrow.metadata or {}).get(b"sigtrace")
     meta = json.loads(raw) if raw else None
-    return table.to_pandas(types_mapper=_pandas_types_mapper()), meta
+    return _frames(path, "Parquet export", pf.iter_batches(batch_size=batch_rows, columns=usecols)), meta
+
+
+def _frames(path: Path, what: str, batches: Iterable[Any]) -> Iterator[pd.DataFrame]:
+    """Arrow record batches as frames of EXPORT_DTYPES; DataError (one line) when reading fails."""
+    import pyarrow as pa
+    try:
+        for batch in batches:
+            yield _typed_table(pa.Table.from_batches([batch])).to_pandas(types_mapper=_pandas_types_mapper())
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError) as exc:
+        raise DataError(f"{path}: not a readable {what} ({_one_line(exc)})") from None
 
 
 def _part_files(root: Path) -> list[str]:
@@ -212,7 +223,7 @@ def _selection(nodes: Sequence[str], since: date | None, until: date | None):
 
 
 def _read_dataset(root: Path, notes: list[str], nodes: Sequence[str], since: date | None,
-                  until: date | None) -> tuple[pd.DataFrame, dict[str, Any]]:
+                  until: date | None, batch_rows: int) -> tuple[Iterator[pd.DataFrame], dict[str, Any]]:
     """A dataset DIR of `export --parquet DIR/`, read lazily: only the parts of the selected nodes
     and days (partition pruning), only the known columns."""
     if not have_pyarrow():
@@ -230,10 +241,10 @@ def _read_dataset(root: Path, notes: list[str], nodes: Sequence[str], since: dat
         chosen = ds.dataset([f.path for f in fragments], schema=schema, format="parquet",
                             partitioning=partitioning(), partition_base_dir=str(root))
         usecols = _check_columns(root, [c for c in schema.names if c != DATE], notes)
-        table = _typed_table(chosen.to_table(columns=usecols))
+        batches = chosen.to_batches(columns=usecols, batch_size=batch_rows)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError) as exc:
         raise DataError(f"{root}: not a readable Parquet dataset ({_one_line(exc)})") from None
-    return table.to_pandas(types_mapper=_pandas_types_mapper()), {"nodes": _merged_metas(fragments, notes)}
+    return _frames(root, "Parquet dataset", batches), {"nodes": _merged_metas(fragments, notes)}
 
 
 def _selected_rows(df: pd.DataFrame, nodes: Sequence[str], since: date | None, until: date | None) -> pd.DataFrame:
@@ -279,34 +290,57 @@ def _conform(df: pd.DataFrame) -> pd.DataFrame:
     return df[list(COLUMNS)]
 
 
-def _usable_rows(df: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
-    """What read_recording would skip (no ts/kind, unknown kind) is skipped here too, and said;
+class Skips:
+    """What _usable_rows skipped over all chunks, said once at the end (notes())."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}        # why -> rows, in the order first seen
+        self.unknown_kinds: set[str] = set()
+        self.usable = 0
+
+    def add(self, why: str, n: int) -> None:
+        if n:
+            self.counts[why] = self.counts.get(why, 0) + n
+
+    def notes(self) -> list[str]:
+        out = []
+        for why, n in self.counts.items():
+            if why == "ts/kind":
+                out.append(f"skipped {n} rows without ts/kind")
+            elif why == "kind":
+                out.append(f"skipped {n} rows of unknown kind ({', '.join(sorted(self.unknown_kinds))[:120]})")
+            elif why == "node":
+                out.append(f"{n} rows without a node: analysed as node 'unknown'")
+            else:
+                out.append(f"skipped {n} rows whose {why}")
+        return out
+
+
+def _usable_rows(df: pd.DataFrame, skips: Skips) -> pd.DataFrame:
+    """What read_recording would skip (no ts/kind, unknown kind) is skipped here too, and counted;
     rows without a node are kept under one "unknown" node rather than lost by the grouping."""
     bad = df["ts"].isna() | df["kind"].isna()
     unknown = ~df["kind"].isin(KINDS) & ~bad
-    if bad.any():
-        notes.append(f"skipped {int(bad.sum())} rows without ts/kind")
+    skips.add("ts/kind", int(bad.sum()))
     if unknown.any():
-        kinds = ", ".join(sorted(map(str, pd.unique(df.loc[unknown, "kind"].astype(str)))))[:120]
-        notes.append(f"skipped {int(unknown.sum())} rows of unknown kind ({kinds})")
+        skips.add("kind", int(unknown.sum()))
+        skips.unknown_kinds |= set(map(str, pd.unique(df.loc[unknown, "kind"].astype(str))))
     # values out of a field's range or vocabulary: skipped as read_recording skips them
     invalid = np.zeros(len(df), dtype=bool)
     for why, mask in frame_problems(df[~(bad | unknown)] if (bad | unknown).any() else df).items():
         full = np.zeros(len(df), dtype=bool)
         full[np.flatnonzero(~(bad | unknown).to_numpy())] = mask
-        notes.append(f"skipped {int(full.sum())} rows whose {why}")
+        skips.add(why, int(full.sum()))
         invalid |= full
     if bad.any() or unknown.any() or invalid.any():
         df = df[~((bad | unknown).to_numpy() | invalid)].reset_index(drop=True)
         df["kind"] = df["kind"].cat.remove_unused_categories()
-    if df.empty:
-        raise DataError("no usable events in the export(s): every row lacks ts/kind, has an unknown kind or "
-                        "a value out of range")
     if df[NODE].isna().any():
-        notes.append(f"{int(df[NODE].isna().sum())} rows without a node: analysed as node 'unknown'")
+        skips.add("node", int(df[NODE].isna().sum()))
         if "unknown" not in df[NODE].cat.categories:
             df[NODE] = df[NODE].cat.add_categories("unknown")
         df[NODE] = df[NODE].fillna("unknown")
+    skips.usable += len(df)
     return df
 
 
@@ -322,57 +356,108 @@ def _load_sidecar(path: Path, embedded: dict | None, notes: list[str]) -> dict[s
     return meta if isinstance(meta, dict) else {}
 
 
-def read_exports(paths: Sequence[str], nodes: Sequence[str] = (), since: date | None = None,
-                 until: date | None = None, progress: Callable[[str, int, int | None], None] | None = None) -> Export:
-    """Read and validate all exports (files, or dataset directories); DataError (exit 2, one line)
-    on unusable input. nodes, since, until (UTC days, inclusive): only those events.
-    progress(what, done, total): told after each export read."""
-    frames: list[pd.DataFrame] = []
-    metas: dict[str, dict] = {}
-    notes: list[str] = []
-    versions: dict[int, str] = {}
-    for p in paths:
-        path = Path(p)
+# rows per batch read from a Parquet file or dataset (what one chunk of analyze holds at once)
+BATCH_ROWS = 1 << 18
+
+
+class ExportReader:
+    """The exports' rows in chunks (chunks()), each checked, selected and conformed as
+    read_exports reads them; metas and notes fill in as the files are read. The files' rows come
+    in file order; a Parquet file or dataset is read a batch at a time, a CSV file whole."""
+
+    def __init__(self, paths: Sequence[str], nodes: Sequence[str] = (), since: date | None = None,
+                 until: date | None = None, progress: Callable[[str, int, int | None], None] | None = None,
+                 batch_rows: int | None = None) -> None:
+        self.paths, self.nodes, self.since, self.until = list(paths), nodes, since, until
+        self.progress, self.batch_rows = progress, batch_rows or BATCH_ROWS
+        self.metas: dict[str, dict] = {}
+        self.notes: list[str] = []
+        self.skips = Skips()
+        self._versions: dict[int, str] = {}
+        self._read = 0
+
+    def chunks(self) -> Iterator[pd.DataFrame]:
+        """Usable, selected rows in COLUMNS and EXPORT_DTYPES. DataError on unusable input; after
+        the last chunk, notes holds what was skipped."""
+        for i, p in enumerate(self.paths):
+            yield from self._file(Path(p))
+            if self.progress:
+                self.progress("exports read", i + 1, len(self.paths))
+        if not self._read:
+            raise DataError(f"no events of the selected node(s)/date(s) in {', '.join(map(str, self.paths))}")
+        self.notes += self.skips.notes()
+        if not self.skips.usable:
+            raise DataError("no usable events in the export(s): every row lacks ts/kind, has an unknown kind or "
+                            "a value out of range")
+
+    def _file(self, path: Path) -> Iterator[pd.DataFrame]:
         kind, header = _sniff(path)
         if kind == "dataset":
-            df, embedded = _read_dataset(path, notes, nodes, since, until)
+            frames, embedded = _read_dataset(path, self.notes, self.nodes, self.since, self.until, self.batch_rows)
         elif kind == "parquet":
-            df, embedded = _read_parquet(path, notes)
+            frames, embedded = _read_parquet(path, self.notes, self.batch_rows)
         else:
-            usecols = _check_columns(path, header or [], notes)
-            df = _read_csv_arrow(path, usecols) if have_pyarrow() else _read_csv_pandas(path, usecols)
+            usecols = _check_columns(path, header or [], self.notes)
+            frames = iter([_read_csv_arrow(path, usecols) if have_pyarrow() else _read_csv_pandas(path, usecols)])
             embedded = None
-        if df.empty:
+        side: dict[str, Any] = {}
+        file_metas: dict[str, dict] | None = None
+        rows = 0
+        for df in frames:
+            if df.empty:
+                continue
+            rows += len(df)
+            self._versions.setdefault(_check_version(path, df), str(path))
+            if len(self._versions) > 1:
+                (v1, f1), (v2, f2) = list(self._versions.items())[:2]
+                raise DataError(f"mixed schemas: {f1} has schema_version {v1}, {f2} has {v2}; "
+                                "export all recordings with one sigtrace version")
+            if file_metas is None:
+                side = embedded if kind == "dataset" else _load_sidecar(path, embedded, self.notes)
+                file_metas = self._file_metas(path, side)
+            if kind == "csv" and side.get("csv_cells", cells.NEUTRALISED) != cells.RAW:
+                df = cells.restore(df)           # the values recorded, not the spreadsheet-safe form
+            for node in pd.unique(df[NODE].dropna().astype(str)):
+                if node in file_metas:
+                    self.metas.setdefault(node, file_metas[node])
+                elif node not in self.metas:
+                    self.metas[node] = {"node": node}
+                    self.notes.append(f"node {node}: no meta ({sidecar_path(str(path))} missing): "
+                                      "backend and lost events unknown")
+            df = _selected_rows(df, self.nodes, self.since, self.until)
+            self._read += len(df)
+            if self.progress:
+                self.progress("events read", self._read, None)
+            if len(df):
+                df = _usable_rows(_conform(df), self.skips)
+                if len(df):
+                    yield df
+        if not rows:
             raise DataError(f"{path}: has no events (only a header); export a recording with events")
-        versions.setdefault(_check_version(path, df), str(path))
-        if len(versions) > 1:
-            (v1, f1), (v2, f2) = list(versions.items())[:2]
-            raise DataError(f"mixed schemas: {f1} has schema_version {v1}, {f2} has {v2}; "
-                            "export all recordings with one sigtrace version")
-        side = embedded if kind == "dataset" else _load_sidecar(path, embedded, notes)
+
+    def _file_metas(self, path: Path, side: dict[str, Any]) -> dict[str, dict]:
         file_metas = {}
         for node, m in (side.get("nodes") if isinstance(side.get("nodes"), dict) else {}).items():
             clean, dropped = clean_meta(m)        # a sidecar from elsewhere: same checks as meta.json
             file_metas[str(node)] = clean
-            notes += [f"{path.name}: node {node}: {n}" for n in dropped]
-        if kind == "csv" and side.get("csv_cells", cells.NEUTRALISED) != cells.RAW:
-            df = cells.restore(df)           # the values recorded, not the spreadsheet-safe form
-        for node in pd.unique(df[NODE].dropna().astype(str)):
-            if node in file_metas:
-                metas.setdefault(node, file_metas[node])
-            elif node not in metas:
-                metas[node] = {"node": node}
-                notes.append(f"node {node}: no meta ({sidecar_path(str(path))} missing): "
-                              "backend and lost events unknown")
-        frames.append(_selected_rows(df, nodes, since, until))
-        if progress:
-            progress("exports read", len(frames), len(paths))
-            progress("events read", sum(len(f) for f in frames), None)
-    df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    if df.empty:
-        raise DataError(f"no events of the selected node(s)/date(s) in {', '.join(map(str, paths))}")
-    df = _conform(df)
-    df = _usable_rows(df, notes)
+            self.notes.extend(f"{path.name}: node {node}: {n}" for n in dropped)
+        return file_metas
+
+
+def read_exports(paths: Sequence[str], nodes: Sequence[str] = (), since: date | None = None,
+                 until: date | None = None, progress: Callable[[str, int, int | None], None] | None = None) -> Export:
+    """Read and validate all exports (files, or dataset directories) into one frame; DataError
+    (exit 2, one line) on unusable input. nodes, since, until (UTC days, inclusive): only those
+    events. progress(what, done, total): told after each export read. analyze does not hold one
+    frame: it streams the chunks (ExportReader) into parts by node and pod (analyze.parts)."""
+    reader = ExportReader(paths, nodes, since, until, progress)
+    frames = list(reader.chunks())
     if len(frames) > 1:
-        df = df.sort_values("ts", kind="stable", ignore_index=True)
-    return Export(events=df, metas=metas, incomplete=notes)
+        # chunks' categoricals differ: concat makes them objects; _conform makes them categories again
+        df = _conform(pd.concat(frames, ignore_index=True))
+        del frames
+        if len(reader.paths) > 1:
+            df = df.sort_values("ts", kind="stable", ignore_index=True)
+    else:
+        df = frames[0]
+    return Export(events=df, metas=reader.metas, incomplete=reader.notes)

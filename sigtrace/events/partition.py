@@ -135,8 +135,8 @@ class FrameParts:
         kinds = {str(k) for k in pd.unique(events["kind"].astype(object).dropna())}
         self.summary = Summary(len(events), frozenset(kinds), float(events["ts"].max()),
                                events[events["kind"] == S.POD_LIFECYCLE])
-        self._own = _frame_codes(events["pod_uid"], n_parts)
-        self._tgt = _frame_codes(events["target_pod_uid"], n_parts)
+        self._own = frame_part_codes(events["pod_uid"], n_parts)
+        self._tgt = frame_part_codes(events["target_pod_uid"], n_parts)
 
     def frames(self) -> Iterator[tuple[pd.DataFrame, frozenset[str]]]:
         for i in range(self.n_parts):
@@ -151,7 +151,7 @@ class FrameParts:
         self._events = None
 
 
-def _frame_codes(col: pd.Series, n_parts: int) -> np.ndarray:
+def frame_part_codes(col: pd.Series, n_parts: int) -> np.ndarray:
     codes, uniq = pd.factorize(col.astype(object) if not isinstance(col.dtype, pd.CategoricalDtype) else col)
     lookup = np.array([part_of(str(u), n_parts) if isinstance(u, str) and u else -1 for u in uniq] + [-1],
                       dtype=np.int64)
@@ -258,7 +258,7 @@ def split_recording(src: Source, part_bytes: int = PART_BYTES,
                     lifecycle.append(table.filter(lc).append_column(_ROW, seq.filter(lc)))
                 table = table.append_column(_ROW, seq)
                 schema = table.schema
-                routes, unrouted = _routes(table, n_parts)
+                routes, unrouted = pod_routes(table, n_parts)
                 # rows of no pod are checked here as a whole read checks them (range, vocabulary):
                 # a bad one sends the recording to the tolerant reader, which lists what it skips
                 if pc.any(unrouted).as_py() and table_frame(table.filter(unrouted).drop_columns([_ROW])) is None:
@@ -325,7 +325,7 @@ def _labelled(table, rank: np.ndarray | None, schema) -> pd.DataFrame | None:
     return table_frame(table.drop_columns([_ROW]).take(order), pd.Index(rows[order]))
 
 
-def _routes(table, n_parts: int) -> tuple[list[tuple[int, Any]], Any]:
+def pod_routes(table, n_parts: int) -> tuple[list[tuple[int, Any]], Any]:
     """[(part, mask)] of a chunk's rows: by pod_uid, and by target_pod_uid for a signal sent to
     another pod's process (the target's report cites it too); and the mask of rows no part gets."""
     import pyarrow as pa

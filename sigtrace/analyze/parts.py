@@ -1,0 +1,246 @@
+"""A fleet's exports as parts by node and pod, for analyze in bounded memory.
+
+An export of a week or a fleet does not fit in one frame (10M rows were ~1 GB as pandas columns,
+and the correlation of a node's events several times that). Each node is reported alone, and a
+node's pods are independent once their events are together (sigtrace.events.partition): so the
+exports' chunks (analyze.read.ExportReader) are spilled to temporary Arrow files by node; then,
+one node at a time, its file is split by a hash of the pod (a signal to another pod's process goes
+to both pods' parts), and the parts are read back a few at a time. The peak is one chunk while
+reading and one group of parts (about GROUP_ROWS rows) while reporting, whatever the exports' size;
+what grows with a node's rows is 16 bytes a row (its times and their rank).
+
+Rows keep the labels the whole node's frame gives them (their place in the node's rows in time
+order, as analyze numbered them when it held one frame), so the reports are the same either way
+(tests/test_analyze_parts.py).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+
+from ..events.partition import Summary, part_of, pod_routes
+from ..events.schema import FIELD_NAMES, POD_LIFECYCLE
+from ..export.columns import EXPORT_DTYPES, NODE
+
+MAX_PARTS = 256            # a node's parts by pod: a 10M-row node makes parts of ~40k rows
+GROUP_ROWS = 150_000       # parts read back together up to about this many rows (small node: one group)
+MAX_OPEN = 256             # node files open at once; a node reopened later starts a new file
+_SEQ = "__seq"             # a row's place among its node's rows, in the order they were read
+
+
+def _arrow_schema():
+    """The spill's schema: the export's columns as plain Arrow types (a category as text), so
+    that chunks with different categories share one stream."""
+    import pyarrow as pa
+    plain = {"float64": pa.float64(), "Int64": pa.int64(), "int64": pa.int64(), "string": pa.string(),
+             "category": pa.string()}
+    fields = [pa.field(c, plain[EXPORT_DTYPES[c]]) for c in FIELD_NAMES]
+    return pa.schema(fields + [pa.field(_SEQ, pa.int64())])
+
+
+@dataclass
+class _Node:
+    index: int                               # names the node's spill files (a node name is tenant data)
+    rows: int = 0
+    ts: list[np.ndarray] = field(default_factory=list)
+    kinds: set[str] = field(default_factory=set)
+    lifecycle: list[pd.DataFrame] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+
+
+class NodeSpill:
+    """add() the exports' chunks (spilled by node); then nodes() gives each node's parts by pod
+    (NodeParts), nodes in name order, one node's parts on disk at a time."""
+
+    def __init__(self, in_order: bool, group_rows: int | None = None) -> None:
+        # in_order: a node's frame is its rows in the order read (one export); else the rows come
+        # from several exports, and a node's frame is their stable sort by ts (analyze.read.read_exports)
+        self.in_order, self.group_rows = in_order, group_rows or GROUP_ROWS
+        self._dir = tempfile.TemporaryDirectory(prefix="sigtrace-analyze-", dir=os.environ.get("SIGTRACE_TMPDIR"))
+        self._nodes: dict[str, _Node] = {}
+        self._open: OrderedDict[int, Any] = OrderedDict()
+        self._schema = _arrow_schema()
+
+    def add(self, chunk: pd.DataFrame) -> None:
+        """A chunk of usable rows (analyze.read: COLUMNS, EXPORT_DTYPES, a node on every row)."""
+        import pyarrow as pa
+        nodes = chunk[NODE].astype(str).to_numpy()
+        names = pd.unique(nodes)
+        for name in names:
+            rows = chunk[nodes == name] if len(names) > 1 else chunk
+            node = self._nodes.setdefault(str(name), _Node(len(self._nodes)))
+            seq = np.arange(node.rows, node.rows + len(rows), dtype=np.int64)
+            node.rows += len(rows)
+            node.ts.append(rows["ts"].to_numpy(dtype=float))
+            node.kinds |= {str(k) for k in pd.unique(rows["kind"].astype(object).dropna())}
+            lc = (rows["kind"] == POD_LIFECYCLE).to_numpy(dtype=bool, na_value=False)
+            if lc.any():
+                node.lifecycle.append(rows[lc].assign(**{_SEQ: seq[lc]}))
+            table = pa.Table.from_pandas(rows[list(FIELD_NAMES)].assign(**{_SEQ: seq}),
+                                         preserve_index=False).cast(self._schema)
+            self._writer(node).write_table(table)
+
+    def _writer(self, node: _Node) -> Any:
+        import pyarrow as pa
+        w = self._open.get(node.index)
+        if w is not None:
+            self._open.move_to_end(node.index)
+            return w
+        if len(self._open) >= MAX_OPEN:
+            _, oldest = self._open.popitem(last=False)
+            oldest.close()
+        path = Path(self._dir.name) / f"{node.index}-{len(node.files)}.arrow"
+        node.files.append(path)
+        w = self._open[node.index] = pa.ipc.new_stream(str(path), self._schema)
+        return w
+
+    def nodes(self, metas: dict[str, dict], notes: list[str]) -> Iterator[tuple[str, "NodeParts"]]:
+        """(node, its parts), nodes in name order. metas: node -> meta (from the exports), notes:
+        what applies to every node."""
+        for w in self._open.values():
+            w.close()
+        self._open.clear()
+        for name in sorted(self._nodes):
+            node = self._nodes.pop(name)
+            meta = dict(metas.get(name) or {"node": name})
+            incomplete = list(meta.get("incomplete") or []) + list(notes)
+            for key in ("sources", "incomplete"):      # the export's own keys, not the recorder's
+                meta.pop(key, None)
+            parts = NodeParts(node, meta, incomplete, Path(self._dir.name), self.group_rows, self.in_order)
+            try:
+                yield name, parts
+            finally:
+                parts.close()
+
+    def close(self) -> None:
+        for w in self._open.values():
+            w.close()
+        self._dir.cleanup()
+
+    def __enter__(self) -> "NodeSpill":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class NodeParts:
+    """One node's events as parts by pod: report.build.report_parts' input (meta, incomplete,
+    summary, frames())."""
+
+    def __init__(self, node: _Node, meta: dict[str, Any], incomplete: list[str], tmp: Path,
+                 group_rows: int, in_order: bool) -> None:
+        self.meta, self.incomplete, self._group_rows = meta, incomplete, group_rows
+        ts = np.concatenate(node.ts) if node.ts else np.empty(0)
+        node.ts = []
+        # a row's label: its place in the node's frame (read order, or a stable sort by ts)
+        self._rank = None
+        if not in_order and len(ts) and not (ts[1:] >= ts[:-1]).all():
+            order = np.argsort(ts, kind="stable")
+            self._rank = np.empty_like(order)
+            self._rank[order] = np.arange(len(order))
+        lifecycle = pd.concat(node.lifecycle) if node.lifecycle else None
+        self.lifecycle_rows = lifecycle          # for the fleet: pod-template-hash labels
+        self.summary = Summary(node.rows, frozenset(node.kinds), float(ts.max()) if len(ts) else 0.0,
+                               self._labelled(lifecycle))
+        del ts
+        # parts small enough that a group of them is about group_rows, at most MAX_PARTS
+        self.n_parts = int(min(max(node.rows * 4 // group_rows, 1), MAX_PARTS))
+        self._dir = tmp / f"{node.index}-parts"
+        self._dir.mkdir()
+        self._part_rows = self._split(node.files)
+
+    def _split(self, files: list[Path]) -> dict[int, int]:
+        """The node's spill, batch by batch, into one file per part; rows per part."""
+        import pyarrow as pa
+        writers: dict[int, Any] = {}
+        rows: dict[int, int] = {}
+        try:
+            for path in files:
+                with pa.memory_map(str(path)) as src:
+                    for batch in pa.ipc.open_stream(src):
+                        table = pa.Table.from_batches([batch])
+                        for part, mask in pod_routes(table, self.n_parts)[0]:
+                            w = writers.get(part)
+                            if w is None:
+                                w = writers[part] = pa.ipc.new_stream(str(self._dir / f"{part}.arrow"), table.schema)
+                            chosen = table.filter(mask)
+                            w.write_table(chosen)
+                            rows[part] = rows.get(part, 0) + chosen.num_rows
+                path.unlink()
+        finally:
+            for w in writers.values():
+                w.close()
+        return rows
+
+    def _labelled(self, rows: pd.DataFrame | None) -> pd.DataFrame:
+        """rows (carrying _SEQ) as build_reports' frame: the schema's columns, the node's labels, in order."""
+        if rows is None:
+            return _node_frame(pd.DataFrame({c: pd.Series(dtype=EXPORT_DTYPES[c]) for c in FIELD_NAMES}),
+                               np.empty(0, dtype=np.int64))
+        seq = rows[_SEQ].to_numpy()
+        labels = seq if self._rank is None else self._rank[seq]
+        order = np.argsort(labels, kind="stable")
+        return _node_frame(rows.iloc[order], labels[order])
+
+    def frames(self) -> Iterator[tuple[pd.DataFrame, frozenset[str]]]:
+        """Groups of parts as (events in time order, labelled by row; the uids of the pods they hold whole)."""
+        group: list[int] = []
+        size = 0
+        for part in sorted(self._part_rows):
+            group.append(part)
+            size += self._part_rows[part]
+            if size >= self._group_rows:
+                yield self._read(group)
+                group, size = [], 0
+        if group:
+            yield self._read(group)
+
+    def _read(self, parts: list[int]) -> tuple[pd.DataFrame, frozenset[str]]:
+        import pyarrow as pa
+        from .read import _pandas_types_mapper
+        tables = []
+        for part in parts:
+            path = self._dir / f"{part}.arrow"
+            with pa.memory_map(str(path)) as src:
+                tables.append(pa.ipc.open_stream(src).read_all())
+            path.unlink()
+        table = pa.concat_tables(tables)
+        del tables
+        df = table.to_pandas(types_mapper=_pandas_types_mapper())
+        del table
+        # a row in two of these parts (a signal across pods) is here twice: keep it once
+        df = df.drop_duplicates(_SEQ) if len(parts) > 1 else df
+        seq = df[_SEQ].to_numpy()
+        labels = seq if self._rank is None else self._rank[seq]
+        order = np.argsort(labels, kind="stable")
+        events = _node_frame(df.iloc[order], labels[order])
+        chosen = set(parts)
+        uids = {str(u) for col in ("pod_uid", "target_pod_uid") for u in pd.unique(events[col].dropna()) if u}
+        return events, frozenset(u for u in uids if part_of(u, self.n_parts) in chosen)
+
+    def close(self) -> None:
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _node_frame(rows: pd.DataFrame, labels: np.ndarray) -> pd.DataFrame:
+    """The schema's columns in EXPORT_DTYPES (a category: only the values present, sorted, as
+    read_recording has them), labelled."""
+    out = {}
+    for col in FIELD_NAMES:
+        s = rows[col]
+        dtype = EXPORT_DTYPES[col]
+        if dtype == "category":
+            s = s.astype(object).astype("category")       # the values present, sorted
+        elif str(s.dtype) != dtype:
+            s = s.astype(dtype)
+        out[col] = s.array
+    return pd.DataFrame(out, index=pd.Index(labels))

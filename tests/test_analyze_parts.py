@@ -1,0 +1,99 @@
+"""analyze in bounded memory (sigtrace.analyze.parts): the exports are read in chunks, spilled by
+node and by pod, and each node's pods reported a group at a time. The fleet must be the one the
+whole-frame path gives (read_exports -> node_frames -> build_reports -> fleet_from_reports), with
+the spill forced into many small pieces: tiny batches, tiny groups, few open files."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from sigtrace.analyze import analyze_files, node_frames, parts, read_exports, template_hashes
+from sigtrace.analyze import read as analyze_read
+from sigtrace.analyze.fleet import fleet_from_reports
+from sigtrace.export import export_recordings
+from sigtrace.report import build_reports
+
+DATA = Path(__file__).parent / "data"
+# a few recordings of different nodes and causes (the fleet's two nodes, the article's case, a clean drain)
+NODES = [DATA / "fleet" / "node-a", DATA / "fleet" / "node-b", DATA / "article", DATA / "clean"]
+
+
+def whole_frame_fleet(paths: list[str]) -> dict:
+    """The fleet as analyze made it when it held the exports as one frame."""
+    export = read_exports(paths)
+    per_node = [(node, build_reports(events, meta, incomplete, lanes=False).to_dict())
+                for node, events, meta, incomplete in node_frames(export)]
+    return fleet_from_reports(per_node, export.metas, template_hashes(export.events), export.incomplete).to_dict()
+
+
+@pytest.fixture
+def small_pieces(monkeypatch):
+    """Batches of 7 rows, groups of 20 rows, at most 2 spill files open: every path of the spill."""
+    monkeypatch.setattr(analyze_read, "BATCH_ROWS", 7)
+    monkeypatch.setattr(parts, "GROUP_ROWS", 20)
+    monkeypatch.setattr(parts, "MAX_OPEN", 2)
+
+
+def recordings(tmp_path: Path) -> list[Path]:
+    """NODES copied, each with its own node name (the article and clean recordings share one)."""
+    out = []
+    for i, src in enumerate(NODES):
+        dst = tmp_path / f"rec{i}"
+        shutil.copytree(src, dst)
+        meta = json.loads((dst / "meta.json").read_text())
+        meta["node"] = f"node-{i}"
+        (dst / "meta.json").write_text(json.dumps(meta))
+        out.append(dst)
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_streamed_fleet_is_the_whole_frames(tmp_path, small_pieces, fmt):
+    recs = recordings(tmp_path)
+    out = tmp_path / f"fleet.{fmt}"
+    export_recordings(recs, **{fmt: str(out)})
+    got = analyze_files([str(out)])
+    assert got.to_dict() == whole_frame_fleet([str(out)])
+    assert set(got.pods["node"].astype(str)) == {f"node-{i}" for i in range(len(NODES))}
+    # the article's verdicts survive the pieces, on the article's node
+    article = got.verdicts[got.verdicts["node"].astype(str) == "node-2"]
+    assert set(article["id"].astype(str)) == {"prestop-quit-superseded"}
+
+
+def test_several_exports_are_merged_in_time_order(tmp_path, small_pieces):
+    """Two exports of overlapping nodes: a node's rows are their stable sort by ts, as one frame."""
+    recs = recordings(tmp_path)
+    a, b = tmp_path / "a.parquet", tmp_path / "b.csv"
+    export_recordings(recs[:3], parquet=str(a))
+    export_recordings(recs[1:], csv=str(b))        # node-1 and node-2 in both
+    got = analyze_files([str(a), str(b)]).to_dict()
+    assert got == whole_frame_fleet([str(a), str(b)])
+
+
+def test_dataset_is_streamed_by_node_and_day(tmp_path, small_pieces):
+    recs = recordings(tmp_path)
+    dataset = tmp_path / "ds"
+    export_recordings(recs, parquet=str(dataset) + "/")
+    got = analyze_files([str(dataset)], nodes=["node-0", "node-2"])
+    assert set(got.pods["node"].astype(str)) == {"node-0", "node-2"}
+    assert got.to_dict() == whole_frame_fleet_selected([str(dataset)], ["node-0", "node-2"])
+
+
+def whole_frame_fleet_selected(paths: list[str], nodes: list[str]) -> dict:
+    export = read_exports(paths, nodes=nodes)
+    per_node = [(node, build_reports(events, meta, incomplete, lanes=False).to_dict())
+                for node, events, meta, incomplete in node_frames(export)]
+    return fleet_from_reports(per_node, export.metas, template_hashes(export.events), export.incomplete).to_dict()
+
+
+def test_spill_files_are_removed(tmp_path, small_pieces, monkeypatch):
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    monkeypatch.setenv("SIGTRACE_TMPDIR", str(spill))
+    out = tmp_path / "fleet.parquet"
+    export_recordings(recordings(tmp_path), parquet=str(out))
+    analyze_files([str(out)])
+    assert list(spill.iterdir()) == []
