@@ -30,9 +30,10 @@ def export(dirs: tuple[str, ...], csv_path: str | None, parquet_path: str | None
     (no sidecar). CSV string cells starting with = + - @ get a leading ' (spreadsheets would run
     them as formulas); analyze reads them back unchanged; --raw leaves them as recorded.
 
-    --parquet DIR/ adds DIR/node=<node>/date=<YYYY-MM-DD>/part-<digest>.parquet files (Hive
-    layout: DuckDB, Spark, Trino and analyze read DIR as is); parts already there are never
-    replaced, and the same events exported again are skipped.
+    --parquet DIR/ adds DIR/node=<node>/date=<YYYY-MM-DD>/part-<run start>.parquet files (Hive
+    layout: DuckDB, Spark, Trino and analyze read DIR as is): one part per recorder run and day.
+    A run exported again (it has grown, or crossed midnight) replaces its parts, keeping their
+    rows, so every event is counted once; a part with nothing new is left as it is.
     """
     from ..export import export_recordings
     from ..render.progress import progress_on_stderr
