@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from bench import synth
-from sigtrace.report.build import build_reports
+from sigtrace.report.build import build_reports, report_recording
 from sigtrace.events.reader import events_frame, read_recording
 
 POD = "7d2c4e8a-0000-4c5d-9e6f-00000000000b"
