@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -77,3 +78,19 @@ class ThreadRecorder:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(30)
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A 8 KB tmpfs (a real ENOSPC once the parts pass it), unmounted afterwards."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8k,mode=0700", "tmpfs", str(mnt)],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        if subprocess.run(["umount", str(mnt)]).returncode != 0:
+            subprocess.run(["umount", "--lazy", str(mnt)], check=True)     # a file left open: detach it

@@ -97,3 +97,18 @@ def test_spill_files_are_removed(tmp_path, small_pieces, monkeypatch):
     export_recordings(recordings(tmp_path), parquet=str(out))
     analyze_files([str(out)])
     assert list(spill.iterdir()) == []
+
+
+def test_a_full_disk_is_one_line(tmp_path, small_pieces, tiny_tmpfs, monkeypatch, capsys):
+    """ENOSPC while spilling (a real 8 KB tmpfs): exit 73 and one line naming where and what to do."""
+    from sigtrace.cli import main
+    out = tmp_path / "fleet.parquet"
+    export_recordings(recordings(tmp_path), parquet=str(out))
+    monkeypatch.setenv("SIGTRACE_TMPDIR", str(tiny_tmpfs))
+    with pytest.raises(SystemExit) as exc:
+        main(["analyze", str(out)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 73, err
+    assert err.count("\n") == 1 and err.startswith("sigtrace: error: "), err
+    assert "No space left on device" in err and "SIGTRACE_TMPDIR" in err
+    assert list(tiny_tmpfs.iterdir()) == []          # what it wrote is gone

@@ -42,22 +42,6 @@ def warnings_in(err: str) -> list[str]:
     return [line for line in err.splitlines() if line.startswith("sigtrace: warning:")]
 
 
-@pytest.fixture
-def tiny_tmpfs(tmp_path):
-    """A 8 KB tmpfs (a real ENOSPC once the parts pass it), unmounted afterwards."""
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8k,mode=0700", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        if subprocess.run(["umount", str(mnt)]).returncode != 0:
-            subprocess.run(["umount", "--lazy", str(mnt)], check=True)     # a file left open: detach it
-
-
 def test_a_full_disk_reads_the_recording_whole_and_says_so(rec, tiny_tmpfs, monkeypatch, capfd):
     monkeypatch.setenv("SIGTRACE_TMPDIR", str(tiny_tmpfs))
     rs = report_recording(rec, lanes=False, part_bytes=PART_BYTES)

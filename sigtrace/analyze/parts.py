@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -26,6 +27,7 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
+from ..errors import OutputError
 from ..events.partition import Summary, part_of, pod_routes
 from ..events.schema import FIELD_NAMES, POD_LIFECYCLE
 from ..export.columns import EXPORT_DTYPES, NODE
@@ -46,6 +48,17 @@ def _arrow_schema():
     return pa.schema(fields + [pa.field(_SEQ, pa.int64())])
 
 
+@contextmanager
+def _spilling() -> Iterator[None]:
+    """The disk saying no (ENOSPC, EMFILE, a missing SIGTRACE_TMPDIR) is one line, not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        where = os.environ.get("SIGTRACE_TMPDIR") or tempfile.gettempdir()
+        raise OutputError(f"analyze cannot write its temporary files in {where} ({exc.strerror or exc}); "
+                          "set SIGTRACE_TMPDIR to a directory with room (about the exports' size)") from None
+
+
 @dataclass
 class _Node:
     index: int                               # names the node's spill files (a node name is tenant data)
@@ -64,7 +77,8 @@ class NodeSpill:
         # in_order: a node's frame is its rows in the order read (one export); else the rows come
         # from several exports, and a node's frame is their stable sort by ts (analyze.read.read_exports)
         self.in_order, self.group_rows = in_order, group_rows or GROUP_ROWS
-        self._dir = tempfile.TemporaryDirectory(prefix="sigtrace-analyze-", dir=os.environ.get("SIGTRACE_TMPDIR"))
+        with _spilling():
+            self._dir = tempfile.TemporaryDirectory(prefix="sigtrace-analyze-", dir=os.environ.get("SIGTRACE_TMPDIR"))
         self._nodes: dict[str, _Node] = {}
         self._open: OrderedDict[int, Any] = OrderedDict()
         self._schema = _arrow_schema()
@@ -86,7 +100,8 @@ class NodeSpill:
                 node.lifecycle.append(rows[lc].assign(**{_SEQ: seq[lc]}))
             table = pa.Table.from_pandas(rows[list(FIELD_NAMES)].assign(**{_SEQ: seq}),
                                          preserve_index=False).cast(self._schema)
-            self._writer(node).write_table(table)
+            with _spilling():
+                self._writer(node).write_table(table)
 
     def _writer(self, node: _Node) -> Any:
         import pyarrow as pa
@@ -105,16 +120,18 @@ class NodeSpill:
     def nodes(self, metas: dict[str, dict], notes: list[str]) -> Iterator[tuple[str, "NodeParts"]]:
         """(node, its parts), nodes in name order. metas: node -> meta (from the exports), notes:
         what applies to every node."""
-        for w in self._open.values():
-            w.close()
-        self._open.clear()
+        with _spilling():
+            for w in self._open.values():
+                w.close()
+            self._open.clear()
         for name in sorted(self._nodes):
             node = self._nodes.pop(name)
             meta = dict(metas.get(name) or {"node": name})
             incomplete = list(meta.get("incomplete") or []) + list(notes)
             for key in ("sources", "incomplete"):      # the export's own keys, not the recorder's
                 meta.pop(key, None)
-            parts = NodeParts(node, meta, incomplete, Path(self._dir.name), self.group_rows, self.in_order)
+            with _spilling():
+                parts = NodeParts(node, meta, incomplete, Path(self._dir.name), self.group_rows, self.in_order)
             try:
                 yield name, parts
             finally:
@@ -122,7 +139,11 @@ class NodeSpill:
 
     def close(self) -> None:
         for w in self._open.values():
-            w.close()
+            try:
+                w.close()
+            except OSError:
+                pass                  # the disk already said no: the files go anyway
+        self._open.clear()
         self._dir.cleanup()
 
     def __enter__(self) -> "NodeSpill":
@@ -208,11 +229,12 @@ class NodeParts:
         import pyarrow as pa
         from .read import _pandas_types_mapper
         tables = []
-        for part in parts:
-            path = self._dir / f"{part}.arrow"
-            with pa.memory_map(str(path)) as src:
-                tables.append(pa.ipc.open_stream(src).read_all())
-            path.unlink()
+        with _spilling():
+            for part in parts:
+                path = self._dir / f"{part}.arrow"
+                with pa.memory_map(str(path)) as src:
+                    tables.append(pa.ipc.open_stream(src).read_all())
+                path.unlink()
         table = pa.concat_tables(tables)
         del tables
         df = table.to_pandas(types_mapper=_pandas_types_mapper())
