@@ -8,17 +8,22 @@ events, what was incomplete) goes to a sidecar FILE.meta.json, which analyze rea
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import pandas as pd
 
 from ..errors import UsageProblem
 from ..events.reader import read_recording
 from ..events.segments import run_dirs_under
 from ..events.schema import SCHEMA_VERSION
-from .columns import COLUMNS, EXPORT_DTYPES, sidecar_path
-from .dataset import is_dataset_target, write_dataset
-from .frame import export_frame
-from .write import check_output_path, have_pyarrow, write_export
+from .columns import COLUMNS, EXPORT_DTYPES, NODE, sidecar_path
+from .dataset import DatasetSink, is_dataset_target
+from .frame import PodNames, cast_export, export_frame, fill_categories, finish_export, register_run, with_categories
+from .stream import CATEGORICAL, CHUNK_ROWS, KEYS, TEXT, NotStreamable, Run, merged, read_runs, spill_dir
+from .write import check_output_path, have_pyarrow, write_exports
 
 __all__ = ["COLUMNS", "EXPORT_DTYPES", "ExportResult", "export_recordings", "have_pyarrow", "sidecar_path"]
 
@@ -34,11 +39,13 @@ class ExportResult:
 
 def export_recordings(dirs: Sequence[str | os.PathLike], csv: str | None = None,
                       parquet: str | None = None, raw: bool = False,
-                      progress: Callable[[str, int, int | None], None] | None = None) -> ExportResult:
+                      progress: Callable[[str, int, int | None], None] | None = None,
+                      chunk_rows: int = CHUNK_ROWS) -> ExportResult:
     """Read every recording dir (tolerantly) and write all their events to csv and/or parquet
     ("-": stdout; a directory, or a path ending in '/': a partitioned dataset added to).
     raw: CSV cells exactly as recorded (see sigtrace.export.cells). progress(what, done, total):
-    told after each recording read."""
+    told after each recording read. chunk_rows: rows written at once (the peak is a few chunks,
+    whatever the recordings' size; see sigtrace.export.stream)."""
     if not csv and not parquet:
         raise UsageProblem("nothing to write: give --csv FILE and/or --parquet FILE")
     if csv == "-" and parquet == "-":
@@ -49,11 +56,35 @@ def export_recordings(dirs: Sequence[str | os.PathLike], csv: str | None = None,
             check_output_path(str(path))      # before reading gigabytes
     if parquet and not have_pyarrow():
         raise UsageProblem("--parquet needs pyarrow, which is not installed; pip install pyarrow, or use --csv")
-    # read_recording takes the vectorised pyarrow path (sigtrace.events.fast_reader) for a clean
-    # events.jsonl and the tolerant line-by-line one otherwise; everything after is vectorised.
     # A directory of runs (an agent's root, a `kubectl sigtrace collect` output) is read run by run:
-    # rows do not care, and export_frame adds up each node's runs in its meta.
+    # rows do not care, and each node's meta adds up its runs.
     runs = [run for d in dirs for run in (run_dirs_under(d) or [d])]
+    files = [(str(p), fmt) for p, fmt in ((csv, "csv"), (None if dataset else parquet, "parquet")) if p]
+    if not have_pyarrow():
+        return _export_whole(runs, files, None, raw, progress)
+    try:
+        tmp = spill_dir()
+    except OSError:
+        return _export_whole(runs, files, dataset, raw, progress)     # nowhere to spill: in memory
+    with tmp:
+        try:
+            read = read_runs(runs, Path(tmp.name), chunk_rows, progress)
+        except NotStreamable:
+            # a column the tolerant reader could not type: the whole frame decides its type
+            return _export_whole(runs, files, dataset, raw, progress)
+        metas: dict[str, dict] = {}
+        notes: list[str] = []
+        nodes = [register_run(run.rec, metas, notes) for run in read]
+        names, categories = _whole_export(read, nodes)
+        meta = _sidecar(metas, notes)
+        chunks = (with_categories(finish_export(_cast(df), names), categories)
+                  for df in merged(list(zip(read, nodes))))
+        return _write(chunks, meta, files, dataset, raw, metas, notes)
+
+
+def _export_whole(runs: list, files: list[tuple[str, str]], dataset: str | None, raw: bool,
+                  progress: Callable[[str, int, int | None], None] | None) -> ExportResult:
+    """The export as one frame in memory: without pyarrow, or for a run with untyped columns."""
     recordings = []
     for run in runs:
         recordings.append(read_recording(run))
@@ -61,15 +92,51 @@ def export_recordings(dirs: Sequence[str | os.PathLike], csv: str | None = None,
             progress("recordings read", len(recordings), len(runs))
             progress("events read", sum(len(r.events) for r in recordings), None)
     df, metas, notes = export_frame(recordings)
-    meta = {"schema_version": SCHEMA_VERSION, "columns": list(COLUMNS), "nodes": metas, "notes": notes}
-    written, skipped = [], []
-    for path, fmt in ((csv, "csv"), (None if dataset else parquet, "parquet")):
-        if path:
-            write_export(df, meta, path, fmt, raw=raw)
-            written.append(str(path))
-    if dataset:
-        parts = write_dataset(df, meta, dataset)
-        written += [os.path.join(dataset, p) for p in parts.written]
-        skipped = [os.path.join(dataset, p) for p in parts.skipped]
+    return _write(iter([df]), _sidecar(metas, notes), files, dataset, raw, metas, notes)
+
+
+def _sidecar(metas: dict[str, dict], notes: list[str]) -> dict:
+    return {"schema_version": SCHEMA_VERSION, "columns": list(COLUMNS), "nodes": metas, "notes": notes}
+
+
+def _write(chunks: Iterator[pd.DataFrame], meta: dict, files: list[tuple[str, str]], dataset: str | None,
+           raw: bool, metas: dict[str, dict], notes: list[str]) -> ExportResult:
+    with ExitStack() as stack:
+        sink = stack.enter_context(DatasetSink(dataset, meta)) if dataset else None
+        if sink:
+            chunks = _fed(chunks, sink)
+        rows = write_exports(chunks, meta, files, raw=raw) if files else sum(len(df) for df in chunks)
+    written, skipped = [path for path, _ in files], []
+    if sink:                        # its parts are written as it is closed
+        written += [os.path.join(dataset, p) for p in sink.result.written]
+        skipped = [os.path.join(dataset, p) for p in sink.result.skipped]
     notes = notes + [w for m in metas.values() for w in m["incomplete"]]
-    return ExportResult(rows=len(df), nodes=sorted(metas), written=written, notes=notes, skipped=skipped)
+    return ExportResult(rows=rows, nodes=sorted(metas), written=written, notes=notes, skipped=skipped)
+
+
+def _fed(chunks: Iterator[pd.DataFrame], sink: DatasetSink) -> Iterator[pd.DataFrame]:
+    for df in chunks:
+        sink.write(df)
+        yield df
+
+
+def _cast(df: pd.DataFrame) -> pd.DataFrame:
+    if cast_export(df):         # the runs' columns are typed (NotStreamable otherwise): cannot happen
+        raise RuntimeError("export: a chunk's column could not be cast to the export's type")
+    return df
+
+
+def _whole_export(runs: list[Run], nodes: list[str]) -> tuple[PodNames | None, dict[str, pd.Index]]:
+    """What every chunk needs of the whole export: the pod names (from every run's lifecycle rows,
+    in export order) and each categorical column's categories."""
+    frames = [run.lifecycle.assign(**{NODE: node}) for run, node in zip(runs, nodes)]
+    lifecycle = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    if len(frames) > 1:
+        lifecycle = lifecycle.sort_values("ts", kind="stable", ignore_index=True)
+    cast_export(lifecycle)
+    names = PodNames.of(lifecycle)
+    values = {col: set().union(*(run.values.get(col, set()) for run in runs))
+              for col in {*CATEGORICAL, *TEXT}}
+    values.update(fill_categories(names, values, values))
+    values[NODE] = set(nodes)
+    return names, {col: pd.Index(sorted(v), dtype="str") for col, v in values.items() if col not in KEYS}

@@ -33,8 +33,10 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import secrets
 import stat
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -335,28 +337,75 @@ def write_dataset(df: pd.DataFrame, meta: dict, root: str | os.PathLike) -> Data
     """Add df (the export frame: COLUMNS, sorted by ts) to the dataset at root: per node and UTC day,
     the run's part, replaced (see the module doc). meta is the export's sidecar dict; each part
     carries it with its own node's meta only."""
-    root = Path(root)
-    _check_root(root)
-    try:
-        root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot make {root}: {exc.strerror}; choose a writable directory") from None
-    import pyarrow.dataset as ds
-    part = partitioning()
-    nodes = df[NODE].astype("category")
-    day_codes, days = _utc_days(df["ts"])
-    group = nodes.cat.codes.to_numpy(dtype=np.int64) * len(days) + day_codes
-    out = DatasetWrite()
-    columns = [c for c in df.columns if c != NODE]
-    try:
+    with DatasetSink(root, meta) as sink:
+        sink.write(df)
+    return sink.result
+
+
+class DatasetSink:
+    """The export's rows, given in chunks in ts order, gathered by node and UTC day in temporary
+    files; each (node, day) is then written as write_dataset writes it. The peak is one node's day
+    (and that day's old part), not the export."""
+
+    def __init__(self, root: str | os.PathLike, meta: dict) -> None:
+        self.root, self.meta = Path(root), meta
+        _check_root(self.root)
+        try:
+            self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot make {self.root}: {exc.strerror}; choose a writable directory") from None
+        self.result = DatasetWrite()
+        self._tmp = tempfile.TemporaryDirectory(prefix="sigtrace-dataset-", dir=os.environ.get("SIGTRACE_TMPDIR"))
+        self._groups: dict[tuple[str, str], Path] = {}
+
+    def __enter__(self) -> "DatasetSink":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if exc[0] is None:
+                self._write_parts()
+        finally:
+            self._tmp.cleanup()
+
+    def write(self, df: pd.DataFrame) -> None:
+        """Rows of the export (COLUMNS, categoricals with the whole export's categories), in ts order."""
+        nodes = df[NODE].astype("category")
+        day_codes, days = _utc_days(df["ts"])
+        group = nodes.cat.codes.to_numpy(dtype=np.int64) * len(days) + day_codes
+        columns = [c for c in df.columns if c != NODE]
         for key, rows in pd.Series(group).groupby(group, sort=True).indices.items():
             node, day = str(nodes.cat.categories[key // len(days)]), days[key % len(days)]
-            rel, _ = part.format((ds.field(NODE) == node) & (ds.field(DATE) == day))
-            directory = root
-            for name in rel.split("/"):
-                directory = _subdir(directory, name)
-            name, added = _write_run_part(df.iloc[rows][columns], directory, meta, node)
-            (out.written if added else out.skipped).append(f"{rel}/{name}")
-    except OSError as exc:
-        raise OutputError(f"cannot write the dataset under {root}: {exc.strerror}; choose a writable directory") from None
-    return out
+            path = self._groups.setdefault((node, day), Path(self._tmp.name) / f"{len(self._groups)}.pickle")
+            # pickled: the rows come back with the very dtypes (and categories) they had
+            with open(path, "ab") as fh:
+                pickle.dump(df.iloc[rows][columns], fh, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def _write_parts(self) -> None:
+        import pyarrow.dataset as ds
+        part = partitioning()
+        try:
+            for (node, day), path in sorted(self._groups.items()):
+                rows = _unpickled(path)
+                path.unlink()
+                rel, _ = part.format((ds.field(NODE) == node) & (ds.field(DATE) == day))
+                directory = self.root
+                for name in rel.split("/"):
+                    directory = _subdir(directory, name)
+                name, added = _write_run_part(rows, directory, self.meta, node)
+                (self.result.written if added else self.result.skipped).append(f"{rel}/{name}")
+        except OSError as exc:
+            raise OutputError(f"cannot write the dataset under {self.root}: {exc.strerror}; choose a writable "
+                              "directory") from None
+
+
+def _unpickled(path: Path) -> pd.DataFrame:
+    frames = []
+    with open(path, "rb") as fh:
+        while True:
+            try:
+                frames.append(pickle.load(fh))
+            except EOFError:
+                break
+    # the same categories in every chunk: concat keeps them categorical
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]

@@ -6,6 +6,7 @@ have their JSON `detail` parsed one by one.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from pandas.api.types import is_string_dtype
 from ..events.lifecycle import POD_SEEN
 from ..events.source import Recording
 from ..events.schema import POD_LIFECYCLE, SCHEMA_VERSION
-from .columns import COLUMNS, EXPORT_DTYPES, NODE, SCHEMA_VERSION_COLUMN
+from .columns import COLUMNS, EXPORT_DTYPES, NODE, POD_META_COLUMNS, SCHEMA_VERSION_COLUMN
 
 
 def node_name(rec: Recording) -> tuple[str, str | None]:
@@ -65,21 +66,56 @@ def _filled(recorded: pd.Series, keys: tuple[np.ndarray, pd.Index], names: pd.Se
     return pd.Series(pd.Categorical.from_codes(out, categories=cats), index=recorded.index)
 
 
-def fill_pod_metadata(df: pd.DataFrame) -> None:
+@dataclass
+class PodNames:
+    """What the name fill needs of the whole export: pod_uid -> pod_name/namespace (the last lifecycle
+    row naming the pod, in export order) and container_id -> container name. None: no lifecycle rows,
+    nothing is filled."""
+    by_pod: pd.DataFrame
+    containers: pd.Series
+
+    @classmethod
+    def of(cls, lifecycle: pd.DataFrame) -> "PodNames | None":
+        """From the export's pod_lifecycle rows, cast to EXPORT_DTYPES, in export (ts) order."""
+        if lifecycle.empty:
+            return None
+        by_pod = lifecycle.dropna(subset=["pod_uid"]).groupby("pod_uid", sort=False, observed=True)[
+            ["pod_name", "namespace"]].last()
+        return cls(by_pod, pd.Series(container_names(lifecycle), dtype=object))
+
+
+def is_lifecycle(df: pd.DataFrame) -> np.ndarray:
+    return (df["kind"] == POD_LIFECYCLE).to_numpy(dtype=bool, na_value=False)
+
+
+def fill_pod_metadata(df: pd.DataFrame, names: PodNames | None = None) -> None:
     """Fill pod_name/namespace (by pod_uid) and container_name (by container_id) in place, where
     null, on every event except pod_lifecycle ones: those keep what the watcher wrote (and are all
-    the report reads names from, so analyze reads the filled columns as they are)."""
-    is_lifecycle = (df["kind"] == POD_LIFECYCLE).to_numpy(dtype=bool, na_value=False)
-    lifecycle = df[is_lifecycle]
-    if lifecycle.empty:
+    the report reads names from, so analyze reads the filled columns as they are). names: of the
+    whole export when df is one chunk of it (default: df's own lifecycle rows)."""
+    keep = is_lifecycle(df)
+    if names is None:
+        names = PodNames.of(df[keep])
+    if names is None:
         return
-    by_pod = lifecycle.dropna(subset=["pod_uid"]).groupby("pod_uid", sort=False, observed=True)[
-        ["pod_name", "namespace"]].last()
     pods = pd.factorize(df["pod_uid"])
     for col in ("pod_name", "namespace"):
-        df[col] = _filled(df[col], pods, by_pod[col].dropna(), is_lifecycle)
-    names = pd.Series(container_names(lifecycle), dtype=object)
-    df["container_name"] = _filled(df["container_name"], pd.factorize(df["container_id"]), names, is_lifecycle)
+        df[col] = _filled(df[col], pods, names.by_pod[col].dropna(), keep)
+    df["container_name"] = _filled(df["container_name"], pd.factorize(df["container_id"]), names.containers, keep)
+
+
+def fill_categories(names: PodNames | None, recorded: dict[str, set], keys: dict[str, set]) -> dict[str, set]:
+    """The categories fill_pod_metadata gives each name column over the whole export: its recorded
+    values and the names of every key (pod_uid, container_id) that occurs, as _filled makes them."""
+    out = {col: set(recorded[col]) for col in POD_META_COLUMNS}
+    if names is None:
+        return out
+    for col, key, table in (("pod_name", "pod_uid", names.by_pod["pod_name"].dropna()),
+                            ("namespace", "pod_uid", names.by_pod["namespace"].dropna()),
+                            ("container_name", "container_id", names.containers)):
+        found = pd.Index(sorted(keys[key]), dtype=object).map(table) if keys[key] else pd.Index([])
+        out[col] |= {v for v in found if isinstance(v, str)}
+    return out
 
 
 def _text_categories(s: pd.Series) -> pd.Series:
@@ -87,6 +123,20 @@ def _text_categories(s: pd.Series) -> pd.Series:
     float categories, which Arrow writes as a float column that analyze cannot read as a category."""
     cats = s.cat.categories
     return s if is_string_dtype(cats) else s.cat.rename_categories(cats.astype(str))
+
+
+def register_run(rec: Recording, metas: dict[str, dict], notes: list[str]) -> str:
+    """Add a run's meta to its node's (metas: per node, for the sidecar); its node."""
+    node, note = node_name(rec)
+    if note:
+        notes.append(note)
+    meta = metas.setdefault(node, {**rec.meta, "node": node, "sources": [], "incomplete": []})
+    if meta["sources"]:
+        # the same node recorded twice (two runs): add up what the recorders lost
+        meta["lost_events"] = (meta.get("lost_events") or 0) + (rec.meta.get("lost_events") or 0)
+    meta["sources"].append(rec.source)
+    meta["incomplete"].extend(f"{rec.source}: {what}" for what in rec.incomplete)
+    return node
 
 
 def export_frame(recordings: list[Recording]) -> tuple[pd.DataFrame, dict[str, dict], list[str]]:
@@ -98,19 +148,20 @@ def export_frame(recordings: list[Recording]) -> tuple[pd.DataFrame, dict[str, d
     metas: dict[str, dict] = {}
     notes: list[str] = []
     for rec in recordings:
-        node, note = node_name(rec)
-        if note:
-            notes.append(note)
         df = rec.events.copy()
-        df[NODE] = node
+        df[NODE] = register_run(rec, metas, notes)
         frames.append(df)
-        meta = metas.setdefault(node, {**rec.meta, "node": node, "sources": [], "incomplete": []})
-        if meta["sources"]:
-            # the same node recorded twice (two runs): add up what the recorders lost
-            meta["lost_events"] = (meta.get("lost_events") or 0) + (rec.meta.get("lost_events") or 0)
-        meta["sources"].append(rec.source)
-        meta["incomplete"].extend(f"{rec.source}: {what}" for what in rec.incomplete)
     df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    notes += cast_export(df)
+    if len(frames) > 1:
+        df = df.sort_values("ts", kind="stable", ignore_index=True)
+    return finish_export(df), metas, notes
+
+
+def cast_export(df: pd.DataFrame) -> list[str]:
+    """Add schema_version and cast df (events of the reader's dtypes, with a node column) to
+    EXPORT_DTYPES in place; a note per column that had to stay text."""
+    notes = []
     df[SCHEMA_VERSION_COLUMN] = SCHEMA_VERSION
     # concat turns categoricals with different categories into objects: cast back to the schema
     for col, dtype in EXPORT_DTYPES.items():
@@ -121,10 +172,26 @@ def export_frame(recordings: list[Recording]) -> tuple[pd.DataFrame, dict[str, d
                 # wrongly typed values from a newer or broken recorder: keep them, as text
                 df[col] = df[col].astype("string")
                 notes.append(f"column {col!r} has values that are not {dtype}: exported as text")
-    if len(frames) > 1:
-        df = df.sort_values("ts", kind="stable", ignore_index=True)
-    fill_pod_metadata(df)
+    return notes
+
+
+def finish_export(df: pd.DataFrame, names: PodNames | None = None) -> pd.DataFrame:
+    """The cast frame (in ts order) with pod names filled, text categories, in COLUMNS order.
+    names: of the whole export when df is one chunk of it."""
+    fill_pod_metadata(df, names)
     for col in EXPORT_DTYPES:
         if isinstance(df[col].dtype, pd.CategoricalDtype):
             df[col] = _text_categories(df[col])
-    return df[list(COLUMNS)], metas, notes
+    return df[list(COLUMNS)]
+
+
+def with_categories(df: pd.DataFrame, categories: dict[str, pd.Index]) -> pd.DataFrame:
+    """df's categorical columns with the whole export's categories: every chunk then has the types
+    (dictionary index width) and dictionaries the whole frame would have."""
+    for col, cats in categories.items():
+        s = df[col]
+        out = s.cat.set_categories(cats)
+        if out.isna().sum() != s.isna().sum():      # a value the first pass did not see: never drop it
+            raise RuntimeError(f"export: column {col!r} has a value not seen while reading")
+        df[col] = out
+    return df

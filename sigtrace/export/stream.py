@@ -1,0 +1,331 @@
+"""The export's events in bounded memory: each run read in chunks, spilled, and merged in ts order.
+
+A first pass reads each run once: a clean one (what the recorder writes) in chunks through pyarrow's
+JSON reader, each chunk checked as a whole read checks it and written to a temporary Arrow file, so
+that the peak is one chunk whatever the recording's size. What needs the whole run is gathered on
+the way, a few values per chunk: its pod_lifecycle rows (the name fill), the values of each
+categorical column (the output's dictionaries), whether its ts are in order, its last event.
+
+The second pass gives the rows in the order the whole-frame export (frame.export_frame) has them:
+a run in ts order is read back as it is; one out of order is put in order through its ts array
+(8 bytes an event) and a second spill by rank; several runs are merged chunk by chunk (stably: on
+equal ts, the earlier run first, as a stable sort of their concatenation puts them).
+
+A run that is not clean is read whole by the tolerant reader, as report does: it lists what it
+skips line by line, and such a recording is rarely big.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pandas as pd
+
+from ..events.fast_reader import _complete_part, parse_options, table_frame, table_is_clean
+from ..events.partition import _chunks
+from ..events.reader import read_recording
+from ..events.schema import DTYPES, POD_LIFECYCLE
+from ..events.source import Recording, Source, lost_note, plan_recording, unfinished_note
+from .columns import NODE, POD_META_COLUMNS
+
+CHUNK_ROWS = 1 << 17            # rows per chunk of the second pass (~40 MB as a frame)
+MAX_BUCKETS = 256               # spill files open at once when putting a run in order
+CATEGORICAL = [c for c, d in DTYPES.items() if d == "category"]
+KEYS = ("pod_uid", "container_id")     # what the name fill looks names up by
+TEXT = (*POD_META_COLUMNS, *KEYS)       # text in a run's frame whose values the export needs
+
+
+class NotStreamable(Exception):
+    """A run whose columns the tolerant reader could not type: the whole-frame export handles it."""
+
+
+@dataclass
+class Run:
+    """One run after the first pass: what the export needs of it whole, and its events as chunks."""
+    rec: Recording                  # meta, notes and source; events holds one row only
+    events: int
+    first_ts: float
+    lifecycle: pd.DataFrame         # its pod_lifecycle rows, in its ts order
+    values: dict[str, set] = field(default_factory=dict)    # distinct values: CATEGORICAL and TEXT
+    chunks: Callable[[], Iterator[pd.DataFrame]] = lambda: iter(())
+
+
+# ---- first pass ----------------------------------------------------------------------------------
+class _Gather:
+    """What a run's chunks tell about the whole run, collected as they pass."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.ts: list[np.ndarray] = []
+        self.lifecycle: list[pd.DataFrame] = []
+        self.lc_pos: list[np.ndarray] = []
+        self.values: dict[str, set] = defaultdict(set)
+        self.last: tuple[float, int, pd.DataFrame] | None = None     # (ts, position, one-row frame)
+
+    def add(self, df: pd.DataFrame) -> None:
+        ts = df["ts"].to_numpy(dtype=float)
+        self.ts.append(ts)
+        lc = (df["kind"] == POD_LIFECYCLE).to_numpy(dtype=bool, na_value=False)
+        if lc.any():
+            self.lifecycle.append(df[lc])
+            self.lc_pos.append(self.n + np.flatnonzero(lc))
+        for col in CATEGORICAL:
+            self.values[col] |= {v for v in df[col].cat.categories if isinstance(v, str)}
+        for col in TEXT:
+            self.values[col] |= {v for v in pd.unique(df[col].dropna()) if isinstance(v, str)}
+        top = ts.max()
+        at = len(ts) - 1 - int(np.argmax(ts[::-1] == top))      # the last row at the latest time
+        if self.last is None or top >= self.last[0]:
+            self.last = (float(top), self.n + at, df.iloc[at:at + 1])
+        self.n += len(df)
+
+    def all_ts(self) -> np.ndarray:
+        return np.concatenate(self.ts) if self.ts else np.empty(0)
+
+    def lifecycle_in_order(self, template: pd.DataFrame) -> pd.DataFrame:
+        """The run's pod_lifecycle rows in its (stable) ts order."""
+        if not self.lifecycle:
+            return template.iloc[:0]
+        lc = pd.concat(self.lifecycle, ignore_index=True)
+        pos = np.concatenate(self.lc_pos)
+        return lc.iloc[np.lexsort((pos, lc["ts"].to_numpy(dtype=float)))].reset_index(drop=True)
+
+
+def read_runs(runs: list[Path], tmp: Path, chunk_rows: int = CHUNK_ROWS,
+              progress: Callable[[str, int, int | None], None] | None = None) -> list[Run]:
+    """First pass over every run. Raises NotStreamable for a run the whole-frame export must read."""
+    out: list[Run] = []
+    events = 0
+    for i, run in enumerate(runs):
+        out.append(read_run(run, tmp / f"run-{i}", chunk_rows))
+        events += out[-1].events
+        if progress:
+            progress("recordings read", len(out), len(runs))
+            progress("events read", events, None)
+    return out
+
+
+def read_run(run: Path, spill: Path, chunk_rows: int = CHUNK_ROWS) -> Run:
+    """A run's first pass: clean ones spilled in chunks to spill.*, others read whole."""
+    src = plan_recording(run)           # a DataError here is what read_recording would raise
+    got = _spill_clean(src, spill, chunk_rows)
+    if got is not None:
+        return got
+    rec = read_recording(run, fast=False)
+    df = rec.events
+    if any(str(df[c].dtype) != d for c, d in DTYPES.items()):
+        raise NotStreamable(str(run))
+    gather = _Gather()
+    gather.add(df)
+
+    def chunks() -> Iterator[pd.DataFrame]:
+        for start in range(0, len(df), chunk_rows):
+            yield df.iloc[start:start + chunk_rows]
+    return Run(Recording(df.iloc[:1], rec.meta, rec.incomplete, rec.source), len(df), float(df["ts"].iloc[0]),
+               gather.lifecycle_in_order(df), dict(gather.values), chunks)
+
+
+def _spill_clean(src: Source, spill: Path, chunk_rows: int) -> Run | None:
+    """The Run read_clean_source would read, its events spilled to spill.arrow; None when the run
+    needs the tolerant reader (the same cases as read_clean_source)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.json as pajson
+    except ImportError:
+        return None
+    if not isinstance(src.meta, dict):
+        return None
+    gather, cut_lines, options = _Gather(), [], parse_options()
+    path = spill.with_suffix(".arrow")
+    writer = None
+    try:
+        for label, seg in src.files:
+            size = seg.stat().st_size
+            if size == 0:
+                continue
+            complete, cut_line = _complete_part(seg, size)
+            if cut_line is not None:
+                cut_lines.append(f"{label} line {cut_line}" if label else f"line {cut_line}")
+            for chunk in _chunks(seg, complete):
+                table = pajson.read_json(chunk, parse_options=options)
+                if not table.num_rows:
+                    continue
+                if not table_is_clean(table):
+                    return None
+                if writer is None:
+                    writer = pa.ipc.new_stream(str(path), table.schema)
+                writer.write_table(table, max_chunksize=chunk_rows)
+                df = table_frame(table)         # checks range and vocabulary as a whole read does
+                if df is None:
+                    return None
+                gather.add(df)
+                del df, table
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, ValueError):
+        return None
+    finally:
+        if writer is not None:
+            writer.close()
+    if not gather.n:
+        return None
+    return _clean_run(src, gather, path, spill, cut_lines, chunk_rows)
+
+
+def _clean_run(src: Source, gather: _Gather, path: Path, spill: Path, cut_lines: list[str],
+               chunk_rows: int) -> Run:
+    meta, incomplete = src.meta, list(src.notes)
+    if cut_lines:
+        incomplete.append(f"skipped {len(cut_lines)} truncated last line (first at {cut_lines[0]})")
+    if lost_note(meta):
+        incomplete.append(lost_note(meta))
+    ts = gather.all_ts()
+    last = gather.last[2]                   # its last event in ts order: the whole frame's last row
+    if unfinished_note(meta, last):
+        incomplete.append(unfinished_note(meta, last))
+    if (ts[1:] >= ts[:-1]).all():
+        def chunks() -> Iterator[pd.DataFrame]:
+            return _read_back(path, chunk_rows)
+    else:
+        order = np.argsort(ts, kind="stable")
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        del order
+        buckets = _spill_by_rank(path, rank, spill, max(chunk_rows, math.ceil(len(ts) / MAX_BUCKETS)))
+
+        def chunks() -> Iterator[pd.DataFrame]:
+            return _read_buckets(buckets, chunk_rows)
+    rec = Recording(last, meta, incomplete, str(src.directory))
+    return Run(rec, gather.n, float(ts.min()), gather.lifecycle_in_order(last), dict(gather.values), chunks)
+
+
+def _frame(table) -> pd.DataFrame:
+    df = table_frame(table)
+    if df is None:          # checked in the first pass: the spill file changed under us
+        raise OSError("a temporary spill file changed while being read back")
+    return df
+
+
+def _batches(path: Path) -> Iterator[Any]:
+    """The record batches of a spill file, one at a time (read, not mapped: mapped pages count in RSS)."""
+    import pyarrow as pa
+    with pa.OSFile(str(path)) as fh:
+        yield from pa.ipc.open_stream(fh)
+
+
+def _read_back(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """A run spilled in ts order, as frames of about chunk_rows rows."""
+    import pyarrow as pa
+    acc, n = [], 0
+    for batch in _batches(path):
+        acc.append(batch)
+        n += batch.num_rows
+        if n >= chunk_rows:
+            yield _frame(pa.Table.from_batches(acc))
+            acc, n = [], 0
+    if acc:
+        yield _frame(pa.Table.from_batches(acc))
+
+
+_RANK = "__rank"
+
+
+def _spill_by_rank(path: Path, rank: np.ndarray, spill: Path, bucket_rows: int) -> list[Path]:
+    """A run spilled out of order, spilled again by its rows' places in ts order: bucket k holds the
+    ranks k*bucket_rows.. (k+1)*bucket_rows-1, so each can be put in order alone."""
+    import pyarrow as pa
+    writers: dict[int, Any] = {}
+    paths: dict[int, Path] = {}
+    pos = 0
+    try:
+        for batch in _batches(path):
+            r = rank[pos:pos + batch.num_rows]
+            pos += batch.num_rows
+            table = pa.Table.from_batches([batch]).append_column(_RANK, pa.array(r))
+            bucket = r // bucket_rows
+            for k in np.unique(bucket):
+                if k not in writers:
+                    paths[k] = spill.with_suffix(f".rank-{k}.arrow")
+                    writers[k] = pa.ipc.new_stream(str(paths[k]), table.schema)
+                writers[k].write_table(table.filter(pa.array(bucket == k)))
+    finally:
+        for w in writers.values():
+            w.close()
+    path.unlink()
+    return [paths[k] for k in sorted(paths)]
+
+
+def _read_buckets(buckets: list[Path], chunk_rows: int) -> Iterator[pd.DataFrame]:
+    import pyarrow as pa
+    for bucket in buckets:
+        table = pa.Table.from_batches(list(_batches(bucket)))
+        order = np.argsort(table.column(_RANK).to_numpy(), kind="stable")
+        table = table.drop_columns([_RANK]).take(pa.array(order))
+        for start in range(0, table.num_rows, chunk_rows):
+            yield _frame(table.slice(start, chunk_rows))
+
+
+# ---- second pass: the runs merged in ts order ------------------------------------------------------
+def merged(runs: list[tuple[Run, str]]) -> Iterator[pd.DataFrame]:
+    """Every run's events (with their node) in the order of a stable sort by ts of the runs one after
+    the other, as chunks. A run is read only once the merge reaches its first event."""
+    streams = [_with_node(run.chunks(), node) for run, node in runs]
+    if len(streams) == 1:
+        yield from streams[0]
+        return
+    bound = [run.first_ts for run, _ in runs]      # no row of a run still unread is earlier
+    bufs: list[deque] = [deque() for _ in runs]
+    live = set(range(len(runs)))
+    while live:
+        i = min(live, key=lambda j: (bound[j], j))
+        out = _take_before(bufs, bound[i])
+        if out is not None:
+            yield out
+        nxt = next(streams[i], None)
+        if nxt is None:
+            live.discard(i)
+        elif len(nxt):
+            bufs[i].append(nxt)
+            bound[i] = float(nxt["ts"].iloc[-1])
+    out = _take_before(bufs, math.inf)
+    if out is not None:
+        yield out
+
+
+def _with_node(chunks: Iterator[pd.DataFrame], node: str) -> Iterator[pd.DataFrame]:
+    for df in chunks:
+        df = df.copy(deep=False)
+        df[NODE] = node
+        yield df
+
+
+def _take_before(bufs: list[deque], cut: float) -> pd.DataFrame | None:
+    """The buffered rows with ts < cut (all: cut inf), taken out of the buffers, in stable ts order."""
+    taken = []
+    for buf in bufs:
+        while buf:
+            df = buf[0]
+            ts = df["ts"].to_numpy(dtype=float)
+            n = len(ts) if cut == math.inf else int(np.searchsorted(ts, cut, side="left"))
+            if n == len(ts):
+                taken.append(buf.popleft())
+                continue
+            if n:
+                taken.append(df.iloc[:n])
+                buf[0] = df.iloc[n:]
+            break
+    if not taken:
+        return None
+    df = pd.concat(taken, ignore_index=True) if len(taken) > 1 else taken[0].reset_index(drop=True)
+    ts = df["ts"].to_numpy(dtype=float)
+    if not (ts[1:] >= ts[:-1]).all():
+        df = df.iloc[np.argsort(ts, kind="stable")].reset_index(drop=True)
+    return df
+
+
+def spill_dir() -> tempfile.TemporaryDirectory:
+    return tempfile.TemporaryDirectory(prefix="sigtrace-export-", dir=os.environ.get("SIGTRACE_TMPDIR"))

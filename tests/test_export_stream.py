@@ -1,0 +1,123 @@
+"""export in chunks (sigtrace.export.stream) writes what one frame of the whole export writes: the
+same CSV bytes, the same Parquet rows, types and metadata, the same dataset parts, whatever the
+chunk size, for runs of several nodes interleaved in time, two runs of a node with equal ts, a run
+whose file is out of ts order, and a run only the tolerant reader reads."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from sigtrace.events.reader import read_recording
+from sigtrace.events.schema import SCHEMA_VERSION
+from sigtrace.events.segments import run_dirs_under
+from sigtrace.export import COLUMNS, export_recordings
+from sigtrace.export import cells
+from sigtrace.export.dataset import write_dataset
+from sigtrace.export.frame import export_frame
+from sigtrace.export.write import arrow_table
+
+pa = pytest.importorskip("pyarrow")
+pacsv = pytest.importorskip("pyarrow.csv")
+pq = pytest.importorskip("pyarrow.parquet")
+
+DATA = Path(__file__).parent / "data" / "fleet"
+
+
+def rewritten(src: Path, dst: Path, node: str, order=None, seconds: float = 0.0, garbage: bool = False) -> Path:
+    """A copy of a recording as another node: lines reordered (order: a function of the line list),
+    moved by seconds, with a garbage line (only the tolerant reader reads it)."""
+    shutil.copytree(src, dst)
+    events = [json.loads(line) for line in (dst / "events.jsonl").read_text().splitlines()]
+    for e in events:
+        e["ts"] += seconds
+    lines = [json.dumps(e) for e in (order(events) if order else events)]
+    if garbage:
+        lines.insert(3, "{not json")
+    (dst / "events.jsonl").write_text("\n".join(lines) + "\n")
+    meta = json.loads((dst / "meta.json").read_text())
+    meta.update(node=node, start=meta["start"] + seconds)
+    (dst / "meta.json").write_text(json.dumps(meta))
+    return dst
+
+
+def shuffled(events: list) -> list:
+    return events[1::2][::-1] + events[::2]
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory) -> list[Path]:
+    tmp = tmp_path_factory.mktemp("fleet")
+    root = tmp / "agent-root"              # two runs of one node, the second at the very same ts
+    rewritten(DATA / "node-a", root / "run-1", "twice")
+    rewritten(DATA / "node-a", root / "run-2", "twice")
+    return [DATA / "node-a", DATA / "node-b", root,
+            rewritten(DATA / "node-b", tmp / "shuffled", "shuffled", order=shuffled, seconds=0.5),
+            rewritten(DATA / "node-a", tmp / "dirty", "dirty", seconds=0.25, garbage=True)]
+
+
+def whole(dirs: list[Path]) -> tuple[pd.DataFrame, dict]:
+    """The export as one frame, as export wrote it before it streamed."""
+    df, metas, notes = export_frame([read_recording(r) for d in dirs for r in (run_dirs_under(d) or [d])])
+    return df, {"schema_version": SCHEMA_VERSION, "columns": list(COLUMNS), "nodes": metas, "notes": notes}
+
+
+def test_the_fixture_takes_every_path(fleet):
+    assert not (DATA / "node-a" / "events.jsonl").read_text().startswith("{not")
+    assert "skipped 1 unparsable lines" in " ".join(read_recording(fleet[-1]).incomplete)
+    ts = [json.loads(line)["ts"] for line in (fleet[3] / "events.jsonl").read_text().splitlines()]
+    assert ts != sorted(ts)
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 3, 8, 1000])
+def test_csv_is_byte_identical_to_the_whole_frame(fleet, tmp_path, chunk_rows):
+    df, _ = whole(fleet)
+    want = tmp_path / "whole.csv"
+    pacsv.write_csv(arrow_table(cells.neutralise(df)), str(want), pacsv.WriteOptions(quoting_style="needed"))
+    got = tmp_path / "chunked.csv"
+    result = export_recordings(fleet, csv=str(got), chunk_rows=chunk_rows)
+    assert result.rows == len(df) and len(df) > 70
+    assert got.read_bytes() == want.read_bytes()
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 4, 1000])
+def test_parquet_has_the_whole_frames_rows_types_and_metadata(fleet, tmp_path, chunk_rows):
+    df, meta = whole(fleet)
+    got = tmp_path / "chunked.parquet"
+    export_recordings(fleet, parquet=str(got), chunk_rows=chunk_rows)
+    pq.write_table(arrow_table(df), str(tmp_path / "whole.parquet"), compression="zstd")
+    want, table = pq.read_table(tmp_path / "whole.parquet"), pq.read_table(got)
+    assert table.schema.equals(want.schema, check_metadata=False)
+    assert json.loads(table.schema.metadata[b"sigtrace"]) == json.loads(json.dumps(meta))
+    assert json.loads(table.schema.metadata[b"pandas"]) == json.loads(want.schema.metadata[b"pandas"])
+    # category order is not data (a dictionary's order): values and types are
+    pd.testing.assert_frame_equal(table.to_pandas(), want.to_pandas(), check_categorical=False)
+    sidecar = json.loads((tmp_path / "chunked.parquet.meta.json").read_text())
+    assert sidecar == json.loads(json.dumps(meta, default=str))
+
+
+def test_dataset_parts_are_the_whole_frames(fleet, tmp_path):
+    df, meta = whole(fleet)
+    write_dataset(df, meta, tmp_path / "whole")
+    export_recordings(fleet, parquet=f"{tmp_path / 'chunked'}/", chunk_rows=2)
+    names = sorted(p.relative_to(tmp_path / "whole") for p in (tmp_path / "whole").rglob("*.parquet"))
+    assert names == sorted(p.relative_to(tmp_path / "chunked") for p in (tmp_path / "chunked").rglob("*.parquet"))
+    assert len(names) == 5
+    for name in names:
+        a, b = pq.read_table(tmp_path / "whole" / name), pq.read_table(tmp_path / "chunked" / name)
+        assert a.schema.equals(b.schema, check_metadata=False)
+        pd.testing.assert_frame_equal(a.to_pandas(), b.to_pandas(), check_categorical=False)
+
+
+def test_progress_and_notes_are_kept(fleet, tmp_path):
+    told = []
+    result = export_recordings(fleet, csv=str(tmp_path / "x.csv"), chunk_rows=2,
+                               progress=lambda what, done, total: told.append((what, done, total)))
+    runs = len(fleet) + 1
+    assert told[-2:] == [("recordings read", runs, runs), ("events read", result.rows, None)]
+    _, meta = whole(fleet)
+    assert result.notes == meta["notes"] + [w for m in meta["nodes"].values() for w in m["incomplete"]]
+    assert any("unparsable" in n for n in result.notes)
