@@ -31,8 +31,11 @@ def whole_frame_fleet(paths: list[str]) -> dict:
 
 @pytest.fixture
 def small_pieces(monkeypatch):
-    """Batches of 7 rows, groups of 20 rows, at most 2 spill files open: every path of the spill."""
+    """Batches of 7 rows, CSV blocks of 4 KB, groups of 20 rows, at most 2 spill files open: every
+    path of the spill."""
     monkeypatch.setattr(analyze_read, "BATCH_ROWS", 7)
+    monkeypatch.setattr(analyze_read, "CSV_WHOLE_BYTES", 0)
+    monkeypatch.setattr(analyze_read, "CSV_BLOCK_BYTES", 4096)
     monkeypatch.setattr(parts, "GROUP_ROWS", 20)
     monkeypatch.setattr(parts, "MAX_OPEN", 2)
 

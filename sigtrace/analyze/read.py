@@ -110,13 +110,42 @@ def _one_line(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
 
 
+def _csv_convert(usecols: list[str]):
+    import pyarrow.csv as pacsv
+    types = _arrow_types()
+    return pacsv.ConvertOptions(include_columns=usecols, column_types={c: types[c] for c in usecols},
+                                null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False)
+
+
+def _csv_frames(path: Path, usecols: list[str]) -> Iterator[pd.DataFrame]:
+    """A CSV export as frames: whole when it is small (the fast parallel splitter first), else
+    block by block with the parser that allows newlines inside quoted values (bounded memory)."""
+    if not have_pyarrow():
+        yield _read_csv_pandas(path, usecols)
+        return
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror}") from None
+    if size <= CSV_WHOLE_BYTES:
+        yield _read_csv_arrow(path, usecols)
+        return
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    try:
+        reader = pacsv.open_csv(str(path), read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
+                                parse_options=pacsv.ParseOptions(newlines_in_values=True),
+                                convert_options=_csv_convert(usecols))
+        for batch in reader:
+            yield pa.Table.from_batches([batch]).to_pandas(types_mapper=_pandas_types_mapper())
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{path}: not a readable sigtrace CSV export ({_one_line(exc)})") from None
+
+
 def _read_csv_arrow(path: Path, usecols: list[str]) -> pd.DataFrame:
     import pyarrow as pa
     import pyarrow.csv as pacsv
-    types = _arrow_types()
-    convert = pacsv.ConvertOptions(
-        include_columns=usecols, column_types={c: types[c] for c in usecols},
-        null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False)
+    convert = _csv_convert(usecols)
     last: Exception | None = None
     # Values with newlines inside quotes (a comm can hold one) defeat the fast parallel
     # splitter: try it first, then the slower parser that allows them.
@@ -358,12 +387,15 @@ def _load_sidecar(path: Path, embedded: dict | None, notes: list[str]) -> dict[s
 
 # rows per batch read from a Parquet file or dataset (what one chunk of analyze holds at once)
 BATCH_ROWS = 1 << 18
+CSV_WHOLE_BYTES = 128 << 20      # a bigger CSV export is read block by block
+CSV_BLOCK_BYTES = 32 << 20
 
 
 class ExportReader:
     """The exports' rows in chunks (chunks()), each checked, selected and conformed as
     read_exports reads them; metas and notes fill in as the files are read. The files' rows come
-    in file order; a Parquet file or dataset is read a batch at a time, a CSV file whole."""
+    in file order; a Parquet file or dataset is read a batch at a time, a CSV file a block at a
+    time (whole when small)."""
 
     def __init__(self, paths: Sequence[str], nodes: Sequence[str] = (), since: date | None = None,
                  until: date | None = None, progress: Callable[[str, int, int | None], None] | None = None,
@@ -397,9 +429,7 @@ class ExportReader:
         elif kind == "parquet":
             frames, embedded = _read_parquet(path, self.notes, self.batch_rows)
         else:
-            usecols = _check_columns(path, header or [], self.notes)
-            frames = iter([_read_csv_arrow(path, usecols) if have_pyarrow() else _read_csv_pandas(path, usecols)])
-            embedded = None
+            frames, embedded = _csv_frames(path, _check_columns(path, header or [], self.notes)), None
         side: dict[str, Any] = {}
         file_metas: dict[str, dict] | None = None
         rows = 0
