@@ -9,7 +9,8 @@ import sys
 import time
 from typing import Any
 
-TARGETS = {"ratio": 0.98, "startup_s": 2.0, "rss_mb": 200, "analysis_eps": 1_000_000}
+TARGETS = {"ratio": 0.98, "armed_ratio": 0.95, "startup_s": 2.0, "rss_mb": 200, "analysis_eps": 1_000_000,
+           "analysis_rss_mb": 1536}
 
 
 def _f(x: Any, fmt: str = "{:,.0f}") -> str:
@@ -38,10 +39,10 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     if armed:
         ratio = armed.get("median_paired_ratio")
         lost = armed.get("runs_with_loss")
-        rows.append(("same, pod stopping (armed: every TCP close streamed)",
+        rows.append(("pod stopping (armed; routine closes counted in the kernel): ≥ 0.95 × untraced, 0 lost",
                      f"{_f(ratio, '{:.3f}')}, {lost} of {armed.get('runs')} runs lost events "
                      f"(median {_f(_median(armed.get('lost_events')))} lost)",
-                     _ok((ratio or 0) >= TARGETS["ratio"] and lost == 0),
+                     _ok((ratio or 0) >= TARGETS["armed_ratio"] and lost == 0),
                      armed_note(armed, ov.get("untraced") or {}, r.get("capacity"))))
     st = r.get("startup") or {}
     if st:
@@ -66,12 +67,19 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 note = (f"reading the JSONL is {read['wall_s']:.1f} s of {best['wall_s']:.1f} s; the correlation "
                         f"itself ~{_f(best['events'] / corr if corr > 0 else None)} events/s (profile below)")
             elif stage == "analyze":
-                note = ("Parquet read is fast; the time is the same correlation as report: one pass over "
-                        "the TCP events, then ~1 ms of rules and timeline per pod")
-            elif stage in ("read", "export"):
+                note = ("read by batch, spilled by node and pod; the time is the same correlation as report: "
+                        "the TCP events of ~150k rows at a time, then ~1 ms of rules and timeline per pod")
+            elif stage == "read":
                 note = "pyarrow JSON parse, Arrow → pandas, stable sort by ts (a full copy)"
+            elif stage == "export":
+                note = "pyarrow JSON parse in chunks, a spill, written back in ts order chunk by chunk"
             rows.append((f"{stage} ≥ 1M events/s", f"{_f(best['events_per_s'])} events/s at {_f(best['events'])} events",
                          _ok(best["events_per_s"] >= TARGETS["analysis_eps"]), note))
+            if stage in ("report", "analyze", "export") and best.get("peak_rss_mb"):
+                rows.append((f"{stage} peak RSS ≤ 1.5 GB at the largest size",
+                             f"{_f(best['peak_rss_mb'])} MB at {_f(best['events'])} events",
+                             _ok(best["peak_rss_mb"] <= TARGETS["analysis_rss_mb"]),
+                             "not growing with the recording: one chunk, one part of pods, the reports kept compressed"))
     rows += soak_targets(r.get("soak"))
     return rows
 
@@ -126,7 +134,7 @@ def expected_ratio(bpf: dict, untraced: dict, cpus: int | None) -> str:
 def armed_note(armed: dict, untraced: dict, cap: dict | None) -> str:
     lossless = (cap or {}).get("max_lossless_rate")
     events = [e for e in (armed.get("events") or []) if e]
-    lost = [x for x in (armed.get("lost_events") or []) if x is not None]
+    lost = [x for x in (armed.get("lost_events") or []) if x]
     if not events:
         return ""
     per_run = _median([e + x for e, x in zip(armed.get("events") or [], armed.get("lost_events") or [])])
