@@ -186,7 +186,7 @@ class NodeParts:
         rows: dict[int, int] = {}
         try:
             for path in files:
-                with pa.memory_map(str(path)) as src:
+                with pa.OSFile(str(path)) as src:
                     for batch in pa.ipc.open_stream(src):
                         table = pa.Table.from_batches([batch])
                         for part, mask in pod_routes(table, self.n_parts)[0]:
@@ -232,7 +232,7 @@ class NodeParts:
         with _spilling():
             for part in parts:
                 path = self._dir / f"{part}.arrow"
-                with pa.memory_map(str(path)) as src:
+                with pa.OSFile(str(path)) as src:
                     tables.append(pa.ipc.open_stream(src).read_all())
                 path.unlink()
         table = pa.concat_tables(tables)
