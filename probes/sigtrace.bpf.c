@@ -44,8 +44,12 @@ BPF_ARRAY(config, u64, 3);                             /* [0] arm window (ns), [
 /* socket address -> connection established while armed, deleted when the socket reaches CLOSE: an
  * 8-byte key, and the churn's closed connections never push live ones out of the LRU */
 BPF_TABLE("lru_hash", u64, struct st_conn, conns, 32768);
-/* 4-tuple -> an active closer's counted close, kept past its socket's CLOSE for its orphan's reset */
-BPF_TABLE("lru_hash", struct st_ctuple, struct st_conn, orphans, 16384);
+/* an active closer's counted close, kept past its socket's CLOSE for its orphan's reset: slots in
+ * pairs, a pair chosen by a hash of the 4-tuple (orphan_pair). An array, not a hash map: one per
+ * connection under churn, and an insert into a hash or LRU map cost ~1.3 us of the ~9 us per
+ * connection (loopback churn, armed pod), a copy into a slot almost nothing. */
+#define ST_ORPHAN_SLOTS 16384
+BPF_ARRAY(orphans, struct st_conn, ST_ORPHAN_SLOTS);
 BPF_HASH(close_counts, struct st_close_key, struct st_close_count, 16384);
 #endif
 
@@ -754,15 +758,52 @@ static __always_inline int close_counted_early(u64 sk, int new, u16 *tried)
     return 1;
 }
 
+/* The first of the pair of orphans slots a 4-tuple may use: its 9 words (not the pad) mixed, then
+ * folded so that the high bits (the port pair's dport) reach the index too. */
+static __always_inline u32 orphan_pair(const struct st_ctuple *k)
+{
+    const u32 *w = (const u32 *)k;
+    u32 h = 0x811c9dc5;
+#pragma unroll
+    for (int i = 0; i < 9; i++)
+        h = (h ^ w[i]) * 0x01000193;
+    h ^= h >> 16;
+    h *= 0x85ebca6b;
+    h ^= h >> 13;
+    return (h & (ST_ORPHAN_SLOTS / 2 - 1)) * 2;
+}
+
+/* A slot an orphan of key may take: free (close_ns 0: never used, or taken back), expired, or key's */
+static __always_inline int orphan_slot_usable(struct st_conn *s, const struct st_ctuple *key, u64 now)
+{
+    return !s->close_ns || now - s->close_ns >= ST_ORPHAN_NS || same_tuple(&s->tuple, key);
+}
+
+/* Keep a counted close for its orphan's reset: in its pair's slot already holding its 4-tuple, else a
+ * usable one, else over the older of the two (as an LRU map evicts: that one loses its take-back). */
+static __always_inline void keep_orphan(struct st_conn *c, u64 now)
+{
+    u32 i = orphan_pair(&c->tuple), j = i + 1;
+    struct st_conn *a = orphans.lookup(&i), *b = orphans.lookup(&j);
+    if (!a || !b)
+        return;
+    struct st_conn *slot = a;
+    if (same_tuple(&b->tuple, &c->tuple) ||
+        (!orphan_slot_usable(a, &c->tuple, now) && (orphan_slot_usable(b, &c->tuple, now) || b->close_ns < a->close_ns)))
+        slot = b;
+    __builtin_memcpy(slot, c, sizeof(*c));
+}
+
 /* A socket reached CLOSE: forget its connection; an active closer's counted close moves to orphans. */
 static __always_inline void forget_conn(u64 sk, int old)
 {
-    if (!some_pod_armed())
+    u64 now = some_pod_armed();
+    if (!now)
         return;
     if (old == ST_TCP_FIN_WAIT2 || old == ST_TCP_TIME_WAIT || old == ST_TCP_CLOSING) {
         struct st_conn *c = conns.lookup(&sk);
         if (c && c->close_ns)
-            orphans.update(&c->tuple, c);
+            keep_orphan(c, now);
     }
     conns.delete(&sk);
 }
@@ -811,12 +852,17 @@ static __always_inline void orphan_known(struct st_tcp *t)
 {
     struct st_ctuple key = {};
     tuple_key(&key, t);
-    struct st_conn *c = orphans.lookup(&key);
+    u32 i = orphan_pair(&key), j = i + 1;
+    struct st_conn *a = orphans.lookup(&i), *b = orphans.lookup(&j);
+    if (!a || !b)
+        return;
+    struct st_conn *c = a->close_ns && same_tuple(&a->tuple, &key) ? a :
+                        b->close_ns && same_tuple(&b->tuple, &key) ? b : 0;
     if (!c)
         return;
     if (tcp_now(t) - c->close_ns < ST_ORPHAN_NS)
         emit_known(t, c);
-    orphans.delete(&key);
+    c->close_ns = 0;         /* taken back (or expired): the slot is free */
 }
 
 /* An armed pod's TCP event that would stream: counted instead when it is the routine close of a
@@ -993,14 +1039,16 @@ RAW_TRACEPOINT_PROBE(inet_sock_set_state)
     const u8 *sk = (const u8 *)ctx->args[0];
     int old = (int)ctx->args[1], new = (int)ctx->args[2];
     int listener = is_listener_change(old, new);
-    u16 protocol = 0;
-    bpf_probe_read_kernel(&protocol, sizeof(protocol), sk + ST_SK_PROTOCOL);
-    if (protocol != 6 /* IPPROTO_TCP */)
-        return 0;
-    /* most transitions of a churning server are routine: decided before the socket is read */
+    /* most transitions of a churning server are routine: decided before the socket is read, even
+     * its protocol (one read less per run). SCTP's states (mapped onto TCP's) make no transition
+     * counted there and conns holds TCP sockets only; DCCP's (gone in 6.16) may count as routine. */
     u16 tried = 0;
     u64 now = 0;
     if (counted_early((u64)sk, old, new, listener, &tried, &now))
+        return 0;
+    u16 protocol = 0;
+    bpf_probe_read_kernel(&protocol, sizeof(protocol), sk + ST_SK_PROTOCOL);
+    if (protocol != 6 /* IPPROTO_TCP */)
         return 0;
     /* sock_common: skc_daddr, skc_dport, skc_family; inet_sock: inet_saddr, inet_sport */
     u64 common[(ST_SKC_WIN + 7) / 8], inet[(ST_INET_WIN + 7) / 8];

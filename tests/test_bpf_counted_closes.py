@@ -2,6 +2,9 @@
 
 One recorder, one lab pod (nginx serving a static location) armed as the agent arms a pod being
 deleted, then, in the pod's network namespace:
+  0. the keep-alive race: nginx closes idle keep-alive connections (keepalive_timeout 1 s), then the
+     client sends on each: the server's orphan (FIN_WAIT2 mini socket) resets, which takes back the
+     counted close (it streams, after its handshake);
   1. churn: HTTP requests with `Connection: close` (bench.churn), one connection each: every
      connection's close is either streamed (an example, or the close of a connection open when the
      pod was armed) or counted, so streamed closes plus counted ones add up to the connections made;
@@ -27,6 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 PORT = 8080
 ABORTED = 25
 REFUSED = 15
+KEEPALIVE = 24          # > ST_CLOSE_SAMPLE per bucket: most of their closes are counted, then taken back
 
 # run inside the pod's netns: n connections to 127.0.0.1:PORT, each sends a request and aborts (RST),
 # or, with "refused", n connection attempts (the port no longer listens)
@@ -48,6 +52,28 @@ for _ in range(n):
 print(done)
 """
 
+# run inside the pod's netns: n keep-alive connections, one request each; once nginx closed them idle,
+# send on each (the server side resets); prints the client ports whose connection nginx closed
+KEEPALIVE_CLIENT = r"""
+import json, socket, sys, time
+n, port = int(sys.argv[1]), int(sys.argv[2])
+socks = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(n)]
+for s in socks:
+    s.sendall(b"GET /static HTTP/1.1\r\nHost: pod\r\n\r\n")
+    buf = b""
+    while not buf.endswith(b"ok\n"):
+        buf += s.recv(1000)
+closed = []
+for s in socks:
+    if s.recv(1000) == b"":               # nginx's FIN at keepalive_timeout
+        closed.append(s)
+time.sleep(0.3)                           # every server side reached FIN_WAIT2's mini socket
+for s in closed:
+    s.sendall(b"GET /static HTTP/1.1\r\nHost: pod\r\n\r\n")
+time.sleep(0.3)
+print(json.dumps([s.getsockname()[1] for s in closed]))
+"""
+
 
 def _events(out: Path) -> list[dict]:
     return [json.loads(line) for path in sorted(out.glob("events*.jsonl"))
@@ -58,6 +84,7 @@ def _events(out: Path) -> list[dict]:
 def run(tmp_path_factory):
     require_kernel(bpf=True, tools=TOOLS)
     from bench.overhead import nginx_conf
+    from sigtrace.lab.configs import nginx_time
     from sigtrace.backends.bpf.backend import BpfBackend
     from sigtrace.lab import configs
     from sigtrace.lab.netns import in_netns
@@ -69,7 +96,9 @@ def run(tmp_path_factory):
     recorder = ThreadRecorder(backend, out).start()
     facts: dict = {}
     try:
-        app = configs.write_app_dir(tmp / "app", nginx=nginx_conf(2), fpm=configs.fpm_conf(children=2))
+        conf = nginx_conf(2).replace(f"keepalive_timeout {nginx_time(65)};", f"keepalive_timeout {nginx_time(1)};")
+        assert "keepalive_timeout 1000ms;" in conf
+        app = configs.write_app_dir(tmp / "app", nginx=conf, fpm=configs.fpm_conf(children=2))
         spec = PodSpec(name="churn", layout="cgroupfs", grace_period_s=5, app_dir=app.root,
                        containers=[configs.nginx_container(app), configs.fpm_container(app)])
         with LocalPod(spec) as pod:
@@ -77,6 +106,12 @@ def run(tmp_path_factory):
             time.sleep(1.5)                                  # the recorder's scan found the pod
             facts["armed"] = backend.arm_pod(pod.uid)        # as the agent does when the API deletes it
             time.sleep(0.3)
+            facts["keepalive_from"] = time.time()             # first: the churn reuses its client ports
+            ka = subprocess.run(in_netns(pod.netns, [sys.executable, "-c", KEEPALIVE_CLIENT, str(KEEPALIVE), str(PORT)]),
+                                capture_output=True, text=True, timeout=60, check=True)
+            facts["keepalive_ports"] = json.loads(ka.stdout)
+            facts["keepalive_to"] = time.time()
+            time.sleep(0.5)
             facts["churn_from"] = time.time()
             churn = subprocess.run(in_netns(pod.netns, [sys.executable, "-m", "bench.churn", str(PORT), "1500", "3"]),
                                    capture_output=True, text=True, cwd=REPO, timeout=60, check=True)
@@ -105,8 +140,10 @@ def run(tmp_path_factory):
 
 
 def _conns_of_port(backend, table: str, port: int) -> int:
-    """Entries of the probes' connection map `table` (conns, orphans) whose 4-tuple has `port`."""
-    return sum(1 for v in backend.loaded.bpf[table].values() if port in (v.tuple.sport, v.tuple.dport))
+    """Entries of the probes' connection map `table` (conns, orphans) whose 4-tuple has `port` (an
+    orphans slot holds one while its close_ns is set)."""
+    return sum(1 for v in backend.loaded.bpf[table].values()
+               if port in (v.tuple.sport, v.tuple.dport) and (table != "orphans" or v.close_ns))
 
 
 def _closes(ev: list[dict], uid: str, port_field: str, new_state: str, since: float, until: float) -> tuple[int, int]:
@@ -167,3 +204,21 @@ def test_the_report_counts_them_and_says_the_closes_shown_are_a_sample(run):
     assert stats["client_connections"] >= f["churn"]["connections"] + ABORTED
     assert stats["refused_attempts"] + stats.get("upstream_refused", 0) >= 1, stats
     assert any("counted in the kernel" in e["text"] for e in pod["timeline"])
+
+
+def test_reset_after_an_idle_keepalive_close_takes_the_counted_close_back(run):
+    """nginx closed idle keep-alive connections; the client then sent on each and the server side's
+    orphan reset it. Each such close streams: as one of its bucket's examples, or counted and then
+    taken back at the reset, with the connection's handshake before it (the orphans table)."""
+    f, ev = run["facts"], run["events"]
+    uid, ports = f["uid"], set(f["keepalive_ports"])
+    assert len(ports) == KEEPALIVE, f["keepalive_ports"]
+    ev = [e for e in ev if f["keepalive_from"] - 0.2 <= e["ts"] <= f["keepalive_to"] and e.get("pod_uid") == uid
+          and e.get("sport") == PORT and e.get("dport") in ports]
+    closes = {e["dport"] for e in ev if e["kind"] == "tcp_state" and e.get("old_state") == "ESTABLISHED"
+              and e["new_state"] == "FIN_WAIT1"}
+    resets = {e["dport"] for e in ev if e["kind"] == "tcp_reset_sent"}
+    taken_back = {e["dport"] for e in ev if e["kind"] == "tcp_state" and e["new_state"] == "ESTABLISHED"}
+    assert resets == ports
+    assert closes == ports, sorted(ports - closes)
+    assert len(taken_back) >= KEEPALIVE - 8, len(taken_back)   # at most 4 examples in each of 2 buckets
