@@ -121,3 +121,32 @@ def test_progress_and_notes_are_kept(fleet, tmp_path):
     _, meta = whole(fleet)
     assert result.notes == meta["notes"] + [w for m in meta["nodes"].values() for w in m["incomplete"]]
     assert any("unparsable" in n for n in result.notes)
+
+
+def dataset_rows(root: Path) -> dict[str, pd.DataFrame]:
+    return {str(p.relative_to(root)): pq.read_table(p).to_pandas() for p in sorted(root.rglob("*.parquet"))}
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 3])
+def test_dataset_parts_replaced_in_chunks_are_the_whole_ones(fleet, tmp_path, chunk_rows):
+    """A run's part replaced chunk by chunk (its old rows kept, rows of other parts of the node and day
+    left out, a row the new export holds twice) holds the rows, in the order, one chunk gives."""
+    rec = rewritten(DATA / "node-a", tmp_path / "rec", "grows")
+    other = rewritten(DATA / "node-a", tmp_path / "other", "grows", seconds=3600)
+    lines = (rec / "events.jsonl").read_text().splitlines()
+    roots = {n: tmp_path / f"ds-{n}" for n in (chunk_rows, 10 ** 6)}
+    steps = [lambda: None,
+             # the recorder pruned its oldest events and went on; one event is there twice
+             lambda: (rec / "events.jsonl").write_text("\n".join(lines[6:] + lines[9:10] + [
+                 json.dumps(dict(json.loads(line), ts=json.loads(line)["ts"] + 30)) for line in lines]) + "\n"),
+             lambda: None]
+    for step in steps:
+        step()
+        for n, root in roots.items():
+            export_recordings([other, rec] if step is steps[1] else [rec], parquet=f"{root}/", chunk_rows=n)
+        small, big = (dataset_rows(root) for root in roots.values())
+        assert list(small) == list(big)
+        for name in small:
+            pd.testing.assert_frame_equal(small[name], big[name], check_categorical=False)
+    # the other run's 20; the run's first 20 (6 pruned since, kept), the one twice, 20 more
+    assert sorted(map(len, small.values())) == [20, 41]

@@ -79,7 +79,7 @@ def export_recordings(dirs: Sequence[str | os.PathLike], csv: str | None = None,
         meta = _sidecar(metas, notes)
         chunks = (with_categories(finish_export(_cast(df), names), categories)
                   for df in merged(list(zip(read, nodes))))
-        return _write(chunks, meta, files, dataset, raw, metas, notes)
+        return _write(chunks, meta, files, dataset, raw, metas, notes, chunk_rows)
 
 
 def _export_whole(runs: list, files: list[tuple[str, str]], dataset: str | None, raw: bool,
@@ -100,9 +100,9 @@ def _sidecar(metas: dict[str, dict], notes: list[str]) -> dict:
 
 
 def _write(chunks: Iterator[pd.DataFrame], meta: dict, files: list[tuple[str, str]], dataset: str | None,
-           raw: bool, metas: dict[str, dict], notes: list[str]) -> ExportResult:
+           raw: bool, metas: dict[str, dict], notes: list[str], chunk_rows: int = CHUNK_ROWS) -> ExportResult:
     with ExitStack() as stack:
-        sink = stack.enter_context(DatasetSink(dataset, meta)) if dataset else None
+        sink = stack.enter_context(DatasetSink(dataset, meta, chunk_rows)) if dataset else None
         if sink:
             chunks = _fed(chunks, sink)
         rows = write_exports(chunks, meta, files, raw=raw) if files else sum(len(df) for df in chunks)

@@ -29,6 +29,7 @@ latest export of a run wins) and adds up the runs.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import math
@@ -38,10 +39,11 @@ import secrets
 import stat
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -49,7 +51,8 @@ import pandas as pd
 from ..errors import OutputError, UsageProblem
 from ..events.writer import FILE_MODE, existing_output
 from .columns import NODE, POD_META_COLUMNS
-from .write import arrow_table
+from .stream import CHUNK_ROWS, merge_sorted
+from .write import ParquetSink
 
 DATE = "date"
 DIR_MODE = 0o750
@@ -190,15 +193,28 @@ def _row_keys(df: pd.DataFrame) -> np.ndarray:
     return pd.util.hash_pandas_object(df[cols], index=False).to_numpy()
 
 
+def _full_keys(df: pd.DataFrame) -> np.ndarray:
+    """A hash per row of every column, pod names included (a later export may fill more)."""
+    return pd.util.hash_pandas_object(df, index=False).to_numpy()
+
+
 def _occurrence(keys: np.ndarray) -> np.ndarray:
     """Per row, how many rows before it have the same key (0 for the first)."""
-    return pd.Series(keys).groupby(keys, sort=False).cumcount().to_numpy()
+    if not len(keys):
+        return np.zeros(0, dtype=np.int64)
+    order = np.argsort(keys, kind="stable")
+    ranked = keys[order]
+    at = np.arange(len(keys))
+    starts = np.maximum.accumulate(np.where(np.r_[True, ranked[1:] != ranked[:-1]], at, 0))
+    out = np.empty(len(keys), dtype=np.int64)
+    out[order] = at - starts
+    return out
 
 
 def _counts_at(keys: np.ndarray, of: np.ndarray) -> np.ndarray:
     """Per key in keys, how often it occurs in of."""
-    counts = pd.Series(of).value_counts()
-    return counts.reindex(keys, fill_value=0).to_numpy()
+    of = np.sort(of)
+    return np.searchsorted(of, keys, side="right") - np.searchsorted(of, keys, side="left")
 
 
 def _beyond(keys: np.ndarray, other: np.ndarray) -> np.ndarray:
@@ -227,55 +243,186 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _merged_rows(new: pd.DataFrame, own: pd.DataFrame | None, others: np.ndarray) -> pd.DataFrame:
-    """The run's part: new rows, the old part's rows the new export no longer has (pruned from the
-    recording since), less rows another part of the node and day holds; sorted by ts."""
-    keys = _row_keys(new)
-    frames = [new]
-    if own is not None and len(own):
-        own = _like(own, new)
-        frames.insert(0, own[_beyond(_row_keys(own), keys)])
-    rows = _concat(frames) if len(frames) > 1 else new.reset_index(drop=True)
-    if len(others):
-        rows = rows[_beyond(_row_keys(rows), others)]
-    return rows.sort_values("ts", kind="stable", ignore_index=True)
+Chunks = Callable[[], Iterator[pd.DataFrame]]
+
+
+@dataclass
+class _Rows:
+    """Rows read again and again in chunks, in ts order, and each row's key (_row_keys): 8 bytes a row
+    is what the part's merge holds of them."""
+    chunks: Chunks
+    keys: np.ndarray
+
+
+def _hashes(arrays: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(arrays) if arrays else np.empty(0, dtype=np.uint64)
+
+
+def _scanned(chunks: Chunks) -> _Rows:
+    """chunks with their keys. Rows out of ts order (a part sigtrace did not write) are put in order
+    in memory: sorting equal keys stably keeps which of them count as first, second..."""
+    keys, last, in_order = [], -math.inf, True
+    for df in chunks():
+        keys.append(_row_keys(df))
+        ts = df["ts"].to_numpy(dtype=float)
+        in_order = in_order and bool((np.diff(ts, prepend=last) >= 0).all())
+        last = ts[-1] if len(ts) else last
+    if in_order:
+        return _Rows(chunks, _hashes(keys))
+    whole = _joined(list(chunks()))
+    order = np.argsort(whole["ts"].to_numpy(dtype=float), kind="stable")
+    whole = whole.iloc[order].reset_index(drop=True)
+    return _Rows(lambda: iter([whole]), _hashes(keys)[order])
+
+
+def _joined(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """frames as one: plainly when their dtypes (categories included) agree, else through _concat."""
+    if len(frames) == 1:
+        return frames[0]
+    if all(f.dtypes.equals(frames[0].dtypes) for f in frames):
+        return pd.concat(frames, ignore_index=True)
+    return _concat(frames)
+
+
+def _masked(rows: _Rows, mask: np.ndarray) -> Iterator[pd.DataFrame]:
+    """rows' chunks with only the rows mask keeps."""
+    pos = 0
+    for df in rows.chunks():
+        keep = mask[pos:pos + len(df)]
+        pos += len(df)
+        if keep.any():
+            yield df if keep.all() else df[keep]
+
+
+@dataclass
+class _Merge:
+    """The run's part as masks over the rows that make it: the old part's rows the new export no longer
+    has (pruned from the recording since) and the new rows, less rows another part of the node and
+    day holds; in ts order, the old part's first on equal ts."""
+    own: _Rows | None
+    new: _Rows
+    own_mask: np.ndarray
+    new_mask: np.ndarray
+
+    @classmethod
+    def of(cls, new: _Rows, own: _Rows | None, others: np.ndarray) -> "_Merge":
+        own_mask = _beyond(own.keys, new.keys) if own is not None else np.zeros(0, dtype=bool)
+        new_mask = np.ones(len(new.keys), dtype=bool)
+        if len(others):
+            kept = np.flatnonzero(own_mask)
+            keep = _beyond(np.concatenate([own.keys[kept], new.keys]) if own is not None else new.keys, others)
+            own_mask[kept] = keep[:len(kept)]
+            new_mask = keep[len(kept):]
+        return cls(own, new, own_mask, new_mask)
+
+    @property
+    def rows(self) -> int:
+        return int(self.own_mask.sum() + self.new_mask.sum())
+
+    def sources(self) -> list[tuple[_Rows, np.ndarray]]:
+        """(rows, mask) of the part's rows, the old part's first: on equal ts they come first."""
+        new = (self.new, self.new_mask)
+        return [new] if self.own is None else [(self.own, self.own_mask), new]
+
+    def same_as_own(self) -> bool:
+        """Whether the part would hold the rows the old one holds, pod names included."""
+        if self.own is None or self.rows != len(self.own.keys):
+            return False
+        own = _hashes([_full_keys(df) for df in self.own.chunks()])
+        merged = _hashes([own[self.own_mask], *(_full_keys(df) for df in _masked(self.new, self.new_mask))])
+        return bool((np.sort(merged) == np.sort(own)).all())
+
+    def chunks(self, like: pd.DataFrame) -> Iterator[pd.DataFrame]:
+        """The part's rows in chunks of like's dtypes, categoricals with the categories its rows use
+        (a part must not carry other nodes' pod names), which every chunk carries: one Parquet type."""
+        cats = self._categories(like)
+        yield _recategorised(like, cats)           # the schema, even when no row is left
+        streams = [(_recategorised(df, cats) for df in _masked(rows, mask)) for rows, mask in self.sources()]
+        yield from merge_sorted(streams, [-math.inf] * len(streams))
+
+    def _categories(self, like: pd.DataFrame) -> dict[str, pd.Index]:
+        used: dict[str, set] = {c: set() for c in like.columns if isinstance(like[c].dtype, pd.CategoricalDtype)}
+        for rows, mask in self.sources():
+            for df in _masked(rows, mask):
+                for col, values in used.items():
+                    s = _text_categories(df[col], like[col].cat.categories.dtype)
+                    codes = s.cat.codes.to_numpy()
+                    values.update(s.cat.categories[np.unique(codes[codes >= 0])])
+        return {c: pd.Index(sorted(v), dtype=like[c].cat.categories.dtype) for c, v in used.items()}
+
+
+def _text_categories(s: pd.Series, text: Any) -> pd.Series:
+    """s's categories typed text (the new rows' are text; an older part's may be typed otherwise)."""
+    return s if s.cat.categories.dtype == text else s.cat.rename_categories(s.cat.categories.astype(text))
+
+
+def _recategorised(df: pd.DataFrame, cats: dict[str, pd.Index]) -> pd.DataFrame:
+    """df with cats as its categorical columns' categories."""
+    out = df.copy(deep=False)
+    for col, categories in cats.items():
+        out[col] = _text_categories(df[col], categories.dtype).cat.set_categories(categories)
+    return out.reset_index(drop=True)
 
 
 # ---- parts on disk, relative to their directory's descriptor -----------------------------------------
-def _read_part(dir_fd: int, directory: Path, name: str, columns: list[str] | None = None) -> tuple[pd.DataFrame, dict]:
-    """A part of this directory (never through a link, never a FIFO or device): rows and node metas."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OutputError(f"{directory / name} is not a regular file; the dataset was changed by someone else")
+class _Part:
+    """A part of this directory, opened once (never through a link, never a FIFO or device) and read
+    in chunks."""
+
+    def __init__(self, dir_fd: int, directory: Path, name: str) -> None:
+        import pyarrow.parquet as pq
+        self.path = directory / name
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+        self.fh = os.fdopen(fd, "rb")
         try:
-            pf = pq.ParquetFile(fh)
-            present = [c for c in (columns or pf.schema_arrow.names) if c in pf.schema_arrow.names]
-            table = pf.read(columns=present)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OutputError(f"{self.path} is not a regular file; the dataset was changed by someone else")
+            with self._readable():
+                self.pf = pq.ParquetFile(self.fh)
+        except BaseException:
+            self.fh.close()
+            raise
+
+    @contextmanager
+    def _readable(self) -> Iterator[None]:
+        import pyarrow as pa
+        try:
+            yield
         except (pa.ArrowException, ValueError) as exc:
             why = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            raise OutputError(f"{directory / name}: not a readable Parquet part ({why}); move it out of the "
+            raise OutputError(f"{self.path}: not a readable Parquet part ({why}); move it out of the "
                               "dataset to add this run's part beside it") from None
-    types = {pa.int64(): pd.Int64Dtype(), pa.string(): pd.StringDtype(), pa.large_string(): pd.StringDtype()}
-    raw = (pf.schema_arrow.metadata or {}).get(b"sigtrace")
-    try:
-        nodes = json.loads(raw).get("nodes") if raw else None
-    except (ValueError, AttributeError):
-        nodes = None
-    return table.to_pandas(types_mapper=types.get), nodes if isinstance(nodes, dict) else {}
+
+    def nodes(self) -> dict:
+        """The node metas the part embeds."""
+        raw = (self.pf.schema_arrow.metadata or {}).get(b"sigtrace")
+        try:
+            nodes = json.loads(raw).get("nodes") if raw else None
+        except (ValueError, AttributeError):
+            nodes = None
+        return nodes if isinstance(nodes, dict) else {}
+
+    def frames(self, like: pd.DataFrame, chunk_rows: int) -> Iterator[pd.DataFrame]:
+        """The part's rows as chunks of like's columns and dtypes (_like)."""
+        import pyarrow as pa
+        types = {pa.int64(): pd.Int64Dtype(), pa.string(): pd.StringDtype(), pa.large_string(): pd.StringDtype()}
+        names = self.pf.schema_arrow.names
+        with self._readable():
+            for batch in self.pf.iter_batches(batch_size=chunk_rows, columns=[c for c in like.columns if c in names]):
+                yield _like(pa.Table.from_batches([batch]).to_pandas(types_mapper=types.get), like)
+
+    def close(self) -> None:
+        self.fh.close()
 
 
-def _replace_part(table, dir_fd: int, name: str) -> None:
-    """table as dir/name: a new hidden file (O_EXCL, no link followed), fsynced, renamed over name."""
-    import pyarrow.parquet as pq
+def _replace_part(write: Callable[[BinaryIO], None], dir_fd: int, name: str) -> None:
+    """dir/name written by write: a new hidden file (O_EXCL, no link followed), fsynced, renamed over name."""
     tmp = f".part-{secrets.token_hex(8)}.tmp"            # hidden from readers (and _part_files)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE,
                  dir_fd=dir_fd)
     try:
         with os.fdopen(fd, "wb") as fh:
-            pq.write_table(table, fh, compression="zstd")
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
@@ -292,63 +439,70 @@ def _part_names(dir_fd: int) -> list[str]:
     return sorted(n for n in os.listdir(dir_fd) if n.endswith(".parquet") and not n.startswith((".", "_")))
 
 
-def _write_run_part(rows: pd.DataFrame, directory: Path, meta: dict, node: str) -> tuple[str, bool]:
+def _write_run_part(new: Chunks, directory: Path, meta: dict, node: str,
+                    chunk_rows: int = CHUNK_ROWS) -> tuple[str, bool]:
     """This run's part of one node and day, replaced by the union with what it held: (its file name,
-    whether it was written rather than already holding these rows)."""
+    whether it was written rather than already holding these rows). new: the rows (at least one), in
+    chunks in ts order; the peak is a few chunks and 8 bytes a row of every part of the node and day."""
     # as it reads back from the part (JSON), to tell whether the run's meta changed since
     node_meta = json.loads(json.dumps(meta.get("nodes", {}).get(node, {"node": node}), sort_keys=True, default=str))
     name = f"part-{run_key(node_meta)}.parquet"
     dir_fd = os.open(directory, _DIR_FLAGS)
+    opened: list[_Part] = []
     try:
         fcntl.flock(dir_fd, fcntl.LOCK_EX)               # another export of this node and day waits
-        names = _part_names(dir_fd)
-        own, own_metas = _read_part(dir_fd, directory, name) if name in names else (None, {})
-        key_cols = [c for c in rows.columns if c not in POD_META_COLUMNS]
-        others = [_like(_read_part(dir_fd, directory, n, key_cols)[0], rows[key_cols]) for n in names if n != name]
-        other_keys = np.concatenate([_row_keys(o) for o in others]) if others else np.empty(0, np.uint64)
-        merged = _merged_rows(rows, own, other_keys)
-        same_meta = [{k: v for k, v in m.items() if k != EXPORTED_AT} for m in own_metas.values()] == [node_meta]
-        if own is not None and same_meta and _same_rows(merged, _like(own, rows)):
-            return name, False
-        if own is None and merged.empty:
-            return name, False                            # every row is in another part already
+        like = _template(new)
+        keyed = like[[c for c in like.columns if c not in POD_META_COLUMNS]]
+        for n in _part_names(dir_fd):
+            opened.append(_Part(dir_fd, directory, n))
+        own = next((p for p in opened if p.path.name == name), None)
+        others = _hashes([_row_keys(df) for p in opened if p is not own for df in p.frames(keyed, chunk_rows)])
+        merge = _Merge.of(_scanned(new), _scanned(lambda: own.frames(like, chunk_rows)) if own else None, others)
+        own_metas = [{k: v for k, v in m.items() if k != EXPORTED_AT} for m in own.nodes().values()] if own else []
+        if (own_metas == [node_meta] and merge.same_as_own()) or (own is None and not merge.rows):
+            return name, False                            # nothing new, or every row in another part already
         stamped = dict(node_meta, **{EXPORTED_AT: time.time()})
-        part_meta = dict(meta, nodes={node: stamped})
-        table = arrow_table(_own_categories(merged))
-        schema_meta = dict(table.schema.metadata or {})
-        schema_meta[b"sigtrace"] = json.dumps(part_meta, sort_keys=True, default=str).encode()
-        _replace_part(table.replace_schema_metadata(schema_meta), dir_fd, name)
+        part_meta = json.dumps(dict(meta, nodes={node: stamped}), sort_keys=True, default=str).encode()
+        _replace_part(lambda fh: _write_chunks(merge.chunks(like), ParquetSink(fh, part_meta)), dir_fd, name)
         return name, True
     finally:
+        for part in opened:
+            part.close()
         os.close(dir_fd)                                  # releases the lock
 
 
-def _same_rows(a: pd.DataFrame, b: pd.DataFrame) -> bool:
-    """Whether a and b hold the same rows, pod names included (a later export may fill more)."""
-    if len(a) != len(b):
-        return False
-    full = list(a.columns)
-    ha = np.sort(pd.util.hash_pandas_object(a[full], index=False).to_numpy())
-    hb = np.sort(pd.util.hash_pandas_object(b[full], index=False).to_numpy())
-    return bool((ha == hb).all())
+def _template(chunks: Chunks) -> pd.DataFrame:
+    """No rows, the columns and dtypes of chunks' rows."""
+    first = chunks()
+    try:
+        return next(first).iloc[:0]
+    finally:
+        first.close()
 
 
-def write_dataset(df: pd.DataFrame, meta: dict, root: str | os.PathLike) -> DatasetWrite:
+def _write_chunks(chunks: Iterator[pd.DataFrame], sink: ParquetSink) -> None:
+    for df in chunks:
+        sink.write(df)
+    sink.close()
+
+
+def write_dataset(df: pd.DataFrame, meta: dict, root: str | os.PathLike,
+                  chunk_rows: int = CHUNK_ROWS) -> DatasetWrite:
     """Add df (the export frame: COLUMNS, sorted by ts) to the dataset at root: per node and UTC day,
     the run's part, replaced (see the module doc). meta is the export's sidecar dict; each part
     carries it with its own node's meta only."""
-    with DatasetSink(root, meta) as sink:
+    with DatasetSink(root, meta, chunk_rows) as sink:
         sink.write(df)
     return sink.result
 
 
 class DatasetSink:
     """The export's rows, given in chunks in ts order, gathered by node and UTC day in temporary
-    files; each (node, day) is then written as write_dataset writes it. The peak is one node's day
-    (and that day's old part), not the export."""
+    files; each (node, day) is then written as write_dataset writes it, chunk_rows rows at a time:
+    the peak is a few chunks and 8 bytes a row of the node's day, not the export."""
 
-    def __init__(self, root: str | os.PathLike, meta: dict) -> None:
-        self.root, self.meta = Path(root), meta
+    def __init__(self, root: str | os.PathLike, meta: dict, chunk_rows: int = CHUNK_ROWS) -> None:
+        self.root, self.meta, self.chunk_rows = Path(root), meta, chunk_rows
         _check_root(self.root)
         try:
             self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
@@ -386,26 +540,34 @@ class DatasetSink:
         part = partitioning()
         try:
             for (node, day), path in sorted(self._groups.items()):
-                rows = _unpickled(path)
-                path.unlink()
                 rel, _ = part.format((ds.field(NODE) == node) & (ds.field(DATE) == day))
                 directory = self.root
                 for name in rel.split("/"):
                     directory = _subdir(directory, name)
-                name, added = _write_run_part(rows, directory, self.meta, node)
+                chunks = functools.partial(_unpickled, path, self.chunk_rows)
+                name, added = _write_run_part(chunks, directory, self.meta, node, self.chunk_rows)
+                path.unlink()
                 (self.result.written if added else self.result.skipped).append(f"{rel}/{name}")
         except OSError as exc:
             raise OutputError(f"cannot write the dataset under {self.root}: {exc.strerror}; choose a writable "
                               "directory") from None
 
 
-def _unpickled(path: Path) -> pd.DataFrame:
-    frames = []
+def _unpickled(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """A node-day's rows back from its temporary file, in chunks of about chunk_rows (what the export
+    gave, a node's share of each of its chunks, put together)."""
+    acc: list[pd.DataFrame] = []
+    n = 0
     with open(path, "rb") as fh:
         while True:
             try:
-                frames.append(pickle.load(fh))
+                df = pickle.load(fh)
             except EOFError:
                 break
-    # the same categories in every chunk: concat keeps them categorical
-    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+            acc.append(df)
+            n += len(df)
+            if n >= chunk_rows:
+                yield _joined(acc)
+                acc, n = [], 0
+    if acc:
+        yield _joined(acc)

@@ -273,13 +273,20 @@ def _read_buckets(buckets: list[Path], chunk_rows: int) -> Iterator[pd.DataFrame
 def merged(runs: list[tuple[Run, str]]) -> Iterator[pd.DataFrame]:
     """Every run's events (with their node) in the order of a stable sort by ts of the runs one after
     the other, as chunks. A run is read only once the merge reaches its first event."""
-    streams = [_with_node(run.chunks(), node) for run, node in runs]
+    yield from merge_sorted([_with_node(run.chunks(), node) for run, node in runs],
+                            [run.first_ts for run, _ in runs])
+
+
+def merge_sorted(streams: list[Iterator[pd.DataFrame]], bound: list[float]) -> Iterator[pd.DataFrame]:
+    """Chunks of several streams, each in ts order, as one stream in the order of a stable sort by ts
+    of the streams one after the other. bound: per stream, no row of it is earlier (-inf: unknown).
+    Chunks of the streams must have the same dtypes (categories included) to stay categorical."""
     if len(streams) == 1:
         yield from streams[0]
         return
-    bound = [run.first_ts for run, _ in runs]      # no row of a run still unread is earlier
-    bufs: list[deque] = [deque() for _ in runs]
-    live = set(range(len(runs)))
+    bound = list(bound)
+    bufs: list[deque] = [deque() for _ in streams]
+    live = set(range(len(streams)))
     while live:
         i = min(live, key=lambda j: (bound[j], j))
         out = _take_before(bufs, bound[i])

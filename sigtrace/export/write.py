@@ -15,7 +15,7 @@ import sys
 import tempfile
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 import pandas as pd
 
@@ -73,16 +73,17 @@ class _CsvSink:
         self.fh.close()
 
 
-class _ParquetSink:
+class ParquetSink:
     """Parquet written chunk by chunk into row groups of about ROW_GROUP rows. The schema is the first
-    chunk's: chunks must carry the whole export's categories (dictionaries), which fix the types."""
+    chunk's: chunks must carry the whole file's categories (dictionaries), which fix the types.
+    where: a path or an open binary file (left open); meta: the JSON embedded as b"sigtrace"."""
 
     ROW_GROUP = 1 << 18
 
-    def __init__(self, tmp: Path, meta: dict) -> None:
+    def __init__(self, where: Path | BinaryIO, meta: bytes) -> None:
         if not have_pyarrow():
             raise UsageProblem("--parquet needs pyarrow, which is not installed; pip install pyarrow, or use --csv")
-        self.tmp, self.meta = tmp, meta
+        self.where, self.meta = where, meta
         self.writer = self.schema = None
         self.pending: list = []
         self.rows = 0
@@ -93,9 +94,10 @@ class _ParquetSink:
         if self.writer is None:
             # the per-node meta travels inside the Parquet file as well as in the sidecar
             schema_meta = dict(table.schema.metadata or {})
-            schema_meta[b"sigtrace"] = json.dumps(self.meta).encode()
+            schema_meta[b"sigtrace"] = self.meta
             self.schema = table.schema.with_metadata(schema_meta)
-            self.writer = pq.ParquetWriter(str(self.tmp), self.schema, compression="zstd")
+            where = str(self.where) if isinstance(self.where, Path) else self.where
+            self.writer = pq.ParquetWriter(where, self.schema, compression="zstd")
         if not table.schema.equals(self.schema, check_metadata=False):
             table = table.cast(self.schema)
         self.pending.append(table.replace_schema_metadata(None))
@@ -116,7 +118,7 @@ class _ParquetSink:
 
 
 def _sink(fmt: str, tmp: Path, meta: dict, raw: bool):
-    return _CsvSink(tmp, raw) if fmt == "csv" else _ParquetSink(tmp, meta)
+    return _CsvSink(tmp, raw) if fmt == "csv" else ParquetSink(tmp, json.dumps(meta).encode())
 
 
 STDOUT = "-"
