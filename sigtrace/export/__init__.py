@@ -16,6 +16,7 @@ from typing import Callable, Iterator, Sequence
 import pandas as pd
 
 from ..errors import UsageProblem
+from ..events.partition import SpillFailed, _spill_warning
 from ..events.reader import read_recording
 from ..events.segments import run_dirs_under
 from ..events.schema import SCHEMA_VERSION
@@ -64,7 +65,8 @@ def export_recordings(dirs: Sequence[str | os.PathLike], csv: str | None = None,
         return _export_whole(runs, files, None, raw, progress)
     try:
         tmp = spill_dir()
-    except OSError:
+    except OSError as exc:
+        _spill_warning(SpillFailed(exc))
         return _export_whole(runs, files, dataset, raw, progress)     # nowhere to spill: in memory
     with tmp:
         try:

@@ -496,6 +496,14 @@ def write_dataset(df: pd.DataFrame, meta: dict, root: str | os.PathLike,
     return sink.result
 
 
+def _no_room(exc: OSError) -> OutputError:
+    """The disk refusing the rows gathered by node and day (full, a missing SIGTRACE_TMPDIR) is one
+    line: the rows already given cannot be read again in memory instead."""
+    where = os.environ.get("SIGTRACE_TMPDIR") or tempfile.gettempdir()
+    return OutputError(f"export cannot write its temporary files in {where} ({exc.strerror or exc}); "
+                       "set SIGTRACE_TMPDIR to a directory with room (about the export's size)")
+
+
 class DatasetSink:
     """The export's rows, given in chunks in ts order, gathered by node and UTC day in temporary
     files; each (node, day) is then written as write_dataset writes it, chunk_rows rows at a time:
@@ -509,7 +517,10 @@ class DatasetSink:
         except OSError as exc:
             raise OutputError(f"cannot make {self.root}: {exc.strerror}; choose a writable directory") from None
         self.result = DatasetWrite()
-        self._tmp = tempfile.TemporaryDirectory(prefix="sigtrace-dataset-", dir=os.environ.get("SIGTRACE_TMPDIR"))
+        try:
+            self._tmp = tempfile.TemporaryDirectory(prefix="sigtrace-dataset-", dir=os.environ.get("SIGTRACE_TMPDIR"))
+        except OSError as exc:
+            raise _no_room(exc) from None
         self._groups: dict[tuple[str, str], Path] = {}
 
     def __enter__(self) -> "DatasetSink":
@@ -532,8 +543,11 @@ class DatasetSink:
             node, day = str(nodes.cat.categories[key // len(days)]), days[key % len(days)]
             path = self._groups.setdefault((node, day), Path(self._tmp.name) / f"{len(self._groups)}.pickle")
             # pickled: the rows come back with the very dtypes (and categories) they had
-            with open(path, "ab") as fh:
-                pickle.dump(df.iloc[rows][columns], fh, protocol=pickle.HIGHEST_PROTOCOL)
+            try:
+                with open(path, "ab") as fh:
+                    pickle.dump(df.iloc[rows][columns], fh, protocol=pickle.HIGHEST_PROTOCOL)
+            except OSError as exc:
+                raise _no_room(exc) from None
 
     def _write_parts(self) -> None:
         import pyarrow.dataset as ds

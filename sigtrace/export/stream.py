@@ -12,7 +12,8 @@ a run in ts order is read back as it is; one out of order is put in order throug
 equal ts, the earlier run first, as a stable sort of their concatenation puts them).
 
 A run that is not clean is read whole by the tolerant reader, as report does: it lists what it
-skips line by line, and such a recording is rarely big.
+skips line by line, and such a recording is rarely big. So is a run whose spill the disk refuses
+(full, a missing SIGTRACE_TMPDIR), which one warning line on stderr says, as report says it.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from ..events.fast_reader import _complete_part, parse_options, table_frame, table_is_clean
-from ..events.partition import _chunks
+from ..events.partition import SpillFailed, _chunks, _close_quietly, _spill_warning, _spilling
 from ..events.reader import read_recording
 from ..events.schema import DTYPES, POD_LIFECYCLE
 from ..events.source import Recording, Source, lost_note, plan_recording, unfinished_note
@@ -133,7 +134,7 @@ def read_run(run: Path, spill: Path, chunk_rows: int = CHUNK_ROWS) -> Run:
 
 def _spill_clean(src: Source, spill: Path, chunk_rows: int) -> Run | None:
     """The Run read_clean_source would read, its events spilled to spill.arrow; None when the run
-    needs the tolerant reader (the same cases as read_clean_source)."""
+    needs the tolerant reader (the same cases as read_clean_source) or the spill failed (said on stderr)."""
     try:
         import pyarrow as pa
         import pyarrow.json as pajson
@@ -158,22 +159,40 @@ def _spill_clean(src: Source, spill: Path, chunk_rows: int) -> Run | None:
                     continue
                 if not table_is_clean(table):
                     return None
-                if writer is None:
-                    writer = pa.ipc.new_stream(str(path), table.schema)
-                writer.write_table(table, max_chunksize=chunk_rows)
+                with _spilling():
+                    if writer is None:
+                        writer = pa.ipc.new_stream(str(path), table.schema)
+                    writer.write_table(table, max_chunksize=chunk_rows)
                 df = table_frame(table)         # checks range and vocabulary as a whole read does
                 if df is None:
                     return None
                 gather.add(df)
                 del df, table
+        with _spilling():
+            writer, last = None, writer
+            if last is not None:
+                last.close()                    # its last bytes go out as it is closed
+    except SpillFailed as exc:
+        return _given_up(spill, exc)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, ValueError):
         return None
     finally:
-        if writer is not None:
-            writer.close()
+        _close_quietly({0: writer} if writer is not None else {})
     if not gather.n:
         return None
-    return _clean_run(src, gather, path, spill, cut_lines, chunk_rows)
+    try:
+        return _clean_run(src, gather, path, spill, cut_lines, chunk_rows)
+    except SpillFailed as exc:
+        return _given_up(spill, exc)
+
+
+def _given_up(spill: Path, why: SpillFailed) -> None:
+    """The disk refused the run's spill: its files go (they hold room the next run needs), and the
+    run is read whole (None: the tolerant reader's), which stderr says once."""
+    for path in spill.parent.glob(f"{spill.name}.*"):
+        path.unlink(missing_ok=True)
+    _spill_warning(why)
+    return None
 
 
 def _clean_run(src: Source, gather: _Gather, path: Path, spill: Path, cut_lines: list[str],
@@ -195,7 +214,8 @@ def _clean_run(src: Source, gather: _Gather, path: Path, spill: Path, cut_lines:
         rank = np.empty_like(order)
         rank[order] = np.arange(len(order))
         del order
-        buckets = _spill_by_rank(path, rank, spill, max(chunk_rows, math.ceil(len(ts) / MAX_BUCKETS)))
+        with _spilling():
+            buckets = _spill_by_rank(path, rank, spill, max(chunk_rows, math.ceil(len(ts) / MAX_BUCKETS)))
 
         def chunks() -> Iterator[pd.DataFrame]:
             return _read_buckets(buckets, chunk_rows)
@@ -252,9 +272,10 @@ def _spill_by_rank(path: Path, rank: np.ndarray, spill: Path, bucket_rows: int) 
                     paths[k] = spill.with_suffix(f".rank-{k}.arrow")
                     writers[k] = pa.ipc.new_stream(str(paths[k]), table.schema)
                 writers[k].write_table(table.filter(pa.array(bucket == k)))
+        while writers:
+            writers.popitem()[1].close()
     finally:
-        for w in writers.values():
-            w.close()
+        _close_quietly(writers)             # after a failure: the files go anyway (_given_up)
     path.unlink()
     return [paths[k] for k in sorted(paths)]
 
