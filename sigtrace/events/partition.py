@@ -193,6 +193,43 @@ def _chunks(path: Path, complete: int) -> Iterator[Any]:
             yield pa.BufferReader(pa.py_buffer(rest))
 
 
+class CleanChunks:
+    """A clean recording's events as pyarrow tables (about CHUNK_BYTES of its JSON each), in file
+    order: iterating gives (table, position of its first row); a table the tolerant reader would not
+    read as it is (table_is_clean) raises NotClean. A truncated last line of a file is left out, and
+    said by note(). sizes: the files' sizes, when the caller has them already."""
+
+    def __init__(self, src: Source, sizes: list[int] | None = None) -> None:
+        self.src, self.sizes = src, sizes
+        self.cut_lines: list[str] = []
+        self.rows = 0
+
+    def __iter__(self) -> Iterator[tuple[Any, int]]:
+        import pyarrow.json as pajson
+        options = parse_options()
+        for i, (label, path) in enumerate(self.src.files):
+            size = self.sizes[i] if self.sizes is not None else path.stat().st_size
+            if size == 0:
+                continue
+            complete, cut_line = _complete_part(path, size)
+            if cut_line is not None:
+                self.cut_lines.append(f"{label} line {cut_line}" if label else f"line {cut_line}")
+            for chunk in _chunks(path, complete):
+                table = pajson.read_json(chunk, parse_options=options)
+                if not table.num_rows:
+                    continue
+                if not table_is_clean(table):
+                    raise NotClean(str(path))
+                yield table, self.rows
+                self.rows += table.num_rows
+
+    def note(self) -> str | None:
+        """What the incomplete list says of the truncated last lines left out."""
+        if not self.cut_lines:
+            return None
+        return f"skipped {len(self.cut_lines)} truncated last line (first at {self.cut_lines[0]})"
+
+
 def split_recording(src: Source, part_bytes: int = PART_BYTES,
                     progress: Callable[[str, int, int | None], None] | None = None) -> PodParts | None:
     """The recording as parts by pod, or None when it is not clean or small enough to read whole
@@ -201,7 +238,7 @@ def split_recording(src: Source, part_bytes: int = PART_BYTES,
     try:
         import pyarrow as pa
         import pyarrow.compute as pc
-        import pyarrow.json as pajson
+        import pyarrow.json  # noqa: F401  (CleanChunks reads with it)
     except ImportError:
         return None
     meta = src.meta
@@ -223,8 +260,7 @@ def split_recording(src: Source, part_bytes: int = PART_BYTES,
         _spill_warning(exc)
         return None
     writers: dict[int, Any] = {}
-    options = parse_options()
-    cut_lines: list[str] = []
+    tables = CleanChunks(src, sizes)
     ts_parts: list[np.ndarray] = []
     kinds: set[str] = set()
     lifecycle: list[Any] = []
@@ -232,46 +268,35 @@ def split_recording(src: Source, part_bytes: int = PART_BYTES,
     base = 0
     schema = None
     try:
-        for (label, path), size in zip(src.files, sizes):
-            if size == 0:
-                continue
-            complete, cut_line = _complete_part(path, size)
-            if cut_line is not None:
-                cut_lines.append(f"{label} line {cut_line}" if label else f"line {cut_line}")
-            for chunk in _chunks(path, complete):
-                table = pajson.read_json(chunk, parse_options=options)
-                if not table.num_rows:
-                    continue
-                if not table_is_clean(table):
-                    raise NotClean(str(path))
-                n = table.num_rows
-                seq = pa.array(np.arange(base, base + n, dtype=np.int64))
-                ts = table.column("ts").to_numpy()
-                ts_parts.append(ts)
-                kinds |= set(pc.unique(table.column("kind")).to_pylist())
-                top = ts.max()
-                at = n - 1 - int(np.argmax(ts[::-1] == top))      # the last row at the latest time
-                if last is None or top >= last[0]:
-                    last = (float(top), base + at, table.slice(at, 1))
-                lc = pc.equal(table.column("kind"), S.POD_LIFECYCLE)
-                if pc.any(lc).as_py():
-                    lifecycle.append(table.filter(lc).append_column(_ROW, seq.filter(lc)))
-                table = table.append_column(_ROW, seq)
-                schema = table.schema
-                routes, unrouted = pod_routes(table, n_parts)
-                # rows of no pod are checked here as a whole read checks them (range, vocabulary):
-                # a bad one sends the recording to the tolerant reader, which lists what it skips
-                if pc.any(unrouted).as_py() and table_frame(table.filter(unrouted).drop_columns([_ROW])) is None:
-                    raise NotClean(str(path))
-                for part, mask in routes:
-                    w = writers.get(part)
-                    with _spilling():
-                        if w is None:
-                            w = writers[part] = pa.ipc.new_stream(str(Path(tmp.name) / f"{part}.arrow"), schema)
-                        w.write_table(table.filter(mask))
-                base += n
-                if progress:
-                    progress("reading events", base, None)
+        for table, base in tables:
+            n = table.num_rows
+            seq = pa.array(np.arange(base, base + n, dtype=np.int64))
+            ts = table.column("ts").to_numpy()
+            ts_parts.append(ts)
+            kinds |= set(pc.unique(table.column("kind")).to_pylist())
+            top = ts.max()
+            at = n - 1 - int(np.argmax(ts[::-1] == top))      # the last row at the latest time
+            if last is None or top >= last[0]:
+                last = (float(top), base + at, table.slice(at, 1))
+            lc = pc.equal(table.column("kind"), S.POD_LIFECYCLE)
+            if pc.any(lc).as_py():
+                lifecycle.append(table.filter(lc).append_column(_ROW, seq.filter(lc)))
+            table = table.append_column(_ROW, seq)
+            schema = table.schema
+            routes, unrouted = pod_routes(table, n_parts)
+            # rows of no pod are checked here as a whole read checks them (range, vocabulary):
+            # a bad one sends the recording to the tolerant reader, which lists what it skips
+            if pc.any(unrouted).as_py() and table_frame(table.filter(unrouted).drop_columns([_ROW])) is None:
+                raise NotClean(str(src.directory))
+            for part, mask in routes:
+                w = writers.get(part)
+                with _spilling():
+                    if w is None:
+                        w = writers[part] = pa.ipc.new_stream(str(Path(tmp.name) / f"{part}.arrow"), schema)
+                    w.write_table(table.filter(mask))
+            if progress:
+                progress("reading events", base + n, None)
+        base = tables.rows
         with _spilling():
             while writers:                  # a part's last bytes go out as it is closed
                 writers.popitem()[1].close()
@@ -289,8 +314,8 @@ def split_recording(src: Source, part_bytes: int = PART_BYTES,
     if not base:
         tmp.cleanup()
         return None
-    if cut_lines:
-        incomplete.append(f"skipped {len(cut_lines)} truncated last line (first at {cut_lines[0]})")
+    if tables.note():
+        incomplete.append(tables.note())
     if lost_note(meta):
         incomplete.append(lost_note(meta))
     ts_all = np.concatenate(ts_parts)

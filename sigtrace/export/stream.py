@@ -28,8 +28,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pandas as pd
 
-from ..events.fast_reader import _complete_part, parse_options, table_frame, table_is_clean
-from ..events.partition import SpillFailed, _chunks, _close_quietly, _spill_warning, _spilling
+from ..events.fast_reader import table_frame
+from ..events.partition import CleanChunks, NotClean, SpillFailed, _close_quietly, _spill_warning, _spilling
 from ..events.reader import read_recording
 from ..events.schema import DTYPES, POD_LIFECYCLE
 from ..events.source import Recording, Source, lost_note, plan_recording, unfinished_note
@@ -137,51 +137,39 @@ def _spill_clean(src: Source, spill: Path, chunk_rows: int) -> Run | None:
     needs the tolerant reader (the same cases as read_clean_source) or the spill failed (said on stderr)."""
     try:
         import pyarrow as pa
-        import pyarrow.json as pajson
+        import pyarrow.json  # noqa: F401  (CleanChunks reads with it)
     except ImportError:
         return None
     if not isinstance(src.meta, dict):
         return None
-    gather, cut_lines, options = _Gather(), [], parse_options()
+    gather, tables = _Gather(), CleanChunks(src)
     path = spill.with_suffix(".arrow")
     writer = None
     try:
-        for label, seg in src.files:
-            size = seg.stat().st_size
-            if size == 0:
-                continue
-            complete, cut_line = _complete_part(seg, size)
-            if cut_line is not None:
-                cut_lines.append(f"{label} line {cut_line}" if label else f"line {cut_line}")
-            for chunk in _chunks(seg, complete):
-                table = pajson.read_json(chunk, parse_options=options)
-                if not table.num_rows:
-                    continue
-                if not table_is_clean(table):
-                    return None
-                with _spilling():
-                    if writer is None:
-                        writer = pa.ipc.new_stream(str(path), table.schema)
-                    writer.write_table(table, max_chunksize=chunk_rows)
-                df = table_frame(table)         # checks range and vocabulary as a whole read does
-                if df is None:
-                    return None
-                gather.add(df)
-                del df, table
+        for table, _ in tables:
+            with _spilling():
+                if writer is None:
+                    writer = pa.ipc.new_stream(str(path), table.schema)
+                writer.write_table(table, max_chunksize=chunk_rows)
+            df = table_frame(table)         # checks range and vocabulary as a whole read does
+            if df is None:
+                return None
+            gather.add(df)
+            del df, table
         with _spilling():
             writer, last = None, writer
             if last is not None:
                 last.close()                    # its last bytes go out as it is closed
     except SpillFailed as exc:
         return _given_up(spill, exc)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, ValueError):
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, ValueError, NotClean):
         return None
     finally:
         _close_quietly({0: writer} if writer is not None else {})
     if not gather.n:
         return None
     try:
-        return _clean_run(src, gather, path, spill, cut_lines, chunk_rows)
+        return _clean_run(src, gather, path, spill, tables.note(), chunk_rows)
     except SpillFailed as exc:
         return _given_up(spill, exc)
 
@@ -195,11 +183,11 @@ def _given_up(spill: Path, why: SpillFailed) -> None:
     return None
 
 
-def _clean_run(src: Source, gather: _Gather, path: Path, spill: Path, cut_lines: list[str],
+def _clean_run(src: Source, gather: _Gather, path: Path, spill: Path, cut_note: str | None,
                chunk_rows: int) -> Run:
     meta, incomplete = src.meta, list(src.notes)
-    if cut_lines:
-        incomplete.append(f"skipped {len(cut_lines)} truncated last line (first at {cut_lines[0]})")
+    if cut_note:
+        incomplete.append(cut_note)
     if lost_note(meta):
         incomplete.append(lost_note(meta))
     ts = gather.all_ts()
