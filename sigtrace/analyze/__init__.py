@@ -89,17 +89,19 @@ def analyze_files(paths: Sequence[str], progress: Callable[[str, int, int | None
     from ..report.build import report_parts   # the one correlation + verdict implementation
     from .parts import NodeSpill
     reader = ExportReader(paths, progress=progress, **select)
-    per_node = []
-    lifecycle = []
+    hashes: dict[str, str] = {}
+
+    def per_node(spill: NodeSpill) -> Iterator[tuple[str, dict[str, Any]]]:
+        # a node's reports are flattened into the fleet before the next node's are made
+        for done, (node, parts) in enumerate(spill.nodes(reader.metas, reader.notes), 1):
+            report_set = report_parts(parts, lanes=False, progress=progress)   # no HTML picture here
+            hashes.update(template_hashes(parts.summary.lifecycle))   # its rows in the node's frame order
+            yield node, _lazy_dict(report_set)
+            if progress:
+                progress("nodes done", done, len(reader.metas))
+
     with NodeSpill(in_order=len(reader.paths) == 1) as spill:
         for chunk in reader.chunks():
             spill.add(chunk)
-        for node, parts in spill.nodes(reader.metas, reader.notes):
-            report_set = report_parts(parts, lanes=False, progress=progress)   # no HTML picture here
-            per_node.append((node, _lazy_dict(report_set)))
-            if parts.lifecycle_rows is not None:
-                lifecycle.append(parts.lifecycle_rows)
-            if progress:
-                progress("nodes done", len(per_node), len(reader.metas))
-    hashes = template_hashes(pd.concat(lifecycle)) if lifecycle else {}
-    return fleet_from_reports(per_node, reader.metas, hashes, reader.notes)
+        # hashes is filled while per_node runs; fleet_from_reports reads it after the last node
+        return fleet_from_reports(per_node(spill), reader.metas, hashes, reader.notes)

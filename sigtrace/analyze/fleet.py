@@ -137,7 +137,8 @@ def deployments(pod_names: pd.Series, template_hash: pd.Series | None = None) ->
 def fleet_from_reports(per_node: Iterable[tuple[str, dict[str, Any]]], metas: dict[str, dict],
                        template_hashes: dict[str, str] | None = None,
                        incomplete: Iterable[str] = ()) -> Fleet:
-    """Flatten {node: ReportSet.to_dict()} into the pod and verdict frames."""
+    """Flatten {node: ReportSet.to_dict()} into the pod and verdict frames. per_node is read once,
+    node by node (it may be a generator); template_hashes is read after it."""
     pod_rows: list[dict] = []
     verdict_rows: list[dict] = []
     nodes: dict[str, dict] = {}

@@ -4,10 +4,12 @@ An export of a week or a fleet does not fit in one frame (10M rows were ~1 GB as
 and the correlation of a node's events several times that). Each node is reported alone, and a
 node's pods are independent once their events are together (sigtrace.events.partition): so the
 exports' chunks (analyze.read.ExportReader) are spilled to temporary Arrow files by node; then,
-one node at a time, its file is split by a hash of the pod (a signal to another pod's process goes
+one node at a time, its rows are split by a hash of the pod (a signal to another pod's process goes
 to both pods' parts), and the parts are read back a few at a time. The peak is one chunk while
-reading and one group of parts (about GROUP_ROWS rows) while reporting, whatever the exports' size;
-what grows with a node's rows is 16 bytes a row (its times and their rank).
+reading and one group of parts (about GROUP_ROWS rows) while reporting, whatever the exports' size.
+What grows with the input: the times of every row (8 bytes; a node's, and their rank, while it is
+reported), the pod_lifecycle rows (a few per pod), and the node's reports, kept compressed until the
+fleet has flattened them (report.model.PodStore).
 
 Rows keep the labels the whole node's frame gives them (their place in the node's rows in time
 order, as analyze numbered them when it held one frame), so the reports are the same either way
@@ -15,10 +17,11 @@ order, as analyze numbered them when it held one frame), so the reports are the 
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
-from collections import OrderedDict
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +37,9 @@ from ..export.columns import EXPORT_DTYPES, NODE
 
 MAX_PARTS = 256            # a node's parts by pod: a 10M-row node makes parts of ~40k rows
 GROUP_ROWS = 150_000       # parts read back together up to about this many rows (small node: one group)
-MAX_OPEN = 256             # node files open at once; a node reopened later starts a new file
+MAX_OPEN = 256             # spill files by node open at once: more nodes share files (by node index)
 _SEQ = "__seq"             # a row's place among its node's rows, in the order they were read
+_NODE = "__node"           # the node's index: the spill files are named by it, never by the node's name
 
 
 def _arrow_schema():
@@ -45,7 +49,7 @@ def _arrow_schema():
     plain = {"float64": pa.float64(), "Int64": pa.int64(), "int64": pa.int64(), "string": pa.string(),
              "category": pa.string()}
     fields = [pa.field(c, plain[EXPORT_DTYPES[c]]) for c in FIELD_NAMES]
-    return pa.schema(fields + [pa.field(_SEQ, pa.int64())])
+    return pa.schema(fields + [pa.field(_SEQ, pa.int64()), pa.field(_NODE, pa.int32())])
 
 
 @contextmanager
@@ -55,8 +59,10 @@ def _spilling() -> Iterator[None]:
         yield
     except OSError as exc:
         where = os.environ.get("SIGTRACE_TMPDIR") or tempfile.gettempdir()
+        todo = ("raise the open-files limit (ulimit -n)" if exc.errno in (errno.EMFILE, errno.ENFILE) else
+                "set SIGTRACE_TMPDIR to a directory with room (about the exports' size)")
         raise OutputError(f"analyze cannot write its temporary files in {where} ({exc.strerror or exc}); "
-                          "set SIGTRACE_TMPDIR to a directory with room (about the exports' size)") from None
+                          f"{todo}") from None
 
 
 @dataclass
@@ -66,7 +72,6 @@ class _Node:
     ts: list[np.ndarray] = field(default_factory=list)
     kinds: set[str] = field(default_factory=set)
     lifecycle: list[pd.DataFrame] = field(default_factory=list)
-    files: list[Path] = field(default_factory=list)
 
 
 class NodeSpill:
@@ -80,7 +85,8 @@ class NodeSpill:
         with _spilling():
             self._dir = tempfile.TemporaryDirectory(prefix="sigtrace-analyze-", dir=os.environ.get("SIGTRACE_TMPDIR"))
         self._nodes: dict[str, _Node] = {}
-        self._open: OrderedDict[int, Any] = OrderedDict()
+        self._buckets = MAX_OPEN
+        self._writers: dict[int, Any] = {}         # bucket (node index mod MAX_OPEN) -> its spill file
         self._schema = _arrow_schema()
 
     def add(self, chunk: pd.DataFrame) -> None:
@@ -98,52 +104,55 @@ class NodeSpill:
             lc = (rows["kind"] == POD_LIFECYCLE).to_numpy(dtype=bool, na_value=False)
             if lc.any():
                 node.lifecycle.append(rows[lc].assign(**{_SEQ: seq[lc]}))
-            table = pa.Table.from_pandas(rows[list(FIELD_NAMES)].assign(**{_SEQ: seq}),
+            table = pa.Table.from_pandas(rows[list(FIELD_NAMES)].assign(**{_SEQ: seq, _NODE: node.index}),
                                          preserve_index=False).cast(self._schema)
             with _spilling():
-                self._writer(node).write_table(table)
+                self._writer(node.index % self._buckets).write_table(table)
 
-    def _writer(self, node: _Node) -> Any:
+    def _bucket_file(self, bucket: int) -> Path:
+        return Path(self._dir.name) / f"{bucket}.arrow"
+
+    def _writer(self, bucket: int) -> Any:
         import pyarrow as pa
-        w = self._open.get(node.index)
-        if w is not None:
-            self._open.move_to_end(node.index)
-            return w
-        if len(self._open) >= MAX_OPEN:
-            _, oldest = self._open.popitem(last=False)
-            oldest.close()
-        path = Path(self._dir.name) / f"{node.index}-{len(node.files)}.arrow"
-        node.files.append(path)
-        w = self._open[node.index] = pa.ipc.new_stream(str(path), self._schema)
+        w = self._writers.get(bucket)
+        if w is None:
+            w = self._writers[bucket] = pa.ipc.new_stream(str(self._bucket_file(bucket)), self._schema)
         return w
 
     def nodes(self, metas: dict[str, dict], notes: list[str]) -> Iterator[tuple[str, "NodeParts"]]:
         """(node, its parts), nodes in name order. metas: node -> meta (from the exports), notes:
         what applies to every node."""
         with _spilling():
-            for w in self._open.values():
+            for w in self._writers.values():
                 w.close()
-            self._open.clear()
+            self._writers.clear()
+        sharing = Counter(node.index % self._buckets for node in self._nodes.values())
+        left = Counter(sharing)                  # nodes of each file not reported yet
         for name in sorted(self._nodes):
             node = self._nodes.pop(name)
+            bucket = node.index % self._buckets
             meta = dict(metas.get(name) or {"node": name})
             incomplete = list(meta.get("incomplete") or []) + list(notes)
             for key in ("sources", "incomplete"):      # the export's own keys, not the recorder's
                 meta.pop(key, None)
             with _spilling():
-                parts = NodeParts(node, meta, incomplete, Path(self._dir.name), self.group_rows, self.in_order)
+                parts = NodeParts(node, meta, incomplete, self._bucket_file(bucket), sharing[bucket] > 1,
+                                  self.group_rows, self.in_order)
             try:
                 yield name, parts
             finally:
                 parts.close()
+                left[bucket] -= 1
+                if not left[bucket]:              # the last node of its file: the file goes
+                    self._bucket_file(bucket).unlink(missing_ok=True)
 
     def close(self) -> None:
-        for w in self._open.values():
+        for w in self._writers.values():
             try:
                 w.close()
             except OSError:
                 pass                  # the disk already said no: the files go anyway
-        self._open.clear()
+        self._writers.clear()
         self._dir.cleanup()
 
     def __enter__(self) -> "NodeSpill":
@@ -157,7 +166,7 @@ class NodeParts:
     """One node's events as parts by pod: report.build.report_parts' input (meta, incomplete,
     summary, frames())."""
 
-    def __init__(self, node: _Node, meta: dict[str, Any], incomplete: list[str], tmp: Path,
+    def __init__(self, node: _Node, meta: dict[str, Any], incomplete: list[str], spill: Path, shared: bool,
                  group_rows: int, in_order: bool) -> None:
         self.meta, self.incomplete, self._group_rows = meta, incomplete, group_rows
         ts = np.concatenate(node.ts) if node.ts else np.empty(0)
@@ -169,34 +178,35 @@ class NodeParts:
             self._rank = np.empty_like(order)
             self._rank[order] = np.arange(len(order))
         lifecycle = pd.concat(node.lifecycle) if node.lifecycle else None
-        self.lifecycle_rows = lifecycle          # for the fleet: pod-template-hash labels
         self.summary = Summary(node.rows, frozenset(node.kinds), float(ts.max()) if len(ts) else 0.0,
                                self._labelled(lifecycle))
         del ts
         # parts small enough that a group of them is about group_rows, at most MAX_PARTS
         self.n_parts = int(min(max(node.rows * 4 // group_rows, 1), MAX_PARTS))
-        self._dir = tmp / f"{node.index}-parts"
+        self._dir = spill.parent / f"{node.index}-parts"
         self._dir.mkdir()
-        self._part_rows = self._split(node.files)
+        self._part_rows = self._split(spill, node.index if shared else None)
 
-    def _split(self, files: list[Path]) -> dict[int, int]:
-        """The node's spill, batch by batch, into one file per part; rows per part."""
+    def _split(self, spill: Path, node: int | None) -> dict[int, int]:
+        """The node's rows of the spill (all of it, or those of node when nodes share it), batch by
+        batch, into one file per part; rows per part."""
         import pyarrow as pa
+        import pyarrow.compute as pc
         writers: dict[int, Any] = {}
         rows: dict[int, int] = {}
         try:
-            for path in files:
-                with pa.OSFile(str(path)) as src:
-                    for batch in pa.ipc.open_stream(src):
-                        table = pa.Table.from_batches([batch])
-                        for part, mask in pod_routes(table, self.n_parts)[0]:
-                            w = writers.get(part)
-                            if w is None:
-                                w = writers[part] = pa.ipc.new_stream(str(self._dir / f"{part}.arrow"), table.schema)
-                            chosen = table.filter(mask)
-                            w.write_table(chosen)
-                            rows[part] = rows.get(part, 0) + chosen.num_rows
-                path.unlink()
+            with pa.OSFile(str(spill)) as src:
+                for batch in pa.ipc.open_stream(src):
+                    table = pa.Table.from_batches([batch])
+                    if node is not None:
+                        table = table.filter(pc.equal(table.column(_NODE), node))
+                    for part, mask in pod_routes(table, self.n_parts)[0]:
+                        w = writers.get(part)
+                        if w is None:
+                            w = writers[part] = pa.ipc.new_stream(str(self._dir / f"{part}.arrow"), table.schema)
+                        chosen = table.filter(mask)
+                        w.write_table(chosen)
+                        rows[part] = rows.get(part, 0) + chosen.num_rows
         finally:
             for w in writers.values():
                 w.close()

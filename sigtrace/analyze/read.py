@@ -440,6 +440,9 @@ class ExportReader:
             self._versions.setdefault(_check_version(path, df), str(path))
             if len(self._versions) > 1:
                 (v1, f1), (v2, f2) = list(self._versions.items())[:2]
+                if f1 == f2:
+                    raise DataError(f"{f1}: mixed schemas in one file (schema_version {v1} and {v2}); "
+                                    "export it again with one sigtrace version")
                 raise DataError(f"mixed schemas: {f1} has schema_version {v1}, {f2} has {v2}; "
                                 "export all recordings with one sigtrace version")
             if file_metas is None:
