@@ -265,3 +265,22 @@ def test_a_planted_link_as_the_runs_part_is_not_followed(tmp_path):
         export_recordings([rec], parquet=str(root))
     assert target.read_bytes() == before and (root / part).is_symlink()
     assert not [p for p in (root / part).parent.iterdir() if p.name.startswith(".")]      # no temp left
+
+
+def test_runs_exported_together_then_one_again_count_lost_events_once(tmp_path):
+    """An agent root's runs exported together get a part each (named by the run, carrying that run's
+    meta only): exporting the second run again later replaces its part, so analyze adds each run once."""
+    root, ds = tmp_path / "agent", tmp_path / "fleet"
+    run1 = shifted(DATA / "node-a", root / "run1", 0)
+    run2 = shifted(DATA / "node-a", root / "run2", 0, seconds=3600)
+    for run, lost in ((run1, 5), (run2, 7)):
+        meta = json.loads((run / "meta.json").read_text())
+        (run / "meta.json").write_text(json.dumps(dict(meta, lost_events=lost)))
+    export_recordings([root], parquet=f"{ds}/")
+    assert len(parts(ds)) == 2                          # one part per recorder run and day
+    append(run2, 20.0)
+    export_recordings([run2], parquet=str(ds))
+    assert len(parts(ds)) == 2 and counted(ds) == 50
+    meta = read_exports([str(ds)]).metas["node-a"]
+    assert meta["lost_events"] == 12
+    assert sum("7 events" in n or "lost 7" in n for n in meta["incomplete"]) == 1, meta["incomplete"]

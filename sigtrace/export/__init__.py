@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+import numpy as np
 import pandas as pd
 
 from ..errors import UsageProblem
@@ -22,8 +23,9 @@ from ..events.segments import run_dirs_under
 from ..events.schema import SCHEMA_VERSION
 from .columns import COLUMNS, EXPORT_DTYPES, NODE, sidecar_path
 from .dataset import DatasetSink, is_dataset_target
-from .frame import PodNames, cast_export, export_frame, fill_categories, finish_export, register_run, with_categories
-from .stream import CATEGORICAL, CHUNK_ROWS, KEYS, TEXT, NotStreamable, Run, merged, read_runs, spill_dir
+from .frame import (PodNames, cast_export, export_frame_runs, fill_categories, finish_export, node_name, register_run,
+                    run_meta, with_categories)
+from .stream import CATEGORICAL, CHUNK_ROWS, KEYS, RUN, TEXT, NotStreamable, Run, merged, read_runs, spill_dir
 from .write import check_output_path, have_pyarrow, write_exports
 
 __all__ = ["COLUMNS", "EXPORT_DTYPES", "ExportResult", "export_recordings", "have_pyarrow", "sidecar_path"]
@@ -79,9 +81,10 @@ def export_recordings(dirs: Sequence[str | os.PathLike], csv: str | None = None,
         nodes = [register_run(run.rec, metas, notes) for run in read]
         names, categories = _whole_export(read, nodes)
         meta = _sidecar(metas, notes)
-        chunks = (with_categories(finish_export(_cast(df), names), categories)
+        chunks = ((with_categories(finish_export(_cast(df), names), categories), df[RUN].to_numpy())
                   for df in merged(list(zip(read, nodes))))
-        return _write(chunks, meta, files, dataset, raw, metas, notes, chunk_rows)
+        run_metas = [run_meta(run.rec, node) for run, node in zip(read, nodes)]
+        return _write(chunks, meta, files, dataset, raw, metas, notes, run_metas, chunk_rows)
 
 
 def _export_whole(runs: list, files: list[tuple[str, str]], dataset: str | None, raw: bool,
@@ -93,21 +96,23 @@ def _export_whole(runs: list, files: list[tuple[str, str]], dataset: str | None,
         if progress:
             progress("recordings read", len(recordings), len(runs))
             progress("events read", sum(len(r.events) for r in recordings), None)
-    df, metas, notes = export_frame(recordings)
-    return _write(iter([df]), _sidecar(metas, notes), files, dataset, raw, metas, notes)
+    df, metas, notes, rows_run = export_frame_runs(recordings)
+    run_metas = [run_meta(rec, node_name(rec)[0]) for rec in recordings]
+    return _write(iter([(df, rows_run)]), _sidecar(metas, notes), files, dataset, raw, metas, notes, run_metas)
 
 
 def _sidecar(metas: dict[str, dict], notes: list[str]) -> dict:
     return {"schema_version": SCHEMA_VERSION, "columns": list(COLUMNS), "nodes": metas, "notes": notes}
 
 
-def _write(chunks: Iterator[pd.DataFrame], meta: dict, files: list[tuple[str, str]], dataset: str | None,
-           raw: bool, metas: dict[str, dict], notes: list[str], chunk_rows: int = CHUNK_ROWS) -> ExportResult:
+def _write(chunks: Iterator[tuple[pd.DataFrame, np.ndarray]], meta: dict, files: list[tuple[str, str]],
+           dataset: str | None, raw: bool, metas: dict[str, dict], notes: list[str], run_metas: list[dict],
+           chunk_rows: int = CHUNK_ROWS) -> ExportResult:
+    """chunks: the export's rows, each with its run's index in run_metas (a dataset's parts are by run)."""
     with ExitStack() as stack:
-        sink = stack.enter_context(DatasetSink(dataset, meta, chunk_rows)) if dataset else None
-        if sink:
-            chunks = _fed(chunks, sink)
-        rows = write_exports(chunks, meta, files, raw=raw) if files else sum(len(df) for df in chunks)
+        sink = stack.enter_context(DatasetSink(dataset, meta, chunk_rows, run_metas)) if dataset else None
+        frames = _fed(chunks, sink)
+        rows = write_exports(frames, meta, files, raw=raw) if files else sum(len(df) for df in frames)
     written, skipped = [path for path, _ in files], []
     if sink:                        # its parts are written as it is closed
         written += [os.path.join(dataset, p) for p in sink.result.written]
@@ -116,9 +121,10 @@ def _write(chunks: Iterator[pd.DataFrame], meta: dict, files: list[tuple[str, st
     return ExportResult(rows=rows, nodes=sorted(metas), written=written, notes=notes, skipped=skipped)
 
 
-def _fed(chunks: Iterator[pd.DataFrame], sink: DatasetSink) -> Iterator[pd.DataFrame]:
-    for df in chunks:
-        sink.write(df)
+def _fed(chunks: Iterator[tuple[pd.DataFrame, np.ndarray]], sink: DatasetSink | None) -> Iterator[pd.DataFrame]:
+    for df, runs in chunks:
+        if sink:
+            sink.write(df, runs)
         yield df
 
 

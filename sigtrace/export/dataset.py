@@ -23,8 +23,9 @@ each day, so every event is in the dataset once and plain DuckDB or Spark count 
   link), fsynced and renamed over the old one: a reader sees the old or the new part, never both
   or half of one; writers of one node and day take turns (flock on the directory).
 
-Each part embeds the export's meta with its own node's only; analyze merges those per run (the
-latest export of a run wins) and adds up the runs.
+Each part embeds the export's meta with its own run's node meta only (an export of several runs of
+a node writes a part per run, each with that run's lost events and notes); analyze merges those per
+run (the latest export of a run wins) and adds up the runs.
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ import pandas as pd
 from ..errors import OutputError, UsageProblem
 from ..events.writer import FILE_MODE, existing_output
 from .columns import NODE, POD_META_COLUMNS
+from .frame import add_meta
 from .stream import CHUNK_ROWS, merge_sorted
 from .write import ParquetSink
 
@@ -439,13 +441,14 @@ def _part_names(dir_fd: int) -> list[str]:
     return sorted(n for n in os.listdir(dir_fd) if n.endswith(".parquet") and not n.startswith((".", "_")))
 
 
-def _write_run_part(new: Chunks, directory: Path, meta: dict, node: str,
+def _write_run_part(new: Chunks, directory: Path, meta: dict, node: str, run: dict,
                     chunk_rows: int = CHUNK_ROWS) -> tuple[str, bool]:
     """This run's part of one node and day, replaced by the union with what it held: (its file name,
     whether it was written rather than already holding these rows). new: the rows (at least one), in
-    chunks in ts order; the peak is a few chunks and 8 bytes a row of every part of the node and day."""
+    chunks in ts order; run: the run's node meta, the part's only. The peak is a few chunks and 8 bytes
+    a row of every part of the node and day."""
     # as it reads back from the part (JSON), to tell whether the run's meta changed since
-    node_meta = json.loads(json.dumps(meta.get("nodes", {}).get(node, {"node": node}), sort_keys=True, default=str))
+    node_meta = json.loads(json.dumps(run, sort_keys=True, default=str))
     name = f"part-{run_key(node_meta)}.parquet"
     dir_fd = os.open(directory, _DIR_FLAGS)
     opened: list[_Part] = []
@@ -486,13 +489,14 @@ def _write_chunks(chunks: Iterator[pd.DataFrame], sink: ParquetSink) -> None:
     sink.close()
 
 
-def write_dataset(df: pd.DataFrame, meta: dict, root: str | os.PathLike,
-                  chunk_rows: int = CHUNK_ROWS) -> DatasetWrite:
-    """Add df (the export frame: COLUMNS, sorted by ts) to the dataset at root: per node and UTC day,
+def write_dataset(df: pd.DataFrame, meta: dict, root: str | os.PathLike, chunk_rows: int = CHUNK_ROWS,
+                  runs: np.ndarray | None = None, run_metas: list[dict] | None = None) -> DatasetWrite:
+    """Add df (the export frame: COLUMNS, sorted by ts) to the dataset at root: per run and UTC day,
     the run's part, replaced (see the module doc). meta is the export's sidecar dict; each part
-    carries it with its own node's meta only."""
-    with DatasetSink(root, meta, chunk_rows) as sink:
-        sink.write(df)
+    carries it with its own run's meta only. runs: per row, its run's index in run_metas (each run's
+    meta, frame.run_meta); without them, each node's rows are one run (its sidecar meta)."""
+    with DatasetSink(root, meta, chunk_rows, run_metas) as sink:
+        sink.write(df, runs)
     return sink.result
 
 
@@ -505,12 +509,21 @@ def _no_room(exc: OSError) -> OutputError:
 
 
 class DatasetSink:
-    """The export's rows, given in chunks in ts order, gathered by node and UTC day in temporary
-    files; each (node, day) is then written as write_dataset writes it, chunk_rows rows at a time:
-    the peak is a few chunks and 8 bytes a row of the node's day, not the export."""
+    """The export's rows, given in chunks in ts order, gathered by run and UTC day in temporary
+    files; each (node, run, day) is then written as write_dataset writes it, chunk_rows rows at a
+    time: the peak is a few chunks and 8 bytes a row of the node's day, not the export.
+    run_metas: each run's meta (frame.run_meta), which write's runs index; runs of one node with one
+    run_key (one recorder run read twice) share a part. None: each node is one run."""
 
-    def __init__(self, root: str | os.PathLike, meta: dict, chunk_rows: int = CHUNK_ROWS) -> None:
+    def __init__(self, root: str | os.PathLike, meta: dict, chunk_rows: int = CHUNK_ROWS,
+                 run_metas: list[dict] | None = None) -> None:
         self.root, self.meta, self.chunk_rows = Path(root), meta, chunk_rows
+        self._runs: dict[tuple[str, str], dict] = {}      # (node, run_key): the part's node meta
+        self._run_of: list[tuple[str, str]] = []          # per run index: its (node, run_key)
+        for m in run_metas or []:
+            key = (m["node"], run_key(m))
+            add_meta(self._runs, key, m)
+            self._run_of.append(key)
         _check_root(self.root)
         try:
             self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
@@ -521,7 +534,7 @@ class DatasetSink:
             self._tmp = tempfile.TemporaryDirectory(prefix="sigtrace-dataset-", dir=os.environ.get("SIGTRACE_TMPDIR"))
         except OSError as exc:
             raise _no_room(exc) from None
-        self._groups: dict[tuple[str, str], Path] = {}
+        self._groups: dict[tuple[str, str, str], Path] = {}     # (node, run_key, day): its rows
 
     def __enter__(self) -> "DatasetSink":
         return self
@@ -533,15 +546,21 @@ class DatasetSink:
         finally:
             self._tmp.cleanup()
 
-    def write(self, df: pd.DataFrame) -> None:
-        """Rows of the export (COLUMNS, categoricals with the whole export's categories), in ts order."""
-        nodes = df[NODE].astype("category")
+    def write(self, df: pd.DataFrame, runs: np.ndarray | None = None) -> None:
+        """Rows of the export (COLUMNS, categoricals with the whole export's categories), in ts order;
+        runs: per row, its run's index in run_metas (None: each node's rows are one run)."""
         day_codes, days = _utc_days(df["ts"])
-        group = nodes.cat.codes.to_numpy(dtype=np.int64) * len(days) + day_codes
+        if runs is None:
+            nodes = df[NODE].astype("category")
+            owners = [(str(n), "") for n in nodes.cat.categories]
+            codes = nodes.cat.codes.to_numpy(dtype=np.int64)
+        else:
+            codes, owners = np.asarray(runs, dtype=np.int64), self._run_of
+        group = codes * len(days) + day_codes
         columns = [c for c in df.columns if c != NODE]
         for key, rows in pd.Series(group).groupby(group, sort=True).indices.items():
-            node, day = str(nodes.cat.categories[key // len(days)]), days[key % len(days)]
-            path = self._groups.setdefault((node, day), Path(self._tmp.name) / f"{len(self._groups)}.pickle")
+            (node, run), day = owners[key // len(days)], days[key % len(days)]
+            path = self._groups.setdefault((node, run, day), Path(self._tmp.name) / f"{len(self._groups)}.pickle")
             # pickled: the rows come back with the very dtypes (and categories) they had
             try:
                 with open(path, "ab") as fh:
@@ -553,18 +572,25 @@ class DatasetSink:
         import pyarrow.dataset as ds
         part = partitioning()
         try:
-            for (node, day), path in sorted(self._groups.items()):
+            for (node, run, day), path in sorted(self._groups.items()):
                 rel, _ = part.format((ds.field(NODE) == node) & (ds.field(DATE) == day))
                 directory = self.root
                 for name in rel.split("/"):
                     directory = _subdir(directory, name)
                 chunks = functools.partial(_unpickled, path, self.chunk_rows)
-                name, added = _write_run_part(chunks, directory, self.meta, node, self.chunk_rows)
+                name, added = _write_run_part(chunks, directory, self.meta, node, self._meta_of(node, run),
+                                              self.chunk_rows)
                 path.unlink()
                 (self.result.written if added else self.result.skipped).append(f"{rel}/{name}")
         except OSError as exc:
             raise OutputError(f"cannot write the dataset under {self.root}: {exc.strerror}; choose a writable "
                               "directory") from None
+
+    def _meta_of(self, node: str, run: str) -> dict:
+        """The node meta a part of the run embeds: the run's own, or the node's (no runs given)."""
+        if run:
+            return self._runs[(node, run)]
+        return self.meta.get("nodes", {}).get(node, {"node": node})
 
 
 def _unpickled(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:

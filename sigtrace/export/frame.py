@@ -125,17 +125,29 @@ def _text_categories(s: pd.Series) -> pd.Series:
     return s if is_string_dtype(cats) else s.cat.rename_categories(cats.astype(str))
 
 
+def run_meta(rec: Recording, node: str) -> dict:
+    """A run's own meta as the sidecar has a node's: its source and what it lacks."""
+    return {**rec.meta, "node": node, "sources": [rec.source],
+            "incomplete": [f"{rec.source}: {what}" for what in rec.incomplete]}
+
+
+def add_meta(metas: dict, key: object, meta: dict) -> None:
+    """Add a run's meta (run_meta) to metas[key]: several runs of a node add up what they lost."""
+    old = metas.get(key)
+    if old is None:
+        metas[key] = dict(meta, sources=list(meta["sources"]), incomplete=list(meta["incomplete"]))
+        return
+    old["lost_events"] = (old.get("lost_events") or 0) + (meta.get("lost_events") or 0)
+    old["sources"].extend(meta["sources"])
+    old["incomplete"].extend(meta["incomplete"])
+
+
 def register_run(rec: Recording, metas: dict[str, dict], notes: list[str]) -> str:
     """Add a run's meta to its node's (metas: per node, for the sidecar); its node."""
     node, note = node_name(rec)
     if note:
         notes.append(note)
-    meta = metas.setdefault(node, {**rec.meta, "node": node, "sources": [], "incomplete": []})
-    if meta["sources"]:
-        # the same node recorded twice (two runs): add up what the recorders lost
-        meta["lost_events"] = (meta.get("lost_events") or 0) + (rec.meta.get("lost_events") or 0)
-    meta["sources"].append(rec.source)
-    meta["incomplete"].extend(f"{rec.source}: {what}" for what in rec.incomplete)
+    add_meta(metas, node, run_meta(rec, node))
     return node
 
 
@@ -144,6 +156,12 @@ def export_frame(recordings: list[Recording]) -> tuple[pd.DataFrame, dict[str, d
 
     Returns the frame, per-node meta (for the sidecar) and notes about what is incomplete.
     """
+    df, metas, notes, _ = export_frame_runs(recordings)
+    return df, metas, notes
+
+
+def export_frame_runs(recordings: list[Recording]) -> tuple[pd.DataFrame, dict[str, dict], list[str], np.ndarray]:
+    """export_frame, and per row the index of its recording in recordings."""
     frames: list[pd.DataFrame] = []
     metas: dict[str, dict] = {}
     notes: list[str] = []
@@ -152,10 +170,12 @@ def export_frame(recordings: list[Recording]) -> tuple[pd.DataFrame, dict[str, d
         df[NODE] = register_run(rec, metas, notes)
         frames.append(df)
     df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    runs = np.repeat(np.arange(len(frames)), [len(f) for f in frames])
     notes += cast_export(df)
     if len(frames) > 1:
-        df = df.sort_values("ts", kind="stable", ignore_index=True)
-    return finish_export(df), metas, notes
+        order = np.argsort(df["ts"].to_numpy(dtype=float), kind="stable")
+        df, runs = df.iloc[order].reset_index(drop=True), runs[order]
+    return finish_export(df), metas, notes, runs
 
 
 def cast_export(df: pd.DataFrame) -> list[str]:

@@ -40,6 +40,7 @@ MAX_BUCKETS = 256               # spill files open at once when putting a run in
 CATEGORICAL = [c for c, d in DTYPES.items() if d == "category"]
 KEYS = ("pod_uid", "container_id")     # what the name fill looks names up by
 TEXT = (*POD_META_COLUMNS, *KEYS)       # text in a run's frame whose values the export needs
+RUN = "__run"                           # merged's column: the row's run (its index in the runs given)
 
 
 class NotStreamable(Exception):
@@ -280,9 +281,10 @@ def _read_buckets(buckets: list[Path], chunk_rows: int) -> Iterator[pd.DataFrame
 
 # ---- second pass: the runs merged in ts order ------------------------------------------------------
 def merged(runs: list[tuple[Run, str]]) -> Iterator[pd.DataFrame]:
-    """Every run's events (with their node) in the order of a stable sort by ts of the runs one after
-    the other, as chunks. A run is read only once the merge reaches its first event."""
-    yield from merge_sorted([_with_node(run.chunks(), node) for run, node in runs],
+    """Every run's events (with their node, and their run's index in runs as RUN) in the order of a
+    stable sort by ts of the runs one after the other, as chunks. A run is read only once the merge
+    reaches its first event."""
+    yield from merge_sorted([_with_node(run.chunks(), node, i) for i, (run, node) in enumerate(runs)],
                             [run.first_ts for run, _ in runs])
 
 
@@ -312,10 +314,11 @@ def merge_sorted(streams: list[Iterator[pd.DataFrame]], bound: list[float]) -> I
         yield out
 
 
-def _with_node(chunks: Iterator[pd.DataFrame], node: str) -> Iterator[pd.DataFrame]:
+def _with_node(chunks: Iterator[pd.DataFrame], node: str, run: int) -> Iterator[pd.DataFrame]:
     for df in chunks:
         df = df.copy(deep=False)
         df[NODE] = node
+        df[RUN] = run
         yield df
 
 
