@@ -150,3 +150,28 @@ def test_dataset_parts_replaced_in_chunks_are_the_whole_ones(fleet, tmp_path, ch
             pd.testing.assert_frame_equal(small[name], big[name], check_categorical=False)
     # the other run's 20; the run's first 20 (6 pruned since, kept), the one twice, 20 more
     assert sorted(map(len, small.values())) == [20, 41]
+
+
+def test_the_merge_of_many_runs_holds_about_one_chunk():
+    """Each of n runs is read in a share of a chunk: the rows read and not yet given are about one
+    chunk in all, not one chunk per run."""
+    from sigtrace.export.stream import Run, merged
+    runs, chunk_rows, n, events = [], 1 << 16, 8, 40_000
+    state = {"read": 0, "max": 0}
+
+    def run(i: int) -> Run:
+        def chunks(rows: int = chunk_rows):
+            for start in range(0, events, rows):
+                ts = (pd.RangeIndex(start, min(start + rows, events)) * n + i).to_numpy(dtype=float)
+                state["read"] += len(ts)
+                yield pd.DataFrame({"ts": ts})
+        return Run(rec=None, events=events, first_ts=float(i), lifecycle=pd.DataFrame(), chunks=chunks)
+
+    runs = [(run(i), f"node-{i}") for i in range(n)]
+    given = 0
+    for df in merged(runs, chunk_rows):
+        assert (df["ts"].diff().dropna() > 0).all()
+        state["max"] = max(state["max"], state["read"] - given)
+        given += len(df)
+    assert given == n * events
+    assert state["max"] <= chunk_rows + n * 4096, state["max"]

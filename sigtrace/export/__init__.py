@@ -82,7 +82,7 @@ def export_recordings(dirs: Sequence[str | os.PathLike], csv: str | None = None,
         names, categories = _whole_export(read, nodes)
         meta = _sidecar(metas, notes)
         chunks = ((with_categories(finish_export(_cast(df), names), categories), df[RUN].to_numpy())
-                  for df in merged(list(zip(read, nodes))))
+                  for df in merged(list(zip(read, nodes)), chunk_rows))
         run_metas = [run_meta(run.rec, node) for run, node in zip(read, nodes)]
         return _write(chunks, meta, files, dataset, raw, metas, notes, run_metas, chunk_rows)
 

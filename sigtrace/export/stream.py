@@ -37,6 +37,7 @@ from .columns import NODE, POD_META_COLUMNS
 
 CHUNK_ROWS = 1 << 17            # rows per chunk of the second pass (~40 MB as a frame)
 MAX_BUCKETS = 256               # spill files open at once when putting a run in order
+MIN_READ = 4096                 # rows a run is read back in at least (and the spill's batch size)
 CATEGORICAL = [c for c, d in DTYPES.items() if d == "category"]
 KEYS = ("pod_uid", "container_id")     # what the name fill looks names up by
 TEXT = (*POD_META_COLUMNS, *KEYS)       # text in a run's frame whose values the export needs
@@ -55,7 +56,7 @@ class Run:
     first_ts: float
     lifecycle: pd.DataFrame         # its pod_lifecycle rows, in its ts order
     values: dict[str, set] = field(default_factory=dict)    # distinct values: CATEGORICAL and TEXT
-    chunks: Callable[[], Iterator[pd.DataFrame]] = lambda: iter(())
+    chunks: Callable[[int], Iterator[pd.DataFrame]] = lambda rows: iter(())   # in frames of about rows
 
 
 # ---- first pass ----------------------------------------------------------------------------------
@@ -126,9 +127,9 @@ def read_run(run: Path, spill: Path, chunk_rows: int = CHUNK_ROWS) -> Run:
     gather = _Gather()
     gather.add(df)
 
-    def chunks() -> Iterator[pd.DataFrame]:
-        for start in range(0, len(df), chunk_rows):
-            yield df.iloc[start:start + chunk_rows]
+    def chunks(rows: int) -> Iterator[pd.DataFrame]:
+        for start in range(0, len(df), rows):
+            yield df.iloc[start:start + rows]
     return Run(Recording(df.iloc[:1], rec.meta, rec.incomplete, rec.source), len(df), float(df["ts"].iloc[0]),
                gather.lifecycle_in_order(df), dict(gather.values), chunks)
 
@@ -151,7 +152,8 @@ def _spill_clean(src: Source, spill: Path, chunk_rows: int) -> Run | None:
             with _spilling():
                 if writer is None:
                     writer = pa.ipc.new_stream(str(path), table.schema)
-                writer.write_table(table, max_chunksize=chunk_rows)
+                # small batches: the merge reads a run back in a share of a chunk (merged)
+                writer.write_table(table, max_chunksize=min(chunk_rows, MIN_READ))
             df = table_frame(table)         # checks range and vocabulary as a whole read does
             if df is None:
                 return None
@@ -196,8 +198,8 @@ def _clean_run(src: Source, gather: _Gather, path: Path, spill: Path, cut_note: 
     if unfinished_note(meta, last):
         incomplete.append(unfinished_note(meta, last))
     if (ts[1:] >= ts[:-1]).all():
-        def chunks() -> Iterator[pd.DataFrame]:
-            return _read_back(path, chunk_rows)
+        def chunks(rows: int) -> Iterator[pd.DataFrame]:
+            return _read_back(path, rows)
     else:
         order = np.argsort(ts, kind="stable")
         rank = np.empty_like(order)
@@ -206,8 +208,8 @@ def _clean_run(src: Source, gather: _Gather, path: Path, spill: Path, cut_note: 
         with _spilling():
             buckets = _spill_by_rank(path, rank, spill, max(chunk_rows, math.ceil(len(ts) / MAX_BUCKETS)))
 
-        def chunks() -> Iterator[pd.DataFrame]:
-            return _read_buckets(buckets, chunk_rows)
+        def chunks(rows: int) -> Iterator[pd.DataFrame]:
+            return _read_buckets(buckets, rows)
     rec = Recording(last, meta, incomplete, str(src.directory))
     return Run(rec, gather.n, float(ts.min()), gather.lifecycle_in_order(last), dict(gather.values), chunks)
 
@@ -280,12 +282,19 @@ def _read_buckets(buckets: list[Path], chunk_rows: int) -> Iterator[pd.DataFrame
 
 
 # ---- second pass: the runs merged in ts order ------------------------------------------------------
-def merged(runs: list[tuple[Run, str]]) -> Iterator[pd.DataFrame]:
+def merged(runs: list[tuple[Run, str]], chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
     """Every run's events (with their node, and their run's index in runs as RUN) in the order of a
     stable sort by ts of the runs one after the other, as chunks. A run is read only once the merge
-    reaches its first event."""
-    yield from merge_sorted([_with_node(run.chunks(), node, i) for i, (run, node) in enumerate(runs)],
+    reaches its first event, in a share of chunk_rows: the merge holds about one chunk of them all."""
+    rows = share(chunk_rows, len(runs))
+    yield from merge_sorted([_with_node(run.chunks(rows), node, i) for i, (run, node) in enumerate(runs)],
                             [run.first_ts for run, _ in runs])
+
+
+def share(chunk_rows: int, streams: int) -> int:
+    """Rows to read of each of streams merged at once: about chunk_rows in all, MIN_READ at least
+    (fixed work per read), never more than chunk_rows."""
+    return min(chunk_rows, max(MIN_READ, chunk_rows // max(streams, 1)))
 
 
 def merge_sorted(streams: list[Iterator[pd.DataFrame]], bound: list[float]) -> Iterator[pd.DataFrame]:
