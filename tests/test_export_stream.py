@@ -175,3 +175,14 @@ def test_the_merge_of_many_runs_holds_about_one_chunk():
         given += len(df)
     assert given == n * events
     assert state["max"] <= chunk_rows + n * 4096, state["max"]
+
+
+def test_a_runs_last_event_does_not_keep_its_chunk_alive():
+    import numpy as np
+    from sigtrace.export.stream import _Gather
+    df = read_recording(DATA / "node-a").events
+    gather = _Gather()
+    gather.add(df)
+    last = gather.last[2]
+    assert len(last) == 1 and last["ts"].iloc[0] == df["ts"].max()
+    assert not np.shares_memory(last["ts"].to_numpy(), df["ts"].to_numpy())

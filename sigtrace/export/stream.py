@@ -85,7 +85,8 @@ class _Gather:
         top = ts.max()
         at = len(ts) - 1 - int(np.argmax(ts[::-1] == top))      # the last row at the latest time
         if self.last is None or top >= self.last[0]:
-            self.last = (float(top), self.n + at, df.iloc[at:at + 1])
+            # a copy: a slice is a view that would keep the whole chunk alive for the rest of the export
+            self.last = (float(top), self.n + at, df.iloc[at:at + 1].copy())
         self.n += len(df)
 
     def all_ts(self) -> np.ndarray:
