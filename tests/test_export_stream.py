@@ -186,3 +186,16 @@ def test_a_runs_last_event_does_not_keep_its_chunk_alive():
     last = gather.last[2]
     assert len(last) == 1 and last["ts"].iloc[0] == df["ts"].max()
     assert not np.shares_memory(last["ts"].to_numpy(), df["ts"].to_numpy())
+
+
+def test_a_small_export_is_read_whole_and_a_big_one_streams(fleet, tmp_path, monkeypatch):
+    """Streaming costs fixed work per run and chunk: below whole_bytes the export is one frame."""
+    import sigtrace.export as export
+    streamed = []
+    real = export.read_runs
+    monkeypatch.setattr(export, "read_runs", lambda *a, **k: streamed.append(1) or real(*a, **k))
+    df, _ = whole(fleet)
+    small = export_recordings(fleet, csv=str(tmp_path / "small.csv"))
+    assert small.rows == len(df) and not streamed
+    big = export_recordings(fleet, csv=str(tmp_path / "big.csv"), whole_bytes=0)
+    assert streamed and (tmp_path / "big.csv").read_bytes() == (tmp_path / "small.csv").read_bytes()

@@ -16,10 +16,11 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from ..errors import UsageProblem
+from ..errors import DataError, UsageProblem
 from ..events.partition import SpillFailed, _spill_warning
 from ..events.reader import read_recording
 from ..events.segments import run_dirs_under
+from ..events.source import plan_recording
 from ..events.schema import SCHEMA_VERSION
 from .columns import COLUMNS, EXPORT_DTYPES, NODE, sidecar_path
 from .dataset import DatasetSink, is_dataset_target
@@ -27,6 +28,11 @@ from .frame import (PodNames, cast_export, export_frame_runs, fill_categories, f
                     run_meta, with_categories)
 from .stream import CATEGORICAL, CHUNK_ROWS, KEYS, RUN, TEXT, NotStreamable, Run, merged, read_runs, spill_dir
 from .write import check_output_path, have_pyarrow, write_exports
+
+# An export of at most this much recorded JSON (at the default chunk) is read whole, as report reads
+# a recording under PART_BYTES: streaming costs fixed work per run and per chunk (many small runs
+# exported 4-8x slower), and the whole frame of 64 MB of JSON is about what streaming holds anyway.
+WHOLE_BYTES = 64 << 20
 
 __all__ = ["COLUMNS", "EXPORT_DTYPES", "ExportResult", "export_recordings", "have_pyarrow", "sidecar_path"]
 
@@ -43,12 +49,14 @@ class ExportResult:
 def export_recordings(dirs: Sequence[str | os.PathLike], csv: str | None = None,
                       parquet: str | None = None, raw: bool = False,
                       progress: Callable[[str, int, int | None], None] | None = None,
-                      chunk_rows: int = CHUNK_ROWS) -> ExportResult:
+                      chunk_rows: int = CHUNK_ROWS, whole_bytes: int | None = None) -> ExportResult:
     """Read every recording dir (tolerantly) and write all their events to csv and/or parquet
     ("-": stdout; a directory, or a path ending in '/': a partitioned dataset added to).
     raw: CSV cells exactly as recorded (see sigtrace.export.cells). progress(what, done, total):
     told after each recording read. chunk_rows: rows written at once (the peak is a few chunks,
-    whatever the recordings' size; see sigtrace.export.stream)."""
+    whatever the recordings' size; see sigtrace.export.stream). whole_bytes: an export whose event
+    files hold at most this many bytes is read as one frame (default: WHOLE_BYTES at the default
+    chunk_rows, in proportion to chunk_rows otherwise)."""
     if not csv and not parquet:
         raise UsageProblem("nothing to write: give --csv FILE and/or --parquet FILE")
     if csv == "-" and parquet == "-":
@@ -63,8 +71,10 @@ def export_recordings(dirs: Sequence[str | os.PathLike], csv: str | None = None,
     # rows do not care, and each node's meta adds up its runs.
     runs = [run for d in dirs for run in (run_dirs_under(d) or [d])]
     files = [(str(p), fmt) for p, fmt in ((csv, "csv"), (None if dataset else parquet, "parquet")) if p]
-    if not have_pyarrow():
-        return _export_whole(runs, files, None, raw, progress)
+    if whole_bytes is None:
+        whole_bytes = WHOLE_BYTES * chunk_rows // CHUNK_ROWS
+    if not have_pyarrow() or _recorded_bytes(runs) <= whole_bytes:
+        return _export_whole(runs, files, dataset, raw, progress)
     try:
         tmp = spill_dir()
     except OSError as exc:
@@ -85,6 +95,23 @@ def export_recordings(dirs: Sequence[str | os.PathLike], csv: str | None = None,
                   for df in merged(list(zip(read, nodes)), chunk_rows))
         run_metas = [run_meta(run.rec, node) for run, node in zip(read, nodes)]
         return _write(chunks, meta, files, dataset, raw, metas, notes, run_metas, chunk_rows)
+
+
+def _recorded_bytes(runs: list) -> int:
+    """The size of every run's event files (a file that cannot be sized counts as big: streamed).
+    A run that is no recording costs nothing here: reading it says so."""
+    total = 0
+    for run in runs:
+        try:
+            files = plan_recording(run).files
+        except DataError:
+            continue
+        for _, path in files:
+            try:
+                total += path.stat().st_size
+            except OSError:
+                return 1 << 62
+    return total
 
 
 def _export_whole(runs: list, files: list[tuple[str, str]], dataset: str | None, raw: bool,
