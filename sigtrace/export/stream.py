@@ -248,7 +248,9 @@ _RANK = "__rank"
 
 def _spill_by_rank(path: Path, rank: np.ndarray, spill: Path, bucket_rows: int) -> list[Path]:
     """A run spilled out of order, spilled again by its rows' places in ts order: bucket k holds the
-    ranks k*bucket_rows.. (k+1)*bucket_rows-1, so each can be put in order alone."""
+    ranks k*bucket_rows.. (k+1)*bucket_rows-1, so each can be put in order alone.
+    Disk: while the buckets are written the first spill is still there (it is one stream file, read
+    to its end and removed only then), so such a run needs twice its spill's size for a moment."""
     import pyarrow as pa
     writers: dict[int, Any] = {}
     paths: dict[int, Path] = {}
