@@ -18,9 +18,7 @@ order, as analyze numbered them when it held one frame), so the reports are the 
 from __future__ import annotations
 
 import errno
-import os
 import shutil
-import tempfile
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import OutputError
-from ..events.partition import Summary, part_of, pod_routes
+from ..events.partition import Summary, part_of, pod_routes, spill_dir, spill_where
 from ..events.schema import FIELD_NAMES, POD_LIFECYCLE
 from ..export.columns import EXPORT_DTYPES, NODE
 
@@ -46,9 +44,9 @@ def _arrow_schema():
     """The spill's schema: the export's columns as plain Arrow types (a category as text), so
     that chunks with different categories share one stream."""
     import pyarrow as pa
-    plain = {"float64": pa.float64(), "Int64": pa.int64(), "int64": pa.int64(), "string": pa.string(),
-             "category": pa.string()}
-    fields = [pa.field(c, plain[EXPORT_DTYPES[c]]) for c in FIELD_NAMES]
+    from .read import _arrow_types
+    types = _arrow_types()
+    fields = [pa.field(c, types[c].value_type if pa.types.is_dictionary(types[c]) else types[c]) for c in FIELD_NAMES]
     return pa.schema(fields + [pa.field(_SEQ, pa.int64()), pa.field(_NODE, pa.int32())])
 
 
@@ -58,7 +56,7 @@ def _spilling() -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        where = os.environ.get("SIGTRACE_TMPDIR") or tempfile.gettempdir()
+        where = spill_where()
         todo = ("raise the open-files limit (ulimit -n)" if exc.errno in (errno.EMFILE, errno.ENFILE) else
                 "set SIGTRACE_TMPDIR to a directory with room (about the exports' size)")
         raise OutputError(f"analyze cannot write its temporary files in {where} ({exc.strerror or exc}); "
@@ -83,7 +81,7 @@ class NodeSpill:
         # from several exports, and a node's frame is their stable sort by ts (analyze.read.read_exports)
         self.in_order, self.group_rows = in_order, group_rows or GROUP_ROWS
         with _spilling():
-            self._dir = tempfile.TemporaryDirectory(prefix="sigtrace-analyze-", dir=os.environ.get("SIGTRACE_TMPDIR"))
+            self._dir = spill_dir("sigtrace-analyze-")
         self._nodes: dict[str, _Node] = {}
         self._buckets = MAX_OPEN
         self._writers: dict[int, Any] = {}         # bucket (node index mod MAX_OPEN) -> its spill file

@@ -69,10 +69,20 @@ def _close_quietly(writers: dict[int, Any]) -> None:
             pass
 
 
+def spill_where() -> str:
+    """Where spill files go: $SIGTRACE_TMPDIR, else the system's temporary directory."""
+    return os.environ.get("SIGTRACE_TMPDIR") or tempfile.gettempdir()
+
+
+def spill_dir(prefix: str) -> tempfile.TemporaryDirectory:
+    """A new private (mode 0700, unpredictable name) directory for spill files, under spill_where().
+    OSError when there is none to be had."""
+    return tempfile.TemporaryDirectory(prefix=prefix, dir=os.environ.get("SIGTRACE_TMPDIR"))
+
+
 def _spill_warning(why: SpillFailed) -> None:
     """The report stays right (and complete: no note in it), but takes the recording's size in memory."""
-    where = os.environ.get("SIGTRACE_TMPDIR") or tempfile.gettempdir()
-    _stderr_warning(f"could not spill parts to {where} ({why}); reading the recording whole (more memory); "
+    _stderr_warning(f"could not spill parts to {spill_where()} ({why}); reading the recording whole (more memory); "
                     "set SIGTRACE_TMPDIR to a roomier place")
 
 
@@ -255,7 +265,7 @@ def split_recording(src: Source, part_bytes: int = PART_BYTES,
     incomplete = list(src.notes)
     try:
         with _spilling():
-            tmp = tempfile.TemporaryDirectory(prefix="sigtrace-parts-", dir=os.environ.get("SIGTRACE_TMPDIR"))
+            tmp = spill_dir("sigtrace-parts-")
     except SpillFailed as exc:
         _spill_warning(exc)
         return None

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError, UsageProblem
-from ..events.partition import SpillFailed, _spill_warning
+from ..events.partition import SpillFailed, _spill_warning, spill_dir
 from ..events.reader import read_recording
 from ..events.segments import run_dirs_under
 from ..events.source import plan_recording
@@ -26,7 +26,7 @@ from .columns import COLUMNS, EXPORT_DTYPES, NODE, sidecar_path
 from .dataset import DatasetSink, is_dataset_target
 from .frame import (PodNames, cast_export, export_frame_runs, fill_categories, finish_export, node_name, register_run,
                     run_meta, with_categories)
-from .stream import CATEGORICAL, CHUNK_ROWS, KEYS, RUN, TEXT, NotStreamable, Run, merged, read_runs, spill_dir
+from .stream import CATEGORICAL, CHUNK_ROWS, KEYS, RUN, TEXT, NotStreamable, Run, merged, read_runs
 from .write import check_output_path, have_pyarrow, write_exports
 
 # An export of at most this much recorded JSON (at the default chunk) is read whole, as report reads
@@ -76,7 +76,7 @@ def export_recordings(dirs: Sequence[str | os.PathLike], csv: str | None = None,
     if not have_pyarrow() or _recorded_bytes(runs) <= whole_bytes:
         return _export_whole(runs, files, dataset, raw, progress)
     try:
-        tmp = spill_dir()
+        tmp = spill_dir("sigtrace-export-")
     except OSError as exc:
         _spill_warning(SpillFailed(exc))
         return _export_whole(runs, files, dataset, raw, progress)     # nowhere to spill: in memory

@@ -38,7 +38,6 @@ import os
 import pickle
 import secrets
 import stat
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -50,6 +49,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import OutputError, UsageProblem
+from ..events.partition import spill_dir, spill_where
 from ..events.writer import FILE_MODE, existing_output
 from .columns import NODE, POD_META_COLUMNS
 from .frame import add_meta
@@ -503,8 +503,7 @@ def write_dataset(df: pd.DataFrame, meta: dict, root: str | os.PathLike, chunk_r
 def _no_room(exc: OSError) -> OutputError:
     """The disk refusing the rows gathered by node and day (full, a missing SIGTRACE_TMPDIR) is one
     line: the rows already given cannot be read again in memory instead."""
-    where = os.environ.get("SIGTRACE_TMPDIR") or tempfile.gettempdir()
-    return OutputError(f"export cannot write its temporary files in {where} ({exc.strerror or exc}); "
+    return OutputError(f"export cannot write its temporary files in {spill_where()} ({exc.strerror or exc}); "
                        "set SIGTRACE_TMPDIR to a directory with room (about the export's size)")
 
 
@@ -531,7 +530,7 @@ class DatasetSink:
             raise OutputError(f"cannot make {self.root}: {exc.strerror}; choose a writable directory") from None
         self.result = DatasetWrite()
         try:
-            self._tmp = tempfile.TemporaryDirectory(prefix="sigtrace-dataset-", dir=os.environ.get("SIGTRACE_TMPDIR"))
+            self._tmp = spill_dir("sigtrace-dataset-")
         except OSError as exc:
             raise _no_room(exc) from None
         self._groups: dict[tuple[str, str, str], Path] = {}     # (node, run_key, day): its rows

@@ -18,8 +18,6 @@ skips line by line, and such a recording is rarely big. So is a run whose spill 
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -357,6 +355,3 @@ def _take_before(bufs: list[deque], cut: float) -> pd.DataFrame | None:
         df = df.iloc[np.argsort(ts, kind="stable")].reset_index(drop=True)
     return df
 
-
-def spill_dir() -> tempfile.TemporaryDirectory:
-    return tempfile.TemporaryDirectory(prefix="sigtrace-export-", dir=os.environ.get("SIGTRACE_TMPDIR"))
