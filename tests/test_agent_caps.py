@@ -68,6 +68,11 @@ def start_pod(tmp: Path):
 @pytest.mark.parametrize("without", [None, "SYS_PTRACE"])
 def test_agent_with_the_daemonset_capabilities(tmp_path, without):
     require_kernel(bpf=True, tools=TOOLS)
+    # the DaemonSet mounts the host's /sys/kernel/tracing (hostPath, type Directory): a node mounts
+    # tracefs at boot, and the agent, without CAP_SYS_ADMIN, cannot mount it itself. A machine
+    # fresh from boot may not have it yet when this is the first kernel test: mount it as the node would
+    from sigtrace.backends.bpf.kernel import tracefs
+    tracefs()
     caps = [c for c in daemonset_caps() if c != without]
     with start_pod(tmp_path) as pod:
         meta, err = run_agent(tmp_path, caps, pod)
