@@ -198,11 +198,10 @@ class NodeParts:
                     table = pa.Table.from_batches([batch])
                     if node is not None:
                         table = table.filter(pc.equal(table.column(_NODE), node))
-                    for part, mask in pod_routes(table, self.n_parts)[0]:
+                    for part, chosen in pod_routes(table, self.n_parts)[0]:
                         w = writers.get(part)
                         if w is None:
                             w = writers[part] = pa.ipc.new_stream(str(self._dir / f"{part}.arrow"), table.schema)
-                        chosen = table.filter(mask)
                         w.write_table(chosen)
                         rows[part] = rows.get(part, 0) + chosen.num_rows
         finally:

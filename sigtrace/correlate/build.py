@@ -12,6 +12,9 @@ from .cut import mark_recorder_cut
 from .pod import PodContext, lifecycle_context, process_context
 from .rows import EventLookup, Row, exec_rows, to_rows
 
+# string columns of the TCP events with a handful of values per node (pods, containers, processes, addresses)
+LOW_CARDINALITY = ("comm", "pod_uid", "container_id", "saddr", "daddr", "reason")
+
 
 def capabilities_of(meta: dict[str, Any], events: pd.DataFrame) -> tuple[frozenset[str], list[str]]:
     """What the recording can hold. Without meta's list (an old or killed recorder), assume it holds
@@ -78,6 +81,9 @@ def build_contexts(events: pd.DataFrame, caps: frozenset[str], meta: dict[str, A
             incoming.setdefault(str(r["target_pod_uid"]), []).append(r)
     mine = events["pod_uid"].notna() if pods is None else events["pod_uid"].isin(pods)
     tcp = events.loc[is_tcp & mine, [c for c in TCP_INPUT if c in events.columns]]
+    # few distinct values over most of the rows: as categories, the many filters and takes of the
+    # TCP pass move small integer codes instead of Arrow strings
+    tcp = tcp.astype({c: "category" for c in LOW_CARDINALITY if c in tcp.columns and tcp[c].dtype == "string"})
     first_tcp = tcp.groupby(tcp["pod_uid"].astype(object), sort=False)["ts"].min().to_dict() if len(tcp) else {}
     ctxs = {uid: process_context(events, uid, caps, own.get(uid, []), incoming.get(uid, []), first_tcp.get(uid))
             for uid in pod_uids(events) if pods is None or uid in pods}

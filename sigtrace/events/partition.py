@@ -298,12 +298,12 @@ def split_recording(src: Source, part_bytes: int = PART_BYTES,
             # a bad one sends the recording to the tolerant reader, which lists what it skips
             if pc.any(unrouted).as_py() and table_frame(table.filter(unrouted).drop_columns([_ROW])) is None:
                 raise NotClean(str(src.directory))
-            for part, mask in routes:
+            for part, piece in routes:
                 w = writers.get(part)
                 with _spilling():
                     if w is None:
                         w = writers[part] = pa.ipc.new_stream(str(Path(tmp.name) / f"{part}.arrow"), schema)
-                    w.write_table(table.filter(mask))
+                    w.write_table(piece)
             if progress:
                 progress("reading events", base + n, None)
         base = tables.rows
@@ -361,14 +361,24 @@ def _labelled(table, rank: np.ndarray | None, schema) -> pd.DataFrame | None:
 
 
 def pod_routes(table, n_parts: int) -> tuple[list[tuple[int, Any]], Any]:
-    """[(part, mask)] of a chunk's rows: by pod_uid, and by target_pod_uid for a signal sent to
-    another pod's process (the target's report cites it too); and the mask of rows no part gets."""
+    """[(part, rows of the chunk for that part, in chunk order)]: by pod_uid, and by target_pod_uid
+    for a signal sent to another pod's process (the target's report cites it too); and the mask of
+    rows no part gets. One take of the chunk sorted by part, then a zero-copy slice per part: a
+    filter per part scanned and copied the whole chunk once for each of up to MAX_PARTS parts."""
     import pyarrow as pa
     own = _part_codes(table.column("pod_uid"), n_parts)
     tgt = _part_codes(table.column("target_pod_uid"), n_parts)
-    parts = [(int(part), pa.array((own == part) | (tgt == part)))
-             for part in np.unique(np.concatenate([own[own >= 0], tgt[tgt >= 0]]))]
-    return parts, pa.array((own < 0) & (tgt < 0))
+    rows = np.arange(len(own), dtype=np.int64)
+    also = (tgt >= 0) & (tgt != own)
+    part = np.concatenate([own[own >= 0], tgt[also]])
+    idx = np.concatenate([rows[own >= 0], rows[also]])
+    order = np.lexsort((idx, part))                 # by part, each part's rows in chunk order
+    part, idx = part[order], idx[order]
+    sorted_rows = table.take(pa.array(idx))
+    starts = np.flatnonzero(np.r_[True, part[1:] != part[:-1]]) if len(part) else np.array([], dtype=np.int64)
+    ends = np.r_[starts[1:], len(part)]
+    pieces = [(int(part[a]), sorted_rows.slice(int(a), int(b - a))) for a, b in zip(starts, ends)]
+    return pieces, pa.array((own < 0) & (tgt < 0))
 
 
 def _part_codes(col, n_parts: int) -> np.ndarray:
