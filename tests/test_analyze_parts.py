@@ -53,12 +53,13 @@ def recordings(tmp_path: Path) -> list[Path]:
     return out
 
 
-@pytest.mark.parametrize("fmt", ["parquet", "csv"])
-def test_streamed_fleet_is_the_whole_frames(tmp_path, small_pieces, fmt):
+@pytest.mark.parametrize("fmt,jobs", [("parquet", 1), ("csv", 1), ("parquet", 3)])
+def test_streamed_fleet_is_the_whole_frames(tmp_path, small_pieces, fmt, jobs):
+    """jobs 3: each node's groups of parts correlated in worker processes, as on a multi-core machine."""
     recs = recordings(tmp_path)
     out = tmp_path / f"fleet.{fmt}"
     export_recordings(recs, **{fmt: str(out)})
-    got = analyze_files([str(out)])
+    got = analyze_files([str(out)], jobs=jobs)
     assert got.to_dict() == whole_frame_fleet([str(out)])
     assert set(got.pods["node"].astype(str)) == {f"node-{i}" for i in range(len(NODES))}
     # the article's verdicts survive the pieces, on the article's node

@@ -5,7 +5,10 @@ and the node-wide parts (ReplicaSets, the last event, resets outside a stop) fro
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -16,7 +19,7 @@ from sigtrace.events.source import plan_recording
 from sigtrace.render import render
 from sigtrace.render.json import render_json
 from sigtrace.report import build_reports
-from sigtrace.report import build
+from sigtrace.report import build, workers
 from sigtrace.report.build import report_parts, report_recording
 
 DATA = Path(__file__).parent / "data"
@@ -28,16 +31,54 @@ def whole(rec_dir: Path) -> str:
     return render_json(build_reports(rec.events, rec.meta, rec.incomplete))
 
 
+@pytest.mark.parametrize("jobs", [1, 3])
 @pytest.mark.parametrize("rec_dir", RECORDINGS, ids=lambda p: str(p.relative_to(DATA)))
-def test_parts_give_the_whole_recordings_reports(rec_dir):
+def test_parts_give_the_whole_recordings_reports(rec_dir, jobs):
+    """jobs 1: part after part in this process; 3: in worker processes, parts finishing in any order."""
     parts = split_recording(plan_recording(rec_dir), part_bytes=300)
     if parts is None:
         pytest.skip("not clean: read whole by the tolerant reader")
     try:
         assert parts.n_parts > 1
-        assert render_json(report_parts(parts)) == whole(rec_dir)
+        assert render_json(report_parts(parts, jobs=jobs)) == whole(rec_dir)
     finally:
         parts.close()
+    assert not multiprocessing.active_children()        # the workers are gone with the report
+
+
+def test_many_pods_in_workers_are_the_whole_recordings_reports(tmp_path):
+    """A node of many pods (the test recordings' pods cloned, as the benchmark's synthetic
+    recordings are) split into parts that worker processes correlate side by side: the same
+    document, byte for byte, as part after part in one process and as the whole recording."""
+    from bench import synth
+    synth.generate(tmp_path, 6000, events_per_pod=120, seed=11)
+    expected = whole(tmp_path)
+    for jobs in (1, 2, 4):
+        parts = split_recording(plan_recording(tmp_path), part_bytes=100_000)
+        assert parts is not None and len(parts.units()) >= 8
+        try:
+            assert render_json(report_parts(parts, jobs=jobs)) == expected, jobs
+        finally:
+            parts.close()
+    assert not multiprocessing.active_children()
+
+
+def test_a_worker_killed_is_one_error(monkeypatch, tmp_path):
+    """A worker that dies (the OOM killer's SIGKILL) ends the report with WorkerDied, whose one
+    line says what to do; no worker is left behind."""
+    def killed(job, unit):
+        os.kill(os.getpid(), signal.SIGKILL)
+    monkeypatch.setattr(workers, "report_unit", killed)       # what the forked workers run
+    from bench import synth
+    synth.generate(tmp_path, 2000, events_per_pod=120, seed=5)
+    parts = split_recording(plan_recording(tmp_path), part_bytes=50_000)
+    assert parts is not None and len(parts.units()) > 1
+    try:
+        with pytest.raises(workers.WorkerDied, match="--jobs 1"):
+            report_parts(parts, jobs=2)
+    finally:
+        parts.close()
+    assert not multiprocessing.active_children()
 
 
 @pytest.mark.parametrize("fmt", ["text", "html"])
@@ -79,12 +120,14 @@ def test_events_out_of_time_order_keep_their_rows(tmp_path):
         parts.close()
 
 
-def test_a_bad_value_reads_the_recording_whole(tmp_path):
-    """A value the tolerant reader skips sends the recording to it, with its note."""
+@pytest.mark.parametrize("jobs", [1, 3])
+def test_a_bad_value_reads_the_recording_whole(tmp_path, jobs):
+    """A value the tolerant reader skips sends the recording to it, with its note; found by a
+    worker process (jobs 3), it is raised in the parent as in one process."""
     def negative_ts(lines: list[str]) -> None:
         lines[3] = json.dumps({**json.loads(lines[3]), "ts": -1.0})
     article_with(tmp_path, negative_ts)
-    rs = report_recording(tmp_path, lanes=True, part_bytes=500)
+    rs = report_recording(tmp_path, lanes=True, part_bytes=500, jobs=jobs)
     assert any("ts out of range" in n for n in rs.incomplete)
     assert render_json(rs) == whole(tmp_path)
 

@@ -79,9 +79,10 @@ def template_hashes(events: pd.DataFrame) -> dict[str, str]:
 
 
 def analyze_files(paths: Sequence[str], progress: Callable[[str, int, int | None], None] | None = None,
-                  **select: Any) -> Fleet:
+                  jobs: int | None = None, **select: Any) -> Fleet:
     """Read the exports, run the report per node, aggregate. DataError on unusable input.
     select: read_exports' nodes, since, until. progress(what, done, total): events read, nodes and pods done.
+    jobs: worker processes per node's parts, as report.build.report_parts'.
 
     In bounded memory: the exports are read in chunks and spilled by node and pod (analyze.parts);
     each node's reports come from report.build.report_parts, the code `sigtrace report` runs on a
@@ -94,7 +95,7 @@ def analyze_files(paths: Sequence[str], progress: Callable[[str, int, int | None
     def per_node(spill: NodeSpill) -> Iterator[tuple[str, dict[str, Any]]]:
         # a node's reports are flattened into the fleet before the next node's are made
         for done, (node, parts) in enumerate(spill.nodes(reader.metas, reader.notes), 1):
-            report_set = report_parts(parts, lanes=False, progress=progress)   # no HTML picture here
+            report_set = report_parts(parts, lanes=False, progress=progress, jobs=jobs)   # no HTML picture here
             hashes.update(template_hashes(parts.summary.lifecycle))   # its rows in the node's frame order
             yield node, _lazy_dict(report_set)
             if progress:

@@ -219,20 +219,28 @@ class NodeParts:
         order = np.argsort(labels, kind="stable")
         return _node_frame(rows.iloc[order], labels[order])
 
-    def frames(self) -> Iterator[tuple[pd.DataFrame, frozenset[str]]]:
-        """Groups of parts as (events in time order, labelled by row; the uids of the pods they hold whole)."""
+    def units(self) -> list[list[int]]:
+        """Groups of parts of about group_rows rows, each read on its own by frame()."""
+        groups: list[list[int]] = []
         group: list[int] = []
         size = 0
         for part in sorted(self._part_rows):
             group.append(part)
             size += self._part_rows[part]
             if size >= self._group_rows:
-                yield self._read(group)
+                groups.append(group)
                 group, size = [], 0
         if group:
-            yield self._read(group)
+            groups.append(group)
+        return groups
 
-    def _read(self, parts: list[int]) -> tuple[pd.DataFrame, frozenset[str]]:
+    def frames(self) -> Iterator[tuple[pd.DataFrame, frozenset[str]]]:
+        for group in self.units():
+            yield self.frame(group)
+
+    def frame(self, parts: list[int]) -> tuple[pd.DataFrame, frozenset[str]]:
+        """A group of parts as (events in time order, labelled by row; the uids of the pods they
+        hold whole), their spill files removed."""
         import pyarrow as pa
         from .read import _pandas_types_mapper
         tables = []

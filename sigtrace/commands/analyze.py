@@ -23,8 +23,11 @@ Examples:
               help="only events from this UTC day on")
 @click.option("--until", type=click.DateTime(["%Y-%m-%d"]), metavar="YYYY-MM-DD",
               help="only events up to this UTC day, inclusive")
+@click.option("--jobs", "-j", type=click.IntRange(min=0), default=0, envvar="SIGTRACE_JOBS", show_default=True,
+              metavar="N", help="worker processes for a big input, each correlating one part at a time "
+                                "(each adds a part's memory); 0: one per CPU, at most 4; 1: none")
 def analyze(files: tuple[str, ...], as_json: bool, plot: str | None, nodes: tuple[str, ...],
-            since: datetime | None, until: datetime | None) -> None:
+            since: datetime | None, until: datetime | None, jobs: int) -> None:
     """Per-pod summary and fleet aggregates from CSV/Parquet exports of 'sigtrace export', or
     from a dataset directory of 'sigtrace export --parquet DIR/' (only the parts of the chosen
     nodes and days are read). A day filter cuts at UTC midnight: a pod stopping across it is
@@ -44,7 +47,7 @@ def analyze(files: tuple[str, ...], as_json: bool, plot: str | None, nodes: tupl
 
     with progress_on_stderr() as progress:      # a bar on a terminal after a second; never in a pipe
         fleet = analyze_files(files, progress=progress, nodes=nodes, since=since and since.date(),
-                              until=until and until.date())
+                              until=until and until.date(), jobs=jobs)
     if plot:
         from ..analyze.plot import write_plot
         write_plot(fleet, plot)

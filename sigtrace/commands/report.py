@@ -17,7 +17,10 @@ from ..render import FORMATS
               help="text for people, json for programs, html: one self-contained file with a timeline picture")
 @click.option("--pod", "pods", multiple=True, metavar="UID", help="only this pod (UID or name); repeatable")
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="write here instead of stdout")
-def report(directory: Path, fmt: str, pods: tuple[str, ...], output: Path | None) -> int:
+@click.option("--jobs", "-j", type=click.IntRange(min=0), default=0, envvar="SIGTRACE_JOBS", show_default=True,
+              metavar="N", help="worker processes for a big input, each correlating one part at a time "
+                                "(each adds a part's memory); 0: one per CPU, at most 4; 1: none")
+def report(directory: Path, fmt: str, pods: tuple[str, ...], output: Path | None, jobs: int) -> int:
     """Per-pod shutdown report from the --output DIR of `sigtrace record` (all its segments), or
     of `sigtrace agent` (all runs of the node under it, read as one recording in time order).
 
@@ -38,7 +41,7 @@ def report(directory: Path, fmt: str, pods: tuple[str, ...], output: Path | None
 
     with progress_on_stderr() as progress:      # a bar on a terminal after a second; never in a pipe
         # in parts by pod when the recording is big (bounded memory): the same reports as read whole
-        rs = report_recording(directory, lanes=fmt == "html", progress=progress)
+        rs = report_recording(directory, lanes=fmt == "html", progress=progress, jobs=jobs)
     if pods:
         chosen = []
         for uid in pods:

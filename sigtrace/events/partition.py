@@ -107,29 +107,36 @@ class PodParts:
     _rank: np.ndarray | None = None     # row label by position in the files, when they are out of time order
     _memory: list = field(default_factory=list)
 
+    def units(self) -> list[int]:
+        """The parts there are, each read on its own by frame() (in this process or a worker's)."""
+        return [i for i in range(self.n_parts) if (Path(self._dir.name) / f"{i}.arrow").exists()]
+
     def frames(self) -> Iterator[tuple[pd.DataFrame, frozenset[str]]]:
-        """Each part as (events frame in time order, labelled by row; the uids of the pods it holds
-        whole). Raises NotClean when a part has a value the tolerant reader would skip."""
+        """Each part as frame() gives it."""
+        for i in self.units():
+            yield self.frame(i)
+
+    def frame(self, i: int) -> tuple[pd.DataFrame, frozenset[str]]:
+        """Part i as (events frame in time order, labelled by row; the uids of the pods it holds
+        whole), its spill file removed. Raises NotClean when the part has a value the tolerant
+        reader would skip."""
         import pyarrow as pa
-        for i in range(self.n_parts):
-            path = Path(self._dir.name) / f"{i}.arrow"
-            if not path.exists():
-                continue
-            with pa.memory_map(str(path)) as src:
-                table = pa.ipc.open_stream(src).read_all()
-            path.unlink()
-            seq = table.column(_ROW).to_numpy()
-            table = table.drop_columns([_ROW])
-            rows = seq if self._rank is None else self._rank[seq]
-            if self._rank is not None and len(rows) and not (rows[1:] >= rows[:-1]).all():
-                order = np.argsort(rows, kind="stable")
-                table, rows = table.take(order), rows[order]
-            uids = _uids(table, i, self.n_parts)
-            df = table_frame(table, pd.Index(rows))
-            del table
-            if df is None:
-                raise NotClean(f"part {i}")
-            yield df, uids
+        path = Path(self._dir.name) / f"{i}.arrow"
+        with pa.memory_map(str(path)) as src:
+            table = pa.ipc.open_stream(src).read_all()
+        path.unlink()
+        seq = table.column(_ROW).to_numpy()
+        table = table.drop_columns([_ROW])
+        rows = seq if self._rank is None else self._rank[seq]
+        if self._rank is not None and len(rows) and not (rows[1:] >= rows[:-1]).all():
+            order = np.argsort(rows, kind="stable")
+            table, rows = table.take(order), rows[order]
+        uids = _uids(table, i, self.n_parts)
+        df = table_frame(table, pd.Index(rows))
+        del table
+        if df is None:
+            raise NotClean(f"part {i}")
+        return df, uids
 
     def close(self) -> None:
         self._dir.cleanup()
@@ -148,14 +155,20 @@ class FrameParts:
         self._own = frame_part_codes(events["pod_uid"], n_parts)
         self._tgt = frame_part_codes(events["target_pod_uid"], n_parts)
 
+    def units(self) -> list[int]:
+        """The parts that hold rows."""
+        present = np.unique(np.concatenate([self._own, self._tgt]))
+        return [int(i) for i in present if i >= 0]
+
     def frames(self) -> Iterator[tuple[pd.DataFrame, frozenset[str]]]:
-        for i in range(self.n_parts):
-            mask = (self._own == i) | (self._tgt == i)
-            if not mask.any():
-                continue
-            part = self._events[mask]
-            uids = {str(u) for col in ("pod_uid", "target_pod_uid") for u in pd.unique(part[col].dropna()) if u}
-            yield part, frozenset(u for u in uids if part_of(u, self.n_parts) == i)
+        for i in self.units():
+            yield self.frame(i)
+
+    def frame(self, i: int) -> tuple[pd.DataFrame, frozenset[str]]:
+        """Part i's rows (a signal across parts is in both), the uids of the pods it holds whole."""
+        part = self._events[(self._own == i) | (self._tgt == i)]
+        uids = {str(u) for col in ("pod_uid", "target_pod_uid") for u in pd.unique(part[col].dropna()) if u}
+        return part, frozenset(u for u in uids if part_of(u, self.n_parts) == i)
 
     def close(self) -> None:
         self._events = None
@@ -197,7 +210,7 @@ def _chunks(path: Path, complete: int) -> Iterator[Any]:
                 rest = data
                 continue
             rest = data[cut:]
-            yield pa.BufferReader(pa.py_buffer(data[:cut]))
+            yield pa.BufferReader(pa.py_buffer(memoryview(data)[:cut]))     # no copy of the chunk
             del data
         if rest:
             yield pa.BufferReader(pa.py_buffer(rest))

@@ -5,7 +5,8 @@ and `sigtrace analyze`; it knows nothing of how a report is rendered.
 A recording is reported whole (build_reports: its events as one frame) or in parts by pod
 (report_recording: sigtrace.events.partition), which gives the same reports in bounded memory: a
 pod's report reads only its own events; the node-wide parts (which ReplicaSets the recording saw,
-the recording's kinds and last event) come from small summaries gathered while reading."""
+the recording's kinds and last event) come from small summaries gathered while reading. Parts
+are correlated side by side in worker processes (report.workers), one pod's report in report.pod."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,36 +15,14 @@ from typing import Any, Callable, Iterable
 import pandas as pd
 
 from ..correlate.build import build_contexts, capabilities_for, capabilities_of, lifecycle_contexts
-from ..correlate.outside import pod_resets_outside_stop, resets_outside_stop
-from ..correlate.pod import PodContext
-from ..correlate.stats import build_stats
-from ..correlate.timeline import build_timeline
-from ..correlate.trigger import pod_trigger, replica_sets
-from ..verdicts import evaluate
-from .model import PodReport, PodStore, ReportSet
+from ..correlate.outside import resets_outside_stop
+from ..correlate.trigger import replica_sets
+from .model import PodStore, ReportSet
+from .pod import report_for
 
 # a frame of more events than this is reported in parts by pod (report_parts): the correlation's
 # peak is then a part's (~100 bytes an event for each of a dozen intermediate columns), not the whole's
 PART_EVENTS = 250_000
-
-
-def report_for(ctx: PodContext, rs_by_deployment: dict[str, set[str]] | None = None) -> PodReport:
-    """One pod's report. rs_by_deployment: the ReplicaSets the recording saw per Deployment
-    (trigger.replica_sets of all pods), which tells a rollout from a scale-down."""
-    t0 = ctx.t0 if ctx.t0 is not None else ctx.first_ts
-    containers = []
-    for c in ctx.containers.values():
-        containers.append({
-            "container_id": c.id, "name": c.name, "app": c.app,
-            "pid1": c.pid1.to_dict(t0) if c.pid1 else None,
-            "stop_signal": ({"sig": c.stop_signal.sig, "sender": c.stop_signal.sender_label,
-                             "result": c.stop_signal.result, "t": ctx.rel(c.stop_signal.ts)} if c.stop_signal else None),
-            "exit_t": ctx.rel(c.exit_ts) if c.exit_ts is not None else None,
-            "processes": [p.to_dict(t0) for p in c.processes],
-        })
-    return PodReport(ctx.pod_uid, ctx.pod_name, ctx.namespace, ctx.stopped, ctx.t0, containers,
-                     build_timeline(ctx), evaluate(ctx), build_stats(ctx), connections=ctx.display.lanes,
-                     trigger=pod_trigger(ctx, rs_by_deployment or {}))
 
 
 def build_reports(events: pd.DataFrame, meta: dict[str, Any], incomplete: Iterable[str] = (),
@@ -55,7 +34,8 @@ def build_reports(events: pd.DataFrame, meta: dict[str, Any], incomplete: Iterab
     if len(events) > PART_EVENTS:
         from ..events.partition import FrameParts
         n_parts = len(events) // PART_EVENTS + 1
-        return report_parts(FrameParts(events, meta, list(incomplete), n_parts), lanes, progress)
+        # in this process: build_reports also runs inside the recording agent, which must not fork
+        return report_parts(FrameParts(events, meta, list(incomplete), n_parts), lanes, progress, jobs=1)
     notes = list(incomplete)
     caps, cap_notes = capabilities_of(meta, events)
     notes += cap_notes
@@ -77,11 +57,12 @@ def _lost(meta: dict[str, Any]) -> int:
 
 
 def report_recording(directory: str | Path, lanes: bool = True, part_bytes: int | None = None,
-                     progress: Callable[[str, int, int | None], None] | None = None) -> ReportSet:
+                     progress: Callable[[str, int, int | None], None] | None = None,
+                     jobs: int | None = None) -> ReportSet:
     """The reports of a recording directory (read_recording's input), read in parts by pod when it
     is big and clean (bounded memory), whole otherwise. DataError as read_recording. part_bytes:
     how much of the recording's JSON a part holds (events.partition.PART_BYTES); progress as
-    build_reports'."""
+    build_reports'; jobs: worker processes for the parts, as report_parts'."""
     from ..events.partition import PART_BYTES, NotClean, split_recording
     from ..events.reader import read_recording
     from ..events.source import plan_recording
@@ -89,7 +70,7 @@ def report_recording(directory: str | Path, lanes: bool = True, part_bytes: int 
     parts = split_recording(src, part_bytes or PART_BYTES, progress)
     if parts is not None:
         try:
-            return report_parts(parts, lanes, progress)
+            return report_parts(parts, lanes, progress, jobs)
         except NotClean:
             pass                     # a value the tolerant reader skips: read it whole, as it does
         finally:
@@ -103,9 +84,13 @@ def report_recording(directory: str | Path, lanes: bool = True, part_bytes: int 
 
 
 def report_parts(parts: Any, lanes: bool = True,
-                 progress: Callable[[str, int, int | None], None] | None = None) -> ReportSet:
+                 progress: Callable[[str, int, int | None], None] | None = None,
+                 jobs: int | None = None) -> ReportSet:
     """build_reports of a recording split by pod (sigtrace.events.partition.PodParts): each part's
-    pods from that part alone, in pod uid order as a whole recording's. NotClean from a part."""
+    pods from that part alone, in pod uid order as a whole recording's. NotClean from a part.
+    jobs: worker processes, one part each at a time (report.workers.default_jobs: None or 0 is
+    one per CPU, at most 4; 1 is none). WorkerDied when one is killed."""
+    from .workers import PartJob, default_jobs, report_units
     meta = parts.meta or {}
     summary = parts.summary
     notes = list(parts.incomplete)
@@ -114,16 +99,13 @@ def report_parts(parts: Any, lanes: bool = True,
     rs_by_deployment = replica_sets(lifecycle_contexts(summary.lifecycle, caps))
     reports = PodStore()             # compact until rendered: 26k reports as objects held ~0.9 GB
     outside: list[dict[str, Any]] = []
-    for events, uids in parts.frames():
-        ctxs = build_contexts(events, caps, meta, lanes, pods=uids, last_ts=summary.last_ts)
-        del events
-        for ctx in ctxs.values():
-            reports.add(report_for(ctx, rs_by_deployment))
-            entry = pod_resets_outside_stop(ctx)
-            if entry is not None:
-                outside.append(entry)
+    job = PartJob(parts, caps, meta, lanes, summary.last_ts, rs_by_deployment)
+    for packed, part_outside in report_units(job, default_jobs(jobs)):
+        for item in packed:
+            reports.add_packed(item)
             if progress:
                 progress("pods done", len(reports), None)
+        outside += part_outside
     reports.sort()
     outside.sort(key=lambda e: e["pod_uid"])
     return ReportSet(reports, _lost(meta), notes, meta, outside_stop=outside)

@@ -72,10 +72,19 @@ class PodStore(Sequence):
     def __init__(self) -> None:
         self._items: list[tuple[str, bytes]] = []
 
-    def add(self, report: PodReport) -> None:
+    @staticmethod
+    def pack(report: PodReport) -> tuple[str, bytes]:
+        """(pod uid, the report as add keeps it): what a worker process sends back."""
         blob = {"d": report.to_dict(), "c": report.connections, "m": [v.marks for v in report.verdicts]}
         data = orjson.dumps(blob, option=_STORE_OPTIONS, default=str)
-        self._items.append((report.pod_uid, zlib.compress(data, 1)))
+        return report.pod_uid, zlib.compress(data, 1)
+
+    def add(self, report: PodReport) -> None:
+        self._items.append(self.pack(report))
+
+    def add_packed(self, item: tuple[str, bytes]) -> None:
+        """A report as pack made it."""
+        self._items.append(item)
 
     def sort(self) -> None:
         """In pod uid order, as a whole recording's reports are."""

@@ -1,0 +1,156 @@
+"""Parts of a recording reported side by side: one worker process per CPU, each correlating one
+part at a time (report.build.report_parts' parallel path).
+
+Pods are independent once split by pod, so a part's reports need only the part and a few facts
+of the whole recording (capabilities, meta, last event, ReplicaSets). The workers are forked after
+the split: they inherit the parts object and those facts instead of being sent them, read their
+part from its spill file themselves and send back each pod's report packed (compressed JSON, what
+PodStore keeps), so the parent holds the reports and no events. At most one part per worker is
+in flight: the peak is the parent plus one part's correlation per worker."""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sys
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from ..errors import SigtraceError
+
+class WorkerDied(SigtraceError):
+    """A worker process ended without its result (killed: OOM, a signal)."""
+    exit_code = 1
+
+
+# more workers than this add memory (a part's correlation each) faster than they save time
+MAX_JOBS = 4
+
+
+@dataclass
+class PartJob:
+    """What every part's reports need besides the part itself."""
+    parts: Any                       # PodParts, FrameParts or analyze's NodeParts: units() and frame(unit)
+    caps: frozenset[str]
+    meta: dict[str, Any]
+    lanes: bool
+    last_ts: float | None
+    rs_by_deployment: dict[str, set[str]]
+
+
+PartResult = tuple[list[tuple[str, bytes]], list[dict[str, Any]]]
+
+_JOB: PartJob | None = None          # set in the parent before the fork: what a worker inherits
+
+
+def default_jobs(jobs: int | None = None) -> int:
+    """The workers to use: jobs when given and positive (1: none, parts in this process), else
+    SIGTRACE_JOBS when set, else one per CPU this process may run on, at most MAX_JOBS."""
+    if jobs:
+        return max(1, jobs)
+    env = os.environ.get("SIGTRACE_JOBS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, MAX_JOBS))
+
+
+def report_unit(job: PartJob, unit: Any) -> PartResult:
+    """One part's reports, packed, and its pods' resets outside a stop."""
+    from ..correlate.build import build_contexts
+    from ..correlate.outside import pod_resets_outside_stop
+    from .pod import report_for
+    from .model import PodStore
+    events, uids = job.parts.frame(unit)
+    ctxs = build_contexts(events, job.caps, job.meta, job.lanes, pods=uids, last_ts=job.last_ts)
+    del events
+    packed, outside = [], []
+    for ctx in ctxs.values():
+        packed.append(PodStore.pack(report_for(ctx, job.rs_by_deployment)))
+        entry = pod_resets_outside_stop(ctx)
+        if entry is not None:
+            outside.append(entry)
+    return packed, outside
+
+
+def _quiet_on_interrupt() -> None:
+    """Ctrl-C reaches the whole process group: a worker leaves it to the parent, which ends the
+    workers and says it once (a worker ending on its own would look to the parent like one killed)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _in_worker(unit: Any) -> PartResult:
+    assert _JOB is not None, "a worker forked without its job"
+    return report_unit(_JOB, unit)
+
+
+def report_units(job: PartJob, jobs: int) -> Iterator[PartResult]:
+    """Each part's result, in the order the parts finish: in this process when jobs is 1 or there
+    is one part, else in `jobs` forked workers with one part each in flight. An exception of a part
+    (NotClean, DataError) is raised here, the parts not yet started cancelled."""
+    units = job.parts.units()
+    jobs = min(jobs, len(units))
+    if jobs <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        for unit in units:
+            yield report_unit(job, unit)
+        return
+    global _JOB
+    _JOB = job
+    # a forked worker flushes its copy of these buffers when it ends: empty them first, or a
+    # document half-written to stdout would be written again by every worker
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("fork"),
+                                 initializer=_quiet_on_interrupt) as pool:
+            yield from _bounded(pool, units, jobs)
+    except BrokenProcessPool:
+        raise WorkerDied(f"a report worker process died before its part was done (most often the kernel's "
+                         f"out-of-memory killer: {jobs} workers hold a part each); run again with --jobs 1 "
+                         "(SIGTRACE_JOBS=1): one part at a time, in one process") from None
+    finally:
+        _JOB = None
+
+
+def _bounded(pool: ProcessPoolExecutor, units: list[Any], jobs: int) -> Iterator[PartResult]:
+    """pool.map with at most `jobs` parts submitted at once: a submitted part's result waits in
+    the parent, and results are a part's reports, so this bounds the parent's memory too."""
+    before = set(multiprocessing.active_children())        # the pool's workers are the others
+    todo = iter(units)
+    running: set[Future] = set()
+    try:
+        for unit in todo:
+            running.add(pool.submit(_in_worker, unit))
+            if len(running) < jobs:
+                continue
+            done, running = _wait_any(running)
+            for f in done:
+                yield f.result()
+        while running:
+            done, running = _wait_any(running)
+            for f in done:
+                yield f.result()
+    except BaseException as exc:
+        for f in running:
+            f.cancel()
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            _end_workers(before)                # not worth waiting for their parts
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+
+
+def _end_workers(before: set) -> None:
+    for proc in multiprocessing.active_children():
+        if proc not in before:
+            proc.terminate()
+
+
+def _wait_any(running: set[Future]) -> tuple[set[Future], set[Future]]:
+    done, pending = wait(running, return_when=FIRST_COMPLETED)
+    return set(done), set(pending)
+
