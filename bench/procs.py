@@ -215,6 +215,7 @@ class Timed:
     timed_out: bool
     stdout: str
     stderr: str
+    tree_pss_kb: int = 0             # peak of the process group's summed PSS, sampled every 0.1 s
 
 
 def run_timed(cmd: list[str], timeout: float, cwd: Path = REPO) -> Timed:
@@ -234,10 +235,14 @@ def run_timed(cmd: list[str], timeout: float, cwd: Path = REPO) -> Timed:
     for t in threads:
         t.start()
     timed_out = False
+    tree_kb, next_sample = 0, 0.0
     while True:
         pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
+        if time.monotonic() >= next_sample:         # the workers of report/analyze count too
+            tree_kb = max(tree_kb, group_pss_kb(proc.pid))
+            next_sample = time.monotonic() + 0.1
         if time.monotonic() - t0 > timeout:
             timed_out = True
             os.killpg(proc.pid, signal.SIGKILL)
@@ -249,7 +254,30 @@ def run_timed(cmd: list[str], timeout: float, cwd: Path = REPO) -> Timed:
     for t in threads:
         t.join(5)
     return Timed(None if timed_out else proc.returncode, wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss,
-                 timed_out, b"".join(out_chunks).decode(errors="replace"), b"".join(err_chunks).decode(errors="replace"))
+                 timed_out, b"".join(out_chunks).decode(errors="replace"), b"".join(err_chunks).decode(errors="replace"),
+                 tree_kb)
+
+
+def group_pss_kb(pgid: int) -> int:
+    """The summed PSS of a process group's processes (a command and the workers it forked): shared
+    copy-on-write pages counted once in all, where summed RSS would count them in every process."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rpartition(")")[2].split()
+            if int(fields[2]) != pgid:                      # after the state and ppid: pgrp
+                continue
+            with open(f"/proc/{entry}/smaps_rollup") as fh:
+                for line in fh:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1])
+                        break
+        except (OSError, ValueError, IndexError):
+            continue                                        # gone meanwhile
+    return total
 
 
 def _count_lines(out_dir: Path) -> int:
