@@ -78,6 +78,16 @@ def report_unit(job: PartJob, unit: Any) -> PartResult:
     return packed, outside
 
 
+def _release_freed() -> None:
+    """Give back what the split freed but Arrow's allocator kept: every worker starts as a copy
+    of this process, and the kept pages would count in each one's memory."""
+    try:
+        import pyarrow as pa
+        pa.default_memory_pool().release_unused()
+    except (ImportError, AttributeError):
+        pass
+
+
 def _quiet_on_interrupt() -> None:
     """Ctrl-C reaches the whole process group: a worker leaves it to the parent, which ends the
     workers and says it once (a worker ending on its own would look to the parent like one killed)."""
@@ -105,6 +115,7 @@ def report_units(job: PartJob, jobs: int) -> Iterator[PartResult]:
     # document half-written to stdout would be written again by every worker
     sys.stdout.flush()
     sys.stderr.flush()
+    _release_freed()
     try:
         with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("fork"),
                                  initializer=_quiet_on_interrupt) as pool:
