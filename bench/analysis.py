@@ -38,7 +38,8 @@ def dataset(cache: Path, n: int, log: Callable[[str], None]) -> tuple[Path, dict
 def stage_cmds(d: Path, parquet: Path) -> dict[str, list[str]]:
     return {
         "read": READ + [str(d)],
-        "report": procs.SIGTRACE + ["report", str(d), "--format", "json", "-o", "/dev/null"],
+        # a file, not /dev/null: report writes only regular files (a planted device or FIFO is refused)
+        "report": procs.SIGTRACE + ["report", str(d), "--format", "json", "-o", str(d / "report.json")],
         "export": procs.SIGTRACE + ["export", str(d), "--parquet", str(parquet)],
         "analyze": procs.SIGTRACE + ["analyze", str(parquet), "--json"],
     }
@@ -79,14 +80,15 @@ def measure(sizes: list[int], report_sizes: list[int], cache: Path, timeout: flo
                     last_rate[stage] = info["events"] / t.wall_s
                 else:
                     row["error"] = "timed out" if t.timed_out else t.stderr.strip()[-300:]
-                    last_rate[stage] = info["events"] / max(t.wall_s, 1e-9) if t.timed_out else last_rate.get(stage, 1.0)
+                    if t.timed_out:           # a rate to project the next size from; an error is none
+                        last_rate[stage] = info["events"] / max(t.wall_s, 1e-9)
             results.append(row)
             log(f"analysis: {stage:8s} {n:>9} events: " + (row.get("skipped") or row.get("error") or
                 f"{row['wall_s']} s, {row['events_per_s']} events/s, peak {row['peak_rss_mb']} MB"))
         if parquet.exists():
             parquet.unlink()
-        for extra in d.glob("export.parquet*"):
-            extra.unlink()
+        for extra in [*d.glob("export.parquet*"), d / "report.json"]:
+            extra.unlink(missing_ok=True)
     prof = {}
     if report_sizes:
         from .profile import profile_report

@@ -49,8 +49,10 @@ def profile_report(directory: Path, timeout: float = 300) -> dict[str, Any]:
         return {"skipped": "py-spy not installed (pip install py-spy)"}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "prof.txt"
+        # --jobs 1: every part's work in the one process py-spy samples; the report to a file, as
+        # report writes only regular files
         cmd = [spy, "record", "-f", "raw", "-r", "100", "-o", str(out), "--", *procs.SIGTRACE,
-               "report", str(directory), "--format", "json", "-o", "/dev/null"]
+               "report", str(directory), "--format", "json", "--jobs", "1", "-o", str(Path(tmp) / "report.json")]
         try:
             subprocess.run(cmd, capture_output=True, timeout=timeout, cwd=procs.REPO)
         except subprocess.TimeoutExpired:

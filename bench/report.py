@@ -343,8 +343,9 @@ def _analysis(an: dict | None) -> list[str]:
                    f"{_f(s.get('peak_rss_mb'), '{:,.0f} MB')} | {s.get('skipped') or s.get('error') or ''} |")
     prof = an.get("profile") or {}
     if prof.get("inclusive"):
-        out += ["", f"Where `sigtrace report` spends its time ({_f(prof['events'])} events, py-spy, "
-                f"{prof['samples']} samples; inclusive share per function):", ""]
+        out += ["", f"Where `sigtrace report --jobs 1` spends its time ({_f(prof['events'])} events, py-spy, "
+                f"{prof['samples']} samples; inclusive share per function; --jobs 1: every part's work in "
+                "the one process sampled):", ""]
         out += [f"- {pct}% {name}" for name, pct in prof["inclusive"]]
         out += ["", "Library calls the report's own frames wait in:", ""]
         out += [f"- {pct}% {name}" for name, pct in prof["waiting_in"]]
