@@ -1,7 +1,7 @@
 """Analysis throughput: read, report, export and analyze on synthetic recordings (bench/synth.py).
 
 Each stage runs as its own process (`sigtrace report DIR --format json`, `sigtrace export DIR
---parquet F`, `sigtrace analyze F --json`, and read_recording alone), timed with its CPU and
+--parquet F`, `sigtrace analyze F --json`, read_recording alone, and the chunked JSON parse alone), timed with its CPU and
 peak memory: the larger of its own peak RSS (wait4) and the summed PSS of its process group (the
 worker processes of report and analyze), sampled every 0.1 s. A stage that would not finish in its time limit, judged from the smaller size,
 is skipped and says so; one that runs over is killed and reported as timed out.
@@ -17,6 +17,10 @@ from . import procs, synth
 
 READ = [sys.executable, "-c", "import sys; from sigtrace.events.reader import read_recording; "
         "r = read_recording(sys.argv[1]); print(len(r.events))"]
+# the JSON parse alone, as report and export do it (32 MB chunks, pyarrow, explicit schema): their floor
+PARSE = [sys.executable, "-c", "import sys; from sigtrace.events.partition import CleanChunks; "
+         "from sigtrace.events.source import plan_recording; "
+         "print(sum(t.num_rows for t, _ in CleanChunks(plan_recording(sys.argv[1]))))"]
 
 
 def dataset(cache: Path, n: int, log: Callable[[str], None]) -> tuple[Path, dict[str, Any]]:
@@ -38,6 +42,7 @@ def dataset(cache: Path, n: int, log: Callable[[str], None]) -> tuple[Path, dict
 def stage_cmds(d: Path, parquet: Path) -> dict[str, list[str]]:
     return {
         "read": READ + [str(d)],
+        "parse": PARSE + [str(d)],
         # a file, not /dev/null: report writes only regular files (a planted device or FIFO is refused)
         "report": procs.SIGTRACE + ["report", str(d), "--format", "json", "-o", str(d / "report.json")],
         "export": procs.SIGTRACE + ["export", str(d), "--parquet", str(parquet)],
@@ -55,9 +60,9 @@ def measure(sizes: list[int], report_sizes: list[int], cache: Path, timeout: flo
         d, info = dataset(cache, n, log)
         parquet = d / "export.parquet"
         cmds = stage_cmds(d, parquet)
-        stages = ["read", "export"] if n in sizes else []
+        stages = ["parse", "read", "export"] if n in sizes else []
         if n in report_sizes:
-            stages = ["read", "report", "export", "analyze"]
+            stages = ["parse", "read", "report", "export", "analyze"]
         for stage in stages:
             row: dict[str, Any] = {"stage": stage, "events": info["events"], "pods": info["pods"],
                                    "file_mb": round(info["bytes"] / 1e6, 1)}
