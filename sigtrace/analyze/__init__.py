@@ -86,7 +86,7 @@ def analyze_files(paths: Sequence[str], progress: Callable[[str, int, int | None
 
     In bounded memory: the exports are read in chunks and spilled by node and pod (analyze.parts);
     each node's reports come from report.build.report_parts, the code `sigtrace report` runs on a
-    big recording, one group of pods at a time."""
+    big recording, a group of pods at a time per worker process."""
     from ..report.build import report_parts   # the one correlation + verdict implementation
     from .parts import NodeSpill
     reader = ExportReader(paths, progress=progress, **select)

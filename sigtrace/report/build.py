@@ -89,7 +89,8 @@ def report_parts(parts: Any, lanes: bool = True,
     """build_reports of a recording split by pod (sigtrace.events.partition.PodParts): each part's
     pods from that part alone, in pod uid order as a whole recording's. NotClean from a part.
     jobs: worker processes, one part each at a time (report.workers.default_jobs: None or 0 is
-    one per CPU, at most 4; 1 is none). WorkerDied when one is killed."""
+    SIGTRACE_JOBS, else one per CPU the process may use, at most 4; 1 is none). WorkerDied when
+    one is killed."""
     from .workers import PartJob, default_jobs, report_units
     meta = parts.meta or {}
     summary = parts.summary

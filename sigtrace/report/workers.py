@@ -1,4 +1,5 @@
-"""Parts of a recording reported side by side: one worker process per CPU, each correlating one
+"""Parts of a recording reported side by side: one worker process per CPU this process may use
+(its affinity and its cgroup's cpu.max and memory.max; at most MAX_JOBS), each correlating one
 part at a time (report.build.report_parts' parallel path).
 
 Pods are independent once split by pod, so a part's reports need only the part and a few facts
@@ -9,6 +10,8 @@ PodStore keeps), so the parent holds the reports and no events. At most one part
 in flight: the peak is the parent plus one part's correlation per worker."""
 from __future__ import annotations
 
+import ctypes
+import math
 import multiprocessing
 import os
 import signal
@@ -16,6 +19,7 @@ import sys
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import SigtraceError
@@ -27,6 +31,9 @@ class WorkerDied(SigtraceError):
 
 # more workers than this add memory (a part's correlation each) faster than they save time
 MAX_JOBS = 4
+# about the most a worker holds (a 64 MB part of JSON correlated: ~0.3-0.5 GB), with room: a
+# memory limit allows one worker per this much
+WORKER_BYTES = 1 << 30
 
 
 @dataclass
@@ -43,11 +50,14 @@ class PartJob:
 PartResult = tuple[list[tuple[str, bytes]], list[dict[str, Any]]]
 
 _JOB: PartJob | None = None          # set in the parent before the fork: what a worker inherits
+_PARENT = 0                          # the parent's pid, for a worker to tell it is orphaned
+PR_SET_PDEATHSIG = 1                 # <linux/prctl.h>
 
 
 def default_jobs(jobs: int | None = None) -> int:
     """The workers to use: jobs when given and positive (1: none, parts in this process), else
-    SIGTRACE_JOBS when set, else one per CPU this process may run on, at most MAX_JOBS."""
+    SIGTRACE_JOBS when set, else one per CPU this process may use, at most MAX_JOBS and at most
+    one per WORKER_BYTES of its cgroup's memory limit."""
     if jobs:
         return max(1, jobs)
     env = os.environ.get("SIGTRACE_JOBS", "").strip()
@@ -57,7 +67,71 @@ def default_jobs(jobs: int | None = None) -> int:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cpus = os.cpu_count() or 1
+    cpu_limit, mem_limit = cgroup_limits()
+    if cpu_limit is not None:
+        cpus = min(cpus, max(1, math.ceil(cpu_limit)))
+    if mem_limit is not None:
+        cpus = min(cpus, max(1, mem_limit // WORKER_BYTES))
     return max(1, min(cpus, MAX_JOBS))
+
+
+def cgroup_limits(root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cgroup") -> tuple[float | None, int | None]:
+    """(CPUs, bytes) this process's cgroups and their ancestors allow (cgroup v2's cpu.max and
+    memory.max, or v1's CFS quota and memory limit), None where unlimited or unknown: in a pod the
+    node's CPUs are not the pod's (a container limited to 1 CPU still sees them all in its affinity)."""
+    try:
+        lines = Path(proc_cgroup).read_text().splitlines()
+    except OSError:
+        return None, None
+    base = Path(root)
+    cpu: float | None = None
+    mem: int | None = None
+    for line in lines:
+        _, controllers, rel = line.split(":", 2) if line.count(":") >= 2 else ("", "", "")
+        names = set(controllers.split(","))
+        if controllers == "" and (base / "cgroup.controllers").exists():     # v2, mounted at root
+            for d in _up(base, rel):
+                cpu, mem = _min(cpu, _cpu_max(d / "cpu.max")), _min(mem, _int_file(d / "memory.max"))
+        if "cpu" in names:                                                    # v1
+            for d in _up(base / "cpu", rel):
+                cpu = _min(cpu, _cfs_quota(d))
+        if "memory" in names:
+            for d in _up(base / "memory", rel):
+                mem = _min(mem, _int_file(d / "memory.limit_in_bytes"))
+    return cpu, mem
+
+
+def _up(mount: Path, rel: str) -> list[Path]:
+    """The cgroup's directory under its hierarchy's mount and its ancestors up to the mount."""
+    path = mount / rel.strip("/") if rel.strip("/") else mount
+    return [path, *[d for d in path.parents if d == mount or mount in d.parents]]
+
+
+def _cpu_max(path: Path) -> float | None:
+    try:
+        quota, _, period = path.read_text().strip().partition(" ")
+        return int(quota) / int(period) if quota != "max" and int(period) > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def _cfs_quota(d: Path) -> float | None:
+    quota, period = _int_file(d / "cpu.cfs_quota_us"), _int_file(d / "cpu.cfs_period_us")
+    return quota / period if quota is not None and quota > 0 and period else None
+
+
+def _int_file(path: Path) -> int | None:
+    """An integer limit, None for "max", v1's "no limit" (near 2^63) or none readable."""
+    try:
+        text = path.read_text().strip()
+        value = None if text == "max" else int(text)
+    except (OSError, ValueError):
+        return None
+    return None if value is None or value >= 1 << 60 else value
+
+
+def _min(a, b):
+    return b if a is None else a if b is None else min(a, b)
 
 
 def report_unit(job: PartJob, unit: Any) -> PartResult:
@@ -88,10 +162,24 @@ def _release_freed() -> None:
         pass
 
 
-def _quiet_on_interrupt() -> None:
-    """Ctrl-C reaches the whole process group: a worker leaves it to the parent, which ends the
-    workers and says it once (a worker ending on its own would look to the parent like one killed)."""
+def _start_worker() -> None:
+    """A worker's set-up, right after the fork.
+    - Ctrl-C reaches the whole process group: a worker leaves it to the parent, which ends the
+      workers and says it once (a worker ending on its own would look to the parent like one killed).
+    - It dies with the parent (SIGKILLed by the OOM killer, or a plain SIGTERM): an orphaned
+      worker would wait for work forever, holding its memory.
+    - Fresh stdout and stderr: the parent's were copied with their locks as they were at the
+      fork, maybe held by the progress bar's thread, and a worker flushes them when it ends."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != _PARENT:                 # the parent died before prctl took effect
+        os._exit(1)
+    sys.stdout = open(os.devnull, "w")          # a worker writes no document
+    sys.stderr = open(2, "w", closefd=False)    # its crash, if any, still seen
 
 
 def _in_worker(unit: Any) -> PartResult:
@@ -109,8 +197,8 @@ def report_units(job: PartJob, jobs: int) -> Iterator[PartResult]:
         for unit in units:
             yield report_unit(job, unit)
         return
-    global _JOB
-    _JOB = job
+    global _JOB, _PARENT
+    _JOB, _PARENT = job, os.getpid()
     # a forked worker flushes its copy of these buffers when it ends: empty them first, or a
     # document half-written to stdout would be written again by every worker
     sys.stdout.flush()
@@ -118,7 +206,7 @@ def report_units(job: PartJob, jobs: int) -> Iterator[PartResult]:
     _release_freed()
     try:
         with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("fork"),
-                                 initializer=_quiet_on_interrupt) as pool:
+                                 initializer=_start_worker) as pool:
             yield from _bounded(pool, units, jobs)
     except BrokenProcessPool:
         raise WorkerDied(f"a report worker process died before its part was done (most often the kernel's "
@@ -146,11 +234,12 @@ def _bounded(pool: ProcessPoolExecutor, units: list[Any], jobs: int) -> Iterator
             done, running = _wait_any(running)
             for f in done:
                 yield f.result()
-    except BaseException as exc:
+    except BaseException:
+        # an interrupt, a part's error, the caller closing the generator: the other parts' work
+        # is not wanted, so it is not waited for
         for f in running:
             f.cancel()
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            _end_workers(before)                # not worth waiting for their parts
+        _end_workers(before)
         pool.shutdown(wait=True, cancel_futures=True)
         raise
 
