@@ -63,6 +63,22 @@ def test_many_pods_in_workers_are_the_whole_recordings_reports(tmp_path):
     assert not multiprocessing.active_children()
 
 
+def test_a_bad_value_found_by_a_worker_reads_the_recording_whole(tmp_path):
+    """One part of many holds a value the tolerant reader skips: the worker that finds it raises,
+    the other workers are ended, and the recording is read whole as in one process."""
+    from bench import synth
+    synth.generate(tmp_path, 3000, events_per_pod=120, seed=13)
+    path = tmp_path / "events.jsonl"
+    lines = path.read_text().splitlines()
+    at = next(i for i in range(len(lines) // 2, len(lines)) if '"pid"' in lines[i] and '"pod_uid"' in lines[i])
+    lines[at] = json.dumps({**json.loads(lines[at]), "ts": -1.0})
+    path.write_text("\n".join(lines) + "\n")
+    rs = report_recording(tmp_path, lanes=True, part_bytes=50_000, jobs=3)
+    assert any("ts out of range" in n for n in rs.incomplete), rs.incomplete
+    assert render_json(rs) == whole(tmp_path)
+    assert not multiprocessing.active_children()
+
+
 def test_a_worker_killed_is_one_error(monkeypatch, tmp_path):
     """A worker that dies (the OOM killer's SIGKILL) ends the report with WorkerDied, whose one
     line says what to do; no worker is left behind."""
