@@ -162,7 +162,7 @@ class NodeSpill:
 
 class NodeParts:
     """One node's events as parts by pod: report.build.report_parts' input (meta, incomplete,
-    summary, frames())."""
+    summary, units() and frame(unit))."""
 
     def __init__(self, node: _Node, meta: dict[str, Any], incomplete: list[str], spill: Path, shared: bool,
                  group_rows: int, in_order: bool) -> None:
@@ -233,10 +233,6 @@ class NodeParts:
         if group:
             groups.append(group)
         return groups
-
-    def frames(self) -> Iterator[tuple[pd.DataFrame, frozenset[str]]]:
-        for group in self.units():
-            yield self.frame(group)
 
     def frame(self, parts: list[int]) -> tuple[pd.DataFrame, frozenset[str]]:
         """A group of parts as (events in time order, labelled by row; the uids of the pods they

@@ -111,11 +111,6 @@ class PodParts:
         """The parts there are, each read on its own by frame() (in this process or a worker's)."""
         return [i for i in range(self.n_parts) if (Path(self._dir.name) / f"{i}.arrow").exists()]
 
-    def frames(self) -> Iterator[tuple[pd.DataFrame, frozenset[str]]]:
-        """Each part as frame() gives it."""
-        for i in self.units():
-            yield self.frame(i)
-
     def frame(self, i: int) -> tuple[pd.DataFrame, frozenset[str]]:
         """Part i as (events frame in time order, labelled by row; the uids of the pods it holds
         whole), its spill file removed. Raises NotClean when the part has a value the tolerant
@@ -159,10 +154,6 @@ class FrameParts:
         """The parts that hold rows."""
         present = np.unique(np.concatenate([self._own, self._tgt]))
         return [int(i) for i in present if i >= 0]
-
-    def frames(self) -> Iterator[tuple[pd.DataFrame, frozenset[str]]]:
-        for i in self.units():
-            yield self.frame(i)
 
     def frame(self, i: int) -> tuple[pd.DataFrame, frozenset[str]]:
         """Part i's rows (a signal across parts is in both), the uids of the pods it holds whole."""
