@@ -1,10 +1,11 @@
 """Analysis throughput: read, report, export and analyze on synthetic recordings (bench/synth.py).
 
 Each stage runs as its own process (`sigtrace report DIR --format json`, `sigtrace export DIR
---parquet F`, `sigtrace analyze F --json`, read_recording alone, and the chunked JSON parse alone), timed with its CPU and
-peak memory: the larger of its own peak RSS (wait4) and the summed PSS of its process group (the
-worker processes of report and analyze), sampled every 0.1 s. A stage that would not finish in its time limit, judged from the smaller size,
-is skipped and says so; one that runs over is killed and reported as timed out.
+--parquet F`, `sigtrace analyze F --json`, read_recording alone, and the chunked JSON parse
+alone), timed with its CPU and peak memory: the larger of its own peak RSS (wait4) and the summed
+PSS of its process group (the worker processes of report and analyze), sampled every 0.1 s. A
+stage that would not finish in its time limit, judged from the smaller size, is skipped and says
+so; one that runs over is killed and reported as timed out.
 """
 from __future__ import annotations
 

@@ -259,25 +259,9 @@ def run_timed(cmd: list[str], timeout: float, cwd: Path = REPO) -> Timed:
 
 
 def group_pss_kb(pgid: int) -> int:
-    """The summed PSS of a process group's processes (a command and the workers it forked): shared
-    copy-on-write pages counted once in all, where summed RSS would count them in every process."""
-    total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                fields = fh.read().rpartition(")")[2].split()
-            if int(fields[2]) != pgid:                      # after the state and ppid: pgrp
-                continue
-            with open(f"/proc/{entry}/smaps_rollup") as fh:
-                for line in fh:
-                    if line.startswith("Pss:"):
-                        total += int(line.split()[1])
-                        break
-        except (OSError, ValueError, IndexError):
-            continue                                        # gone meanwhile
-    return total
+    """The summed PSS of a process group's live processes (a command and the workers it forked):
+    shared copy-on-write pages counted once in all, where summed RSS would count them in every one."""
+    return sum(mem_kb(st.pid).get("pss", 0) for st in proc_stats() if st.pgrp == pgid)
 
 
 def _count_lines(out_dir: Path) -> int:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, require_kernel
+from sigtrace.pods.proc import read_stat
 from sigtrace.report import workers
 
 CGROOT = Path("/sys/fs/cgroup")
@@ -147,7 +148,7 @@ def test_workers_die_with_their_parent(tmp_path):
         parent.send_signal(signal.SIGKILL)
         parent.wait(10)
         deadline = time.monotonic() + 10
-        while any(Path(f"/proc/{k}").exists() and _alive(k) for k in kids) and time.monotonic() < deadline:
+        while any(_alive(k) for k in kids) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not [k for k in kids if _alive(k)], "a worker outlived its parent"
     finally:
@@ -160,8 +161,5 @@ def test_workers_die_with_their_parent(tmp_path):
 
 
 def _alive(pid: str) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    st = read_stat(pid)
+    return st is not None and st.state != "Z"

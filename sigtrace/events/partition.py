@@ -373,9 +373,9 @@ def pod_routes(table, n_parts: int) -> tuple[list[tuple[int, Any]], Any]:
     own = _part_codes(table.column("pod_uid"), n_parts)
     tgt = _part_codes(table.column("target_pod_uid"), n_parts)
     rows = np.arange(len(own), dtype=np.int64)
-    also = (tgt >= 0) & (tgt != own)
-    part = np.concatenate([own[own >= 0], tgt[also]])
-    idx = np.concatenate([rows[own >= 0], rows[also]])
+    mine, also = own >= 0, (tgt >= 0) & (tgt != own)
+    part = np.concatenate([own[mine], tgt[also]])
+    idx = np.concatenate([rows[mine], rows[also]])
     order = np.lexsort((idx, part))                 # by part, each part's rows in chunk order
     part, idx = part[order], idx[order]
     sorted_rows = table.take(pa.array(idx))

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import SigtraceError
+from ..pods.proc import read_text
+
 
 class WorkerDied(SigtraceError):
     """A worker process ended without its result (killed: OOM, a signal)."""
@@ -79,10 +81,10 @@ def cgroup_limits(root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/c
     """(CPUs, bytes) this process's cgroups and their ancestors allow (cgroup v2's cpu.max and
     memory.max, or v1's CFS quota and memory limit), None where unlimited or unknown: in a pod the
     node's CPUs are not the pod's (a container limited to 1 CPU still sees them all in its affinity)."""
-    try:
-        lines = Path(proc_cgroup).read_text().splitlines()
-    except OSError:
+    text = read_text(proc_cgroup)
+    if text is None:
         return None, None
+    lines = text.splitlines()
     base = Path(root)
     cpu: float | None = None
     mem: int | None = None
@@ -108,10 +110,10 @@ def _up(mount: Path, rel: str) -> list[Path]:
 
 
 def _cpu_max(path: Path) -> float | None:
+    quota, _, period = (read_text(str(path)) or "").strip().partition(" ")
     try:
-        quota, _, period = path.read_text().strip().partition(" ")
         return int(quota) / int(period) if quota != "max" and int(period) > 0 else None
-    except (OSError, ValueError):
+    except ValueError:                  # unreadable, or not "QUOTA PERIOD"
         return None
 
 
@@ -122,10 +124,10 @@ def _cfs_quota(d: Path) -> float | None:
 
 def _int_file(path: Path) -> int | None:
     """An integer limit, None for "max", v1's "no limit" (near 2^63) or none readable."""
+    text = (read_text(str(path)) or "").strip()
     try:
-        text = path.read_text().strip()
         value = None if text == "max" else int(text)
-    except (OSError, ValueError):
+    except ValueError:                  # unreadable, or not a number
         return None
     return None if value is None or value >= 1 << 60 else value
 
