@@ -46,7 +46,15 @@ def lines_of(path: Path) -> list[dict]:
 
 
 def all_lines(directory: Path) -> list[dict]:
-    return [e for _, p in list_segments(directory) for e in lines_of(p)]
+    """Every event of a run's segments, JSONL or columnar (a session compacts the closed ones)."""
+    from sigtrace.events.columnar import is_columnar, read_tables
+    out: list[dict] = []
+    for _, p in list_segments(directory):
+        if is_columnar(p):
+            out += [{k: v for k, v in row.items() if v is not None} for t in read_tables(p) for row in t.to_pylist()]
+        else:
+            out += lines_of(p)
+    return out
 
 
 def our_meta(**kw) -> dict:

@@ -34,13 +34,15 @@ Then: kubectl sigtrace collect --output ./rollout && kubectl sigtrace report ./r
               help="All runs under OUTPUT stay under this size (oldest closed segments removed first); or none.")
 @click.option("--max-age", type=DURATION, default="7d", show_default=True,
               help="Remove segments and runs older than this; or none.")
+@click.option("--compact/--no-compact", default=True, show_default=True,
+              help="Compact each closed segment to a columnar file (~10x smaller: more history under --max-disk).")
 @click.option("--ready-file", default="/tmp/sigtrace-ready", show_default=True,
               help="Created once recording runs (the DaemonSet's readiness probe tests it).")
 @click.option("--metrics-address", default=None, metavar="HOST:PORT",
               help="Serve Prometheus metrics (read-only) on HOST:PORT, e.g. 0.0.0.0:9464. Default: off.")
 def agent(output: str, node: str | None, kubeconfig: str | None, context: str | None, duration: float | None,
           all_processes: bool, no_api: bool, no_kernel: bool, ready_file: str, metrics_address: str | None,
-          max_disk: int | None, max_age: float | None) -> int:
+          max_disk: int | None, max_age: float | None, compact: bool) -> int:
     """Run on a node: record pods' signals, exits and TCP events, plus their API lifecycle."""
     from ..record.agent import run_agent
 
@@ -51,7 +53,8 @@ def agent(output: str, node: str | None, kubeconfig: str | None, context: str | 
     # stdout carries only the per-pod report lines (one JSON object each); the log is on stderr
     run = run_agent(output, node, kubeconfig=kubeconfig, context=context, duration=duration,
                     all_processes=all_processes, watch_api=not no_api, kernel=not no_kernel, ready_file=ready_file,
-                    metrics_address=metrics_address, max_disk=max_disk, max_age_s=max_age)
+                    metrics_address=metrics_address, max_disk=max_disk, max_age_s=max_age,
+                    compact=compact)
     click.echo(f"sigtrace agent: {run.result.events} events ({run.api_events} from the API) in "
                f"{run.result.duration_s:.1f}s, {run.result.lost_events} lost -> {run.out}", err=True)
     return 0

@@ -29,7 +29,8 @@ import numpy as np
 import pandas as pd
 
 from . import schema as S
-from .fast_reader import _complete_part, parse_options, table_frame, table_is_clean
+from .columnar import is_columnar, read_tables, recorded_bytes
+from .fast_reader import _complete_part, json_chunks, parse_options, table_frame, table_is_clean
 from .source import Source, lost_note, unfinished_note
 from .writer import _stderr_warning
 
@@ -184,58 +185,39 @@ def _uids(table, i: int, n: int) -> frozenset[str]:
     return frozenset(v for v in vals if part_of(v, n) == i)
 
 
-def _chunks(path: Path, complete: int) -> Iterator[Any]:
-    """The first `complete` bytes of a file as buffers of whole lines, about CHUNK_BYTES each. Read,
-    not memory-mapped: the pages of a mapped file count in the process's RSS as it is read through
-    (3 GB for a 10M-event recording)."""
-    import pyarrow as pa
-    pos, rest = 0, b""
-    with open(path, "rb") as fh:
-        while pos < complete:
-            data = rest + fh.read(min(CHUNK_BYTES, complete - pos))
-            pos += len(data) - len(rest)
-            if not data:
-                break
-            cut = len(data) if pos >= complete else data.rfind(b"\n") + 1
-            if cut == 0:            # one line longer than a chunk: read on
-                rest = data
-                continue
-            rest = data[cut:]
-            yield pa.BufferReader(pa.py_buffer(memoryview(data)[:cut]))     # no copy of the chunk
-            del data
-        if rest:
-            yield pa.BufferReader(pa.py_buffer(rest))
-
-
 class CleanChunks:
     """A clean recording's events as pyarrow tables (about CHUNK_BYTES of its JSON each), in file
     order: iterating gives (table, position of its first row); a table the tolerant reader would not
-    read as it is (table_is_clean) raises NotClean. A truncated last line of a file is left out, and
-    said by note(). sizes: the files' sizes, when the caller has them already."""
+    read as it is (table_is_clean) raises NotClean, and so does a columnar segment that is not whole
+    and valid (pyarrow.ArrowInvalid). A truncated last line of a JSONL file is left out, and said by
+    note()."""
 
-    def __init__(self, src: Source, sizes: list[int] | None = None) -> None:
-        self.src, self.sizes = src, sizes
+    def __init__(self, src: Source) -> None:
+        self.src = src
         self.cut_lines: list[str] = []
         self.rows = 0
 
     def __iter__(self) -> Iterator[tuple[Any, int]]:
-        import pyarrow.json as pajson
         options = parse_options()
-        for i, (label, path) in enumerate(self.src.files):
-            size = self.sizes[i] if self.sizes is not None else path.stat().st_size
-            if size == 0:
-                continue
-            complete, cut_line = _complete_part(path, size)
-            if cut_line is not None:
-                self.cut_lines.append(f"{label} line {cut_line}" if label else f"line {cut_line}")
-            for chunk in _chunks(path, complete):
-                table = pajson.read_json(chunk, parse_options=options)
+        for label, path in self.src.files:
+            for table in (read_tables(path) if is_columnar(path) else self._json_tables(label, path, options)):
                 if not table.num_rows:
                     continue
                 if not table_is_clean(table):
                     raise NotClean(str(path))
                 yield table, self.rows
                 self.rows += table.num_rows
+
+    def _json_tables(self, label: str, path: Path, options) -> Iterator[Any]:
+        import pyarrow.json as pajson
+        size = path.stat().st_size
+        if size == 0:
+            return
+        complete, cut_line = _complete_part(path, size)
+        if cut_line is not None:
+            self.cut_lines.append(f"{label} line {cut_line}" if label else f"line {cut_line}")
+        for chunk in json_chunks(path, complete, CHUNK_BYTES):
+            yield pajson.read_json(chunk, parse_options=options)
 
     def note(self) -> str | None:
         """What the incomplete list says of the truncated last lines left out."""
@@ -259,7 +241,7 @@ def split_recording(src: Source, part_bytes: int = PART_BYTES,
     if not isinstance(meta, dict):
         return None
     try:
-        sizes = [p.stat().st_size for _, p in src.files]
+        sizes = [recorded_bytes(p) for _, p in src.files]
     except OSError:
         return None
     # one open spill file per part: a cap keeps a huge root under the open-files limit (parts grow instead)
@@ -274,7 +256,7 @@ def split_recording(src: Source, part_bytes: int = PART_BYTES,
         _spill_warning(exc)
         return None
     writers: dict[int, Any] = {}
-    tables = CleanChunks(src, sizes)
+    tables = CleanChunks(src)
     ts_parts: list[np.ndarray] = []
     kinds: set[str] = set()
     lifecycle: list[Any] = []

@@ -19,6 +19,7 @@ from typing import Iterator
 import pandas as pd
 
 from ..errors import DataError
+from .columnar import is_columnar, iter_rows
 from .schema import DTYPES, FIELD_NAMES, KINDS
 from .source import Recording, lost_note, plan_recording, unfinished_note
 from .validate import event_problem
@@ -29,7 +30,6 @@ __all__ = ["Recording", "events_frame", "iter_event_lines", "read_recording"]
 def iter_event_lines(path: Path, problems: Counter, examples: dict, label: str = "") -> Iterator[dict]:
     """Yield parsed events; count lines that are not JSON objects of a known kind. examples gets
     the first place of each problem ("line 7", or "<label> line 7" for one file of several)."""
-    known_fields = set(FIELD_NAMES)
     where = f"{label} line" if label else "line"
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, 1):
@@ -42,28 +42,51 @@ def iter_event_lines(path: Path, problems: Counter, examples: dict, label: str =
                 problems[key] += 1
                 examples.setdefault(key, f"{where} {lineno}")
                 continue
-            if not isinstance(obj, dict) or obj.get("ts") is None or obj.get("kind") is None:
-                problems["lines without ts/kind"] += 1
-                examples.setdefault("lines without ts/kind", f"{where} {lineno}")
-                continue
-            if obj["kind"] not in KINDS:
-                key = f"events of unknown kind {obj['kind']!r}"
-                problems[key] += 1
-                examples.setdefault(key, f"{where} {lineno}")
-                continue
-            extra = obj.keys() - known_fields
-            if extra:
-                for name in extra:
-                    problems[f"unknown field {name!r} (ignored)"] += 1
-                    obj.pop(name)
-            why = event_problem(obj)
-            if why is not None:
-                # a value of the wrong type or range: the event is not used rather than misread
-                key = f"events whose {why}"
-                problems[key] += 1
-                examples.setdefault(key, f"{where} {lineno}")
-                continue
-            yield obj
+            event = checked_event(obj, problems, examples, f"{where} {lineno}")
+            if event is not None:
+                yield event
+
+
+def iter_columnar_rows(path: Path, problems: Counter, examples: dict, label: str = "") -> Iterator[dict]:
+    """iter_event_lines for a columnar segment (sigtrace.events.columnar): its rows are checked as
+    lines are ("row 7" for "line 7"); a file that is not whole and valid is counted, with its rows
+    read so far kept."""
+    where = f"{label} row" if label else "row"
+    for n, obj in iter_rows(path, problems, label or path.name):
+        event = checked_event(obj, problems, examples, f"{where} {n}")
+        if event is not None:
+            yield event
+
+
+def checked_event(obj: object, problems: Counter, examples: dict, place: str) -> dict | None:
+    """The event of one parsed line or row, or None when it is not usable (counted in problems, its
+    place the first example of each): not an object with ts and kind, a kind not known, a field of
+    the wrong type or range. Unknown fields are dropped and counted."""
+    if not isinstance(obj, dict) or obj.get("ts") is None or obj.get("kind") is None:
+        problems["lines without ts/kind"] += 1
+        examples.setdefault("lines without ts/kind", place)
+        return None
+    if obj["kind"] not in KINDS:
+        key = f"events of unknown kind {obj['kind']!r}"
+        problems[key] += 1
+        examples.setdefault(key, place)
+        return None
+    extra = obj.keys() - _KNOWN_FIELDS
+    if extra:
+        for name in extra:
+            problems[f"unknown field {name!r} (ignored)"] += 1
+            obj.pop(name)
+    why = event_problem(obj)
+    if why is not None:
+        # a value of the wrong type or range: the event is not used rather than misread
+        key = f"events whose {why}"
+        problems[key] += 1
+        examples.setdefault(key, place)
+        return None
+    return obj
+
+
+_KNOWN_FIELDS = frozenset(FIELD_NAMES)
 
 
 def events_frame(rows: list[dict]) -> pd.DataFrame:
@@ -101,7 +124,8 @@ def read_recording(directory: str | Path, *, fast: bool = True) -> Recording:
     rows: list[dict] = []
     for label, path in src.files:
         try:
-            rows.extend(iter_event_lines(path, problems, examples, label))
+            lines = iter_columnar_rows if is_columnar(path) else iter_event_lines
+            rows.extend(lines(path, problems, examples, label))
         except FileNotFoundError:
             # removed between listing and reading: the disk cap of a recorder that is running
             incomplete.append(f"{label or path.name} was removed while being read (disk cap?)")

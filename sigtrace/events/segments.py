@@ -41,7 +41,7 @@ SEGMENT_AGE_S = 3600.0
 SEGMENT_SHARE_OF_CAP = 8
 MIN_SEGMENT_BYTES = 64 << 10
 RESCAN_S = 30.0                 # reports/ and other runs change without the writer knowing: look again
-_SEGMENT_RE = re.compile(r"events(?:-(\d{6,}))?\.jsonl")
+_SEGMENT_RE = re.compile(r"events(?:-(\d{6,}))?\.(?:jsonl|arrow)")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -52,7 +52,8 @@ def segment_name(seq: int) -> str:
 
 
 def segment_seq(name: str) -> int | None:
-    """The segment number of a file name, None when it is not a segment."""
+    """The segment number of a file name (JSONL, or columnar once compacted: events-000002.arrow),
+    None when it is not a segment."""
     m = _SEGMENT_RE.fullmatch(name)
     if m is None:
         return None
@@ -60,7 +61,8 @@ def segment_seq(name: str) -> int | None:
 
 
 def list_segments(directory: str | os.PathLike) -> list[tuple[int, Path]]:
-    """The segment files of one recording, in order: (number, path)."""
+    """The segment files of one recording, in order: (number, path). A JSONL segment whose columnar
+    copy is already there (a compaction between its link and its unlink) is left out."""
     out = []
     try:
         with os.scandir(directory) as it:
@@ -70,6 +72,8 @@ def list_segments(directory: str | os.PathLike) -> list[tuple[int, Path]]:
                     out.append((seq, Path(entry.path)))
     except (FileNotFoundError, NotADirectoryError):
         return []
+    names = {p.name for _, p in out}
+    out = [(seq, p) for seq, p in out if not (p.suffix == ".jsonl" and p.with_suffix(".arrow").name in names)]
     return sorted(out, key=lambda t: (t[0], t[1].name != FIRST_SEGMENT))
 
 
@@ -224,6 +228,16 @@ def write_json_at(dir_fd: int, name: str, obj: Any) -> None:
 
 def first_event_ts(dir_fd: int, name: str) -> float | None:
     """ts of a segment's first event (its first line), None when unreadable."""
+    if name.endswith(".arrow"):
+        from .columnar import first_ts     # lazy: pyarrow, only when a columnar segment is pruned
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        except OSError:
+            return None
+        try:
+            return first_ts(fd)
+        finally:
+            os.close(fd)
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError:

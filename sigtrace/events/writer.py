@@ -41,6 +41,7 @@ import orjson
 
 from ..errors import OutputError, UsageProblem
 from . import schema
+from .compactor import Compactor
 from .segments import (FIRST_SEGMENT, META_FILE, SEGMENT_AGE_S, SEGMENT_BYTES, DiskBudget, OutputDir,
                        list_segments, segment_name)
 
@@ -170,7 +171,8 @@ class EventWriter:
     def __init__(self, out_dir: str | os.PathLike | OutputDir, flush_interval: float = FLUSH_INTERVAL_S,
                  at_once: frozenset[str] = DURABLE_AT_ONCE, *, segment_bytes: int = SEGMENT_BYTES,
                  segment_age_s: float = SEGMENT_AGE_S, budget: DiskBudget | None = None,
-                 clock: Callable[[], float] = time.time, warn: Callable[[str], None] | None = None):
+                 clock: Callable[[], float] = time.time, warn: Callable[[str], None] | None = None,
+                 compact: bool = False):
         if isinstance(out_dir, OutputDir):
             self._dir, self._own_dir = out_dir, False
         else:
@@ -209,6 +211,8 @@ class EventWriter:
         self.check_every_s = CHECK_S
         self._last_check = time.monotonic()
         self._closed = False
+        # closed segments become columnar (sigtrace.events.compactor), by a child of the timer thread
+        self._compactor = Compactor(lambda: self._dir.fd, self._warn) if compact else None
         self.count = 0
         self.flushes = 0                      # write(2) batches, for the bench
         with self._lock:
@@ -303,7 +307,8 @@ class EventWriter:
         appending to events.jsonl always did), else start the next one."""
         existing = list_segments(self._dir.path)
         self._seq = existing[-1][0] if existing else 0
-        if existing and _ends_with_newline(existing[-1][1]):
+        # (a columnar segment is closed for good: the next one is started)
+        if existing and existing[-1][1].suffix == ".jsonl" and _ends_with_newline(existing[-1][1]):
             try:
                 self._fd = self._dir.open_segment(existing[-1][1].name, append=True)
                 self._seg_size = os.fstat(self._fd).st_size
@@ -345,6 +350,8 @@ class EventWriter:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+            if self._compactor is not None and self._seg_size > 0:
+                self._compactor.closed(segment_name(self._seq))
         if self._budget is not None:
             self._budget.rotated()
             self._wake.set()
@@ -470,6 +477,8 @@ class EventWriter:
                 with self._lock:
                     if self._seq == seq and not self._closed:
                         self._rotate_locked()
+        if self._compactor is not None:
+            self._compactor.tick()
 
     def _flush_loop(self, interval: float) -> None:
         failed_before = False
@@ -502,6 +511,8 @@ class EventWriter:
                 "problems": [dict(e) for e in self._episodes],
                 "recreated": self._dir.recreated,
             }}
+            if self._compactor is not None:
+                out["output"]["compaction"] = self._compactor.meta()
         if self._budget is not None:
             out["disk"] = self._budget.meta()
             own = self._budget.own_meta()
@@ -541,6 +552,9 @@ class EventWriter:
                 os.close(self._fd)
                 self._fd = None
             seq, size = self._seq, self._seg_size
+        if self._compactor is not None:
+            with self._maint_lock:
+                self._compactor.close()
         if self._budget is not None:
             try:
                 with self._maint_lock:

@@ -18,6 +18,7 @@ import pandas as pd
 
 from ..errors import DataError, UsageProblem
 from ..events.partition import SpillFailed, _spill_warning, spill_dir
+from ..events.columnar import recorded_bytes
 from ..events.reader import read_recording
 from ..events.segments import run_dirs_under
 from ..events.source import plan_recording
@@ -108,7 +109,7 @@ def _recorded_bytes(runs: list) -> int:
             continue
         for _, path in files:
             try:
-                total += path.stat().st_size
+                total += recorded_bytes(path)
             except OSError:
                 return 1 << 62
     return total

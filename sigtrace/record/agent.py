@@ -33,7 +33,7 @@ class AgentRun:
 def run_agent(output: str, node: str | None, *, kubeconfig: str | None = None, context: str | None = None,
               duration: float | None = None, all_processes: bool = False, watch_api: bool = True,
               kernel: bool = True, ready_file: str | None = None, metrics_address: str | None = None,
-              max_disk: int | None = None, max_age_s: float | None = None) -> AgentRun:
+              max_disk: int | None = None, max_age_s: float | None = None, compact: bool = True) -> AgentRun:
     """Record this node into a new run under output until duration, SIGINT or SIGTERM. Raises
     only when neither half can record."""
     from ..events.writer import prepare_output_dir
@@ -43,7 +43,7 @@ def run_agent(output: str, node: str | None, *, kubeconfig: str | None = None, c
 
     root = prepare_output_dir(output, root=True)
     # the caps cover every run under the root: a restart starts a new run within the same budget
-    disk = {"max_disk": max_disk, "max_age_s": max_age_s, "disk_root": root}
+    disk = {"max_disk": max_disk, "max_age_s": max_age_s, "disk_root": root, "compact": compact}
     name = node or os.uname().nodename
     out = root / f"{name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
     stop = threading.Event()

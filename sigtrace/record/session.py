@@ -52,7 +52,7 @@ class RecordSession:
                  on_report: Callable[[Path], None] | None = None,
                  max_disk: int | None = None, max_age_s: float | None = None, disk_root: str | Path | None = None,
                  segment_bytes: int = SEGMENT_BYTES, segment_age_s: float = SEGMENT_AGE_S,
-                 clock: Callable[[], float] = time.time):
+                 compact: bool = True, clock: Callable[[], float] = time.time):
         self.backend = backend
         self.out_dir = prepare_output_dir(out_dir)
         self.console = console
@@ -74,6 +74,7 @@ class RecordSession:
         self.max_disk, self.max_age_s = max_disk, max_age_s
         self.disk_root = Path(disk_root) if disk_root is not None else self.out_dir
         self.segment_bytes, self.segment_age_s, self.clock = segment_bytes, segment_age_s, clock
+        self.compact = compact          # closed segments become columnar (sigtrace.events.compactor)
         self._outdir: OutputDir | None = None
         self._meta_writer: EventWriter | None = None     # still writes meta.json after the events stop
         self.on_report = on_report      # called with each new live report file (the agent prints it)
@@ -183,7 +184,7 @@ class RecordSession:
             budget = DiskBudget(self.disk_root, self.out_dir, max_bytes=self.max_disk, max_age_s=self.max_age_s,
                                 clock=self.clock, warn=self._warn)
         writer = EventWriter(self._outdir, segment_bytes=self.segment_bytes, segment_age_s=self.segment_age_s,
-                             budget=budget, clock=self.clock, warn=self._warn)
+                             budget=budget, clock=self.clock, warn=self._warn, compact=self.compact)
         self._meta_writer = writer
         return writer
 

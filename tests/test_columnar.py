@@ -1,0 +1,263 @@
+"""Columnar segments: the recorder's closed segments compacted to Arrow IPC files, read by every
+reader as the JSONL they came from; what the fast reader would not take stays JSONL; a damaged or
+planted columnar file is counted, never trusted and never a traceback. Real files, a real child
+process (python -m sigtrace.events.compact) and the real writer."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from sigtrace.events import columnar
+from sigtrace.events.compact import Compacted, compact_at
+from sigtrace.events.compactor import Compactor
+from sigtrace.events.partition import split_recording
+from sigtrace.events.reader import read_recording
+from sigtrace.events.segments import DiskBudget, list_segments, segment_seq
+from sigtrace.events.source import plan_recording
+from sigtrace.events.writer import EventWriter
+from sigtrace.export import export_recordings
+from sigtrace.render.json import render_json
+from sigtrace.report.build import report_parts, report_recording
+
+DATA = Path(__file__).parent / "data"
+RECORDINGS = sorted(p.parent for p in DATA.rglob("events.jsonl") if p.parent.name not in ("fleet", "fleet_export"))
+
+
+def events_of(src: Path) -> list[dict]:
+    return [json.loads(line) for line in (src / "events.jsonl").read_text().splitlines() if line.strip()]
+
+
+def rewrite(src: Path, dst: Path, segment_bytes: int, compact: bool = True) -> EventWriter:
+    """src's events written again by the writer, rotating every segment_bytes, with compaction;
+    the timer thread's ticks are run by hand until every closed segment is done."""
+    w = EventWriter(dst, flush_interval=3600, segment_bytes=segment_bytes, compact=compact)
+    for i, e in enumerate(events_of(src)):
+        w.write(e)
+        if i % 5 == 4:
+            w.flush()
+            w.maintain()
+    settle(w)
+    w.close()
+    shutil.copy(src / "meta.json", dst / "meta.json")
+    return w
+
+
+def settle(w: EventWriter) -> None:
+    """Tick until the compactor has nothing waiting or running."""
+    for _ in range(600):
+        w.maintain()
+        if not w._compactor or not w._compactor.meta()["pending"]:
+            return
+        w._compactor._child and w._compactor._child.wait(timeout=60)
+    raise AssertionError("compaction did not finish")
+
+
+def compact_in_place(d: Path, name: str = "events.jsonl") -> Compacted:
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return compact_at(fd, name)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("rec_dir", RECORDINGS, ids=lambda p: str(p.relative_to(DATA)))
+def test_compacted_recordings_give_the_same_reports(rec_dir, tmp_path):
+    """Every test recording written by the writer with compaction on: closed segments are columnar,
+    the last one JSONL, and the fast reader, the tolerant reader, the parts and the report all give
+    what the JSONL recording gives, byte for byte."""
+    size = (rec_dir / "events.jsonl").stat().st_size
+    w = rewrite(rec_dir, tmp_path, segment_bytes=max(300, size // 4))
+    names = [p.name for _, p in list_segments(tmp_path)]
+    assert len(names) > 1 and all(n.endswith(".arrow") for n in names[:-1]) and names[-1].endswith(".jsonl")
+    stats = w.meta()["output"]["compaction"]
+    assert stats["segments"] == len(names) - 1 and stats["kept_jsonl"] == 0 and stats["pending"] == 0
+    assert stats["events"] + len(columnar_free_lines(tmp_path / names[-1])) == len(events_of(rec_dir))
+
+    want, got = read_recording(rec_dir), read_recording(tmp_path)
+    assert got.events.equals(want.events) and got.incomplete == want.incomplete
+    tolerant = read_recording(tmp_path, fast=False)
+    assert tolerant.events.equals(read_recording(rec_dir, fast=False).events)
+    expected = render_json(report_recording(rec_dir, lanes=True))
+    assert render_json(report_recording(tmp_path, lanes=True)) == expected
+    parts = split_recording(plan_recording(tmp_path), part_bytes=300)
+    if parts is not None:
+        try:
+            assert render_json(report_parts(parts, lanes=True)) == expected
+        finally:
+            parts.close()
+
+
+def columnar_free_lines(path: Path) -> list[str]:
+    return [line for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_columnar_segments_are_sized_as_their_json(tmp_path):
+    """Parts and streaming are planned in JSON bytes: a columnar segment reports its JSONL's size."""
+    shutil.copytree(DATA / "article", tmp_path / "r")
+    size = (tmp_path / "r" / "events.jsonl").stat().st_size
+    result = compact_in_place(tmp_path / "r")
+    assert result.kept is None and result.events == len(events_of(DATA / "article"))
+    assert sorted(os.listdir(tmp_path / "r")) == ["events.arrow", "meta.json"]
+    assert columnar.recorded_bytes(tmp_path / "r" / "events.arrow") == size
+    assert columnar.first_ts(tmp_path / "r" / "events.arrow") == events_of(DATA / "article")[0]["ts"]
+
+
+def test_an_export_of_a_compacted_recording_is_the_same(tmp_path):
+    rec = DATA / "article"
+    rewrite(rec, tmp_path / "c", segment_bytes=1500)
+    export_recordings([rec], csv=str(tmp_path / "a.csv"))
+    export_recordings([tmp_path / "c"], csv=str(tmp_path / "c.csv"))
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "c.csv").read_bytes()
+
+
+@pytest.mark.parametrize("damage,why", [
+    (lambda t: t[:-1], "its last line is cut off"),
+    (lambda t: t.replace('"kind":', '"kind2": 1, "kind":', 1), "a line the fast reader does not take"),
+    (lambda t: t + "not json\n", "a line the fast reader does not take"),
+    (lambda t: t.replace('"pid":', '"pid": "x", "p":', 1), "a line the fast reader does not take"),
+])
+def test_what_the_fast_reader_refuses_stays_jsonl(tmp_path, damage, why):
+    """A segment with anything the tolerant reader would skip or list is not compacted: the JSONL
+    stays as it is, and the reason is given."""
+    d = tmp_path / "r"
+    shutil.copytree(DATA / "article", d)
+    seg = d / "events.jsonl"
+    seg.write_text(damage(seg.read_text()))
+    before = seg.read_bytes()
+    result = compact_in_place(d)
+    assert result.kept is not None and result.kept.startswith(why)
+    assert seg.read_bytes() == before and sorted(os.listdir(d)) == ["events.jsonl", "meta.json"]
+
+
+def test_bad_utf8_stays_jsonl(tmp_path):
+    d = tmp_path / "r"
+    shutil.copytree(DATA / "article", d)
+    seg = d / "events.jsonl"
+    seg.write_bytes(seg.read_bytes().replace(b'"comm":"nginx"', b'"comm":"ngi\xffnx"', 1))
+    assert b"\xff" in seg.read_bytes()
+    assert compact_in_place(d).kept == "an event without ts or kind, or text that is not UTF-8"
+    assert sorted(os.listdir(d)) == ["events.jsonl", "meta.json"]
+
+
+def test_a_segment_pruned_while_compacted_does_not_come_back(tmp_path, monkeypatch):
+    """The disk cap removes the JSONL while the child compacts it: the columnar copy goes too."""
+    from sigtrace.events import compact
+    d = tmp_path / "r"
+    shutil.copytree(DATA / "article", d)
+    real_link = compact._link
+
+    def link_then_prune(fd, dir_fd, name):
+        real_link(fd, dir_fd, name)
+        os.unlink(d / "events.jsonl")             # what DiskBudget does from the writer's thread
+    monkeypatch.setattr(compact, "_link", link_then_prune)
+    assert compact_in_place(d).kept == "pruned by the disk cap while it was compacted"
+    assert sorted(os.listdir(d)) == ["meta.json"]
+
+
+def test_a_segment_and_its_columnar_copy_are_listed_once(tmp_path):
+    """Between the link and the unlink a reader sees both names: the columnar one is read."""
+    d = tmp_path / "r"
+    shutil.copytree(DATA / "article", d)
+    shutil.copy(d / "events.jsonl", tmp_path / "keep.jsonl")
+    compact_in_place(d)
+    shutil.copy(tmp_path / "keep.jsonl", d / "events.jsonl")
+    assert [p.name for _, p in list_segments(d)] == ["events.arrow"]
+    assert segment_seq("events-000002.arrow") == 2
+    assert len(read_recording(d).events) == len(events_of(DATA / "article"))
+
+
+@pytest.mark.parametrize("spoil", ["truncated", "foreign", "garbage", "symlink"])
+def test_a_damaged_or_planted_columnar_file_is_counted_not_trusted(tmp_path, spoil):
+    """A columnar segment that is cut short, holds other columns, is not Arrow at all, or is a link:
+    no traceback; the other segments are read and the report says what was not."""
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+    rewrite(DATA / "article", tmp_path / "r", segment_bytes=1500)
+    d = tmp_path / "r"
+    arrows = [p for _, p in list_segments(d) if p.suffix == ".arrow"]
+    victim = arrows[1]
+    rows = sum(t.num_rows for t in columnar.read_tables(victim))
+    if spoil == "truncated":
+        victim.write_bytes(victim.read_bytes()[:-200])
+    elif spoil == "foreign":
+        with ipc.new_file(str(victim), pa.schema([("ts", pa.string())])) as fw:
+            fw.write_table(pa.table({"ts": ["1"]}))
+    elif spoil == "garbage":
+        victim.write_bytes(b"\x1b]52;c;evil\x07" * 100)
+    else:
+        victim.unlink()
+        (tmp_path / "elsewhere.arrow").write_bytes(arrows[0].read_bytes())
+        victim.symlink_to(tmp_path / "elsewhere.arrow")
+    rec = read_recording(d)
+    assert len(rec.events) == len(events_of(DATA / "article")) - rows
+    assert any(f"unreadable columnar segments ({victim.name}" in n or f"{victim.name} is not a regular" in n
+               for n in rec.incomplete), rec.incomplete
+    assert not any("\x1b" in n for n in rec.incomplete)
+    r = subprocess.run([sys.executable, "-m", "sigtrace", "report", str(d)], capture_output=True, text=True,
+                       cwd=REPO, timeout=120)
+    assert r.returncode == 0 and "Traceback" not in r.stderr
+
+
+def test_the_writer_appends_after_a_columnar_segment_never_into_it(tmp_path):
+    rewrite(DATA / "article", tmp_path, segment_bytes=1500)
+    last = list_segments(tmp_path)[-1][1]
+    last_seq = segment_seq(last.name)
+    compact_in_place(tmp_path, last.name)                  # every segment columnar now
+    before = {p.name: p.read_bytes() for _, p in list_segments(tmp_path)}
+    with EventWriter(tmp_path, flush_interval=3600) as w:
+        w.write(events_of(DATA / "article")[-1] | {"ts": 9e9 / 10})
+    after = list_segments(tmp_path)
+    assert all((tmp_path / n).read_bytes() == b for n, b in before.items())
+    assert after[-1][0] == last_seq + 1 and after[-1][1].suffix == ".jsonl"
+
+
+def test_no_pyarrow_in_the_child_keeps_jsonl_and_says_so_once(tmp_path, monkeypatch):
+    """Where pyarrow is missing (the child exits with EXIT_NO_PYARROW) segments stay JSONL: one
+    warning, every segment counted, no child started again."""
+    warnings: list[str] = []
+    d = tmp_path / "r"
+    d.mkdir()
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        c = Compactor(lambda: fd, warnings.append)
+        monkeypatch.setattr(sys, "executable", str(_fake_python(tmp_path, exit_code=3)))
+        for name in ("events.jsonl", "events-000002.jsonl", "events-000003.jsonl"):
+            c.closed(name)
+        c.tick()
+        c.close(wait_s=30)
+        c.tick()
+    finally:
+        os.close(fd)
+    stats = c.meta()
+    assert stats["kept_jsonl"] == 3 and stats["kept_why"] == {"pyarrow is not installed": 3}
+    assert stats["pending"] == 0 and len(warnings) == 1 and "pyarrow is not installed" in warnings[0]
+
+
+def _fake_python(tmp_path: Path, exit_code: int) -> Path:
+    script = tmp_path / "python"
+    script.write_text(f"#!/bin/sh\nexit {exit_code}\n")
+    script.chmod(0o755)
+    return script
+
+
+def test_the_budget_prunes_columnar_segments_and_names_their_time(tmp_path):
+    """A disk cap over a compacted recording: columnar segments are removed oldest first like
+    JSONL ones, and the note of what was pruned gives the first kept event's time."""
+    rewrite(DATA / "article", tmp_path / "r", segment_bytes=1500)
+    d = tmp_path / "r"
+    segs = list_segments(d)
+    assert sum(p.suffix == ".arrow" for _, p in segs) >= 3
+    total = sum(p.stat().st_size for p in d.iterdir() if p.is_file())
+    budget = DiskBudget(d, d, max_bytes=total - segs[0][1].stat().st_size // 2)
+    budget.enforce(segs[-1][0], segs[-1][1].stat().st_size)
+    left = list_segments(d)
+    assert left[0][0] > 1 and left[0][1].suffix == ".arrow" and left == segs[-len(left):]
+    assert budget.own_meta()["segments"] == left[0][0] - 1
+    assert budget.oldest_kept_ts == columnar.first_ts(left[0][1]) is not None
