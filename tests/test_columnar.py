@@ -173,7 +173,7 @@ def test_a_segment_and_its_columnar_copy_are_listed_once(tmp_path):
     assert len(read_recording(d).events) == len(events_of(DATA / "article"))
 
 
-@pytest.mark.parametrize("spoil", ["truncated", "foreign", "garbage", "symlink"])
+@pytest.mark.parametrize("spoil", ["truncated", "foreign", "garbage", "symlink", "stream", "bomb"])
 def test_a_damaged_or_planted_columnar_file_is_counted_not_trusted(tmp_path, spoil):
     """A columnar segment that is cut short, holds other columns, is not Arrow at all, or is a link:
     no traceback; the other segments are read and the report says what was not."""
@@ -185,12 +185,26 @@ def test_a_damaged_or_planted_columnar_file_is_counted_not_trusted(tmp_path, spo
     victim = arrows[1]
     rows = sum(t.num_rows for t in columnar.read_tables(victim))
     if spoil == "truncated":
-        victim.write_bytes(victim.read_bytes()[:-200])
+        data = victim.read_bytes()
+        victim.write_bytes(data[: len(data) // 2])           # into its batch (the footer is not needed)
     elif spoil == "foreign":
         with ipc.new_file(str(victim), pa.schema([("ts", pa.string())])) as fw:
             fw.write_table(pa.table({"ts": ["1"]}))
     elif spoil == "garbage":
         victim.write_bytes(b"\x1b]52;c;evil\x07" * 100)
+    elif spoil == "stream":                                  # the IPC stream format, not a file
+        with ipc.new_stream(str(victim), columnar.arrow_schema()) as sw:
+            sw.write_table(next(columnar.read_tables(arrows[0])))
+    elif spoil == "bomb":
+        # 100 MB of text in one event, ~10 KB compressed: refused before it is decompressed
+        one = columnar.arrow_schema().empty_table().to_pylist()
+        row = {**next(columnar.read_tables(arrows[0])).slice(0, 1).to_pylist()[0], "detail": "a" * (100 << 20)}
+        one.append(row)
+        table = pa.Table.from_pylist(one, schema=columnar.arrow_schema())
+        with ipc.new_file(str(victim), table.schema, options=ipc.IpcWriteOptions(compression="zstd")) as fw:
+            fw.write_table(table)
+        del table, row, one
+        assert victim.stat().st_size < 1 << 20
     else:
         victim.unlink()
         (tmp_path / "elsewhere.arrow").write_bytes(arrows[0].read_bytes())
@@ -200,6 +214,8 @@ def test_a_damaged_or_planted_columnar_file_is_counted_not_trusted(tmp_path, spo
     assert any(f"unreadable columnar segments ({victim.name}" in n or f"{victim.name} is not a regular" in n
                for n in rec.incomplete), rec.incomplete
     assert not any("\x1b" in n for n in rec.incomplete)
+    if spoil == "bomb":
+        assert any("inflate" in n for n in rec.incomplete), rec.incomplete
     r = subprocess.run([sys.executable, "-m", "sigtrace", "report", str(d)], capture_output=True, text=True,
                        cwd=REPO, timeout=120)
     assert r.returncode == 0 and "Traceback" not in r.stderr

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
@@ -60,62 +61,180 @@ def columnar_name(jsonl_name: str) -> str:
 
 
 # ---- reading ---------------------------------------------------------------------------------------
+# A columnar file may come from anywhere (copied from another machine, planted): it is read message
+# by message, each one's framing, sizes and header checked before pyarrow sees it, so that a crafted
+# length cannot make a reader allocate what the file does not hold, and a zstd "bomb" (a small body
+# that decompresses to gigabytes) is refused before it is decompressed.
+MAGIC = b"ARROW1"
+MAX_METADATA = 1 << 20           # a message header (flatbuffer); the recorder's are ~2 KB
+MAX_INFLATE = 64                 # uncompressed bytes per compressed byte allowed (the recorder's: ~12)
+MIN_INFLATE_ALLOWANCE = 64 << 20  # ... and any batch may inflate to this much (small batches compress well)
+_SCHEMA, _DICTIONARY_BATCH, _RECORD_BATCH = 1, 2, 3        # flatbuffer MessageHeader union
+
+
+class Unreadable(ValueError):
+    """A columnar segment that is not a whole, valid file of the recorder's columns. Its text is
+    ours (never the file's): it goes into the report's notes."""
+
+
 def _open(path: Path | int):
-    """The IPC file reader of a columnar segment (a path, or a descriptor the caller keeps), its
-    schema checked against the recorder's. Raises pyarrow.ArrowInvalid for anything else (a damaged,
-    foreign or planted file) and OSError."""
-    import pyarrow as pa
-    import pyarrow.ipc as ipc
+    """A binary file of a columnar segment (a path, or a descriptor the caller keeps), and its size.
+    Raises Unreadable (not a regular file) and OSError."""
     fd = path if isinstance(path, int) else os.open(path, _OPEN_FLAGS)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise pa.ArrowInvalid("not a regular file")
-        source = pa.OSFile(f"/proc/self/fd/{fd}")      # read, not mapped: pages do not stay in RSS
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise Unreadable("not a regular file")
+        return open(os.dup(fd), "rb", buffering=0), st.st_size
     finally:
         if fd is not path:
             os.close(fd)
+
+
+def _messages(fh, size: int) -> Iterator[tuple[int, bytes, bytes]]:
+    """The IPC messages of a file (magic, then the stream: its footer is not needed), as
+    (header type, framed metadata, body), every length checked against the file's size."""
+    if fh.read(8)[:6] != MAGIC:
+        raise Unreadable("not an Arrow file")
+    while True:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise Unreadable("cut short")
+        continuation, meta_len = struct.unpack("<Ii", head)
+        if continuation != 0xFFFFFFFF or meta_len < 0 or meta_len > MAX_METADATA:
+            raise Unreadable("a damaged message")
+        if meta_len == 0:
+            return                                       # end of stream
+        meta = fh.read(meta_len)
+        if len(meta) < meta_len:
+            raise Unreadable("cut short")
+        header_type, body_len = _message_header(meta)
+        if body_len < 0 or body_len > size - fh.tell():
+            raise Unreadable("a message longer than the file")
+        body = fh.read(body_len)
+        if len(body) < body_len:
+            raise Unreadable("cut short")
+        yield header_type, head + meta, body
+
+
+def _schema_of(messages: Iterator[tuple[int, bytes, bytes]]):
+    """The file's first message: its schema, checked to be the recorder's (metadata apart)."""
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+    header_type, framed, body = next(messages, (None, b"", b""))
+    if header_type != _SCHEMA:
+        raise Unreadable("no schema")
     try:
-        reader = ipc.open_file(source)
-        if not reader.schema.remove_metadata().equals(arrow_schema()):
-            raise pa.ArrowInvalid("its columns are not the recorder's")
-    except BaseException:
-        source.close()
-        raise
-    return source, reader
+        schema = ipc.read_schema(ipc.read_message(pa.py_buffer(framed + body)))
+    except (pa.ArrowException, ValueError):
+        raise Unreadable("a damaged schema") from None
+    if not schema.remove_metadata().equals(arrow_schema()):
+        raise Unreadable("its columns are not the recorder's")
+    return schema
 
 
 def recorded_bytes(path: Path) -> int:
     """What a reader sizes a segment by: a JSONL's size, or for a columnar segment the size of the
-    JSONL it was compacted from (parts, streaming and progress are planned in JSON bytes). OSError
-    when it cannot be read."""
+    JSONL it was compacted from (parts, streaming and progress are planned in JSON bytes), at most
+    MAX_INFLATE times its own. OSError when it cannot be read."""
     if not is_columnar(path):
         return path.stat().st_size
     try:
-        import pyarrow as pa
-    except ImportError:
-        return path.stat().st_size * JSON_RATIO
-    try:
-        source, reader = _open(path)
-    except pa.ArrowInvalid:
-        return path.stat().st_size          # read as it is (the readers say what is wrong with it)
-    with source:
-        raw = (reader.schema.metadata or {}).get(JSON_BYTES_KEY, b"")
-    try:
-        return max(0, min(int(raw), 1 << 50))
-    except ValueError:
-        return path.stat().st_size * JSON_RATIO
+        fh, size = _open(path)
+    except Unreadable:
+        return path.stat().st_size
+    with fh:
+        try:
+            schema = _schema_of(_messages(fh, size))
+            raw = (schema.metadata or {}).get(JSON_BYTES_KEY, b"")
+            return max(0, min(int(raw), size * MAX_INFLATE))
+        except (ImportError, Unreadable, ValueError):
+            return size * JSON_RATIO           # the readers say what is wrong with it
 
 
 def read_tables(path: Path | int) -> Iterator[Any]:
     """The columnar segment's events as tables (one record batch each, the JSON reader's schema), in
-    file order. Raises pyarrow.ArrowInvalid when the file is not a whole, valid columnar segment."""
+    file order. Raises Unreadable when the file is not a whole, valid columnar segment (after the
+    tables before the fault), OSError when it cannot be read."""
     import pyarrow as pa
-    source, reader = _open(path)
-    with source:
-        for i in range(reader.num_record_batches):
-            batch = reader.get_batch(i)
-            batch.validate(full=True)       # offsets and lengths: the file may come from anywhere
+    import pyarrow.ipc as ipc
+    fh, size = _open(path)
+    with fh:
+        messages = _messages(fh, size)
+        schema = _schema_of(messages)
+        for header_type, framed, body in messages:
+            if header_type != _RECORD_BATCH:
+                raise Unreadable("a message that is not a batch of events")
+            _check_inflation(framed[8:], body)
+            try:
+                batch = ipc.read_record_batch(ipc.read_message(pa.py_buffer(framed + body)), schema)
+                batch.validate(full=True)       # offsets and lengths: the file may come from anywhere
+            except (pa.ArrowException, ValueError):
+                raise Unreadable("a damaged batch of events") from None
             yield pa.Table.from_batches([batch]).replace_schema_metadata(None)
+
+
+# -- the flatbuffer headers (format/Message.fbs), read with every offset checked
+def _unpack(fmt: str, buf: bytes, pos: int) -> int:
+    if pos < 0 or pos + struct.calcsize(fmt) > len(buf):
+        raise Unreadable("a damaged message header")
+    return struct.unpack_from(fmt, buf, pos)[0]
+
+
+def _field(buf: bytes, table: int, i: int) -> int | None:
+    """Where field i of the flatbuffer table at `table` is, None when absent."""
+    vtable = table - _unpack("<i", buf, table)
+    vt_size = _unpack("<H", buf, vtable)
+    if 4 + 2 * i + 2 > vt_size:
+        return None
+    off = _unpack("<H", buf, vtable + 4 + 2 * i)
+    return table + off if off else None
+
+
+def _deref(buf: bytes, pos: int) -> int:
+    return pos + _unpack("<I", buf, pos)
+
+
+def _message_header(meta: bytes) -> tuple[int, int]:
+    """(header type, body length) of a Message flatbuffer."""
+    root = _deref(meta, 0)
+    at_type, at_body = _field(meta, root, 1), _field(meta, root, 3)
+    header_type = _unpack("<B", meta, at_type) if at_type is not None else 0
+    body_len = _unpack("<q", meta, at_body) if at_body is not None else 0
+    return header_type, body_len
+
+
+def _check_inflation(meta: bytes, body: bytes) -> None:
+    """Refuse a batch whose buffers would decompress to more than MAX_INFLATE times their size (at
+    least MIN_INFLATE_ALLOWANCE): the lengths are read from the header and the buffers' prefixes,
+    before anything is decompressed."""
+    root = _deref(meta, 0)
+    at_header = _field(meta, root, 2)
+    if at_header is None:
+        raise Unreadable("a batch without its header")
+    batch = _deref(meta, at_header)
+    at_buffers = _field(meta, batch, 2)
+    if at_buffers is None:
+        return
+    compressed = _field(meta, batch, 3) is not None
+    vec = _deref(meta, at_buffers)
+    n = _unpack("<I", meta, vec)
+    if n > len(meta) // 16:
+        raise Unreadable("a damaged message header")
+    total = 0
+    for k in range(n):
+        offset, length = _unpack("<q", meta, vec + 4 + 16 * k), _unpack("<q", meta, vec + 12 + 16 * k)
+        if offset < 0 or length < 0 or offset + length > len(body):
+            raise Unreadable("a buffer outside its message")
+        if compressed and length >= 8:
+            raw = _unpack("<q", body, offset)
+            total += length - 8 if raw == -1 else raw
+            if raw < -1:
+                raise Unreadable("a damaged buffer")
+        else:
+            total += length
+    if total > max(MIN_INFLATE_ALLOWANCE, MAX_INFLATE * len(body)):
+        raise Unreadable(f"a batch that would inflate {total // max(1, len(body))}x (at most {MAX_INFLATE}x)")
 
 
 def read_table(path: Path):
@@ -128,20 +247,16 @@ def read_table(path: Path):
 def iter_rows(path: Path, problems: Counter, where: str) -> Iterator[tuple[int, dict[str, Any]]]:
     """The tolerant reader's view: (row number from 1, event dict of its non-null fields). What
     cannot be read is counted in problems as a problem of `where` (its rows are not known)."""
-    import pyarrow as pa
     n = 0
     try:
         for table in read_tables(path):
             for row in table.to_pylist():
                 n += 1
                 yield n, {k: v for k, v in row.items() if v is not None}
-    except (pa.ArrowException, OSError) as exc:
-        problems[f"unreadable columnar segments ({where}: {_why(exc)})"] += 1
-
-
-def _why(exc: BaseException) -> str:
-    text = getattr(exc, "strerror", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
-    return str(text)[:120]
+    except Unreadable as exc:
+        problems[f"unreadable columnar segments ({where}: {exc})"] += 1
+    except OSError as exc:
+        problems[f"unreadable columnar segments ({where}: {exc.strerror})"] += 1
 
 
 def first_ts(path: Path | int) -> float | None:
