@@ -6,38 +6,64 @@ alone), timed with its CPU and peak memory: the larger of its own peak RSS (wait
 PSS of its process group (the worker processes of report and analyze), sampled every 0.1 s. A
 stage that would not finish in its time limit, judged from the smaller size, is skipped and says
 so; one that runs over is killed and reported as timed out.
+
+Two layouts of the same events: `columnar`, what the recorder leaves by default (every closed
+64 MiB segment compacted to an Arrow file, the last one JSONL), and `jsonl` (`record --no-compact`,
+and recordings made before compaction). The `compact` row is the compaction itself: the recorder's
+child does it one segment at a time while recording; here every segment, one after the other.
 """
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from sigtrace.events.segments import SEGMENT_BYTES
+
 from . import procs, synth
+
+JSONL, COLUMNAR = "jsonl", "columnar"
 
 READ = [sys.executable, "-c", "import sys; from sigtrace.events.reader import read_recording; "
         "r = read_recording(sys.argv[1]); print(len(r.events))"]
-# the JSON parse alone, as report and export do it (32 MB chunks, pyarrow, explicit schema): their floor
+# the parse alone, as report and export do it (JSONL: 32 MB chunks, pyarrow, explicit schema; columnar
+# segments: their batches, checked): their floor
 PARSE = [sys.executable, "-c", "import sys; from sigtrace.events.partition import CleanChunks; "
          "from sigtrace.events.source import plan_recording; "
          "print(sum(t.num_rows for t, _ in CleanChunks(plan_recording(sys.argv[1]))))"]
 
 
-def dataset(cache: Path, n: int, log: Callable[[str], None]) -> tuple[Path, dict[str, Any]]:
-    """The synthetic recording of n events, generated once per format version and reused."""
+def dataset(cache: Path, n: int, log: Callable[[str], None], layout: str = COLUMNAR) -> tuple[Path, dict[str, Any]]:
+    """The synthetic recording of n events, generated once per format version and reused: JSONL
+    segments as the recorder writes them (`--no-compact`), and a copy of it with every closed
+    segment compacted, as the recorder leaves it by default."""
     d = cache / f"synth-{n}-v{synth.FORMAT_VERSION}"
     done = d / ".complete"
     if not done.exists():
         shutil.rmtree(d, ignore_errors=True)
         log(f"analysis: generating {n} synthetic events in {d}")
-        t = procs.run_timed([sys.executable, "-m", "bench.synth", str(d), "--events", str(n)], timeout=3600)
+        t = procs.run_timed([sys.executable, "-m", "bench.synth", str(d), "--events", str(n),
+                             "--segment-bytes", str(SEGMENT_BYTES)], timeout=3600)
         if t.rc != 0:
             raise RuntimeError(f"synth failed: {t.stderr[-300:]}")
         done.write_text(t.stdout)
-    import json
     info = json.loads(done.read_text())
-    return d, info
+    if layout == JSONL:
+        return d, info
+    c = cache / f"synth-{n}-v{synth.FORMAT_VERSION}-columnar"
+    done_c = c / ".complete"
+    if not done_c.exists():
+        shutil.rmtree(c, ignore_errors=True)
+        log(f"analysis: compacting the closed segments of {d} into {c}")
+        t = procs.run_timed([sys.executable, "-m", "bench.synth", str(c), "--columnar-from", str(d)], timeout=3600)
+        if t.rc != 0:
+            raise RuntimeError(f"compaction failed: {t.stderr[-300:]}")
+        done_c.write_text(t.stdout)
+    made = json.loads(done_c.read_text())
+    made["disk_bytes"] = made.pop("bytes", None)        # the compacted recording's size on disk
+    return c, {**info, **made}
 
 
 def stage_cmds(d: Path, parquet: Path) -> dict[str, list[str]]:
@@ -51,27 +77,44 @@ def stage_cmds(d: Path, parquet: Path) -> dict[str, list[str]]:
     }
 
 
+# (stage, layout): the JSONL layout is what --no-compact and recordings of before 0.2 are; analyze
+# reads the export, whatever the recording's layout
+ALL_STAGES = [("parse", JSONL), ("report", JSONL), ("parse", COLUMNAR), ("read", COLUMNAR), ("report", COLUMNAR),
+              ("export", COLUMNAR), ("analyze", COLUMNAR)]
+READ_STAGES = [("parse", JSONL), ("parse", COLUMNAR), ("read", COLUMNAR), ("export", COLUMNAR)]
+
+
 def measure(sizes: list[int], report_sizes: list[int], cache: Path, timeout: float = 300.0,
             log: Callable[[str], None] = print) -> dict[str, Any]:
     """read and export at every size; report and analyze (the correlation) at report_sizes too."""
     cache.mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []
-    last_rate: dict[str, float] = {}
+    last_rate: dict[tuple[str, str], float] = {}
     for n in sorted(set(sizes) | set(report_sizes)):
-        d, info = dataset(cache, n, log)
-        parquet = d / "export.parquet"
-        cmds = stage_cmds(d, parquet)
-        stages = ["parse", "read", "export"] if n in sizes else []
-        if n in report_sizes:
-            stages = ["parse", "read", "report", "export", "analyze"]
-        for stage in stages:
-            row: dict[str, Any] = {"stage": stage, "events": info["events"], "pods": info["pods"],
+        stages = ALL_STAGES if n in report_sizes else READ_STAGES if n in sizes else []
+        made: dict[str, Any] = {}
+        for layout in (JSONL, COLUMNAR):
+            made[layout] = dataset(cache, n, log, layout)
+        parquet = made[COLUMNAR][0] / "export.parquet"
+        compact = made[COLUMNAR][1]
+        if compact["compacted_events"]:          # a recording of one segment has nothing closed to compact
+            results.append({"stage": "compact", "layout": COLUMNAR, "events": compact["compacted_events"],
+                            "pods": compact["pods"], "file_mb": round(made[JSONL][1]["bytes"] / 1e6, 1),
+                            "wall_s": compact["compact_s"], "peak_rss_mb": compact.get("child_peak_rss_mb"),
+                            "events_per_s": round(compact["compacted_events"] / max(compact["compact_s"], 1e-9)),
+                            "ms_per_pod": None, "kept": compact["kept"],
+                            "disk_mb": round((compact.get("disk_bytes") or 0) / 1e6, 1)})
+        for stage, layout in stages:
+            d, info = made[layout]
+            cmds = stage_cmds(d, parquet)
+            row: dict[str, Any] = {"stage": stage, "layout": layout, "events": info["events"], "pods": info["pods"],
                                    "file_mb": round(info["bytes"] / 1e6, 1)}
+            key = (stage, layout)
             if stage == "analyze" and not parquet.exists():
                 row["skipped"] = "no export"
-            elif stage in last_rate and info["events"] / last_rate[stage] > timeout:
-                row["skipped"] = (f"projected {info['events'] / last_rate[stage]:.0f} s at "
-                                  f"{last_rate[stage]:.0f} events/s > limit {timeout:.0f} s")
+            elif key in last_rate and info["events"] / last_rate[key] > timeout:
+                row["skipped"] = (f"projected {info['events'] / last_rate[key]:.0f} s at "
+                                  f"{last_rate[key]:.0f} events/s > limit {timeout:.0f} s")
             else:
                 t = procs.run_timed(cmds[stage], timeout)
                 row.update({"wall_s": round(t.wall_s, 2), "cpu_s": round(t.cpu_s, 2),
@@ -83,24 +126,24 @@ def measure(sizes: list[int], report_sizes: list[int], cache: Path, timeout: flo
                 if t.rc == 0:
                     row["events_per_s"] = round(info["events"] / t.wall_s)
                     row["ms_per_pod"] = round(1000 * t.wall_s / info["pods"], 1)
-                    last_rate[stage] = info["events"] / t.wall_s
+                    last_rate[key] = info["events"] / t.wall_s
                 else:
                     row["error"] = "timed out" if t.timed_out else t.stderr.strip()[-300:]
                     if t.timed_out:           # a rate to project the next size from; an error is none
-                        last_rate[stage] = info["events"] / max(t.wall_s, 1e-9)
+                        last_rate[key] = info["events"] / max(t.wall_s, 1e-9)
             results.append(row)
-            log(f"analysis: {stage:8s} {n:>9} events: " + (row.get("skipped") or row.get("error") or
+            log(f"analysis: {stage:8s} {layout:8s} {n:>9} events: " + (row.get("skipped") or row.get("error") or
                 f"{row['wall_s']} s, {row['events_per_s']} events/s, peak {row['peak_rss_mb']} MB"))
-        if parquet.exists():
-            parquet.unlink()
-        for extra in [*d.glob("export.parquet*"), d / "report.json"]:
+            if stage == "report":
+                (d / "report.json").unlink(missing_ok=True)
+        for extra in made[COLUMNAR][0].glob("export.parquet*"):
             extra.unlink(missing_ok=True)
     prof = {}
     if report_sizes:
         from .profile import profile_report
         # the largest size up to 1M: on small files start-up and imports would dominate the picture
         n = max([s for s in report_sizes if s <= 1_000_000] or [min(report_sizes)])
-        d, _ = dataset(cache, n, log)
+        d, _ = dataset(cache, n, log, COLUMNAR)
         log(f"analysis: profiling report on {n} events (py-spy)")
         prof = profile_report(d, timeout) | {"events": n}
     return {"profile": prof, "config": {"sizes": sizes, "report_sizes": report_sizes, "timeout_s": timeout, "cache": str(cache),

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from sigtrace.events.segments import segment_name
 from sigtrace.events.writer import EVENTS_FILE, META_FILE
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,7 +30,7 @@ PID_FIELDS = ("pid", "tid", "ppid", "target_pid")
 SERVICE_PORTS = {0, 8080, 9000}
 POD_SPACING_S = 0.25          # a new pod stops every 250 ms (a node with rolling updates all day)
 CHUNK_PODS = 64               # pods written together, sorted by time (the recorder's file is ~sorted)
-FORMAT_VERSION = 1            # bump when the output changes (cached files are keyed by it)
+FORMAT_VERSION = 2            # bump when the output changes (cached files are keyed by it)
 
 
 @dataclass
@@ -140,8 +141,9 @@ def clones_for(story: Story, events_per_pod: int) -> int:
 
 
 def generate(out_dir: Path, n_events: int, *, events_per_pod: int = 400, seed: int = 7,
-             node: str = "bench-node", start: float = 1_760_000_000.0) -> dict:
-    """Write DIR/events.jsonl (about n_events lines) and DIR/meta.json; returns counts."""
+             node: str = "bench-node", start: float = 1_760_000_000.0, segment_bytes: int | None = None) -> dict:
+    """Write DIR/events.jsonl (about n_events lines) and DIR/meta.json; returns counts. segment_bytes:
+    start a new segment (events-000002.jsonl, ...) past this size, as the recorder does."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     stories = load_stories()
@@ -150,7 +152,8 @@ def generate(out_dir: Path, n_events: int, *, events_per_pod: int = 400, seed: i
     written = pods = 0
     pending: list[tuple[float, int, str]] = []
     end = start
-    with open(out_dir / EVENTS_FILE, "w", encoding="utf-8", buffering=1 << 20) as fh:
+    segments = _Segments(out_dir, segment_bytes)
+    with segments:
         while written < n_events:
             story = rng.choices(population, weights)[0]
             # busy and quiet pods: 0.25x to 1.75x the mean number of connections
@@ -165,8 +168,7 @@ def generate(out_dir: Path, n_events: int, *, events_per_pod: int = 400, seed: i
             if pods % CHUNK_PODS == 0 or written >= n_events:
                 pending.sort()
                 end = max(end, pending[-1][0])
-                fh.write("\n".join(p[2] for p in pending))
-                fh.write("\n")
+                segments.write("\n".join(p[2] for p in pending) + "\n")
                 pending.clear()
     meta = {"schema_version": 1, "node": node, "kernel": "6.18.0", "backend": "bpf", "start": start - 1.0,
             "end": end + 1.0, "events": written, "lost_events": 0, "lost_by_probe": {},
@@ -174,7 +176,72 @@ def generate(out_dir: Path, n_events: int, *, events_per_pod: int = 400, seed: i
                              "tcp_states", "kernel_resets"], "synthetic": {"pods": pods, "seed": seed,
                                                                           "events_per_pod": events_per_pod}}
     (out_dir / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    return {"events": written, "pods": pods, "bytes": (out_dir / EVENTS_FILE).stat().st_size}
+    return {"events": written, "pods": pods, "bytes": segments.bytes, "segments": segments.seq}
+
+
+class _Segments:
+    """The recorder's file layout: events.jsonl, then events-000002.jsonl... past segment_bytes,
+    each ending with a whole line (a chunk of pods is written whole, as a backend batch is)."""
+
+    def __init__(self, out_dir: Path, segment_bytes: int | None) -> None:
+        self.out_dir, self.limit = out_dir, segment_bytes
+        self.seq, self.size, self.bytes = 0, 0, 0
+        self.fh = None
+
+    def __enter__(self) -> "_Segments":
+        self._next()
+        return self
+
+    def _next(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+        self.seq += 1
+        self.fh = open(self.out_dir / segment_name(self.seq), "w", encoding="utf-8", buffering=1 << 20)
+        self.size = 0
+
+    def write(self, text: str) -> None:
+        if self.limit is not None and self.size >= self.limit:
+            self._next()
+        n = len(text.encode())
+        self.fh.write(text)
+        self.size += n
+        self.bytes += n
+
+    def __exit__(self, *exc) -> None:
+        self.fh.close()
+
+
+def columnar_copy(src: Path, dst: Path) -> dict:
+    """dst: src as the recorder leaves it with compaction on: every segment but the last one
+    compacted by the recorder's own child process (`python -m sigtrace.events.compact`), one after
+    the other. The JSONL segments are hard links (no copy); src keeps its own. The peak memory is the
+    largest child's (getrusage of the children)."""
+    import os
+    import resource
+    import subprocess
+    import sys
+    import time
+    from sigtrace.events.segments import list_segments
+    dst.mkdir(parents=True, exist_ok=True)
+    segs = list_segments(src)
+    for _, path in segs:
+        os.link(path, dst / path.name)
+    (dst / META_FILE).write_bytes((src / META_FILE).read_bytes())
+    fd = os.open(dst, os.O_RDONLY | os.O_DIRECTORY)
+    started, events, columnar_bytes, kept = time.monotonic(), 0, 0, []
+    try:
+        for _, path in segs[:-1]:
+            out = subprocess.run([sys.executable, "-m", "sigtrace.events.compact", str(fd), path.name],
+                                 pass_fds=(fd,), capture_output=True, check=True).stdout
+            r = json.loads(out)
+            events, columnar_bytes = events + r["events"], columnar_bytes + r["columnar_bytes"]
+            if r["kept"]:
+                kept.append(f"{path.name}: {r['kept']}")
+    finally:
+        os.close(fd)
+    last = segs[-1][1].stat().st_size if segs else 0
+    return {"compacted_events": events, "compact_s": round(time.monotonic() - started, 2), "kept": kept,
+            "bytes": columnar_bytes + last, "child_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024}
 
 
 def main() -> None:
@@ -184,8 +251,15 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--events-per-pod", type=int, default=400)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--segment-bytes", type=int, default=None, help="rotate segments as the recorder does")
+    ap.add_argument("--columnar-from", type=Path, default=None,
+                    help="instead: make OUT a copy of this recording with its closed segments compacted")
     a = ap.parse_args()
-    print(json.dumps(generate(a.out, a.events, events_per_pod=a.events_per_pod, seed=a.seed)))
+    if a.columnar_from is not None:
+        print(json.dumps(columnar_copy(a.columnar_from, a.out)))
+        return
+    print(json.dumps(generate(a.out, a.events, events_per_pod=a.events_per_pod, seed=a.seed,
+                              segment_bytes=a.segment_bytes)))
 
 
 if __name__ == "__main__":
