@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import REPO
@@ -98,6 +99,20 @@ def columnar_free_lines(path: Path) -> list[str]:
     return [line for line in path.read_text().splitlines() if line.strip()]
 
 
+def test_a_lying_size_does_not_make_a_big_file_small(tmp_path):
+    """The JSONL size in the header is the file's word: a columnar segment is sized at least by its
+    rows (from the batch headers), so a lie cannot send a big recording to the whole read."""
+    import pyarrow.ipc as ipc
+    d = tmp_path / "r"
+    shutil.copytree(DATA / "article", d)
+    compact_in_place(d)
+    table = columnar.read_table(d / "events.arrow")
+    schema = columnar.arrow_schema().with_metadata({columnar.JSON_BYTES_KEY: b"0"})
+    with ipc.new_file(str(d / "events.arrow"), schema) as fw:
+        fw.write_table(table.replace_schema_metadata(schema.metadata))
+    assert columnar.recorded_bytes(d / "events.arrow") == table.num_rows * columnar.MIN_EVENT_BYTES
+
+
 def test_columnar_segments_are_sized_as_their_json(tmp_path):
     """Parts and streaming are planned in JSON bytes: a columnar segment reports its JSONL's size."""
     shutil.copytree(DATA / "article", tmp_path / "r")
@@ -161,19 +176,80 @@ def test_a_segment_pruned_while_compacted_does_not_come_back(tmp_path, monkeypat
     assert sorted(os.listdir(d)) == ["meta.json"]
 
 
-def test_a_segment_and_its_columnar_copy_are_listed_once(tmp_path):
-    """Between the link and the unlink a reader sees both names: the columnar one is read."""
+def test_a_columnar_file_beside_its_jsonl_is_named_not_read(tmp_path):
+    """Both names of one segment (a compaction killed between its link and its unlink, or a file put
+    there): the recorder's JSONL is read, the other one is named in the notes, never silently used."""
     d = tmp_path / "r"
     shutil.copytree(DATA / "article", d)
-    shutil.copy(d / "events.jsonl", tmp_path / "keep.jsonl")
-    compact_in_place(d)
-    shutil.copy(tmp_path / "keep.jsonl", d / "events.jsonl")
-    assert [p.name for _, p in list_segments(d)] == ["events.arrow"]
+    shutil.copytree(DATA / "clean", tmp_path / "other")
+    compact_in_place(tmp_path / "other")                     # a valid columnar file of other events
+    shutil.copy(tmp_path / "other" / "events.arrow", d / "events.arrow")
+    assert [p.name for _, p in list_segments(d)] == ["events.jsonl"]
     assert segment_seq("events-000002.arrow") == 2
-    assert len(read_recording(d).events) == len(events_of(DATA / "article"))
+    for fast in (True, False):
+        rec = read_recording(d, fast=fast)
+        assert rec.events.equals(read_recording(DATA / "article", fast=fast).events)
+        assert any(n.startswith("events.arrow not read: the JSONL segment of the same number is there too")
+                   for n in rec.incomplete), rec.incomplete
 
 
-@pytest.mark.parametrize("spoil", ["truncated", "foreign", "garbage", "symlink", "stream", "bomb"])
+def test_a_name_taken_before_compaction_keeps_the_jsonl(tmp_path):
+    d = tmp_path / "r"
+    shutil.copytree(DATA / "article", d)
+    (d / "events.arrow").write_bytes(b"planted")
+    result = compact_in_place(d)
+    assert result.kept == "events.arrow is there already" and result.events == 0
+    assert (d / "events.arrow").read_bytes() == b"planted" and (d / "events.jsonl").exists()
+
+
+def test_two_events_on_one_line_stay_jsonl_and_read_as_the_tolerant_reader_does(tmp_path):
+    """pyarrow takes `{...}{...}` on one line as two rows; the tolerant reader skips that line as
+    unparsable. Neither the compaction nor the fast reader may take pyarrow's reading of it."""
+    d = tmp_path / "r"
+    shutil.copytree(DATA / "article", d)
+    seg = d / "events.jsonl"
+    seg.write_text(seg.read_text().replace("\n", "", 1))
+    assert compact_in_place(d).kept == "a line the fast reader does not take (blank, or two events on it)"
+    fast, tolerant = read_recording(d), read_recording(d, fast=False)
+    assert fast.events.equals(tolerant.events) and fast.incomplete == tolerant.incomplete
+    assert any("unparsable lines" in n for n in fast.incomplete)
+    parts = split_recording(plan_recording(d), part_bytes=300)
+    assert parts is None                                      # the tolerant reader's, as a whole
+
+
+def test_compaction_keeps_the_segments_time_and_names_its_first_event(tmp_path):
+    """--max-age counts from the events' last write, not from the compaction; the first event's ts
+    is in the header, read without pyarrow (the recorder's disk cap reads it)."""
+    d = tmp_path / "r"
+    shutil.copytree(DATA / "article", d)
+    os.utime(d / "events.jsonl", (1_700_000_000, 1_700_000_000))
+    compact_in_place(d)
+    assert (d / "events.arrow").stat().st_mtime == 1_700_000_000
+    code = ("import sys; from sigtrace.events.segments import first_event_ts; import os; "
+            f"fd = os.open({str(d)!r}, os.O_RDONLY); print(first_event_ts(fd, 'events.arrow')); "
+            "assert 'pyarrow' not in sys.modules, 'pyarrow loaded'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert float(r.stdout) == events_of(DATA / "article")[0]["ts"]
+
+
+def test_the_child_imports_nothing_from_the_recorders_working_directory(tmp_path, monkeypatch):
+    """The recorder may run anywhere (a shared directory): a module planted there is never run by
+    the compaction child."""
+    planted = tmp_path / "cwd"
+    planted.mkdir()
+    marker = tmp_path / "ran"
+    for module in ("dataclasses", "json", "struct"):
+        (planted / f"{module}.py").write_text(f"open({str(marker)!r}, 'w').write('{module}')\n")
+    monkeypatch.chdir(planted)
+    src = DATA / "article"
+    w = rewrite(src, tmp_path / "r", segment_bytes=max(300, (src / "events.jsonl").stat().st_size // 3))
+    assert w.meta()["output"]["compaction"]["segments"] >= 1
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("spoil", ["truncated", "foreign", "garbage", "symlink", "stream", "bomb", "many_bombs",
+                                   "rows_bomb", "no_batches"])
 def test_a_damaged_or_planted_columnar_file_is_counted_not_trusted(tmp_path, spoil):
     """A columnar segment that is cut short, holds other columns, is not Arrow at all, or is a link:
     no traceback; the other segments are read and the report says what was not."""
@@ -205,6 +281,26 @@ def test_a_damaged_or_planted_columnar_file_is_counted_not_trusted(tmp_path, spo
             fw.write_table(table)
         del table, row, one
         assert victim.stat().st_size < 1 << 20
+    elif spoil == "many_bombs":
+        # each batch under the 64 MiB any file may inflate to, together far over it
+        row = {**next(columnar.read_tables(arrows[0])).slice(0, 1).to_pylist()[0], "detail": "a" * (3 << 20)}
+        table = pa.Table.from_pylist([row], schema=columnar.arrow_schema())
+        with ipc.new_file(str(victim), table.schema, options=ipc.IpcWriteOptions(compression="zstd")) as fw:
+            for _ in range(30):
+                fw.write_table(table)
+    elif spoil == "rows_bomb":
+        # millions of rows of nulls take no bytes: the rows are bounded on their own
+        n = 3 << 20
+        schema = columnar.arrow_schema()
+        cols = [pa.array(np.full(n, 1000.0)) if f.name == "ts" else
+                pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)), ["tcp_state"]).cast(pa.string())
+                if f.name == "kind" else pa.nulls(n, f.type) for f in schema]
+        with ipc.new_file(str(victim), schema, options=ipc.IpcWriteOptions(compression="zstd")) as fw:
+            fw.write_table(pa.Table.from_arrays(cols, schema=schema))
+        assert victim.stat().st_size // 4 < n
+    elif spoil == "no_batches":
+        with ipc.new_file(str(victim), columnar.arrow_schema()):
+            pass
     else:
         victim.unlink()
         (tmp_path / "elsewhere.arrow").write_bytes(arrows[0].read_bytes())
@@ -214,8 +310,13 @@ def test_a_damaged_or_planted_columnar_file_is_counted_not_trusted(tmp_path, spo
     assert any(f"unreadable columnar segments ({victim.name}" in n or f"{victim.name} is not a regular" in n
                for n in rec.incomplete), rec.incomplete
     assert not any("\x1b" in n for n in rec.incomplete)
-    if spoil == "bomb":
-        assert any("inflate" in n for n in rec.incomplete), rec.incomplete
+    if spoil in ("bomb", "many_bombs"):
+        assert any("inflate more than 64x" in n for n in rec.incomplete), rec.incomplete
+    if spoil == "rows_bomb":     # (the offsets of 3M null strings are 12 MB of zeros: over both budgets)
+        assert any("more rows than its size can hold" in n or "inflate more than 64x" in n
+                   for n in rec.incomplete), rec.incomplete
+    if spoil == "no_batches":
+        assert any("no events in it" in n for n in rec.incomplete), rec.incomplete
     r = subprocess.run([sys.executable, "-m", "sigtrace", "report", str(d)], capture_output=True, text=True,
                        cwd=REPO, timeout=120)
     assert r.returncode == 0 and "Traceback" not in r.stderr

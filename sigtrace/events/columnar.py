@@ -23,10 +23,12 @@ the directory in between sees both: the columnar file wins (list_segments).
 """
 from __future__ import annotations
 
+import math
 import os
 import stat
 import struct
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -36,6 +38,7 @@ SUFFIX = ".arrow"
 JSONL_SUFFIX = ".jsonl"
 COMPRESSION = "zstd"
 JSON_BYTES_KEY = b"sigtrace.json_bytes"     # the JSONL's size: what a reader sizes its parts by
+FIRST_TS_KEY = b"sigtrace.first_ts"         # its first event's ts: the disk cap's notes (read without pyarrow)
 JSON_RATIO = 10                  # a columnar file without that key counts as this many JSON bytes per byte
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -68,7 +71,9 @@ def columnar_name(jsonl_name: str) -> str:
 MAGIC = b"ARROW1"
 MAX_METADATA = 1 << 20           # a message header (flatbuffer); the recorder's are ~2 KB
 MAX_INFLATE = 64                 # uncompressed bytes per compressed byte allowed (the recorder's: ~12)
-MIN_INFLATE_ALLOWANCE = 64 << 20  # ... and any batch may inflate to this much (small batches compress well)
+MIN_INFLATE_ALLOWANCE = 64 << 20  # ... and any file may inflate to this much (small files compress well)
+MIN_ROWS_ALLOWANCE = 1 << 20     # rows any file may hold; past that one per 4 bytes (the recorder's: 1 per 30)
+MIN_EVENT_BYTES = 100            # the smallest event in JSON is ~150 bytes: a file is sized at least rows x this
 _SCHEMA, _DICTIONARY_BATCH, _RECORD_BATCH = 1, 2, 3        # flatbuffer MessageHeader union
 
 
@@ -91,9 +96,10 @@ def _open(path: Path | int):
             os.close(fd)
 
 
-def _messages(fh, size: int) -> Iterator[tuple[int, bytes, bytes]]:
+def _messages(fh, size: int, bodies: bool = True) -> Iterator[tuple[int, bytes, bytes]]:
     """The IPC messages of a file (magic, then the stream: its footer is not needed), as
-    (header type, framed metadata, body), every length checked against the file's size."""
+    (header type, metadata, body), every length checked against the file's size. bodies=False:
+    the bodies are skipped (b"" is given), the headers alone are read."""
     if fh.read(8)[:6] != MAGIC:
         raise Unreadable("not an Arrow file")
     while True:
@@ -111,45 +117,86 @@ def _messages(fh, size: int) -> Iterator[tuple[int, bytes, bytes]]:
         header_type, body_len = _message_header(meta)
         if body_len < 0 or body_len > size - fh.tell():
             raise Unreadable("a message longer than the file")
+        if not bodies:
+            fh.seek(body_len, os.SEEK_CUR)
+            yield header_type, meta, b""
+            continue
         body = fh.read(body_len)
         if len(body) < body_len:
             raise Unreadable("cut short")
-        yield header_type, head + meta, body
+        yield header_type, meta, body
 
 
-def _schema_of(messages: Iterator[tuple[int, bytes, bytes]]):
-    """The file's first message: its schema, checked to be the recorder's (metadata apart)."""
-    import pyarrow as pa
-    import pyarrow.ipc as ipc
-    header_type, framed, body = next(messages, (None, b"", b""))
+@dataclass
+class _Header:
+    """What the headers of a columnar file say, read without pyarrow (the recorder reads them)."""
+    metadata: dict[bytes, bytes]
+    rows: int = 0
+
+
+def _headers(fh, size: int) -> _Header:
+    messages = _messages(fh, size, bodies=False)
+    header_type, meta, _ = next(messages, (None, b"", b""))
     if header_type != _SCHEMA:
         raise Unreadable("no schema")
+    out = _Header(_schema_metadata(meta))
+    for header_type, meta, _ in messages:
+        if header_type != _RECORD_BATCH:
+            raise Unreadable("a message that is not a batch of events")
+        out.rows += _batch_rows(meta)
+    return out
+
+
+def _read_headers(path: Path | int) -> _Header:
+    fh, size = _open(path)
+    with fh:
+        return _headers(fh, size)
+
+
+def _schema_of(meta: bytes, body: bytes):
+    """The schema message, checked to be the recorder's (metadata apart)."""
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
     try:
-        schema = ipc.read_schema(ipc.read_message(pa.py_buffer(framed + body)))
-    except (pa.ArrowException, ValueError):
+        schema = ipc.read_schema(ipc.read_message(pa.py_buffer(_framed(meta, body))))
+    except (pa.ArrowException, ValueError, OSError):
         raise Unreadable("a damaged schema") from None
     if not schema.remove_metadata().equals(arrow_schema()):
         raise Unreadable("its columns are not the recorder's")
     return schema
 
 
+def _framed(meta: bytes, body: bytes) -> bytes:
+    return struct.pack("<Ii", 0xFFFFFFFF, len(meta)) + meta + body
+
+
 def recorded_bytes(path: Path) -> int:
-    """What a reader sizes a segment by: a JSONL's size, or for a columnar segment the size of the
-    JSONL it was compacted from (parts, streaming and progress are planned in JSON bytes), at most
-    MAX_INFLATE times its own. OSError when it cannot be read."""
+    """What a reader sizes a segment by: a JSONL's size; for a columnar segment, the size of the
+    JSONL it was compacted from (parts, streaming and progress are planned in JSON bytes), never less
+    than its rows at MIN_EVENT_BYTES each (the value is the file's word: a lie must not make a big
+    file look small) nor more than MAX_INFLATE times the file. OSError when it cannot be read."""
+    size = path.stat().st_size
     if not is_columnar(path):
-        return path.stat().st_size
+        return size
     try:
-        fh, size = _open(path)
+        h = _read_headers(path)
     except Unreadable:
-        return path.stat().st_size
-    with fh:
-        try:
-            schema = _schema_of(_messages(fh, size))
-            raw = (schema.metadata or {}).get(JSON_BYTES_KEY, b"")
-            return max(0, min(int(raw), size * MAX_INFLATE))
-        except (ImportError, Unreadable, ValueError):
-            return size * JSON_RATIO           # the readers say what is wrong with it
+        return size * JSON_RATIO           # the readers say what is wrong with it
+    try:
+        claimed = int(h.metadata.get(JSON_BYTES_KEY, b""))
+    except ValueError:
+        claimed = size * JSON_RATIO
+    return max(h.rows * MIN_EVENT_BYTES, min(claimed, size * MAX_INFLATE))
+
+
+def first_ts(path: Path | int) -> float | None:
+    """ts of a columnar segment's first event, as its compaction wrote it in the header (read
+    without pyarrow: the recorder's disk cap asks); None when unknown."""
+    try:
+        ts = float(_read_headers(path).metadata.get(FIRST_TS_KEY, b""))
+    except (OSError, Unreadable, ValueError):
+        return None
+    return ts if math.isfinite(ts) and ts >= 0 else None
 
 
 def read_tables(path: Path | int) -> Iterator[Any]:
@@ -161,20 +208,39 @@ def read_tables(path: Path | int) -> Iterator[Any]:
     fh, size = _open(path)
     with fh:
         messages = _messages(fh, size)
-        schema = _schema_of(messages)
-        for header_type, framed, body in messages:
+        header_type, meta, body = next(messages, (None, b"", b""))
+        if header_type != _SCHEMA:
+            raise Unreadable("no schema")
+        schema = _schema_of(meta, body)
+        # one budget for the whole file: uncompressed bytes, and rows (an all-null column takes no
+        # bytes at all)
+        bytes_left = max(MIN_INFLATE_ALLOWANCE, MAX_INFLATE * size)
+        rows_left = max(MIN_ROWS_ALLOWANCE, size // 4)
+        batches = 0
+        for header_type, meta, body in messages:
             if header_type != _RECORD_BATCH:
                 raise Unreadable("a message that is not a batch of events")
-            _check_inflation(framed[8:], body)
+            rows = _batch_rows(meta)
+            bytes_left -= _inflated_bytes(meta, body)
+            rows_left -= rows
+            if bytes_left < 0:
+                raise Unreadable(f"it would inflate more than {MAX_INFLATE}x (a compression bomb?)")
+            if rows_left < 0:
+                raise Unreadable("more rows than its size can hold")
             try:
-                batch = ipc.read_record_batch(ipc.read_message(pa.py_buffer(framed + body)), schema)
+                batch = ipc.read_record_batch(ipc.read_message(pa.py_buffer(_framed(meta, body))), schema)
                 batch.validate(full=True)       # offsets and lengths: the file may come from anywhere
-            except (pa.ArrowException, ValueError):
+            except (pa.ArrowException, ValueError, OSError):
                 raise Unreadable("a damaged batch of events") from None
+            if batch.num_rows != rows:
+                raise Unreadable("a damaged batch of events")
+            batches += 1
             yield pa.Table.from_batches([batch]).replace_schema_metadata(None)
+        if not batches:
+            raise Unreadable("no events in it (a compaction never writes such a file)")
 
 
-# -- the flatbuffer headers (format/Message.fbs), read with every offset checked
+# -- the flatbuffer headers (format/Message.fbs, format/Schema.fbs), read with every offset checked
 def _unpack(fmt: str, buf: bytes, pos: int) -> int:
     if pos < 0 or pos + struct.calcsize(fmt) > len(buf):
         raise Unreadable("a damaged message header")
@@ -195,6 +261,20 @@ def _deref(buf: bytes, pos: int) -> int:
     return pos + _unpack("<I", buf, pos)
 
 
+def _vector(buf: bytes, pos: int, item: int) -> tuple[int, int]:
+    """(start, count) of the flatbuffer vector referenced at pos, each item `item` bytes."""
+    at = _deref(buf, pos)
+    n = _unpack("<I", buf, at)
+    if at + 4 + n * item > len(buf):
+        raise Unreadable("a damaged message header")
+    return at + 4, n
+
+
+def _string(buf: bytes, pos: int) -> bytes:
+    start, n = _vector(buf, pos, 1)
+    return buf[start:start + n]
+
+
 def _message_header(meta: bytes) -> tuple[int, int]:
     """(header type, body length) of a Message flatbuffer."""
     root = _deref(meta, 0)
@@ -204,37 +284,58 @@ def _message_header(meta: bytes) -> tuple[int, int]:
     return header_type, body_len
 
 
-def _check_inflation(meta: bytes, body: bytes) -> None:
-    """Refuse a batch whose buffers would decompress to more than MAX_INFLATE times their size (at
-    least MIN_INFLATE_ALLOWANCE): the lengths are read from the header and the buffers' prefixes,
-    before anything is decompressed."""
-    root = _deref(meta, 0)
-    at_header = _field(meta, root, 2)
-    if at_header is None:
-        raise Unreadable("a batch without its header")
-    batch = _deref(meta, at_header)
+def _header_table(meta: bytes) -> int:
+    at = _field(meta, _deref(meta, 0), 2)
+    if at is None:
+        raise Unreadable("a message without its header")
+    return _deref(meta, at)
+
+
+def _schema_metadata(meta: bytes) -> dict[bytes, bytes]:
+    """The custom metadata of a Schema message (its key/value strings; the first 64)."""
+    at = _field(meta, _header_table(meta), 2)
+    if at is None:
+        return {}
+    start, n = _vector(meta, at, 4)
+    out = {}
+    for k in range(min(n, 64)):
+        kv = _deref(meta, start + 4 * k)
+        at_key, at_value = _field(meta, kv, 0), _field(meta, kv, 1)
+        if at_key is not None and at_value is not None:
+            out[_string(meta, at_key)] = _string(meta, at_value)
+    return out
+
+
+def _batch_rows(meta: bytes) -> int:
+    at = _field(meta, _header_table(meta), 0)
+    rows = _unpack("<q", meta, at) if at is not None else 0
+    if rows < 0:
+        raise Unreadable("a damaged message header")
+    return rows
+
+
+def _inflated_bytes(meta: bytes, body: bytes) -> int:
+    """What a batch's buffers take once decompressed, from its header and each buffer's length
+    prefix, before anything is decompressed."""
+    batch = _header_table(meta)
     at_buffers = _field(meta, batch, 2)
     if at_buffers is None:
-        return
+        return 0
     compressed = _field(meta, batch, 3) is not None
-    vec = _deref(meta, at_buffers)
-    n = _unpack("<I", meta, vec)
-    if n > len(meta) // 16:
-        raise Unreadable("a damaged message header")
+    start, n = _vector(meta, at_buffers, 16)
     total = 0
     for k in range(n):
-        offset, length = _unpack("<q", meta, vec + 4 + 16 * k), _unpack("<q", meta, vec + 12 + 16 * k)
+        offset, length = _unpack("<q", meta, start + 16 * k), _unpack("<q", meta, start + 16 * k + 8)
         if offset < 0 or length < 0 or offset + length > len(body):
             raise Unreadable("a buffer outside its message")
         if compressed and length >= 8:
             raw = _unpack("<q", body, offset)
-            total += length - 8 if raw == -1 else raw
             if raw < -1:
                 raise Unreadable("a damaged buffer")
+            total += length - 8 if raw == -1 else raw
         else:
             total += length
-    if total > max(MIN_INFLATE_ALLOWANCE, MAX_INFLATE * len(body)):
-        raise Unreadable(f"a batch that would inflate {total // max(1, len(body))}x (at most {MAX_INFLATE}x)")
+    return total
 
 
 def read_table(path: Path):
@@ -256,16 +357,4 @@ def iter_rows(path: Path, problems: Counter, where: str) -> Iterator[tuple[int, 
     except Unreadable as exc:
         problems[f"unreadable columnar segments ({where}: {exc})"] += 1
     except OSError as exc:
-        problems[f"unreadable columnar segments ({where}: {exc.strerror})"] += 1
-
-
-def first_ts(path: Path | int) -> float | None:
-    """ts of a columnar segment's first event, None when unreadable."""
-    try:
-        for table in read_tables(path):
-            if table.num_rows:
-                ts = table.column("ts")[0].as_py()
-                return float(ts) if isinstance(ts, (int, float)) else None
-    except (ImportError, OSError, ValueError, NotImplementedError):   # a note's detail, never fatal
-        return None
-    return None
+        problems[f"unreadable columnar segments ({where}: {exc.strerror or 'cannot be read'})"] += 1

@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import errno
 import importlib.util
+import itertools
 import json
 import os
 import stat
 import sys
 from dataclasses import asdict, dataclass
+from typing import Any, Iterator
 
-from .columnar import COMPRESSION, JSON_BYTES_KEY, arrow_schema, columnar_name
+from .columnar import COMPRESSION, FIRST_TS_KEY, JSON_BYTES_KEY, arrow_schema, columnar_name
 from .compactor import EXIT_NO_PYARROW
-from .fast_reader import json_chunks, parse_options, table_is_clean
+from .fast_reader import json_chunks, one_event_per_line, parse_options, table_is_clean
 
 # JSON parsed at once, one record batch each (~14k events): the child's peak is the interpreter and
 # pyarrow (~100 MB) plus ~25x this (the parser's and the compressor's working memory)
@@ -39,52 +41,49 @@ def compact_at(dir_fd: int, name: str) -> Compacted:
     Raises OSError when the directory refuses (the JSONL is then untouched)."""
     import pyarrow as pa
     import pyarrow.ipc as ipc
-    import pyarrow.json as pajson
 
     result = Compacted(name)
     src = os.open(name, _OPEN_FLAGS, dir_fd=dir_fd)
     try:
         st = os.fstat(src)
-        if not stat.S_ISREG(st.st_mode):
-            result.kept = "not a regular file"
+        why = _not_compactable(src, st)
+        if why:
+            result.kept = why
             return result
-        result.json_bytes = size = st.st_size
-        if size == 0:
-            result.kept = "empty"
-            return result
-        os.lseek(src, size - 1, os.SEEK_SET)
-        if os.read(src, 1) != b"\n":
-            result.kept = "its last line is cut off"       # a write failure's partial line: tolerant reader
-            return result
-        os.lseek(src, 0, os.SEEK_SET)
-        out = _unnamed_file(dir_fd)
-        try:
-            schema = arrow_schema().with_metadata({JSON_BYTES_KEY: str(size).encode()})
-            options = ipc.IpcWriteOptions(compression=COMPRESSION)
-            read_options = pajson.ReadOptions(block_size=CHUNK_BYTES + (1 << 20))
-            with os.fdopen(os.dup(src), "rb", buffering=0) as fh, \
-                    pa.OSFile(f"/proc/self/fd/{out}", "wb") as sink, \
-                    ipc.new_file(sink, schema, options=options) as writer:
-                for chunk in json_chunks(fh, size, CHUNK_BYTES):
-                    try:
-                        table = pajson.read_json(chunk, read_options=read_options, parse_options=parse_options())
-                    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                        # (pyarrow's message quotes the file: tenant text, not for meta.json)
-                        result.kept = "a line the fast reader does not take (unparsable, unknown field or type)"
-                        return result
-                    if not table_is_clean(table):
-                        result.kept = "an event without ts or kind, or text that is not UTF-8"
-                        return result
-                    writer.write_table(table.replace_schema_metadata(schema.metadata))
-                    result.events += table.num_rows
-            if not result.events:
-                result.kept = "no events"
+        result.json_bytes = st.st_size
+        with os.fdopen(os.dup(src), "rb", buffering=0) as fh:
+            tables = _clean_tables(fh, st.st_size, result)
+            first = next(tables, None)
+            if first is None:
+                result.kept = result.kept or "no events"
                 return result
-            os.fsync(out)
-            result.columnar_bytes = os.fstat(out).st_size
-            _link(out, dir_fd, columnar_name(name))
-        finally:
-            os.close(out)
+            out = _unnamed_file(dir_fd)
+            try:
+                schema = arrow_schema().with_metadata({
+                    JSON_BYTES_KEY: str(st.st_size).encode(),
+                    FIRST_TS_KEY: repr(float(first.column("ts")[0].as_py())).encode()})
+                options = ipc.IpcWriteOptions(compression=COMPRESSION)
+                with pa.OSFile(f"/proc/self/fd/{out}", "wb") as sink, \
+                        ipc.new_file(sink, schema, options=options) as writer:
+                    for table in itertools.chain([first], tables):
+                        writer.write_table(table.replace_schema_metadata(schema.metadata))
+                        result.events += table.num_rows
+                if result.kept:
+                    result.events = 0
+                    return result
+                os.fsync(out)
+                # the JSONL's times: --max-age counts from the last write of the events, not the compaction
+                os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
+                result.columnar_bytes = os.fstat(out).st_size
+                try:
+                    _link(out, dir_fd, columnar_name(name))
+                except FileExistsError:
+                    # not ours (the writer's names are new): readers read the JSONL and name the other
+                    result.kept = f"{columnar_name(name)} is there already"
+                    result.events = result.columnar_bytes = 0
+                    return result
+            finally:
+                os.close(out)
     finally:
         os.close(src)
     try:
@@ -94,6 +93,39 @@ def compact_at(dir_fd: int, name: str) -> Compacted:
         os.unlink(columnar_name(name), dir_fd=dir_fd)
         result.kept = "pruned by the disk cap while it was compacted"
     return result
+
+
+def _not_compactable(fd: int, st: os.stat_result) -> str | None:
+    """Why a segment is left as it is before it is read, or None."""
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if st.st_size == 0:
+        return "empty"
+    if os.pread(fd, 1, st.st_size - 1) != b"\n":
+        return "its last line is cut off"        # a write failure's partial line: the tolerant reader's
+    return None
+
+
+def _clean_tables(fh, size: int, result: Compacted) -> Iterator[Any]:
+    """The segment's events as tables, as the fast reader takes them; at the first chunk it would not
+    take, result.kept says why and the tables end."""
+    import pyarrow as pa
+    import pyarrow.json as pajson
+    read_options = pajson.ReadOptions(block_size=CHUNK_BYTES + (1 << 20))
+    for chunk, lines in json_chunks(fh, size, CHUNK_BYTES):
+        try:
+            table = pajson.read_json(chunk, read_options=read_options, parse_options=parse_options())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            # (pyarrow's message quotes the file: tenant text, not for meta.json)
+            result.kept = "a line the fast reader does not take (unparsable, unknown field or type)"
+            return
+        if not one_event_per_line(table, lines):
+            result.kept = "a line the fast reader does not take (blank, or two events on it)"
+            return
+        if not table_is_clean(table):
+            result.kept = "an event without ts or kind, or text that is not UTF-8"
+            return
+        yield table
 
 
 def _unnamed_file(dir_fd: int) -> int:

@@ -82,6 +82,9 @@ class Compactor:
             try:
                 self._child.wait(timeout=wait_s)
             except subprocess.TimeoutExpired:
+                # it finishes on its own (meta.json counts it as pending); its pipes are not ours to hold
+                for pipe in (self._child.stdout, self._child.stderr):
+                    pipe.close()
                 return
             self._collect()
 
@@ -92,9 +95,10 @@ class Compactor:
     def _start(self, name: str) -> None:
         fd = self._dir_fd()
         try:
+            # -P and cwd /: nothing in the recorder's working directory is imported by the child
             self._child = subprocess.Popen(
-                [sys.executable, "-m", "sigtrace.events.compact", str(fd), name], pass_fds=(fd,),
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                [sys.executable, "-P", "-m", "sigtrace.events.compact", str(fd), name], pass_fds=(fd,),
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/")
         except OSError as exc:
             self._keep(name, f"cannot start the compaction ({exc.strerror})")
             return

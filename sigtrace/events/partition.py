@@ -30,7 +30,8 @@ import pandas as pd
 
 from . import schema as S
 from .columnar import is_columnar, read_tables, recorded_bytes
-from .fast_reader import _complete_part, json_chunks, parse_options, table_frame, table_is_clean
+from .fast_reader import (_complete_part, json_chunks, one_event_per_line, parse_options, table_frame,
+                          table_is_clean)
 from .source import Source, lost_note, unfinished_note
 from .writer import _stderr_warning
 
@@ -216,8 +217,11 @@ class CleanChunks:
         complete, cut_line = _complete_part(path, size)
         if cut_line is not None:
             self.cut_lines.append(f"{label} line {cut_line}" if label else f"line {cut_line}")
-        for chunk in json_chunks(path, complete, CHUNK_BYTES):
-            yield pajson.read_json(chunk, parse_options=options)
+        for chunk, lines in json_chunks(path, complete, CHUNK_BYTES):
+            table = pajson.read_json(chunk, parse_options=options)
+            if not one_event_per_line(table, lines):
+                raise NotClean(str(path))
+            yield table
 
     def note(self) -> str | None:
         """What the incomplete list says of the truncated last lines left out."""

@@ -60,9 +60,10 @@ def segment_seq(name: str) -> int | None:
     return int(m.group(1)) if m.group(1) else 1
 
 
-def list_segments(directory: str | os.PathLike) -> list[tuple[int, Path]]:
-    """The segment files of one recording, in order: (number, path). A JSONL segment whose columnar
-    copy is already there (a compaction between its link and its unlink) is left out."""
+def list_segments(directory: str | os.PathLike, ignored: list[str] | None = None) -> list[tuple[int, Path]]:
+    """The segment files of one recording, in order: (number, path). A columnar segment beside the
+    JSONL of the same number (a compaction cut short between its link and its unlink, or a file put
+    there) is left out: the JSONL is the recorder's own; its name goes to `ignored`."""
     out = []
     try:
         with os.scandir(directory) as it:
@@ -73,7 +74,10 @@ def list_segments(directory: str | os.PathLike) -> list[tuple[int, Path]]:
     except (FileNotFoundError, NotADirectoryError):
         return []
     names = {p.name for _, p in out}
-    out = [(seq, p) for seq, p in out if not (p.suffix == ".jsonl" and p.with_suffix(".arrow").name in names)]
+    twins = sorted(p.name for _, p in out if p.suffix == ".arrow" and p.with_suffix(".jsonl").name in names)
+    if ignored is not None:
+        ignored += twins
+    out = [(seq, p) for seq, p in out if p.name not in twins]
     return sorted(out, key=lambda t: (t[0], t[1].name != FIRST_SEGMENT))
 
 
@@ -550,7 +554,13 @@ class DiskBudget:
             for d in dirs:
                 fd = os.open(d, _DIR_FLAGS, dir_fd=fd)
                 fds.append(fd)
-            os.unlink(base, dir_fd=fd)
+            try:
+                os.unlink(base, dir_fd=fd)
+            except FileNotFoundError:
+                if not base.endswith(".jsonl") or segment_seq(base) is None:
+                    raise
+                # compacted since the scan: the same segment under its columnar name
+                os.unlink(base[: -len(".jsonl")] + ".arrow", dir_fd=fd)
             return True
         except FileNotFoundError:
             return True

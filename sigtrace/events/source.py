@@ -132,11 +132,21 @@ def plan_recording(directory: str | Path) -> Source:
     if len(runs) == 1:             # DIR itself, or a directory holding one run: read that run
         run = runs[0]
         meta, notes = read_meta(run)
-        segments = _regular(list_segments(run), notes)
+        segments = _regular(_segments(run, notes), notes)
         notes += segment_notes(meta, [s for s, _ in segments], "")
         many = len(segments) > 1
         return Source(run, [(p.name if many else "", p) for _, p in segments], meta, notes)
     return _plan_runs(d, runs)
+
+
+def _segments(run: Path, notes: list[str]) -> list[tuple[int, Path]]:
+    """The run's segments; a columnar file beside its JSONL is named and not read."""
+    ignored: list[str] = []
+    segments = list_segments(run, ignored)
+    for name in ignored:
+        notes.append(f"{name} not read: the JSONL segment of the same number is there too (a compaction cut "
+                     f"short, or a file put there); the JSONL was read")
+    return segments
 
 
 def _regular(segments: list[tuple[int, Path]], notes: list[str]) -> list[tuple[int, Path]]:
@@ -181,7 +191,7 @@ def _plan_runs(d: Path, runs: list[Path]) -> Source:
     infos = []
     for run in runs:
         meta, notes = read_meta(run)
-        infos.append((run, meta if isinstance(meta, dict) else {}, notes, _regular(list_segments(run), notes)))
+        infos.append((run, meta if isinstance(meta, dict) else {}, notes, _regular(_segments(run, notes), notes)))
     nodes = sorted({str(m["node"]) for _, m, _, _ in infos if m.get("node")})
     if len(nodes) > 1:
         raise DataError(f"{d}: holds recordings of {len(nodes)} nodes ({', '.join(nodes)}); a report reads one "
