@@ -357,6 +357,26 @@ def test_no_pyarrow_in_the_child_keeps_jsonl_and_says_so_once(tmp_path, monkeypa
     assert stats["pending"] == 0 and len(warnings) == 1 and "pyarrow is not installed" in warnings[0]
 
 
+def test_a_child_that_fails_keeps_jsonl_and_says_how_not_what_it_printed(tmp_path, monkeypatch):
+    """A child that crashes (or prints a traceback quoting the segment) counts the segment as kept,
+    with its exit status only: stderr is tenant text and stays out of meta.json."""
+    d = tmp_path / "r"
+    d.mkdir()
+    script = tmp_path / "python"
+    script.write_text("#!/bin/sh\necho '\033]0;owned\007 Traceback' >&2\nexit 1\n")
+    script.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(script))
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        c = Compactor(lambda: fd, lambda m: None)
+        c.closed("events.jsonl")
+        c.tick()
+        c.close(wait_s=30)
+    finally:
+        os.close(fd)
+    assert c.meta()["kept_why"] == {"the compaction failed (exit status 1)": 1}
+
+
 def _fake_python(tmp_path: Path, exit_code: int) -> Path:
     script = tmp_path / "python"
     script.write_text(f"#!/bin/sh\nexit {exit_code}\n")

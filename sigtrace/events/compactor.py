@@ -83,8 +83,7 @@ class Compactor:
                 self._child.wait(timeout=wait_s)
             except subprocess.TimeoutExpired:
                 # it finishes on its own (meta.json counts it as pending); its pipes are not ours to hold
-                for pipe in (self._child.stdout, self._child.stderr):
-                    pipe.close()
+                self._child.stdout.close()
                 return
             self._collect()
 
@@ -98,7 +97,7 @@ class Compactor:
             # -P and cwd /: nothing in the recorder's working directory is imported by the child
             self._child = subprocess.Popen(
                 [sys.executable, "-P", "-m", "sigtrace.events.compact", str(fd), name], pass_fds=(fd,),
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/")
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd="/")
         except OSError as exc:
             self._keep(name, f"cannot start the compaction ({exc.strerror})")
             return
@@ -106,7 +105,7 @@ class Compactor:
 
     def _collect(self) -> None:
         child, name, self._child = self._child, self._child_name, None
-        out, err = child.communicate()
+        out, _ = child.communicate()
         if child.returncode == EXIT_NO_PYARROW:
             self._unavailable = True
             self._warn("closed segments stay JSONL: pyarrow is not installed (it compacts them to columnar files)")
@@ -119,8 +118,9 @@ class Compactor:
         except (ValueError, IndexError, UnicodeDecodeError):
             result = None
         if not isinstance(result, dict):
-            last = (err.decode(errors="replace").strip().splitlines() or [f"exit status {child.returncode}"])[-1]
-            self._keep(name, f"the compaction failed ({last[:200]})")
+            # (its stderr, which may quote the segment, is not kept: tenant text stays out of meta.json)
+            how = f"killed by signal {-child.returncode}" if child.returncode < 0 else f"exit status {child.returncode}"
+            self._keep(name, f"the compaction failed ({how})")
             return
         if result.get("kept"):
             self._keep(name, str(result["kept"]))
