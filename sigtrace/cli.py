@@ -18,6 +18,7 @@ COMMANDS = {
     "agent": "sigtrace.commands.agent:agent",
     "export": "sigtrace.commands.export:export",
     "analyze": "sigtrace.commands.analyze:analyze",
+    "compact": "sigtrace.commands.compact:compact",
 }
 
 

@@ -335,6 +335,38 @@ def test_the_writer_appends_after_a_columnar_segment_never_into_it(tmp_path):
     assert after[-1][0] == last_seq + 1 and after[-1][1].suffix == ".jsonl"
 
 
+def test_sigtrace_compact_after_the_fact(tmp_path):
+    """`sigtrace compact DIR` on a JSONL recording (--no-compact) of two runs: every closed segment
+    becomes columnar, a finished run's last one too, an unfinished run's last one is left; the report
+    is the same bytes."""
+    src = DATA / "article"
+    size = (src / "events.jsonl").stat().st_size
+    root = tmp_path / "root"
+    for run, end in (("node-a-1", True), ("node-a-2", False)):
+        rewrite(src, root / run, segment_bytes=max(300, size // 3), compact=False)
+        meta = json.loads((root / run / "meta.json").read_text())
+        if not end:
+            meta.pop("end", None)
+        (root / run / "meta.json").write_text(json.dumps(meta))
+    before = {r: [p.name for _, p in list_segments(root / r)] for r in ("node-a-1", "node-a-2")}
+    assert all(n.endswith(".jsonl") for names in before.values() for n in names)
+    expected = [render_json(report_recording(root / r, lanes=True)) for r in ("node-a-1", "node-a-2")]
+    r = subprocess.run([sys.executable, "-m", "sigtrace", "compact", str(root)], capture_output=True, text=True,
+                       cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr
+    n = len(before["node-a-1"]) + len(before["node-a-2"]) - 1
+    assert f"compacted {n} segment(s) of 2 run(s): " in r.stderr
+    assert "the last segment of 1 run(s) was left as it is" in r.stderr
+    assert all(p.suffix == ".arrow" for _, p in list_segments(root / "node-a-1"))
+    after2 = [p.name for _, p in list_segments(root / "node-a-2")]
+    assert all(x.endswith(".arrow") for x in after2[:-1]) and after2[-1] == before["node-a-2"][-1]
+    got = [render_json(report_recording(root / r, lanes=True)) for r in ("node-a-1", "node-a-2")]
+    assert got == expected
+    r = subprocess.run([sys.executable, "-m", "sigtrace", "compact", str(tmp_path / "nothing")], capture_output=True,
+                       text=True, cwd=REPO, timeout=60)
+    assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
 def test_no_pyarrow_in_the_child_keeps_jsonl_and_says_so_once(tmp_path, monkeypatch):
     """Where pyarrow is missing (the child exits with EXIT_NO_PYARROW) segments stay JSONL: one
     warning, every segment counted, no child started again."""

@@ -1,6 +1,7 @@
-"""Compaction of one closed JSONL segment into a columnar one (sigtrace.events.columnar): what the
+"""Compaction of a closed JSONL segment into a columnar one (sigtrace.events.columnar): what the
 child process started by sigtrace.events.compactor runs (`python -m sigtrace.events.compact DIR_FD
-NAME`), at low priority, so that neither the recorder's CPU nor its memory pays for pyarrow.
+NAME`), at low priority, so that neither the recorder's CPU nor its memory pays for pyarrow; and
+`sigtrace compact DIR` for recordings made with --no-compact or before compaction existed.
 """
 from __future__ import annotations
 
@@ -11,12 +12,15 @@ import json
 import os
 import stat
 import sys
-from dataclasses import asdict, dataclass
-from typing import Any, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
+from ..errors import DataError
 from .columnar import COMPRESSION, FIRST_TS_KEY, JSON_BYTES_KEY, arrow_schema, columnar_name
 from .compactor import EXIT_NO_PYARROW
 from .fast_reader import json_chunks, one_event_per_line, parse_options, table_is_clean
+from .segments import list_segments, run_dirs_under
 
 # JSON parsed at once, one record batch each (~14k events): the child's peak is the interpreter and
 # pyarrow (~100 MB) plus ~25x this (the parser's and the compressor's working memory)
@@ -136,6 +140,69 @@ def _unnamed_file(dir_fd: int) -> int:
 def _link(fd: int, dir_fd: int, name: str) -> None:
     """Give the unnamed file fd its name; never replaces a file of that name (EEXIST)."""
     os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd, follow_symlinks=True)
+
+
+# ---- a recording compacted after the fact (`sigtrace compact`) --------------------------------------
+@dataclass
+class RecordingCompacted:
+    """What `sigtrace compact DIR` did, over every run under DIR."""
+    runs: int = 0
+    segments: int = 0
+    events: int = 0
+    json_bytes: int = 0
+    columnar_bytes: int = 0
+    kept: list[str] = field(default_factory=list)       # "run/segment: why", left JSONL
+    open_runs: list[str] = field(default_factory=list)  # runs whose last segment a recorder may still write
+
+
+def compact_recording(directory: str | os.PathLike,
+                      progress: Callable[[str, int, int | None], None] | None = None) -> RecordingCompacted:
+    """Compact every closed JSONL segment of the recordings under directory, in this process. A run's
+    last segment is compacted only when its meta.json has an end (the recorder stopped): a running
+    recorder, or a killed one, may have a cut line there. Raises DataError when there is nothing."""
+    from .source import read_meta         # lazy: pandas, which the recorder's child does without
+    root = Path(directory)
+    runs = run_dirs_under(root) if root.is_dir() else []
+    if not runs:
+        raise DataError(f"{root}: no recording under it (no events*.jsonl / events*.arrow); pass the --output DIR "
+                        f"of 'sigtrace record' or 'sigtrace agent'")
+    out = RecordingCompacted(runs=len(runs))
+    todo = []
+    for run in runs:
+        segments = list_segments(run)
+        meta, _ = read_meta(run)
+        finished = isinstance(meta.get("end"), (int, float))
+        for seq, path in segments:
+            if path.suffix != ".jsonl":
+                continue
+            if seq == segments[-1][0] and not finished:
+                out.open_runs.append(str(run))
+                continue
+            todo.append((run, path.name))
+    for done, (run, name) in enumerate(todo, 1):
+        where = f"{run.relative_to(root)}/{name}" if run != root else name
+        try:
+            fd = os.open(run, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            out.kept.append(f"{where}: cannot open its directory ({exc.strerror})")
+            continue
+        try:
+            result = compact_at(fd, name)
+        except OSError as exc:
+            out.kept.append(f"{where}: {exc.strerror or 'cannot be written'}")
+            continue
+        finally:
+            os.close(fd)
+        if result.kept:
+            out.kept.append(f"{where}: {result.kept}")
+        else:
+            out.segments += 1
+            out.events += result.events
+            out.json_bytes += result.json_bytes
+            out.columnar_bytes += result.columnar_bytes
+        if progress:
+            progress("segments compacted", done, len(todo))
+    return out
 
 
 # ---- the child process ---------------------------------------------------------------------------------

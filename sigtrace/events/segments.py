@@ -96,7 +96,7 @@ def run_dirs(directory: str | os.PathLike) -> list[Path]:
 
 def run_dirs_under(root: str | os.PathLike) -> list[Path]:
     """Every recording directory at any depth below root (root included), sorted."""
-    return sorted({p.parent for p in Path(root).rglob("events*.jsonl")
+    return sorted({p.parent for p in Path(root).rglob("events*")
                    if segment_seq(p.name) is not None and p.is_file()})
 
 
