@@ -141,7 +141,7 @@ def report_cmd(directory: str, fmt: str) -> None:
     from .render.safe import visible
     recs = run_dirs_under(Path(directory))
     if not recs:
-        raise UsageProblem(f"{directory}: no recordings (no events.jsonl below it); run `kubectl sigtrace collect` first")
+        raise UsageProblem(f"{directory}: no recordings (no events*.jsonl or events*.arrow below it); run `kubectl sigtrace collect` first")
     unusable = []
     for rec in recs:
         click.echo(f"== {visible(str(rec))}", err=True)

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from sigtrace.events.compact import Compacted, compact_at
 from sigtrace.events.compactor import Compactor
 from sigtrace.events.partition import split_recording
 from sigtrace.events.reader import read_recording
-from sigtrace.events.segments import DiskBudget, list_segments, segment_seq
+from sigtrace.events.segments import DiskBudget, list_segments, run_dirs_under, segment_seq
 from sigtrace.events.source import plan_recording
 from sigtrace.events.writer import EventWriter
 from sigtrace.export import export_recordings
@@ -202,19 +203,23 @@ def test_a_name_taken_before_compaction_keeps_the_jsonl(tmp_path):
     assert (d / "events.arrow").read_bytes() == b"planted" and (d / "events.jsonl").exists()
 
 
-def test_two_events_on_one_line_stay_jsonl_and_read_as_the_tolerant_reader_does(tmp_path):
-    """pyarrow takes `{...}{...}` on one line as two rows; the tolerant reader skips that line as
-    unparsable. Neither the compaction nor the fast reader may take pyarrow's reading of it."""
+@pytest.mark.parametrize("lines", ["two events on one", "blank"])
+def test_lines_that_are_not_one_event_stay_jsonl_and_read_as_the_tolerant_reader_does(tmp_path, lines):
+    """pyarrow takes `{...}{...}` on one line as two rows (the tolerant reader skips that line as
+    unparsable) and skips blank lines: neither the compaction nor the fast reader may take pyarrow's
+    reading of such a file; both readers give the tolerant reader's."""
     d = tmp_path / "r"
     shutil.copytree(DATA / "article", d)
     seg = d / "events.jsonl"
-    seg.write_text(seg.read_text().replace("\n", "", 1))
+    text = seg.read_text()
+    seg.write_text(text.replace("\n", "", 1) if lines == "two events on one" else text.replace("\n", "\n\n", 3))
     assert compact_in_place(d).kept == "a line the fast reader does not take (blank, or two events on it)"
     fast, tolerant = read_recording(d), read_recording(d, fast=False)
     assert fast.events.equals(tolerant.events) and fast.incomplete == tolerant.incomplete
-    assert any("unparsable lines" in n for n in fast.incomplete)
-    parts = split_recording(plan_recording(d), part_bytes=300)
-    assert parts is None                                      # the tolerant reader's, as a whole
+    if lines == "blank":
+        assert fast.incomplete == [] and len(fast.events) == len(events_of(DATA / "article"))
+    else:
+        assert any("unparsable lines" in n for n in fast.incomplete)
 
 
 def test_compaction_keeps_the_segments_time_and_names_its_first_event(tmp_path):
@@ -358,6 +363,7 @@ def test_sigtrace_compact_after_the_fact(tmp_path):
     assert f"compacted {n} segment(s) of 2 run(s): " in r.stderr
     assert "the last segment of 1 run(s) was left as it is" in r.stderr
     assert all(p.suffix == ".arrow" for _, p in list_segments(root / "node-a-1"))
+    assert run_dirs_under(root) == [root / "node-a-1", root / "node-a-2"]      # a run of columnar files only
     after2 = [p.name for _, p in list_segments(root / "node-a-2")]
     assert all(x.endswith(".arrow") for x in after2[:-1]) and after2[-1] == before["node-a-2"][-1]
     got = [render_json(report_recording(root / r, lanes=True)) for r in ("node-a-1", "node-a-2")]
@@ -430,3 +436,95 @@ def test_the_budget_prunes_columnar_segments_and_names_their_time(tmp_path):
     assert left[0][0] > 1 and left[0][1].suffix == ".arrow" and left == segs[-len(left):]
     assert budget.own_meta()["segments"] == left[0][0] - 1
     assert budget.oldest_kept_ts == columnar.first_ts(left[0][1]) is not None
+
+
+# ---- a report taken while the recorder runs, and the writer's side ----------------------------------------
+def test_a_segment_compacted_after_the_listing_is_read_under_its_new_name(tmp_path, monkeypatch):
+    """A report taken while recording lists the segments, and the one just closed is compacted
+    before it is opened: every reader finds it under its columnar name, with no note of a removal."""
+    from sigtrace.events import reader
+    from sigtrace.events.fast_reader import read_clean_source
+    from sigtrace.events.partition import CleanChunks
+    src = DATA / "article"
+    d = tmp_path / "r"
+    rewrite(src, d, segment_bytes=max(300, (src / "events.jsonl").stat().st_size // 3), compact=False)
+    plan = plan_recording(d)
+    compact_in_place(d, plan.files[0][1].name)              # after the listing, before the reading
+    assert not plan.files[0][1].exists()
+    want = read_recording(src)
+    got = read_clean_source(plan)
+    assert got is not None and got.events.equals(want.events) and got.incomplete == want.incomplete
+    assert sum(t.num_rows for t, _ in CleanChunks(plan)) == len(want.events)
+    monkeypatch.setattr(reader, "plan_recording", lambda _: plan)
+    tolerant = read_recording(d, fast=False)
+    assert tolerant.events.equals(read_recording(src, fast=False).events) and tolerant.incomplete == []
+
+
+@pytest.mark.parametrize("compact", [True, False])
+def test_a_session_compacts_unless_told_not_to(tmp_path, compact):
+    """RecordSession (record, agent) compacts by default; --no-compact (compact=False) keeps JSONL."""
+    from test_segments import TickBackend
+    from sigtrace.record import RecordSession
+    s = RecordSession(TickBackend(per_poll=50), tmp_path / "r", live=False, live_reports=False,
+                      segment_bytes=64 << 10, compact=compact)
+    s.run(duration=1.5)
+    meta = json.loads((tmp_path / "r" / "meta.json").read_text())
+    if compact:
+        stats = meta["output"]["compaction"]
+        assert stats["segments"] + stats["kept_jsonl"] + stats["pending"] == meta["output"]["segments_started"] - 1
+        assert stats["segments"] >= 1 and any(p.suffix == ".arrow" for _, p in list_segments(tmp_path / "r"))
+    else:
+        assert "compaction" not in meta["output"]
+        assert all(p.suffix == ".jsonl" for _, p in list_segments(tmp_path / "r"))
+    assert len(read_recording(tmp_path / "r").events) == meta["events"]
+
+
+def _sleeper(tmp_path: Path, seconds: float) -> Path:
+    script = tmp_path / "python"
+    script.write_text(f"#!/bin/sh\nsleep {seconds}\n")
+    script.chmod(0o755)
+    return script
+
+
+def test_the_compactor_bounds_its_queue_ends_a_stuck_child_and_never_waits_long(tmp_path, monkeypatch):
+    """Past MAX_PENDING the oldest waiting segment stays JSONL (counted); a child past its time is
+    killed (counted, reaped); close() waits a little, then leaves a running child (counted pending).
+    Every child runs in its own session: a Ctrl-C at the recorder's terminal does not reach it."""
+    from sigtrace.events import compactor
+    monkeypatch.setattr(sys, "executable", str(_sleeper(tmp_path, 30)))
+    now = [0.0]
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        c = Compactor(lambda: fd, lambda m: None, clock=lambda: now[0])
+        for i in range(compactor.MAX_PENDING + 4):
+            c.closed(f"events-{i + 2:06d}.jsonl")
+        assert c.meta()["kept_why"] == {"too many segments waiting": 4}
+        c.tick()
+        child = c._child
+        assert child is not None and os.getpgid(child.pid) != os.getpgid(0)
+        now[0] = compactor.CHILD_TIMEOUT_S + 1
+        c.tick()                                            # killed, collected, the next one started
+        assert child.returncode == -9 and c.meta()["kept_why"]["the compaction failed (killed by signal 9)"] == 1
+        started = time.monotonic()
+        c.close(wait_s=0.2)
+        assert time.monotonic() - started < 5
+        assert c.meta()["pending"] == compactor.MAX_PENDING - 1    # the running one and those waiting
+        c._child.kill()
+        c._child.wait()
+    finally:
+        os.close(fd)
+
+
+def test_the_budget_removes_a_segment_compacted_since_its_scan(tmp_path):
+    """The disk cap scanned events-000002.jsonl; it is events-000002.arrow when the cap removes it."""
+    d = tmp_path / "r"
+    rewrite(DATA / "article", d, segment_bytes=1500, compact=False)
+    name = list_segments(d)[1][1].name
+    compact_in_place(d, name)
+    budget = DiskBudget(d, d, max_bytes=1 << 30)
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert budget._unlink(fd, "", name)
+    finally:
+        os.close(fd)
+    assert not (d / name).exists() and not (d / columnar.columnar_name(name)).exists()

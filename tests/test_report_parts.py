@@ -171,7 +171,7 @@ def test_a_big_frame_is_reported_in_parts_the_same(rec_dir, monkeypatch):
 
 def test_chunks_are_whole_lines(monkeypatch):
     """A file is read in chunks of whole lines, whatever the chunk size."""
-    from sigtrace.events.fast_reader import json_chunks
+    from sigtrace.events.jsonl_tables import json_chunks
     path = DATA / "article" / "events.jsonl"
     chunks = [c.read() for c, _ in json_chunks(path, path.stat().st_size, 1000)]
     assert len(chunks) > 2 and all(c.endswith(b"\n") for c in chunks)

@@ -105,7 +105,7 @@ def _console() -> Any:
 @click.option("--segment-age", type=DURATION, default="1h", show_default=True,
               help="Start a new segment after this long.")
 @click.option("--compact/--no-compact", default=True, show_default=True,
-              help="Compact each closed segment to a columnar file (events-000002.arrow: ~10x smaller, read "
+              help="Compact each closed segment to a columnar file (events-000002.arrow: ~9x smaller, read "
                    "~30x faster); --no-compact keeps every segment JSONL (for jq and grep).")
 def record(output: str, duration: float | None, all_processes: bool, pids: tuple[int, ...],
            comms: tuple[str, ...], pods: tuple[str, ...], node_root: str | None, backend: str, tcp_detail: str,

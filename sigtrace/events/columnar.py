@@ -2,12 +2,12 @@
 
 Why: parsing JSON is the floor of every read (pyarrow's multithreaded reader: ~430k events/s on
 two cores, docs/benchmarks.md); an Arrow IPC file is read at millions of events a second, and it is
-~10x smaller on disk, so the same --max-disk keeps ~10x more history.
+~9x smaller on disk, so the same --max-disk keeps ~9x more history.
 
 When: the recorder writes JSON lines (a line is durable once write(2) returns, and a SIGKILL leaves
 at most one cut-off line); once it has closed a segment and moved on to the next, the closed one is
-compacted by a child process at low priority (sigtrace.events.compact): events-000002.jsonl
-becomes events-000002.arrow. The segment being written is always JSONL.
+compacted by a child process at low priority (sigtrace.events.compactor, .compact):
+events-000002.jsonl becomes events-000002.arrow. The segment being written is always JSONL.
 
 What: exactly the events of the JSONL, as the fast reader's explicit schema parses them, in file
 order. A segment the fast reader would not take as it is (a cut-off or unparsable line, an unknown
@@ -18,8 +18,10 @@ is no more trusted than a JSONL one.
 
 Safety: the file is written unnamed (O_TMPFILE) in the segment's directory, held open by descriptor
 (never by path), and linked under its name only when complete, so a reader never sees half a file
-and a killed compaction leaves nothing behind; the JSONL is removed after that. A reader that lists
-the directory in between sees both: the columnar file wins (list_segments).
+and a killed compaction leaves nothing behind; the JSONL is removed after that. Both names of one
+segment at once (a compaction killed between the two steps, or a file put there): the JSONL, the
+recorder's own, is read and the other is named (list_segments). A JSONL compacted after a reader
+listed the directory is read under its new name (current_segment).
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ COMPRESSION = "zstd"
 JSON_BYTES_KEY = b"sigtrace.json_bytes"     # the JSONL's size: what a reader sizes its parts by
 FIRST_TS_KEY = b"sigtrace.first_ts"         # its first event's ts: the disk cap's notes (read without pyarrow)
 JSON_RATIO = 10                  # a columnar file without that key counts as this many JSON bytes per byte
-_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def arrow_schema():
@@ -61,6 +63,16 @@ def columnar_name(jsonl_name: str) -> str:
     if not jsonl_name.endswith(JSONL_SUFFIX):
         raise ValueError(f"{jsonl_name} is not a JSONL segment")
     return jsonl_name[: -len(JSONL_SUFFIX)] + SUFFIX
+
+
+def current_segment(path: Path) -> Path:
+    """The file a listed segment is in now: a JSONL compacted since it was listed (a report taken
+    while the recorder runs) is read under its columnar name."""
+    if path.suffix == JSONL_SUFFIX and not path.exists():
+        twin = path.with_name(columnar_name(path.name))
+        if twin.exists():
+            return twin
+    return path
 
 
 # ---- reading ---------------------------------------------------------------------------------------
@@ -85,7 +97,7 @@ class Unreadable(ValueError):
 def _open(path: Path | int):
     """A binary file of a columnar segment (a path, or a descriptor the caller keeps), and its size.
     Raises Unreadable (not a regular file) and OSError."""
-    fd = path if isinstance(path, int) else os.open(path, _OPEN_FLAGS)
+    fd = path if isinstance(path, int) else os.open(path, READ_FLAGS)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -356,5 +368,7 @@ def iter_rows(path: Path, problems: Counter, where: str) -> Iterator[tuple[int, 
                 yield n, {k: v for k, v in row.items() if v is not None}
     except Unreadable as exc:
         problems[f"unreadable columnar segments ({where}: {exc})"] += 1
+    except FileNotFoundError:
+        raise                       # removed while being read: the reader says so
     except OSError as exc:
         problems[f"unreadable columnar segments ({where}: {exc.strerror or 'cannot be read'})"] += 1

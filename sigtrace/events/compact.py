@@ -17,16 +17,15 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..errors import DataError
-from .columnar import COMPRESSION, FIRST_TS_KEY, JSON_BYTES_KEY, arrow_schema, columnar_name
+from .columnar import READ_FLAGS, COMPRESSION, FIRST_TS_KEY, JSON_BYTES_KEY, arrow_schema, columnar_name, is_columnar
 from .compactor import EXIT_NO_PYARROW
-from .fast_reader import json_chunks, one_event_per_line, parse_options, table_is_clean
+from .jsonl_tables import json_chunks, one_event_per_line, parse_options, table_is_clean
 from .segments import list_segments, run_dirs_under
 
 # JSON parsed at once, one record batch each (~14k events): the child's peak is the interpreter and
 # pyarrow (~100 MB) plus ~25x this (the parser's and the compressor's working memory)
 CHUNK_BYTES = 4 << 20
 NICE = 10                        # the compaction gives way to the recorder and to the node's pods
-_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 # ---- writing ---------------------------------------------------------------------------------------
@@ -47,7 +46,7 @@ def compact_at(dir_fd: int, name: str) -> Compacted:
     import pyarrow.ipc as ipc
 
     result = Compacted(name)
-    src = os.open(name, _OPEN_FLAGS, dir_fd=dir_fd)
+    src = os.open(name, READ_FLAGS, dir_fd=dir_fd)
     try:
         st = os.fstat(src)
         why = _not_compactable(src, st)
@@ -173,7 +172,7 @@ def compact_recording(directory: str | os.PathLike,
         meta, _ = read_meta(run)
         finished = isinstance(meta.get("end"), (int, float))
         for seq, path in segments:
-            if path.suffix != ".jsonl":
+            if is_columnar(path):
                 continue
             if seq == segments[-1][0] and not finished:
                 out.open_runs.append(str(run))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -41,8 +42,10 @@ class Compactor:
     """Compacts the segments a writer closes, one child process at a time (see the module docstring).
 
     closed() is called from the writer's hot path (rotation) and only queues; tick() runs from its
-    timer thread: it collects a finished child and starts the next. dir_fd() gives the directory's
-    descriptor of the moment (the writer re-opens a directory that was removed and re-created).
+    timer thread: it collects a finished child and starts the next; meta() from any thread. The
+    queue and the counts are under one lock, never held while a child is waited for. dir_fd() gives
+    the directory's descriptor of the moment (the writer re-opens a directory that was removed and
+    re-created).
     """
 
     def __init__(self, dir_fd: Callable[[], int], warn: Callable[[str], None],
@@ -53,18 +56,22 @@ class Compactor:
         self._child_name = ""
         self._started = 0.0
         self._unavailable = False
+        self._lock = threading.Lock()
         self.stats = CompactionStats()
 
     def closed(self, name: str) -> None:
         """The writer closed segment `name` for good: compact it when its turn comes."""
-        if self._unavailable:
-            return
-        if len(self._queue) >= MAX_PENDING:
-            self._keep(self._queue.popleft(), "too many segments waiting")
-        self._queue.append(name)
+        with self._lock:
+            if self._unavailable:
+                self._keep_locked(name, "pyarrow is not installed")
+                return
+            if len(self._queue) >= MAX_PENDING:
+                self._keep_locked(self._queue.popleft(), "too many segments waiting")
+            self._queue.append(name)
 
     def tick(self) -> None:
-        """Collect a finished child; start the next one when none runs."""
+        """Collect a finished child; start the next one when none runs. One caller at a time (the
+        writer's timer thread, or close())."""
         if self._child is not None:
             if self._child.poll() is None:
                 if self._clock() - self._started < CHILD_TIMEOUT_S:
@@ -72,8 +79,12 @@ class Compactor:
                 self._child.kill()
                 self._child.wait()
             self._collect()
-        while self._queue and self._child is None and not self._unavailable:
-            self._start(self._queue.popleft())
+        while self._child is None:
+            with self._lock:
+                if not self._queue or self._unavailable:
+                    return
+                name = self._queue.popleft()
+            self._start(name)
 
     def close(self, wait_s: float = CLOSE_WAIT_S) -> None:
         """Stop starting children; wait a little for a running one (it finishes on its own anyway:
@@ -88,16 +99,19 @@ class Compactor:
             self._collect()
 
     def meta(self) -> dict[str, Any]:
-        self.stats.pending = len(self._queue) + (self._child is not None)
-        return self.stats.as_dict()
+        with self._lock:
+            self.stats.pending = len(self._queue) + (self._child is not None)
+            return self.stats.as_dict()       # (asdict copies kept_why)
 
     def _start(self, name: str) -> None:
         fd = self._dir_fd()
         try:
-            # -P and cwd /: nothing in the recorder's working directory is imported by the child
+            # -P and cwd /: nothing in the recorder's working directory is imported by the child;
+            # its own session: a Ctrl-C meant for the recorder does not cut a compaction short
             self._child = subprocess.Popen(
                 [sys.executable, "-P", "-m", "sigtrace.events.compact", str(fd), name], pass_fds=(fd,),
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd="/")
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd="/",
+                start_new_session=True)
         except OSError as exc:
             self._keep(name, f"cannot start the compaction ({exc.strerror})")
             return
@@ -107,11 +121,12 @@ class Compactor:
         child, name, self._child = self._child, self._child_name, None
         out, _ = child.communicate()
         if child.returncode == EXIT_NO_PYARROW:
-            self._unavailable = True
             self._warn("closed segments stay JSONL: pyarrow is not installed (it compacts them to columnar files)")
-            self._keep(name, "pyarrow is not installed")
-            while self._queue:
-                self._keep(self._queue.popleft(), "pyarrow is not installed")
+            with self._lock:
+                self._unavailable = True
+                for waiting in [name, *self._queue]:
+                    self._keep_locked(waiting, "pyarrow is not installed")
+                self._queue.clear()
             return
         try:
             result = json.loads(out.decode().strip().splitlines()[-1]) if child.returncode == 0 else None
@@ -125,11 +140,16 @@ class Compactor:
         if result.get("kept"):
             self._keep(name, str(result["kept"]))
             return
-        self.stats.segments += 1
-        for key in ("events", "json_bytes", "columnar_bytes"):
-            setattr(self.stats, key, getattr(self.stats, key) + int(result.get(key) or 0))
+        with self._lock:
+            self.stats.segments += 1
+            for key in ("events", "json_bytes", "columnar_bytes"):
+                setattr(self.stats, key, getattr(self.stats, key) + int(result.get(key) or 0))
 
     def _keep(self, name: str, why: str) -> None:
+        with self._lock:
+            self._keep_locked(name, why)
+
+    def _keep_locked(self, name: str, why: str) -> None:
         self.stats.kept_jsonl += 1
         if why not in self.stats.kept_why and len(self.stats.kept_why) >= 8:
             why = "other reasons"

@@ -29,16 +29,15 @@ import numpy as np
 import pandas as pd
 
 from . import schema as S
-from .columnar import is_columnar, read_tables, recorded_bytes
-from .fast_reader import (_complete_part, json_chunks, one_event_per_line, parse_options, table_frame,
-                          table_is_clean)
+from .columnar import current_segment, is_columnar, read_tables, recorded_bytes
+from .fast_reader import table_frame
+from .jsonl_tables import json_tables, table_is_clean
 from .source import Source, lost_note, unfinished_note
 from .writer import _stderr_warning
 
 # a part holds about this much of the recording's JSON (~200k events): what one report pass holds
 PART_BYTES = 64 << 20
 MAX_PARTS = 256
-CHUNK_BYTES = 32 << 20          # read at once: pyarrow parses a chunk's blocks on all cores
 _ROW = "__row"
 
 
@@ -187,11 +186,11 @@ def _uids(table, i: int, n: int) -> frozenset[str]:
 
 
 class CleanChunks:
-    """A clean recording's events as pyarrow tables (about CHUNK_BYTES of its JSON each), in file
-    order: iterating gives (table, position of its first row); a table the tolerant reader would not
-    read as it is (table_is_clean) raises NotClean, and so does a columnar segment that is not whole
-    and valid (pyarrow.ArrowInvalid). A truncated last line of a JSONL file is left out, and said by
-    note()."""
+    """A clean recording's events as pyarrow tables (a columnar batch, or about jsonl_tables.CHUNK_BYTES of JSON each), in file
+    order: iterating gives (table, position of its first row); what the tolerant reader would not
+    read as it is raises: NotClean (table_is_clean), jsonl_tables.NotOneEventPerLine and
+    columnar.Unreadable (ValueErrors both), pyarrow.ArrowInvalid. A truncated last line of a JSONL
+    file is left out, and said by note()."""
 
     def __init__(self, src: Source) -> None:
         self.src = src
@@ -199,29 +198,15 @@ class CleanChunks:
         self.rows = 0
 
     def __iter__(self) -> Iterator[tuple[Any, int]]:
-        options = parse_options()
         for label, path in self.src.files:
-            for table in (read_tables(path) if is_columnar(path) else self._json_tables(label, path, options)):
+            path = current_segment(path)
+            for table in (read_tables(path) if is_columnar(path) else json_tables(label, path, self.cut_lines)):
                 if not table.num_rows:
                     continue
                 if not table_is_clean(table):
                     raise NotClean(str(path))
                 yield table, self.rows
                 self.rows += table.num_rows
-
-    def _json_tables(self, label: str, path: Path, options) -> Iterator[Any]:
-        import pyarrow.json as pajson
-        size = path.stat().st_size
-        if size == 0:
-            return
-        complete, cut_line = _complete_part(path, size)
-        if cut_line is not None:
-            self.cut_lines.append(f"{label} line {cut_line}" if label else f"line {cut_line}")
-        for chunk, lines in json_chunks(path, complete, CHUNK_BYTES):
-            table = pajson.read_json(chunk, parse_options=options)
-            if not one_event_per_line(table, lines):
-                raise NotClean(str(path))
-            yield table
 
     def note(self) -> str | None:
         """What the incomplete list says of the truncated last lines left out."""

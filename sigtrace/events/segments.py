@@ -6,11 +6,14 @@ One recording (a run of `sigtrace record`, one start of `sigtrace agent`) is a d
                           made before segments existed)
     events-000002.jsonl   segment 2, 3, ...: the writer starts the next one when the current one
                           reaches the segment size or age; only the highest number is appended to
+    events-000002.arrow   a closed segment compacted to a columnar file (sigtrace.events.columnar):
+                          the same events; its JSONL is removed once it is whole
     meta.json, reports/
 
-Segments are never renamed: a reader (or `kubectl sigtrace collect`'s tar) listing the directory
-while the recorder runs sees closed segments that do not change; new ones appear above, pruning
-removes below. The agent's output root holds one such directory per start
+A closed segment's events never change: a reader (or `kubectl sigtrace collect`'s tar) listing
+the directory while the recorder runs sees closed segments that keep their events (a JSONL may
+turn into its columnar file meanwhile: readers look for it, sigtrace.events.columnar.current_segment);
+new ones appear above, pruning removes below. The agent's output root holds one such directory per start
 (OUTPUT/<node>-<UTC time>/); DiskBudget keeps all of them together under --max-disk and removes
 what is older than --max-age: oldest closed segment first, across runs, never the one being written.
 
@@ -30,6 +33,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+
+from .columnar import columnar_name, first_ts, is_columnar
 
 FIRST_SEGMENT = "events.jsonl"
 META_FILE = "meta.json"
@@ -74,7 +79,7 @@ def list_segments(directory: str | os.PathLike, ignored: list[str] | None = None
     except (FileNotFoundError, NotADirectoryError):
         return []
     names = {p.name for _, p in out}
-    twins = sorted(p.name for _, p in out if p.suffix == ".arrow" and p.with_suffix(".jsonl").name in names)
+    twins = sorted(p.name for _, p in out if is_columnar(p) and p.with_suffix(".jsonl").name in names)
     if ignored is not None:
         ignored += twins
     out = [(seq, p) for seq, p in out if p.name not in twins]
@@ -231,22 +236,15 @@ def write_json_at(dir_fd: int, name: str, obj: Any) -> None:
 
 
 def first_event_ts(dir_fd: int, name: str) -> float | None:
-    """ts of a segment's first event (its first line), None when unreadable."""
-    if name.endswith(".arrow"):
-        from .columnar import first_ts     # lazy: pyarrow, only when a columnar segment is pruned
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-        except OSError:
-            return None
-        try:
-            return first_ts(fd)
-        finally:
-            os.close(fd)
+    """ts of a segment's first event (a JSONL's first line; a columnar file's header, read without
+    pyarrow), None when unreadable."""
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError:
         return None
     try:
+        if is_columnar(name):
+            return first_ts(fd)
         head = os.read(fd, 1 << 16)
     finally:
         os.close(fd)
@@ -557,10 +555,10 @@ class DiskBudget:
             try:
                 os.unlink(base, dir_fd=fd)
             except FileNotFoundError:
-                if not base.endswith(".jsonl") or segment_seq(base) is None:
+                if is_columnar(base) or segment_seq(base) is None:
                     raise
                 # compacted since the scan: the same segment under its columnar name
-                os.unlink(base[: -len(".jsonl")] + ".arrow", dir_fd=fd)
+                os.unlink(columnar_name(base), dir_fd=fd)
             return True
         except FileNotFoundError:
             return True

@@ -127,7 +127,7 @@ def plan_recording(directory: str | Path) -> Source:
             shown = ", ".join(str(p) for p in holders[:3]) + (", ..." if len(holders) > 3 else "")
             raise DataError(f"{d}: holds recordings in {len(holders)} directories ({shown}): pass one node's "
                             f"directory (all its runs are read as one), or run `kubectl sigtrace report {d}`")
-        raise DataError(f"{d}: has no {EVENTS_FILE}; is it the --output DIR of 'sigtrace record' "
+        raise DataError(f"{d}: has no {EVENTS_FILE} (nor other segments); is it the --output DIR of 'sigtrace record' "
                         f"(or of 'sigtrace agent')?")
     if len(runs) == 1:             # DIR itself, or a directory holding one run: read that run
         run = runs[0]

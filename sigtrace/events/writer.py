@@ -41,6 +41,7 @@ import orjson
 
 from ..errors import OutputError, UsageProblem
 from . import schema
+from .columnar import is_columnar
 from .compactor import Compactor
 from .segments import (FIRST_SEGMENT, META_FILE, SEGMENT_AGE_S, SEGMENT_BYTES, DiskBudget, OutputDir,
                        list_segments, segment_name)
@@ -165,7 +166,8 @@ class EventWriter:
 
     Only non-null fields are written: readers fill the rest from the schema. out_dir is a path, or
     an OutputDir the caller keeps (then write_meta() works after close()). clock is the wall clock
-    of segment ages (tests inject one); warn gets each problem once, as one line.
+    of segment ages (tests inject one); warn gets each problem once, as one line. compact: each
+    closed segment is compacted to a columnar file by a child process (sigtrace.events.compactor).
     """
 
     def __init__(self, out_dir: str | os.PathLike | OutputDir, flush_interval: float = FLUSH_INTERVAL_S,
@@ -308,7 +310,7 @@ class EventWriter:
         existing = list_segments(self._dir.path)
         self._seq = existing[-1][0] if existing else 0
         # (a columnar segment is closed for good: the next one is started)
-        if existing and existing[-1][1].suffix == ".jsonl" and _ends_with_newline(existing[-1][1]):
+        if existing and not is_columnar(existing[-1][1]) and _ends_with_newline(existing[-1][1]):
             try:
                 self._fd = self._dir.open_segment(existing[-1][1].name, append=True)
                 self._seg_size = os.fstat(self._fd).st_size

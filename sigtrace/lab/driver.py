@@ -19,6 +19,7 @@ from typing import Any
 from rich.console import Console
 
 from ..errors import LabError
+from ..events.segments import list_segments
 from ..events.writer import EventWriter, prepare_output_dir
 from . import render
 from .pod import LocalPod
@@ -162,7 +163,7 @@ def run_and_show(runs: list[tuple[str, Scenario]], out_root: Path, *, backend: s
 def record_run(s: Scenario, out_dir: Path, backend: str) -> LabResult:
     """Run one scenario into out_dir (a new recording: events, meta.json, lab.json)."""
     out_dir = prepare_output_dir(out_dir, append=True)
-    if (out_dir / "events.jsonl").exists():
+    if list_segments(out_dir):
         raise LabError(f"{out_dir} already holds a recording: choose a new --output")
     recorder = None if backend == "none" else SubprocessRecorder(backend)
     events: list[dict] = []
