@@ -528,3 +528,19 @@ def test_the_budget_removes_a_segment_compacted_since_its_scan(tmp_path):
     finally:
         os.close(fd)
     assert not (d / name).exists() and not (d / columnar.columnar_name(name)).exists()
+
+
+def test_appending_compacts_the_closed_segments_left_as_jsonl(tmp_path):
+    """`record --append` into a recording whose closed segments are JSONL (a recorder stopped before
+    their turn, or --no-compact): they are compacted; the one appended to stays JSONL."""
+    src = DATA / "article"
+    d = tmp_path / "r"
+    rewrite(src, d, segment_bytes=max(300, (src / "events.jsonl").stat().st_size // 3), compact=False)
+    before = [p.name for _, p in list_segments(d)]
+    w = EventWriter(d, flush_interval=3600, compact=True)
+    settle(w)
+    w.close()
+    after = [p.name for _, p in list_segments(d)]
+    assert after[-1] == before[-1] and all(n.endswith(".arrow") for n in after[:-1]) and len(after) == len(before)
+    assert w.meta()["output"]["compaction"]["segments"] == len(before) - 1
+    assert read_recording(d).events.equals(read_recording(src).events)

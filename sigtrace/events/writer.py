@@ -219,6 +219,12 @@ class EventWriter:
         self.flushes = 0                      # write(2) batches, for the bench
         with self._lock:
             self._open_first_locked()
+            if self._compactor is not None:
+                # appending to a recording: its closed JSONL segments (a recorder stopped before their
+                # turn, or one run with --no-compact) are compacted too
+                for seq, path in list_segments(self._dir.path):
+                    if seq < self._seq and not is_columnar(path):
+                        self._compactor.closed(path.name)
         self._flusher = threading.Thread(target=self._flush_loop, args=(flush_interval,), daemon=True,
                                          name="event-writer")
         self._flusher.start()
