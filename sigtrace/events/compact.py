@@ -20,7 +20,7 @@ from ..errors import DataError
 from .columnar import READ_FLAGS, COMPRESSION, FIRST_TS_KEY, JSON_BYTES_KEY, arrow_schema, columnar_name, is_columnar
 from .compactor import EXIT_NO_PYARROW
 from .jsonl_tables import json_chunks, one_event_per_line, parse_options, table_is_clean
-from .segments import list_segments, run_dirs_under
+from .segments import list_segments, open_dir, run_dirs_under
 
 # JSON parsed at once, one record batch each (~14k events): the child's peak is the interpreter and
 # pyarrow (~100 MB) plus ~25x this (the parser's and the compressor's working memory)
@@ -115,9 +115,10 @@ def _clean_tables(fh, size: int, result: Compacted) -> Iterator[Any]:
     import pyarrow as pa
     import pyarrow.json as pajson
     read_options = pajson.ReadOptions(block_size=CHUNK_BYTES + (1 << 20))
+    options = parse_options()
     for chunk, lines in json_chunks(fh, size, CHUNK_BYTES):
         try:
-            table = pajson.read_json(chunk, read_options=read_options, parse_options=parse_options())
+            table = pajson.read_json(chunk, read_options=read_options, parse_options=options)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             # (pyarrow's message quotes the file: tenant text, not for meta.json)
             result.kept = "a line the fast reader does not take (unparsable, unknown field or type)"
@@ -181,7 +182,8 @@ def compact_recording(directory: str | os.PathLike,
     for done, (run, name) in enumerate(todo, 1):
         where = f"{run.relative_to(root)}/{name}" if run != root else name
         try:
-            fd = os.open(run, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            # no component followed if it is a link (as the writer opens its directory)
+            fd = open_dir(Path(os.path.realpath(run)), create=False)
         except OSError as exc:
             out.kept.append(f"{where}: cannot open its directory ({exc.strerror})")
             continue

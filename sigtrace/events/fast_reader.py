@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import DataError
-from .columnar import current_segment, is_columnar, read_table
+from .columnar import is_columnar, read_table
 from .jsonl_tables import json_tables, table_is_clean
 from .source import Recording, Source, lost_note, plan_recording, unfinished_note
 from .schema import DTYPES
@@ -80,9 +80,8 @@ def read_clean_source(src: Source) -> Recording | None:
     if not isinstance(meta, dict):
         return None
     tables, cut_lines = [], []
-    for label, path in src.files:
+    for label, path in src.current_files():
         try:
-            path = current_segment(path)
             if is_columnar(path):
                 tables.append(read_table(path))
             else:

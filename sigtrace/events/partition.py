@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from . import schema as S
-from .columnar import current_segment, is_columnar, read_tables, recorded_bytes
+from .columnar import is_columnar, read_tables, recorded_bytes
 from .fast_reader import table_frame
 from .jsonl_tables import json_tables, table_is_clean
 from .source import Source, lost_note, unfinished_note
@@ -220,8 +220,7 @@ class CleanChunks:
         return table, at
 
     def _tables(self) -> Iterator[Any]:
-        for label, path in self.src.files:
-            path = current_segment(path)
+        for label, path in self.src.current_files():
             for table in (read_tables(path) if is_columnar(path) else json_tables(label, path, self.cut_lines)):
                 if not table.num_rows:
                     continue
@@ -251,7 +250,7 @@ def split_recording(src: Source, part_bytes: int = PART_BYTES,
     if not isinstance(meta, dict):
         return None
     try:
-        sizes = [recorded_bytes(p) for _, p in src.files]
+        sizes = [recorded_bytes(p) for _, p in src.current_files()]
     except OSError:
         return None
     # one open spill file per part: a cap keeps a huge root under the open-files limit (parts grow instead)

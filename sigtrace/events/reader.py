@@ -19,7 +19,7 @@ from typing import Iterator
 import pandas as pd
 
 from ..errors import DataError
-from .columnar import current_segment, is_columnar, iter_rows
+from .columnar import is_columnar, iter_rows
 from .schema import DTYPES, FIELD_NAMES, KINDS
 from .source import Recording, lost_note, plan_recording, unfinished_note
 from .validate import event_problem
@@ -122,9 +122,8 @@ def read_recording(directory: str | Path, *, fast: bool = True) -> Recording:
     problems: Counter = Counter()
     examples: dict = {}
     rows: list[dict] = []
-    for label, path in src.files:
+    for label, path in src.current_files():
         try:
-            path = current_segment(path)
             lines = iter_columnar_rows if is_columnar(path) else iter_event_lines
             rows.extend(lines(path, problems, examples, label))
         except FileNotFoundError:

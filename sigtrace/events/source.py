@@ -11,11 +11,12 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pandas as pd
 
 from ..errors import DataError
+from .columnar import current_segment
 from .segments import list_segments, run_dirs, run_dirs_under
 from .validate import clean_meta
 from .writer import EVENTS_FILE, META_FILE
@@ -107,6 +108,11 @@ class Source:
     files: list[tuple[str, Path]]
     meta: dict[str, Any]
     notes: list[str]
+
+    def current_files(self) -> Iterator[tuple[str, Path]]:
+        """files, each looked up as it is reached: a JSONL compacted since the listing (a report taken
+        while the recorder runs) is given under its columnar name."""
+        return ((label, current_segment(path)) for label, path in self.files)
 
 
 def plan_recording(directory: str | Path) -> Source:

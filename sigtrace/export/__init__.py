@@ -104,7 +104,7 @@ def _recorded_bytes(runs: list) -> int:
     total = 0
     for run in runs:
         try:
-            files = plan_recording(run).files
+            files = list(plan_recording(run).current_files())
         except DataError:
             continue
         for _, path in files:
