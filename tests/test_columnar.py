@@ -55,7 +55,8 @@ def settle(w: EventWriter) -> None:
     """Tick until the compactor has nothing waiting or running."""
     for _ in range(600):
         w.maintain()
-        if not w._compactor or not w._compactor.meta()["pending"]:
+        stats = w._compactor.meta() if w._compactor else {}
+        if not stats.get("pending") and not stats.get("earlier_runs", {}).get("pending"):
             return
         w._compactor._child and w._compactor._child.wait(timeout=60)
     raise AssertionError("compaction did not finish")
@@ -477,6 +478,66 @@ def test_a_session_compacts_unless_told_not_to(tmp_path, compact):
         assert "compaction" not in meta["output"]
         assert all(p.suffix == ".jsonl" for _, p in list_segments(tmp_path / "r"))
     assert len(read_recording(tmp_path / "r").events) == meta["events"]
+
+
+def test_an_agent_restart_compacts_what_the_earlier_runs_left_as_jsonl(tmp_path):
+    """An agent's new run also compacts its predecessors' closed JSONL segments, after its own:
+    every segment of a finished run, all but the last of a run without an end (killed, or still
+    written by `record --append`); not a foreign directory, nor a run reached through a symlink.
+    Counted apart in meta.json (output.compaction.earlier_runs); reports unchanged."""
+    from test_segments import TickBackend
+    from sigtrace.record import RecordSession
+    src = DATA / "article"
+    root = tmp_path / "root"
+    seg = max(300, (src / "events.jsonl").stat().st_size // 3)
+    rewrite(src, root / "node-a-1", segment_bytes=seg, compact=False)        # finished (article's meta has an end)
+    rewrite(src, root / "node-a-2", segment_bytes=seg, compact=False)
+    killed = json.loads((root / "node-a-2" / "meta.json").read_text())
+    del killed["end"]
+    (root / "node-a-2" / "meta.json").write_text(json.dumps(killed))
+    rewrite(src, root / "foreign", segment_bytes=seg, compact=False)
+    (root / "foreign" / "meta.json").write_text("{}")
+    elsewhere = tmp_path / "elsewhere"
+    rewrite(src, elsewhere, segment_bytes=seg, compact=False)
+    (root / "node-a-0").symlink_to(elsewhere)
+    before = {r: [p.name for _, p in list_segments(root / r)] for r in ("node-a-1", "node-a-2", "foreign")}
+    expected = render_json(report_recording(src, lanes=True))
+
+    s = RecordSession(TickBackend(per_poll=50), root / "node-a-3", live=False, live_reports=False,
+                      segment_bytes=64 << 10, disk_root=root)
+    writer = s._open_writer()
+    settle(writer)
+    writer.close()
+    stats = writer._compactor.meta()["earlier_runs"]
+    n1, n2 = len(before["node-a-1"]), len(before["node-a-2"])
+    assert stats["segments"] == n1 + n2 - 1 and stats["kept_jsonl"] == 0 and stats["pending"] == 0
+    assert all(p.suffix == ".arrow" for _, p in list_segments(root / "node-a-1"))
+    after2 = [p.name for _, p in list_segments(root / "node-a-2")]
+    assert all(n.endswith(".arrow") for n in after2[:-1]) and after2[-1] == before["node-a-2"][-1]
+    assert [p.name for _, p in list_segments(root / "foreign")] == before["foreign"]
+    assert all(p.suffix == ".jsonl" for _, p in list_segments(elsewhere))
+    assert render_json(report_recording(root / "node-a-1", lanes=True)) == expected
+
+
+def test_names_queued_before_the_directory_was_re_created_are_counted_as_such(tmp_path, monkeypatch):
+    """The output directory removed and re-created while segments waited: the old names are not in
+    the new directory; they are counted as lost with their directory, not as pruned by the disk cap,
+    and no child is started for them."""
+    monkeypatch.setattr(sys, "executable", str(_fake_python(tmp_path, exit_code=0)))
+    generation = [0]
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        c = Compactor(lambda: fd, lambda m: None, generation=lambda: generation[0])
+        c.closed("events.jsonl")
+        c.closed("events-000002.jsonl")
+        generation[0] = 1
+        c.tick()
+        assert c._child is None
+    finally:
+        os.close(fd)
+    stats = c.meta()
+    assert stats["kept_why"] == {"its directory was removed while recording": 2} and stats["pending"] == 0
+    assert "earlier_runs" not in stats
 
 
 def _sleeper(tmp_path: Path, seconds: float) -> Path:

@@ -9,16 +9,22 @@ stays JSONL, which every reader reads).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable
+
+from .columnar import is_columnar
+from .segments import META_FILE, is_our_meta, read_json_at, list_segments, open_dir, run_dirs
 
 EXIT_NO_PYARROW = 3
 MAX_PENDING = 16            # closed segments waiting; past that the oldest waiting one stays JSONL
+MAX_EARLIER = 256           # earlier runs' JSONL segments taken at start; the rest are for `sigtrace compact`
 CHILD_TIMEOUT_S = 600.0     # a child still busy after this is ended (its unnamed file goes with it)
 CLOSE_WAIT_S = 2.0          # close() waits this long for a running child, so that meta.json has it
 
@@ -38,6 +44,40 @@ class CompactionStats:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class _Waiting:
+    name: str
+    generation: int = 0          # the writer's directory when it was closed (it may be re-created since)
+    run: Path | None = None      # an earlier run's directory; None: the writer's own
+
+
+def earlier_segments(root: Path, current: Path) -> list[tuple[Path, str]]:
+    """The closed JSONL segments of the runs under an agent's root other than `current`: what an
+    earlier agent left waiting when it stopped (or recorded with --no-compact). A run's last segment
+    only when its meta.json has an end (its recorder stopped; `record --append` writes only there).
+    Only the recorder's own runs: directories whose meta.json is a recorder's."""
+    out: list[tuple[Path, str]] = []
+    for run in run_dirs(root):
+        if run == current or run.is_symlink():
+            continue
+        try:
+            fd = open_dir(Path(os.path.realpath(run)), create=False)
+        except OSError:
+            continue
+        try:
+            meta = read_json_at(fd, META_FILE)
+        finally:
+            os.close(fd)
+        if not is_our_meta(meta):
+            continue
+        segments = list_segments(run)
+        finished = isinstance(meta.get("end"), (int, float))
+        for seq, path in segments:
+            if not is_columnar(path) and (finished or seq != segments[-1][0]):
+                out.append((run, path.name))
+    return out
+
+
 class Compactor:
     """Compacts the segments a writer closes, one child process at a time (see the module docstring).
 
@@ -49,25 +89,42 @@ class Compactor:
     """
 
     def __init__(self, dir_fd: Callable[[], int], warn: Callable[[str], None],
-                 clock: Callable[[], float] | None = None) -> None:
+                 clock: Callable[[], float] | None = None, generation: Callable[[], int] = lambda: 0) -> None:
         self._dir_fd, self._warn, self._clock = dir_fd, warn, clock or time.monotonic
-        self._queue: deque[str] = deque()
+        self._generation = generation
+        self._queue: deque[_Waiting] = deque()
+        self._earlier: deque[_Waiting] = deque()     # earlier runs': only when the writer's own wait for none
         self._child: subprocess.Popen | None = None
-        self._child_name = ""
+        self._child_item = _Waiting("")
         self._started = 0.0
         self._unavailable = False
         self._lock = threading.Lock()
         self.stats = CompactionStats()
+        self.earlier_stats = CompactionStats()
 
     def closed(self, name: str) -> None:
         """The writer closed segment `name` for good: compact it when its turn comes."""
+        item = _Waiting(name, self._generation())
         with self._lock:
             if self._unavailable:
-                self._keep_locked(name, "pyarrow is not installed")
+                self._keep_locked(item, "pyarrow is not installed")
                 return
             if len(self._queue) >= MAX_PENDING:
                 self._keep_locked(self._queue.popleft(), "too many segments waiting")
-            self._queue.append(name)
+            self._queue.append(item)
+
+    def earlier(self, segments: list[tuple[Path, str]]) -> None:
+        """Closed JSONL segments of earlier runs (earlier_segments): compacted when the writer's own
+        queue is empty, counted apart (meta.json `output.compaction.earlier_runs`)."""
+        with self._lock:
+            for run, name in segments:
+                item = _Waiting(name, run=run)
+                if self._unavailable:
+                    self._keep_locked(item, "pyarrow is not installed")
+                elif len(self._earlier) >= MAX_EARLIER:
+                    self._keep_locked(item, "too many segments waiting (`sigtrace compact` does the rest)")
+                else:
+                    self._earlier.append(item)
 
     def tick(self) -> None:
         """Collect a finished child; start the next one when none runs. One caller at a time (the
@@ -81,10 +138,10 @@ class Compactor:
             self._collect()
         while self._child is None:
             with self._lock:
-                if not self._queue or self._unavailable:
+                if self._unavailable or not (self._queue or self._earlier):
                     return
-                name = self._queue.popleft()
-            self._start(name)
+                item = (self._queue or self._earlier).popleft()
+            self._start(item)
 
     def close(self, wait_s: float = CLOSE_WAIT_S) -> None:
         """Stop starting children; wait a little for a running one (it finishes on its own anyway:
@@ -100,33 +157,53 @@ class Compactor:
 
     def meta(self) -> dict[str, Any]:
         with self._lock:
-            self.stats.pending = len(self._queue) + (self._child is not None)
-            return self.stats.as_dict()       # (asdict copies kept_why)
+            own_child = self._child is not None and self._child_item.run is None
+            self.stats.pending = len(self._queue) + own_child
+            out = self.stats.as_dict()       # (asdict copies kept_why)
+            if self._earlier or self.earlier_stats != CompactionStats() or (self._child is not None and not own_child):
+                self.earlier_stats.pending = len(self._earlier) + (self._child is not None and not own_child)
+                out["earlier_runs"] = self.earlier_stats.as_dict()
+            return out
 
-    def _start(self, name: str) -> None:
-        fd = self._dir_fd()
+    def _start(self, item: _Waiting) -> None:
+        if item.run is None:
+            if item.generation != self._generation():
+                # its name in the removed directory; the re-created one never held it
+                self._keep(item, "its directory was removed while recording")
+                return
+            fd, own = self._dir_fd(), False
+        else:
+            try:
+                fd, own = open_dir(Path(os.path.realpath(item.run)), create=False), True
+            except OSError as exc:
+                self._keep(item, f"cannot open its directory ({exc.strerror})")
+                return
         try:
             # -P and cwd /: nothing in the recorder's working directory is imported by the child;
             # its own session: a Ctrl-C meant for the recorder does not cut a compaction short
             self._child = subprocess.Popen(
-                [sys.executable, "-P", "-m", "sigtrace.events.compact", str(fd), name], pass_fds=(fd,),
+                [sys.executable, "-P", "-m", "sigtrace.events.compact", str(fd), item.name], pass_fds=(fd,),
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd="/",
                 start_new_session=True)
         except OSError as exc:
-            self._keep(name, f"cannot start the compaction ({exc.strerror})")
+            self._keep(item, f"cannot start the compaction ({exc.strerror})")
             return
-        self._child_name, self._started = name, self._clock()
+        finally:
+            if own:
+                os.close(fd)          # the child holds its own copy
+        self._child_item, self._started = item, self._clock()
 
     def _collect(self) -> None:
-        child, name, self._child = self._child, self._child_name, None
+        child, item, self._child = self._child, self._child_item, None
         out, _ = child.communicate()
         if child.returncode == EXIT_NO_PYARROW:
             self._warn("closed segments stay JSONL: pyarrow is not installed (it compacts them to columnar files)")
             with self._lock:
                 self._unavailable = True
-                for waiting in [name, *self._queue]:
+                for waiting in [item, *self._queue, *self._earlier]:
                     self._keep_locked(waiting, "pyarrow is not installed")
                 self._queue.clear()
+                self._earlier.clear()
             return
         try:
             result = json.loads(out.decode().strip().splitlines()[-1]) if child.returncode == 0 else None
@@ -135,22 +212,27 @@ class Compactor:
         if not isinstance(result, dict):
             # (its stderr, which may quote the segment, is not kept: tenant text stays out of meta.json)
             how = f"killed by signal {-child.returncode}" if child.returncode < 0 else f"exit status {child.returncode}"
-            self._keep(name, f"the compaction failed ({how})")
+            self._keep(item, f"the compaction failed ({how})")
             return
         if result.get("kept"):
-            self._keep(name, str(result["kept"]))
+            self._keep(item, str(result["kept"]))
             return
         with self._lock:
-            self.stats.segments += 1
+            stats = self._stats_of(item)
+            stats.segments += 1
             for key in ("events", "json_bytes", "columnar_bytes"):
-                setattr(self.stats, key, getattr(self.stats, key) + int(result.get(key) or 0))
+                setattr(stats, key, getattr(stats, key) + int(result.get(key) or 0))
 
-    def _keep(self, name: str, why: str) -> None:
+    def _stats_of(self, item: _Waiting) -> CompactionStats:
+        return self.stats if item.run is None else self.earlier_stats
+
+    def _keep(self, item: _Waiting, why: str) -> None:
         with self._lock:
-            self._keep_locked(name, why)
+            self._keep_locked(item, why)
 
-    def _keep_locked(self, name: str, why: str) -> None:
-        self.stats.kept_jsonl += 1
-        if why not in self.stats.kept_why and len(self.stats.kept_why) >= 8:
+    def _keep_locked(self, item: _Waiting, why: str) -> None:
+        stats = self._stats_of(item)
+        stats.kept_jsonl += 1
+        if why not in stats.kept_why and len(stats.kept_why) >= 8:
             why = "other reasons"
-        self.stats.kept_why[why] = self.stats.kept_why.get(why, 0) + 1
+        stats.kept_why[why] = stats.kept_why.get(why, 0) + 1

@@ -445,7 +445,7 @@ class DiskBudget:
                     meta_key = (st.st_mtime_ns, st.st_size)
                 kept += st.st_size
             meta = self._meta(fd, name, meta_key) if meta_key is not None else {}
-            ours = _is_our_meta(meta)
+            ours = is_our_meta(meta)
             if not (is_run or ours):
                 return None           # not a recording: not ours to count or remove
             segs.sort(key=lambda s: s.seq)
@@ -467,7 +467,7 @@ class DiskBudget:
         cached = self._meta_cache.get(name)
         if cached and cached[0] == key:
             return cached[1]
-        meta = _read_json_at(run_fd, META_FILE)
+        meta = read_json_at(run_fd, META_FILE)
         self._meta_cache[name] = (key, meta)
         return meta
 
@@ -584,7 +584,7 @@ class DiskBudget:
         except OSError:
             return
         try:
-            meta = _read_json_at(fd, META_FILE)
+            meta = read_json_at(fd, META_FILE)
             if not meta:
                 return
             p = meta.get("pruned") if isinstance(meta.get("pruned"), dict) else {}
@@ -658,7 +658,7 @@ def _files(parent_fd: int, name: str) -> list[_Segment]:
     return sorted(out, key=lambda f: (f.mtime, f.name))
 
 
-def _read_json_at(dir_fd: int, name: str) -> dict:
+def read_json_at(dir_fd: int, name: str) -> dict:
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError:
@@ -676,7 +676,7 @@ def _read_json_at(dir_fd: int, name: str) -> dict:
     return obj if isinstance(obj, dict) else {}
 
 
-def _is_our_meta(meta: dict) -> bool:
+def is_our_meta(meta: dict) -> bool:
     """A recorder's meta.json (sigtrace.events.writer.base_meta), not some other program's file."""
     return all(k in meta for k in ("schema_version", "backend", "start", "node"))
 

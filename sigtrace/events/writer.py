@@ -42,7 +42,7 @@ import orjson
 from ..errors import OutputError, UsageProblem
 from . import schema
 from .columnar import is_columnar
-from .compactor import Compactor
+from .compactor import Compactor, earlier_segments
 from .segments import (FIRST_SEGMENT, META_FILE, SEGMENT_AGE_S, SEGMENT_BYTES, DiskBudget, OutputDir,
                        list_segments, segment_name)
 
@@ -214,7 +214,8 @@ class EventWriter:
         self._last_check = time.monotonic()
         self._closed = False
         # closed segments become columnar (sigtrace.events.compactor), by a child of the timer thread
-        self._compactor = Compactor(lambda: self._dir.fd, self._warn) if compact else None
+        self._compactor = (Compactor(lambda: self._dir.fd, self._warn, generation=lambda: self._dir.recreated)
+                           if compact else None)
         self.count = 0
         self.flushes = 0                      # write(2) batches, for the bench
         with self._lock:
@@ -228,6 +229,15 @@ class EventWriter:
         self._flusher = threading.Thread(target=self._flush_loop, args=(flush_interval,), daemon=True,
                                          name="event-writer")
         self._flusher.start()
+
+    def compact_earlier(self, root: str | os.PathLike) -> int:
+        """Also compact the closed JSONL segments that earlier runs under root left (an agent's
+        restart: what its predecessor had not reached), after this run's own. Returns how many."""
+        if self._compactor is None:
+            return 0
+        found = earlier_segments(Path(os.path.realpath(root)), self._dir.path)
+        self._compactor.earlier(found)
+        return len(found)
 
     # -- the hot path
     def write(self, event: dict[str, Any]) -> None:

@@ -185,6 +185,8 @@ class RecordSession:
                                 clock=self.clock, warn=self._warn)
         writer = EventWriter(self._outdir, segment_bytes=self.segment_bytes, segment_age_s=self.segment_age_s,
                              budget=budget, clock=self.clock, warn=self._warn, compact=self.compact)
+        if self.compact and self.disk_root != self.out_dir:
+            writer.compact_earlier(self.disk_root)        # an agent's restart: its predecessor's leftovers
         self._meta_writer = writer
         return writer
 
