@@ -72,15 +72,31 @@ def stage_cmds(d: Path, parquet: Path) -> dict[str, list[str]]:
         "parse": PARSE + [str(d)],
         # a file, not /dev/null: report writes only regular files (a planted device or FIFO is refused)
         "report": procs.SIGTRACE + ["report", str(d), "--format", "json", "-o", str(d / "report.json")],
+        # the question of a stopped pod on a node's long recording: `report --pod` reads every file
+        # but correlates that pod alone
+        "report-pod": procs.SIGTRACE + ["report", str(d), "--pod", a_late_pod(d), "--format", "json",
+                                        "-o", str(d / "report.json")],
         "export": procs.SIGTRACE + ["export", str(d), "--parquet", str(parquet)],
         "analyze": procs.SIGTRACE + ["analyze", str(parquet), "--json"],
     }
 
 
+def a_late_pod(d: Path) -> str:
+    """The uid of a pod of the recording's last segment (always JSONL): one stopped late, whose
+    report needs every file read."""
+    from sigtrace.events.segments import list_segments
+    with open(list_segments(d)[-1][1], "rb") as fh:
+        for line in fh:
+            uid = json.loads(line).get("pod_uid")
+            if uid:
+                return uid
+    raise RuntimeError(f"{d}: no pod in its last segment")
+
+
 # (stage, layout): the JSONL layout is what --no-compact and recordings of before 0.2 are; analyze
 # reads the export, whatever the recording's layout
 ALL_STAGES = [("parse", JSONL), ("report", JSONL), ("parse", COLUMNAR), ("read", COLUMNAR), ("report", COLUMNAR),
-              ("export", COLUMNAR), ("analyze", COLUMNAR)]
+              ("report-pod", COLUMNAR), ("export", COLUMNAR), ("analyze", COLUMNAR)]
 READ_STAGES = [("parse", JSONL), ("parse", COLUMNAR), ("read", COLUMNAR), ("export", COLUMNAR)]
 
 
@@ -134,7 +150,7 @@ def measure(sizes: list[int], report_sizes: list[int], cache: Path, timeout: flo
             results.append(row)
             log(f"analysis: {stage:8s} {layout:8s} {n:>9} events: " + (row.get("skipped") or row.get("error") or
                 f"{row['wall_s']} s, {row['events_per_s']} events/s, peak {row['peak_rss_mb']} MB"))
-            if stage == "report":
+            if stage.startswith("report"):
                 (d / "report.json").unlink(missing_ok=True)
         for extra in made[COLUMNAR][0].glob("export.parquet*"):
             extra.unlink(missing_ok=True)

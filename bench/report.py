@@ -75,6 +75,11 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                         "correlated side by side, a worker per CPU (profile below); a JSONL recording "
                         f"(--no-compact): {rate('report', 'jsonl')} events/s, its parse alone "
                         f"{rate('parse', 'jsonl')} events/s")
+                one = next((s for s in an if s["stage"] == "report-pod" and s["events"] == best["events"]
+                            and s.get("wall_s") and s.get("rc") == 0), None)
+                if one:
+                    note += (f"; one pod of it (`report --pod`, every file read, that pod alone correlated): "
+                             f"{one['wall_s']:.1f} s, {_f(one['events_per_s'])} events/s")
             elif stage == "analyze":
                 note = ("read by batch, spilled by node and pod; the time is the same correlation as report: "
                         "the TCP events of ~150k rows at a time, then ~1 ms of rules and timeline per pod")
@@ -373,7 +378,9 @@ def _analysis(an: dict | None) -> list[str]:
             "to an Arrow file by a low-priority child process; the last segment JSONL); `jsonl` is `record "
             "--no-compact` and recordings made before compaction. `file` is the JSONL's size. `compact` is the "
             "compaction of every closed segment by the recorder's own child process, one after the other (the "
-            "recorder starts one per closed segment while it records); its peak is the largest child's."]
+            "recorder starts one per closed segment while it records); its peak is the largest child's. "
+            "`report-pod` is `report --pod UID` of one pod of the last segment: every file read, that pod "
+            "alone correlated."]
     prof = an.get("profile") or {}
     if prof.get("inclusive"):
         out += ["", f"Where `sigtrace report --jobs 1` spends its time ({_f(prof['events'])} events, py-spy, "

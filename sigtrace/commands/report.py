@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ..errors import OutputError, UsageProblem
+from ..errors import OutputError
 from ..render import FORMATS
 
 
@@ -15,7 +15,8 @@ from ..render import FORMATS
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True,
               help="text for people, json for programs, html: one self-contained file with a timeline picture")
-@click.option("--pod", "pods", multiple=True, metavar="UID", help="only this pod (UID or name); repeatable")
+@click.option("--pod", "pods", multiple=True, metavar="UID", help="only this pod (UID, or name: every pod of that name); "
+                                                                  "repeatable")
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="write here instead of stdout")
 @click.option("--jobs", "-j", type=click.IntRange(min=0), default=0, envvar="SIGTRACE_JOBS", show_default=True,
               metavar="N", help="worker processes for a big input, each correlating one part at a time "
@@ -41,16 +42,8 @@ def report(directory: Path, fmt: str, pods: tuple[str, ...], output: Path | None
 
     with progress_on_stderr() as progress:      # a bar on a terminal after a second; never in a pipe
         # in parts by pod when the recording is big (bounded memory): the same reports as read whole
-        rs = report_recording(directory, lanes=fmt == "html", progress=progress, jobs=jobs)
-    if pods:
-        chosen = []
-        for uid in pods:
-            p = rs.pod(uid)
-            if p is None:
-                known = ", ".join(f"{q.pod_uid}" + (f" ({q.title})" if q.pod_name else "") for q in rs.pods) or "none"
-                raise UsageProblem(f"pod {uid} is not in {directory}; pods there: {known}")
-            chosen.append(p)
-        rs.pods = chosen
+        # --pod: only those pods' events are correlated (a clean recording): seconds on a node's week
+        rs = report_recording(directory, lanes=fmt == "html", progress=progress, jobs=jobs, pods=pods)
     if output is not None and str(output) != "-":
         _emit(rs, fmt, output)
     else:

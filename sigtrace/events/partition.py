@@ -39,7 +39,7 @@ from .writer import _stderr_warning
 PART_BYTES = 64 << 20
 MAX_PARTS = 256
 CHUNK_ROWS = 100_000            # routed by pod at once (~30 MB of JSON): joined from smaller batches
-_ROW = "__row"
+ROW_POSITION = "__row"           # the column carrying a row's position in the files, through the spill
 
 
 class NotClean(Exception):
@@ -122,18 +122,8 @@ class PodParts:
         with pa.memory_map(str(path)) as src:
             table = pa.ipc.open_stream(src).read_all()
         path.unlink()
-        seq = table.column(_ROW).to_numpy()
-        table = table.drop_columns([_ROW])
-        rows = seq if self._rank is None else self._rank[seq]
-        if self._rank is not None and len(rows) and not (rows[1:] >= rows[:-1]).all():
-            order = np.argsort(rows, kind="stable")
-            table, rows = table.take(order), rows[order]
         uids = _uids(table, i, self.n_parts)
-        df = table_frame(table, pd.Index(rows))
-        del table
-        if df is None:
-            raise NotClean(f"part {i}")
-        return df, uids
+        return labelled_frame(table, self._rank, f"part {i}"), uids
 
     def close(self) -> None:
         self._dir.cleanup()
@@ -165,6 +155,23 @@ class FrameParts:
 
     def close(self) -> None:
         self._events = None
+
+
+def labelled_frame(table, rank: np.ndarray | None, what: str) -> pd.DataFrame:
+    """Rows carrying their position in the files (ROW_POSITION) as the events frame, labelled by row (the
+    whole recording's time order: rank, when the files are out of order) and sorted by it; the
+    table is consumed. NotClean when a value is one the tolerant reader would skip."""
+    seq = table.column(ROW_POSITION).to_numpy()
+    table = table.drop_columns([ROW_POSITION])
+    rows = seq if rank is None else rank[seq]
+    if rank is not None and len(rows) and not (rows[1:] >= rows[:-1]).all():
+        order = np.argsort(rows, kind="stable")
+        table, rows = table.take(order), rows[order]
+    df = table_frame(table, pd.Index(rows))
+    del table
+    if df is None:
+        raise NotClean(what)
+    return df
 
 
 def frame_part_codes(col: pd.Series, n_parts: int) -> np.ndarray:
@@ -235,20 +242,26 @@ class CleanChunks:
         return f"skipped {len(self.cut_lines)} truncated last line (first at {self.cut_lines[0]})"
 
 
+def chunks_readable(src: Source) -> bool:
+    """Whether CleanChunks can read src: pyarrow and its JSON reader installed, meta.json an object."""
+    from importlib.util import find_spec
+    try:
+        found = find_spec("pyarrow") is not None and find_spec("pyarrow.json") is not None
+    except ImportError:
+        found = False
+    return found and isinstance(src.meta, dict)
+
+
 def split_recording(src: Source, part_bytes: int = PART_BYTES,
                     progress: Callable[[str, int, int | None], None] | None = None) -> PodParts | None:
     """The recording as parts by pod, or None when it is not clean or small enough to read whole
     (one part: read_recording's frame is the same thing, without the spill). progress(what, done,
     total): told as events are read."""
-    try:
-        import pyarrow as pa
-        import pyarrow.compute as pc
-        import pyarrow.json  # noqa: F401  (CleanChunks reads with it)
-    except ImportError:
+    if not chunks_readable(src):
         return None
+    import pyarrow as pa
+    import pyarrow.compute as pc
     meta = src.meta
-    if not isinstance(meta, dict):
-        return None
     try:
         sizes = [recorded_bytes(p) for _, p in src.current_files()]
     except OSError:
@@ -266,42 +279,25 @@ def split_recording(src: Source, part_bytes: int = PART_BYTES,
         return None
     writers: dict[int, Any] = {}
     tables = CleanChunks(src)
-    ts_parts: list[np.ndarray] = []
-    kinds: set[str] = set()
-    lifecycle: list[Any] = []
-    last = None                     # (ts, position, one-row table)
-    base = 0
-    schema = None
+    whole = WholeFacts()
     try:
         for table, base in tables:
             n = table.num_rows
-            seq = pa.array(np.arange(base, base + n, dtype=np.int64))
-            ts = table.column("ts").to_numpy()
-            ts_parts.append(ts)
-            kinds |= set(pc.unique(table.column("kind")).to_pylist())
-            top = ts.max()
-            at = n - 1 - int(np.argmax(ts[::-1] == top))      # the last row at the latest time
-            if last is None or top >= last[0]:
-                last = (float(top), base + at, table.slice(at, 1))
-            lc = pc.equal(table.column("kind"), S.POD_LIFECYCLE)
-            if pc.any(lc).as_py():
-                lifecycle.append(table.filter(lc).append_column(_ROW, seq.filter(lc)))
-            table = table.append_column(_ROW, seq)
-            schema = table.schema
+            seq = whole.add(table, base)
+            table = table.append_column(ROW_POSITION, seq)
             routes, unrouted = pod_routes(table, n_parts)
             # rows of no pod are checked here as a whole read checks them (range, vocabulary):
             # a bad one sends the recording to the tolerant reader, which lists what it skips
-            if pc.any(unrouted).as_py() and table_frame(table.filter(unrouted).drop_columns([_ROW])) is None:
+            if pc.any(unrouted).as_py() and table_frame(table.filter(unrouted).drop_columns([ROW_POSITION])) is None:
                 raise NotClean(str(src.directory))
             for part, piece in routes:
                 w = writers.get(part)
                 with _spilling():
                     if w is None:
-                        w = writers[part] = pa.ipc.new_stream(str(Path(tmp.name) / f"{part}.arrow"), schema)
+                        w = writers[part] = pa.ipc.new_stream(str(Path(tmp.name) / f"{part}.arrow"), table.schema)
                     w.write_table(piece)
             if progress:
                 progress("reading events", base + n, None)
-        base = tables.rows
         with _spilling():
             while writers:                  # a part's last bytes go out as it is closed
                 writers.popitem()[1].close()
@@ -316,43 +312,78 @@ def split_recording(src: Source, part_bytes: int = PART_BYTES,
         return None
     finally:
         _close_quietly(writers)
-    if not base:
+    done = whole.finish(meta, incomplete, tables)
+    if done is None:
         tmp.cleanup()
         return None
-    if tables.note():
-        incomplete.append(tables.note())
-    if lost_note(meta):
-        incomplete.append(lost_note(meta))
-    ts_all = np.concatenate(ts_parts)
-    ts_parts.clear()
-    rank = None
-    if not (ts_all[1:] >= ts_all[:-1]).all():
-        order = np.argsort(ts_all, kind="stable")
-        rank = np.empty_like(order)
-        rank[order] = np.arange(len(order))
-    last_ts = float(ts_all.max())
-    del ts_all
-    at = last[1] if rank is None else int(rank[last[1]])
-    last_frame = table_frame(last[2], pd.Index([at]))
-    lc_table = pa.concat_tables(lifecycle) if lifecycle else None
-    lc_frame = _labelled(lc_table, rank, schema)
-    if last_frame is None or lc_frame is None:
-        tmp.cleanup()
-        return None
-    if unfinished_note(meta, last_frame):
-        incomplete.append(unfinished_note(meta, last_frame))
-    summary = Summary(base, frozenset(kinds), last_ts, lc_frame)
+    summary, rank = done
     return PodParts(meta, incomplete, str(src.directory), summary, n_parts, tmp, rank)
 
 
-def _labelled(table, rank: np.ndarray | None, schema) -> pd.DataFrame | None:
-    """A table carrying its rows' positions (_ROW) as a frame labelled by row, in time order."""
-    if table is None:
-        table = schema.empty_table()
-    seq = table.column(_ROW).to_numpy()
-    rows = seq if rank is None else rank[seq]
-    order = np.argsort(rows, kind="stable")
-    return table_frame(table.drop_columns([_ROW]).take(order), pd.Index(rows[order]))
+class WholeFacts:
+    """What every pod's report needs of the whole recording (Summary), gathered chunk by chunk as
+    CleanChunks gives them: a few values per chunk, the lifecycle rows, every row's time (8 bytes
+    an event, to label rows in time order when the files are not)."""
+
+    def __init__(self) -> None:
+        self.ts_parts: list[np.ndarray] = []
+        self.kinds: set[str] = set()
+        self.lifecycle: list[Any] = []
+        self.last: tuple[float, int, Any] | None = None       # (ts, position, one-row table)
+        self.schema = None
+
+    def add(self, table, base: int):
+        """Take in a chunk whose first row is at position base; returns its rows' positions (ROW_POSITION)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        n = table.num_rows
+        seq = pa.array(np.arange(base, base + n, dtype=np.int64))
+        ts = table.column("ts").to_numpy()
+        self.ts_parts.append(ts)
+        self.kinds |= set(pc.unique(table.column("kind")).to_pylist())
+        top = ts.max()
+        at = n - 1 - int(np.argmax(ts[::-1] == top))      # the last row at the latest time
+        if self.last is None or top >= self.last[0]:
+            self.last = (float(top), base + at, table.slice(at, 1))
+        lc = pc.equal(table.column("kind"), S.POD_LIFECYCLE)
+        if pc.any(lc).as_py():
+            self.lifecycle.append(table.filter(lc).append_column(ROW_POSITION, seq.filter(lc)))
+        self.schema = table.schema.append(pa.field(ROW_POSITION, pa.int64()))
+        return seq
+
+    def finish(self, meta: dict[str, Any], incomplete: list[str],
+               tables: CleanChunks) -> tuple[Summary, np.ndarray | None] | None:
+        """(the Summary, each position's rank in time order or None when the files are in order);
+        None when nothing was read or a lifecycle or last row is not clean. incomplete gets what
+        the reading left out (a cut last line), lost events and a recorder that did not stop."""
+        import pyarrow as pa
+        if not tables.rows or self.last is None:
+            return None
+        if tables.note():
+            incomplete.append(tables.note())
+        if lost_note(meta):
+            incomplete.append(lost_note(meta))
+        ts_all = np.concatenate(self.ts_parts)
+        self.ts_parts.clear()
+        rank = None
+        if not (ts_all[1:] >= ts_all[:-1]).all():
+            # the inverse of the sorting permutation, by sorting it: runs of rows in order make that
+            # ~20x faster than scattering positions (rank[order] = arange: a random write per row)
+            rank = np.argsort(np.argsort(ts_all, kind="stable"), kind="stable")
+        last_ts = float(ts_all.max())
+        del ts_all
+        at = self.last[1] if rank is None else int(rank[self.last[1]])
+        last_frame = table_frame(self.last[2], pd.Index([at]))
+        lc_table = pa.concat_tables(self.lifecycle) if self.lifecycle else self.schema.empty_table()
+        try:
+            lc_frame = labelled_frame(lc_table, rank, "pod_lifecycle rows")
+        except NotClean:
+            return None
+        if last_frame is None:
+            return None
+        if unfinished_note(meta, last_frame):
+            incomplete.append(unfinished_note(meta, last_frame))
+        return Summary(tables.rows, frozenset(self.kinds), last_ts, lc_frame), rank
 
 
 def pod_routes(table, n_parts: int) -> tuple[list[tuple[int, Any]], Any]:

@@ -128,6 +128,46 @@ def frame_problems(df: pd.DataFrame) -> dict[str, np.ndarray]:
     return out
 
 
+def table_is_valid(table: Any) -> bool:
+    """frame_is_valid for a clean Arrow table of the recorder's schema (CleanChunks'), without
+    making the frame (~4x less time): each check on a column's min/max or distinct values. Never
+    True where frame_is_valid would be False (tests/test_selection.py); False for a table of
+    another schema."""
+    import pyarrow.compute as pc
+    from .columnar import arrow_schema
+    if not table.schema.remove_metadata().equals(arrow_schema()):
+        return False
+    ts = table.column("ts")
+    if ts.null_count:
+        return False
+    t = ts.to_numpy()
+    if len(t) and not (np.isfinite(t).all() and t.min() >= 0 and t.max() < TS_MAX):
+        return False
+    for name, (low, high) in INT_RANGES.items():
+        lo_hi = pc.min_max(table.column(name))
+        low_v, high_v = lo_hi["min"].as_py(), lo_hi["max"].as_py()
+        if low_v is not None and (low_v < low or high_v > high):
+            return False
+    for name, dtype in DTYPES.items():
+        if dtype not in ("string", "category"):
+            continue
+        col = table.column(name)
+        if col.null_count == len(col):
+            continue
+        if name in VOCABULARY or name in SIGNAL_FIELDS or dtype == "category":
+            values = [v for v in pc.unique(col).to_pylist() if v is not None]
+            if name in VOCABULARY and not set(values) <= VOCABULARY[name]:
+                return False
+            if name in SIGNAL_FIELDS and not all(SIGNAL_NAME.match(v) for v in values):
+                return False
+            if name not in VOCABULARY and name not in SIGNAL_FIELDS and \
+                    any(len(v) > STRING_LIMITS.get(name, STRING_LIMIT) for v in values):
+                return False
+        elif pc.max(pc.utf8_length(col)).as_py() > STRING_LIMITS.get(name, STRING_LIMIT):
+            return False
+    return True
+
+
 def frame_is_valid(df: pd.DataFrame) -> bool:
     """True when every value is in range and vocabulary; False sends a file to the tolerant reader,
     which skips and counts the bad events one by one."""

@@ -10,13 +10,14 @@ are correlated side by side in worker processes (report.workers), one pod's repo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Collection, Iterable
 
 import pandas as pd
 
 from ..correlate.build import build_contexts, capabilities_for, capabilities_of, lifecycle_contexts
 from ..correlate.outside import resets_outside_stop
 from ..correlate.trigger import replica_sets
+from ..errors import UsageProblem
 from .model import PodStore, ReportSet
 from .pod import report_for
 
@@ -58,19 +59,32 @@ def _lost(meta: dict[str, Any]) -> int:
 
 def report_recording(directory: str | Path, lanes: bool = True, part_bytes: int | None = None,
                      progress: Callable[[str, int, int | None], None] | None = None,
-                     jobs: int | None = None) -> ReportSet:
+                     jobs: int | None = None, pods: Collection[str] = ()) -> ReportSet:
     """The reports of a recording directory (read_recording's input), read in parts by pod when it
     is big and clean (bounded memory), whole otherwise. DataError as read_recording. part_bytes:
     how much of the recording's JSON a part holds (events.partition.PART_BYTES); progress as
-    build_reports'; jobs: worker processes for the parts, as report_parts'."""
+    build_reports'; jobs: worker processes for the parts, as report_parts'. pods: only the pods
+    these uids or names name (every pod of a name), read without correlating the others when the
+    recording is clean (events.selection); PodNotFound for one that names none."""
     from ..events.partition import PART_BYTES, NotClean, split_recording
     from ..events.reader import read_recording
     from ..events.source import plan_recording
     src = plan_recording(directory)
+    if pods:
+        from ..events.selection import select_pods
+        selected = select_pods(src, pods, progress)
+        if selected is not None:
+            try:
+                return only_pods(report_parts(selected, lanes, progress, jobs=1), pods, str(directory),
+                                 selected.known)
+            except NotClean:
+                pass
+            finally:
+                selected.close()
     parts = split_recording(src, part_bytes or PART_BYTES, progress)
     if parts is not None:
         try:
-            return report_parts(parts, lanes, progress, jobs)
+            return only_pods(report_parts(parts, lanes, progress, jobs), pods, str(directory))
         except NotClean:
             pass                     # a value the tolerant reader skips: read it whole, as it does
         finally:
@@ -80,7 +94,44 @@ def report_recording(directory: str | Path, lanes: bool = True, part_bytes: int 
     rec = read_recording(directory)
     if progress:
         progress("reading events", len(rec.events), len(rec.events))
-    return build_reports(rec.events, rec.meta, rec.incomplete, lanes, progress)
+    return only_pods(build_reports(rec.events, rec.meta, rec.incomplete, lanes, progress), pods, str(directory))
+
+
+class PodNotFound(UsageProblem):
+    """A --pod that names no pod of the recording."""
+
+
+KNOWN_SHOWN = 5          # pods named in PodNotFound's message; a node's week has thousands
+
+
+def only_pods(rs: ReportSet, selectors: Collection[str], directory: str,
+              known: dict[str, str | None] | None = None) -> ReportSet:
+    """rs with only the pods the selectors name (uid, or name: every pod of that name) and their
+    resets outside a stop; rs itself when there are no selectors. known: every pod uid of the
+    recording -> its name, for the error (default: rs's pods)."""
+    if not selectors:
+        return rs
+    wanted = set(selectors)
+    chosen = [p for p in rs.pods if p.pod_uid in wanted or (p.pod_name is not None and p.pod_name in wanted)]
+    if known is None:
+        known = {p.pod_uid: p.pod_name for p in rs.pods}
+    named = {p.pod_uid for p in chosen} | {p.pod_name for p in chosen}
+    for sel in selectors:
+        if sel not in named:
+            raise PodNotFound(f"pod {sel} is not in {directory}; {_some_pods(known)}")
+    uids = {p.pod_uid for p in chosen}
+    rs.pods = chosen
+    rs.outside_stop = [e for e in rs.outside_stop if e.get("pod_uid") in uids]
+    return rs
+
+
+def _some_pods(known: dict[str, str | None]) -> str:
+    if not known:
+        return "it holds no pod"
+    shown = [f"{uid} ({name})" if name else uid for uid, name in sorted(known.items())[:KNOWN_SHOWN]]
+    more = f" and {len(known) - KNOWN_SHOWN} more (`sigtrace report --format json` lists them)" \
+        if len(known) > KNOWN_SHOWN else ""
+    return f"pods there: {', '.join(shown)}{more}"
 
 
 def report_parts(parts: Any, lanes: bool = True,
