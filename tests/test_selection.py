@@ -192,3 +192,21 @@ def test_the_arrow_check_refuses_another_schema():
     table = _table([BASE]).cast(pa.schema([f if f.name != "pid" else pa.field("pid", pa.float64())
                                            for f in arrow_schema()]))
     assert not table_is_valid(table)
+
+
+@pytest.mark.parametrize("rec_dir", [DATA / "article", DATA / "clean"], ids=lambda p: p.name)
+def test_a_replay_learns_one_pod_from_its_events_alone(rec_dir):
+    """`lab --replay DIR --pod X` learns from X's events only (selection), the same settings, notes
+    and verdicts as from the whole recording."""
+    from sigtrace.lab.replay import learn
+    from sigtrace.lab.replay import run as replay_run
+    uid, name = pods_of(rec_dir)[0]
+    rec = read_recording(rec_dir)
+    reports = build_reports(rec.events, rec.meta, rec.incomplete)
+    for pod in (uid, name):
+        alone = replay_run._pod_alone(rec_dir, pod)
+        assert alone is not None and set(alone[0].events["pod_uid"].dropna()) <= {uid}
+        got = replay_run.learn_recording(rec_dir, pod)
+        want = learn.learn(rec, reports, learn.choose_pod(reports, pod, str(rec_dir)))
+        want.notes += [f"the recording is incomplete: {n}" for n in rec.incomplete[:3]]
+        assert got == want

@@ -16,7 +16,7 @@ recording whole, as without a selection.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Collection
 
 import numpy as np
@@ -41,19 +41,22 @@ class SelectedPods:
     n_parts: int = 1
     _table: Any = None
     _rank: np.ndarray | None = None
-    _pods: frozenset[str] = field(default_factory=frozenset)
+    _frame: pd.DataFrame | None = None
 
     def units(self) -> list[int]:
         return [0] if self.chosen else []
 
-    def frame(self, i: int) -> tuple[pd.DataFrame, frozenset[str]]:
+    def frame(self, i: int = 0) -> tuple[pd.DataFrame, frozenset[str]]:
         """The chosen pods' events (and maybe some of pods a name once named), labelled as the whole
-        recording's frame labels them; the uids to report. NotClean as PodParts.frame."""
-        table, self._table = self._table, None
-        return labelled_frame(table, self._rank, "the selected pods' rows"), frozenset(self.chosen)
+        recording's frame labels them, made once and kept (a replay learns from them after the
+        report); the uids to report. NotClean as PodParts.frame."""
+        if self._frame is None:
+            table, self._table = self._table, None
+            self._frame = labelled_frame(table, self._rank, "the selected pods' rows")
+        return self._frame, frozenset(self.chosen)
 
     def close(self) -> None:
-        self._table = None
+        self._table = self._frame = None
 
 
 def select_pods(src: Source, selectors: Collection[str],

@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ...errors import LabError
-from ...events.reader import read_recording
-from ...report.build import build_reports
-from ...report.model import PodReport
+from ...events.reader import events_frame, read_recording
+from ...events.source import Recording
+from ...report.build import build_reports, report_parts
+from ...report.model import PodReport, ReportSet
 from ..driver import record_run
 from ..scenario import LabResult, check_tools, validate
 from .fixes import Change, apply_fixes, config_lines, pod_patch
@@ -75,13 +76,37 @@ class Replay:
 
 
 def learn_recording(directory: Path, pod: str | None) -> Learned:
-    """The recorded pod's shutdown as lab settings (no root needed: the recording alone)."""
-    rec = read_recording(directory)
-    reports = build_reports(rec.events, rec.meta, rec.incomplete)
+    """The recorded pod's shutdown as lab settings (no root needed: the recording alone). With
+    pod, only its events are kept and correlated (an agent's run of weeks is not held whole)."""
+    alone = _pod_alone(directory, pod) if pod is not None else None
+    if alone is not None:
+        rec, reports = alone
+    else:
+        rec = read_recording(directory)
+        reports = build_reports(rec.events, rec.meta, rec.incomplete)
     learned = learn(rec, reports, choose_pod(reports, pod, str(directory)))
     if rec.incomplete:
         learned.notes += [f"the recording is incomplete: {n}" for n in rec.incomplete[:3]]
     return learned
+
+
+def _pod_alone(directory: Path, pod: str) -> tuple[Recording, ReportSet] | None:
+    """The events and reports of the pods `pod` names (sigtrace.events.selection: what `report
+    --pod` reads), or None when the recording must be read whole."""
+    from ...events.partition import NotClean
+    from ...events.selection import select_pods
+    from ...events.source import plan_recording
+    selected = select_pods(plan_recording(directory), [pod])
+    if selected is None:
+        return None
+    try:
+        reports = report_parts(selected, jobs=1)
+        events = selected.frame()[0] if selected.chosen else events_frame([])
+    except NotClean:
+        return None
+    finally:
+        selected.close()
+    return Recording(events, selected.meta, selected.incomplete, selected.source), reports
 
 
 def _verdicts_of(out_dir: Path, pod_uid: str) -> tuple[list[str], list[str]]:
