@@ -480,43 +480,131 @@ def test_a_session_compacts_unless_told_not_to(tmp_path, compact):
     assert len(read_recording(tmp_path / "r").events) == meta["events"]
 
 
-def test_an_agent_restart_compacts_what_the_earlier_runs_left_as_jsonl(tmp_path):
-    """An agent's new run also compacts its predecessors' closed JSONL segments, after its own:
-    every segment of a finished run, all but the last of a run without an end (killed, or still
-    written by `record --append`); not a foreign directory, nor a run reached through a symlink.
-    Counted apart in meta.json (output.compaction.earlier_runs); reports unchanged."""
+def _earlier_run(src: Path, run: Path, seg: int, *, compacting: bool = True, end: bool = True) -> list[str]:
+    """src rewritten as an earlier agent run in JSONL segments; its meta.json says it was recorded
+    with compaction on (output.compaction) unless not compacting, and has an end unless not end."""
+    rewrite(src, run, segment_bytes=seg, compact=False)
+    meta = json.loads((run / "meta.json").read_text())
+    if compacting:
+        meta.setdefault("output", {})["compaction"] = {"segments": 0}
+    if not end:
+        meta.pop("end", None)
+    (run / "meta.json").write_text(json.dumps(meta))
+    return [p.name for _, p in list_segments(run)]
+
+
+def _agent_start(root: Path, name: str = "node-a-9") -> EventWriter:
+    """What an agent's start does with its root: a writer for a new run, earlier runs looked at."""
     from test_segments import TickBackend
     from sigtrace.record import RecordSession
+    s = RecordSession(TickBackend(per_poll=50), root / name, live=False, live_reports=False,
+                      segment_bytes=64 << 10, disk_root=root)
+    return s._open_writer()
+
+
+def test_an_agent_restart_compacts_what_the_earlier_runs_left_as_jsonl(tmp_path):
+    """An agent's new run also compacts its predecessors' closed JSONL segments: all but the last
+    of each run (`record --append` continues a run's last one), finished or killed; not a run
+    recorded with --no-compact, not a foreign directory, nor one reached through a symlink.
+    Counted apart in meta.json (output.compaction.earlier_runs); reports unchanged."""
     src = DATA / "article"
     root = tmp_path / "root"
     seg = max(300, (src / "events.jsonl").stat().st_size // 3)
-    rewrite(src, root / "node-a-1", segment_bytes=seg, compact=False)        # finished (article's meta has an end)
-    rewrite(src, root / "node-a-2", segment_bytes=seg, compact=False)
-    killed = json.loads((root / "node-a-2" / "meta.json").read_text())
-    del killed["end"]
-    (root / "node-a-2" / "meta.json").write_text(json.dumps(killed))
-    rewrite(src, root / "foreign", segment_bytes=seg, compact=False)
+    before = {"node-a-1": _earlier_run(src, root / "node-a-1", seg),
+              "node-a-2": _earlier_run(src, root / "node-a-2", seg, end=False),
+              "node-a-3": _earlier_run(src, root / "node-a-3", seg, compacting=False),
+              "foreign": _earlier_run(src, root / "foreign", seg)}
     (root / "foreign" / "meta.json").write_text("{}")
     elsewhere = tmp_path / "elsewhere"
-    rewrite(src, elsewhere, segment_bytes=seg, compact=False)
+    _earlier_run(src, elsewhere, seg)
     (root / "node-a-0").symlink_to(elsewhere)
-    before = {r: [p.name for _, p in list_segments(root / r)] for r in ("node-a-1", "node-a-2", "foreign")}
     expected = render_json(report_recording(src, lanes=True))
 
-    s = RecordSession(TickBackend(per_poll=50), root / "node-a-3", live=False, live_reports=False,
-                      segment_bytes=64 << 10, disk_root=root)
-    writer = s._open_writer()
+    writer = _agent_start(root)
     settle(writer)
     writer.close()
     stats = writer._compactor.meta()["earlier_runs"]
     n1, n2 = len(before["node-a-1"]), len(before["node-a-2"])
-    assert stats["segments"] == n1 + n2 - 1 and stats["kept_jsonl"] == 0 and stats["pending"] == 0
-    assert all(p.suffix == ".arrow" for _, p in list_segments(root / "node-a-1"))
-    after2 = [p.name for _, p in list_segments(root / "node-a-2")]
-    assert all(n.endswith(".arrow") for n in after2[:-1]) and after2[-1] == before["node-a-2"][-1]
-    assert [p.name for _, p in list_segments(root / "foreign")] == before["foreign"]
+    assert stats["segments"] == n1 - 1 + n2 - 1 and stats["kept_jsonl"] == 0 and stats["pending"] == 0
+    assert stats["left"] == 0
+    for run in ("node-a-1", "node-a-2"):
+        after = [p.name for _, p in list_segments(root / run)]
+        assert all(n.endswith(".arrow") for n in after[:-1]) and after[-1] == before[run][-1]
+    for run in ("node-a-3", "foreign"):
+        assert [p.name for _, p in list_segments(root / run)] == before[run]
     assert all(p.suffix == ".jsonl" for _, p in list_segments(elsewhere))
     assert render_json(report_recording(root / "node-a-1", lanes=True)) == expected
+
+
+def test_an_earlier_run_swapped_for_a_link_or_another_directory_is_not_followed(tmp_path):
+    """Listed, then replaced before its turn: by a symlink to a directory elsewhere (whose JSONL
+    must not be touched), or by another directory; counted, nothing written or removed there."""
+    src = DATA / "article"
+    root = tmp_path / "root"
+    seg = max(300, (src / "events.jsonl").stat().st_size // 3)
+    _earlier_run(src, root / "node-a-1", seg)
+    _earlier_run(src, root / "node-a-2", seg)
+    victim = tmp_path / "victim"
+    victim_names = _earlier_run(src, victim, seg)
+    writer = _agent_start(root)
+    c = writer._compactor
+    c._find_earlier()                        # listed now; started later
+    (root / "node-a-1").rename(tmp_path / "moved-1")
+    (root / "node-a-1").symlink_to(victim)
+    (root / "node-a-2").rename(tmp_path / "moved-2")
+    shutil.copytree(tmp_path / "moved-2", root / "node-a-2")
+    settle(writer)
+    writer.close()
+    assert [p.name for _, p in list_segments(victim)] == victim_names
+    assert all(p.suffix == ".jsonl" for _, p in list_segments(root / "node-a-2"))
+    why = c.meta()["earlier_runs"]["kept_why"]
+    assert sum(n for w, n in why.items() if w.startswith("cannot open its directory")) == 2 * (len(victim_names) - 1)
+    assert any("replaced since it was listed" in w for w in why)
+
+
+def test_a_fifo_or_huge_meta_json_in_an_earlier_run_is_skipped_not_waited_on(tmp_path):
+    """A FIFO named meta.json would block a plain open and read for ever; a huge one would be read
+    whole: neither is a recorder's, so the run is left alone."""
+    src = DATA / "article"
+    root = tmp_path / "root"
+    seg = max(300, (src / "events.jsonl").stat().st_size // 3)
+    names = {r: _earlier_run(src, root / r, seg) for r in ("node-a-1", "node-a-2")}
+    (root / "node-a-1" / "meta.json").unlink()
+    os.mkfifo(root / "node-a-1" / "meta.json")
+    with open(root / "node-a-2" / "meta.json", "ab") as fh:
+        fh.truncate(64 << 20)                # sparse: big, costs nothing on disk
+    writer = _agent_start(root)
+    started = time.monotonic()
+    settle(writer)
+    writer.close()
+    assert time.monotonic() - started < 30
+    assert "earlier_runs" not in writer._compactor.meta()
+    for run, before in names.items():
+        assert [p.name for _, p in list_segments(root / run)] == before
+
+
+def test_earlier_runs_past_the_cap_are_left_newest_first_and_a_root_that_cannot_be_listed_warns(tmp_path):
+    """At most MAX_EARLIER segments are taken at a start, the newest runs' first (the disk cap
+    removes the oldest first); the rest are counted as left for `sigtrace compact`. A root that
+    cannot be listed is one warning, and the run records on."""
+    from sigtrace.events import compactor
+    src = DATA / "article"
+    root = tmp_path / "root"
+    seg = max(300, (src / "events.jsonl").stat().st_size // 3)
+    per_run = len(_earlier_run(src, root / "node-a-1", seg)) - 1
+    for i in range(2, 5):
+        shutil.copytree(root / "node-a-1", root / f"node-a-{i}")
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        found, more = compactor.earlier_segments(fd, "node-a-9", limit=per_run + 1)
+    finally:
+        os.close(fd)
+    assert [w.run for w in found] == ["node-a-4"] * per_run + ["node-a-3"] and more == 4 * per_run - per_run - 1
+    warnings: list[str] = []
+    c = Compactor(lambda: -1, warnings.append)
+    c.earlier_runs(tmp_path / "no-such-root", "node-a-9")
+    c.tick()
+    assert len(warnings) == 1 and "are not compacted" in warnings[0] and "earlier_runs" not in c.meta()
 
 
 def test_names_queued_before_the_directory_was_re_created_are_counted_as_such(tmp_path, monkeypatch):

@@ -35,7 +35,8 @@ Then: kubectl sigtrace collect --output ./rollout && kubectl sigtrace report ./r
 @click.option("--max-age", type=DURATION, default="7d", show_default=True,
               help="Remove segments and runs older than this; or none.")
 @click.option("--compact/--no-compact", default=True, show_default=True,
-              help="Compact each closed segment to a columnar file (~9x smaller: more history under --max-disk).")
+              help="Compact each closed segment to a columnar file (~9x smaller: more history under --max-disk), "
+                   "and those earlier runs under OUTPUT left as JSONL.")
 @click.option("--ready-file", default="/tmp/sigtrace-ready", show_default=True,
               help="Created once recording runs (the DaemonSet's readiness probe tests it).")
 @click.option("--metrics-address", default=None, metavar="HOST:PORT",

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 
 from ..errors import DataError
 from .columnar import READ_FLAGS, COMPRESSION, FIRST_TS_KEY, JSON_BYTES_KEY, arrow_schema, columnar_name, is_columnar
-from .compactor import EXIT_NO_PYARROW
+from .compactor import EXIT_NO_PYARROW, REMOVED
 from .jsonl_tables import json_chunks, one_event_per_line, parse_options, table_is_clean
 from .segments import list_segments, open_dir, run_dirs_under
 
@@ -179,11 +179,12 @@ def compact_recording(directory: str | os.PathLike,
                 out.open_runs.append(str(run))
                 continue
             todo.append((run, path.name))
+    real_root = Path(os.path.realpath(root))       # the links the operator put in DIR's own path
     for done, (run, name) in enumerate(todo, 1):
         where = f"{run.relative_to(root)}/{name}" if run != root else name
         try:
-            # no component followed if it is a link (as the writer opens its directory)
-            fd = open_dir(Path(os.path.realpath(run)), create=False)
+            # below DIR no component is followed if it is a link (a run swapped for one since it was listed)
+            fd = open_dir(real_root / run.relative_to(root), create=False)
         except OSError as exc:
             out.kept.append(f"{where}: cannot open its directory ({exc.strerror})")
             continue
@@ -230,7 +231,7 @@ def main(argv: list[str]) -> int:
     try:
         result = compact_at(dir_fd, name)
     except FileNotFoundError:
-        result = Compacted(name, kept="removed before its turn (the disk cap)")
+        result = Compacted(name, kept=REMOVED)
     except OSError as exc:
         result = Compacted(name, kept="the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
                            else f"the directory refused it ({exc.strerror})")

@@ -658,17 +658,30 @@ def _files(parent_fd: int, name: str) -> list[_Segment]:
     return sorted(out, key=lambda f: (f.mtime, f.name))
 
 
+MAX_META_BYTES = 4 << 20          # a recorder's meta.json is a few KB; a bigger one is not ours
+
+
 def read_json_at(dir_fd: int, name: str) -> dict:
+    """A JSON object file of the directory dir_fd, {} when it is not one: not a regular file (a FIFO
+    planted there is never waited on), a link, too big, or not a JSON object."""
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError:
         return {}
     try:
-        chunks = []
-        while chunk := os.read(fd, 1 << 16):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_META_BYTES:
+            return {}
+        chunks, size = [], 0
+        while size <= MAX_META_BYTES and (chunk := os.read(fd, 1 << 16)):
             chunks.append(chunk)
+            size += len(chunk)
+    except OSError:
+        return {}
     finally:
         os.close(fd)
+    if size > MAX_META_BYTES:
+        return {}
     try:
         obj = json.loads(b"".join(chunks))
     except ValueError:

@@ -42,7 +42,7 @@ import orjson
 from ..errors import OutputError, UsageProblem
 from . import schema
 from .columnar import is_columnar
-from .compactor import Compactor, earlier_segments
+from .compactor import Compactor
 from .segments import (FIRST_SEGMENT, META_FILE, SEGMENT_AGE_S, SEGMENT_BYTES, DiskBudget, OutputDir,
                        list_segments, segment_name)
 
@@ -230,14 +230,12 @@ class EventWriter:
                                          name="event-writer")
         self._flusher.start()
 
-    def compact_earlier(self, root: str | os.PathLike) -> int:
+    def compact_earlier(self, root: str | os.PathLike) -> None:
         """Also compact the closed JSONL segments that earlier runs under root left (an agent's
-        restart: what its predecessor had not reached), after this run's own. Returns how many."""
-        if self._compactor is None:
-            return 0
-        found = earlier_segments(Path(os.path.realpath(root)), self._dir.path)
-        self._compactor.earlier(found)
-        return len(found)
+        restart: what its predecessor had not reached); looked for by the timer thread
+        (sigtrace.events.compactor)."""
+        if self._compactor is not None:
+            self._compactor.earlier_runs(Path(os.path.realpath(root)), self._dir.path.name)
 
     # -- the hot path
     def write(self, event: dict[str, Any]) -> None:
