@@ -152,6 +152,72 @@ def test_a_pod_not_there_is_one_line_naming_a_few_pods(tmp_path):
     assert message.count(" (") <= build.KNOWN_SHOWN + 1 and "more (`sigtrace report --format json` lists them)" in message
 
 
+def test_the_error_quotes_at_most_a_few_short_names(tmp_path):
+    """Uids and names are tenant text of up to 1,024 characters: each is cut in the one line."""
+    events = [{"ts": 1000.0 + i, "kind": "pod_lifecycle", "event": "pod_seen", "pod_uid": f"{i}" + "u" * 1023,
+               "pod_name": f"{i}" + "n" * 1023} for i in range(8)]
+    shutil.copy(DATA / "article" / "meta.json", tmp_path / "meta.json")
+    (tmp_path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    with pytest.raises(PodNotFound) as err:
+        report_recording(tmp_path, pods=["nope"])
+    assert len(str(err.value)) < 1000 and "and 3 more" in str(err.value)
+
+
+def test_a_pod_that_is_not_text_is_refused_before_any_reading(tmp_path, monkeypatch):
+    """A --pod of bytes that are not UTF-8 (a lone surrogate once decoded) names no pod of any
+    recording: said at once, without reading the recording (three times, through each fallback)."""
+    from sigtrace.events import selection
+    monkeypatch.setattr(selection, "select_pods", lambda *a, **k: pytest.fail("read"))
+    with pytest.raises(PodNotFound, match="UTF-8"):
+        report_recording(DATA / "article", pods=["web\udcff"])
+
+
+def test_busy_chosen_pods_are_reported_from_the_parts(tmp_path, monkeypatch):
+    """Chosen pods with more events than one pass may hold at once: the selection gives up and the
+    split's parts report them (bounded memory), the same document."""
+    from bench import synth
+    from sigtrace.events import selection
+    synth.generate(tmp_path, 5_000, events_per_pod=120, seed=3)
+    rec = read_recording(tmp_path)
+    uid = rec.events["pod_uid"].dropna().iloc[0]
+    monkeypatch.setattr(selection, "MAX_SELECTED_ROWS", 10)
+    assert select_pods(plan_recording(tmp_path), [uid]) is None
+    assert render_json(report_recording(tmp_path, lanes=False, pods=[uid], part_bytes=100_000)) == \
+        whole_of(tmp_path, [uid])
+
+
+def test_a_pid_once_another_pods_cites_the_pods_own_exec(tmp_path):
+    """A pid reused on a node running for weeks: the preStop exec the report cites is the pod's own
+    process_exec, not the first exec of that pid in the recording (another pod's), on every path:
+    whole, in parts, and --pod."""
+    from sigtrace.report.build import report_parts
+    from sigtrace.events.partition import split_recording
+    src = DATA / "article"
+    shutil.copy(src / "meta.json", tmp_path / "meta.json")
+    events = [json.loads(x) for x in (src / "events.jsonl").read_text().splitlines() if x.strip()]
+    uid = next(e["pod_uid"] for e in events if e.get("pod_uid"))
+    hook = next(e for e in events if e["kind"] == "process_exec" and e.get("pod_uid") == uid)
+    t = events[0]["ts"] - 1.0
+    other = [{"ts": t, "kind": "process_exec", "pid": hook["pid"], "comm": "sh", "pod_uid": "other-pod",
+              "container_id": "c0ffee", "filename": "/bin/sh", "ppid": 1},
+             {"ts": t + 0.1, "kind": "process_exit", "pid": hook["pid"], "comm": "sh", "pod_uid": "other-pod",
+              "container_id": "c0ffee", "exit_code": 0}]
+    (tmp_path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in other + events))
+    rec = read_recording(tmp_path)
+    own_exec = int(rec.events.index[(rec.events["kind"] == "process_exec") & (rec.events["pod_uid"] == uid)
+                                    & (rec.events["pid"] == hook["pid"])][0])
+    whole = build_reports(rec.events, rec.meta, rec.incomplete, lanes=False)
+    cited = {e.get("event") for p in whole.pods if p.pod_uid == uid for e in p.to_dict()["timeline"]
+             if str(hook["pid"]) in str(e.get("text", ""))}
+    assert own_exec in cited and 0 not in cited
+    parts = split_recording(plan_recording(tmp_path), part_bytes=300)
+    try:
+        assert render_json(report_parts(parts)) == render_json(whole)
+    finally:
+        parts.close()
+    assert render_json(report_recording(tmp_path, lanes=False, pods=[uid])) == whole_of(tmp_path, [uid])
+
+
 def test_the_cli_reports_one_pod_and_refuses_an_unknown_one(sigtrace_cli):
     rec_dir = DATA / "article"
     uid = pods_of(rec_dir)[0][0]
@@ -175,6 +241,7 @@ BAD = [("ts", -1.0), ("ts", 2.0 ** 34), ("ts", float("nan")), ("ts", float("inf"
        *[(name, low - 1) for name, (low, _) in INT_RANGES.items()],
        ("kind", "signal_sent"), ("result", "maybe"), ("handler", "sometimes"), ("old_state", "OPEN"),
        ("new_state", "established"), ("sig", "TERM"), ("sig", "SIG" + "X" * 13), ("exit_signal", "sigkill"),
+       ("sig", "SIGTERM\n"),
        ("comm", "x" * (STRING_LIMIT + 1)), ("detail", "x" * (STRING_LIMITS["detail"] + 1)),
        ("filename", "/" * (STRING_LIMITS["filename"] + 1)), ("event", "e" * (STRING_LIMIT + 1)),
        ("pod_uid", "u" * (STRING_LIMIT + 1)), ("reason", "\u00e9" * (STRING_LIMIT + 1))]

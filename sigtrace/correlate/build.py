@@ -10,7 +10,7 @@ from ..events import capabilities as C
 from ..events import schema as S
 from .cut import mark_recorder_cut
 from .pod import PodContext, lifecycle_context, process_context
-from .rows import EventLookup, Row, exec_rows, to_rows
+from .rows import EventLookup, Row, to_rows
 
 # string columns of the TCP events with a handful of values per node (pods, containers, processes, addresses)
 LOW_CARDINALITY = ("comm", "pod_uid", "container_id", "saddr", "daddr", "reason")
@@ -87,9 +87,9 @@ def build_contexts(events: pd.DataFrame, caps: frozenset[str], meta: dict[str, A
     first_tcp = tcp.groupby(tcp["pod_uid"].astype(object), sort=False)["ts"].min().to_dict() if len(tcp) else {}
     ctxs = {uid: process_context(events, uid, caps, own.get(uid, []), incoming.get(uid, []), first_tcp.get(uid))
             for uid in pod_uids(events) if pods is None or uid in pods}
-    execs, lookup = exec_rows(events), EventLookup(events)
+    lookup = EventLookup(events)
     for ctx in ctxs.values():
-        ctx.exec_rows, ctx.lookup = execs, lookup
+        ctx.lookup = lookup
     endpoints = meta.get("pod_endpoints") if isinstance(meta.get("pod_endpoints"), dict) else None
     attach_tcp(ctxs, tcp, endpoints, lanes)
     mark_recorder_cut(ctxs, meta, events, last_ts)

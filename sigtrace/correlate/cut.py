@@ -45,13 +45,14 @@ def mark_recorder_cut(ctxs: dict[str, PodContext], meta: dict[str, Any], events:
     alive, every = meta.get("alive_at"), meta.get("alive_every_s")
     if isinstance(alive, (int, float)) and isinstance(every, (int, float)) and alive + every >= after:
         after, before = max(after, float(alive)), float(alive) + float(every)
-    ctx.recorder_cut = RecorderCut(init, _running(events, init), after, before)
+    ctx.recorder_cut = RecorderCut(init, _running(events, init, ctx.pod_uid), after, before)
 
 
-def _running(events: pd.DataFrame, init: Process) -> dict[int, str]:
-    """Processes of init's container seen in any event (workers may show only in socket calls) and
-    never seen exiting."""
-    mine = events[(events["container_id"] == init.container_id) & events["pid"].notna()]
+def _running(events: pd.DataFrame, init: Process, pod_uid: str) -> dict[int, str]:
+    """Processes of init's container seen in any of the pod's events (workers may show only in
+    socket calls) and never seen exiting."""
+    mine = events[(events["container_id"] == init.container_id) & (events["pod_uid"] == pod_uid)
+                  & events["pid"].notna()]
     exited = set(mine.loc[mine["kind"] == "process_exit", "pid"].astype(int))
     out = {init.pid: init.comm}
     for pid, comm in zip(mine["pid"].astype(int), mine["comm"].astype(object)):

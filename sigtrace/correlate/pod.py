@@ -14,7 +14,7 @@ from .connections import DEFAULT_UPSTREAM_PORTS, Listener
 from .facts import Connections, Refusals, SocketCalls
 from .processes import (EXEC, HOST, PRESTOP, RUNTIME, ROLE_LABELS, Process, app_of, assign_roles,
                         build_processes, is_runtime_comm, parent_map)
-from .rows import EventLookup, Row, exec_rows
+from .rows import EventLookup, Row
 
 # signals that are never a stop request (kernel notifications, timers)
 NOT_STOP = frozenset({"SIGCHLD", "SIGPIPE", "SIGURG", "SIGALRM", "SIGVTALRM", "SIGPROF", "SIGIO", "SIGWINCH",
@@ -135,7 +135,6 @@ class PodContext:
     calls: SocketCalls = field(default_factory=SocketCalls.empty)
     display: ConnDisplay = field(default_factory=ConnDisplay)
     # indexes of the whole recording, shared by all pods (build.build_contexts)
-    exec_rows: dict[int, int] | None = None     # pid -> its first process_exec row
     lookup: EventLookup | None = None           # ts and kind by row
 
     # ---- helpers for rules ---------------------------------------------------------------
@@ -173,10 +172,10 @@ class PodContext:
         return [str(v) for v in (e.get("old_state"), e.get("reason")) if isinstance(v, str) and v]
 
     def exec_row(self, pid: int) -> int | None:
-        """The first process_exec of pid in the whole recording."""
-        if self.exec_rows is None:
-            self.exec_rows = exec_rows(self.events)
-        return self.exec_rows.get(pid)
+        """The first process_exec of the pod's process pid: among the pod's own events (the pid may
+        have been another pod's or the node's process before, on a node running for weeks)."""
+        p = self.procs.get(pid)
+        return p.exec_row if p is not None else None
 
     def by_role(self, role: str) -> list[Process]:
         return [p for p in self.procs.values() if p.role == role]

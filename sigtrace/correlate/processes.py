@@ -56,6 +56,7 @@ class Process:
     exit_code: int | None = None
     exit_signal: str | None = None
     exit_row: int | None = None
+    exec_row: int | None = None     # its first process_exec among its pod's events
     external: bool = False          # exec'd from outside the container (runc exec: preStop, kubectl exec)
     role: str = OTHER
 
@@ -115,6 +116,7 @@ def build_processes(own: list[Row], incoming: list[Row]) -> dict[int, Process]:
             p = procs.get(r.get("pid"))
             if p is not None and p.exec_ts is None:
                 p.exec_ts, p.filename, p.ppid = float(r["ts"]), r.get("filename"), r.get("ppid")
+                p.exec_row = r["row"]
         elif kind == S.PROCESS_EXIT and (r.get("tid") is None or r.get("tid") == r.get("pid")):
             p = procs.get(r.get("pid"))
             if p is not None:

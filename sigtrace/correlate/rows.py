@@ -73,11 +73,3 @@ class EventLookup:
 
     def kind(self, row: int) -> str:
         return str(self._kind[self._at(row)])
-
-
-def exec_rows(events: pd.DataFrame) -> dict[int, int]:
-    """pid -> its first process_exec row in the whole recording, built once per recording (scanning
-    the frame per process made reports O(pods x events))."""
-    ex = events[(events["kind"] == "process_exec") & events["pid"].notna()]
-    first = ex.index.to_series().groupby(ex["pid"].to_numpy()).min() if len(ex) else {}
-    return {int(p): int(r) for p, r in dict(first).items()}

@@ -11,8 +11,9 @@ A pod is named by its uid or by its name (the last one its pod_lifecycle rows gi
 report shows it); a name names every pod that had it (a StatefulSet's web-0 after each restart).
 A name is learnt from the pod's lifecycle rows as they come: a pod whose events came before the
 row that names it (rare: the API watcher reports a pod when it starts), a value the tolerant
-reader would skip, or anything but a clean recording gives None, and the caller reads the
-recording whole, as without a selection.
+reader would skip, or anything but a clean recording gives None, and the caller reports as
+without a selection (in parts by pod when the recording is big, else whole); so do chosen pods
+with more than MAX_SELECTED_ROWS events, which one pass would hold at once.
 """
 from __future__ import annotations
 
@@ -26,6 +27,11 @@ from . import schema as S
 from .partition import ROW_POSITION, CleanChunks, NotClean, Summary, WholeFacts, chunks_readable, labelled_frame
 from .source import Source
 from .validate import table_is_valid
+
+
+# the chosen pods' rows are correlated at once: past this many (a part's worth, report.build's
+# PART_EVENTS), the recording is split by pod instead, one part at a time
+MAX_SELECTED_ROWS = 250_000
 
 
 @dataclass
@@ -72,6 +78,7 @@ def select_pods(src: Source, selectors: Collection[str],
     wanted = set(names)                      # uids to keep: each selector may be one
     seen: set[str] = set()                   # pod uids of the chunks read so far
     kept: list[Any] = []
+    kept_rows = 0
     incomplete = list(src.notes)
     tables = CleanChunks(src)
     whole = WholeFacts()
@@ -88,6 +95,9 @@ def select_pods(src: Source, selectors: Collection[str],
             keep = _rows_of(table, pa.array(sorted(wanted), pa.string()))
             if pc.any(keep).as_py():
                 kept.append(table.filter(keep).append_column(ROW_POSITION, seq.filter(keep)))
+                kept_rows += kept[-1].num_rows
+                if kept_rows > MAX_SELECTED_ROWS:
+                    return None          # busy pods: the split's parts keep memory bounded instead
             seen |= _uids_in(table)
             if progress:
                 progress("reading events", base + table.num_rows, None)

@@ -27,7 +27,7 @@ INT_RANGES: dict[str, tuple[int, int]] = {
     "sport": (0, 65_535), "dport": (0, 65_535),
     "code": (-(2 ** 31), 2 ** 31 - 1), "exit_code": (-(2 ** 31), 2 ** 31 - 1),
 }
-SIGNAL_NAME = re.compile(r"^SIG[A-Z0-9+]{1,12}$")
+SIGNAL_NAME = re.compile(r"^SIG[A-Z0-9+]{1,12}\Z")     # \Z: "SIGTERM\n" is not one ($ would take it)
 VOCABULARY: dict[str, frozenset[str]] = {
     "kind": frozenset(KINDS),
     "result": frozenset(GENERATE_RESULTS),

@@ -70,6 +70,10 @@ def report_recording(directory: str | Path, lanes: bool = True, part_bytes: int 
     from ..events.reader import read_recording
     from ..events.source import plan_recording
     src = plan_recording(directory)
+    for sel in pods:
+        if not _is_text(sel):
+            # no recording holds it (both readers skip text that is not UTF-8): said before any reading
+            raise PodNotFound(f"pod {sel} is not in {directory}: a pod's uid or name is UTF-8 text")
     if pods:
         from ..events.selection import select_pods
         selected = select_pods(src, pods, progress)
@@ -102,6 +106,7 @@ class PodNotFound(UsageProblem):
 
 
 KNOWN_SHOWN = 5          # pods named in PodNotFound's message; a node's week has thousands
+NAME_SHOWN = 64          # characters of each of their uids and names
 
 
 def only_pods(rs: ReportSet, selectors: Collection[str], directory: str,
@@ -125,10 +130,21 @@ def only_pods(rs: ReportSet, selectors: Collection[str], directory: str,
     return rs
 
 
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:           # a lone surrogate: bytes of the command line that were not UTF-8
+        return False
+    return True
+
+
 def _some_pods(known: dict[str, str | None]) -> str:
     if not known:
         return "it holds no pod"
-    shown = [f"{uid} ({name})" if name else uid for uid, name in sorted(known.items())[:KNOWN_SHOWN]]
+
+    def cut(text: str) -> str:           # tenant text, up to 1,024 characters each: the line stays short
+        return text if len(text) <= NAME_SHOWN else text[:NAME_SHOWN] + "…"
+    shown = [f"{cut(uid)} ({cut(name)})" if name else cut(uid) for uid, name in sorted(known.items())[:KNOWN_SHOWN]]
     more = f" and {len(known) - KNOWN_SHOWN} more (`sigtrace report --format json` lists them)" \
         if len(known) > KNOWN_SHOWN else ""
     return f"pods there: {', '.join(shown)}{more}"
