@@ -63,18 +63,21 @@ def test_many_pods_in_workers_are_the_whole_recordings_reports(tmp_path):
     assert not multiprocessing.active_children()
 
 
-def test_a_bad_value_found_by_a_worker_reads_the_recording_whole(tmp_path):
-    """One part of many holds a value the tolerant reader skips: the worker that finds it raises,
-    the other workers are ended, and the recording is read whole as in one process."""
+def test_a_part_a_worker_finds_not_clean_reads_the_recording_whole(tmp_path, monkeypatch):
+    """A part whose frame a worker cannot make (NotClean: a value the checks in the split did not
+    catch) raises in the parent, the other workers are ended, and the recording is read whole as in
+    one process: the same document."""
     from bench import synth
+    from sigtrace.events import partition
     synth.generate(tmp_path, 3000, events_per_pod=120, seed=13)
-    path = tmp_path / "events.jsonl"
-    lines = path.read_text().splitlines()
-    at = next(i for i in range(len(lines) // 2, len(lines)) if '"pid"' in lines[i] and '"pod_uid"' in lines[i])
-    lines[at] = json.dumps({**json.loads(lines[at]), "ts": -1.0})
-    path.write_text("\n".join(lines) + "\n")
+    real = partition.PodParts.frame
+
+    def frame(self, i):
+        if i == self.units()[len(self.units()) // 2]:
+            raise partition.NotClean(f"part {i}")
+        return real(self, i)
+    monkeypatch.setattr(partition.PodParts, "frame", frame)        # what the forked workers run
     rs = report_recording(tmp_path, lanes=True, part_bytes=50_000, jobs=3)
-    assert any("ts out of range" in n for n in rs.incomplete), rs.incomplete
     assert render_json(rs) == whole(tmp_path)
     assert not multiprocessing.active_children()
 
@@ -137,9 +140,9 @@ def test_events_out_of_time_order_keep_their_rows(tmp_path):
 
 
 @pytest.mark.parametrize("jobs", [1, 3])
-def test_a_bad_value_reads_the_recording_whole(tmp_path, jobs):
-    """A value the tolerant reader skips sends the recording to it, with its note; found by a
-    worker process (jobs 3), it is raised in the parent as in one process."""
+def test_a_bad_value_is_skipped_as_the_whole_read_skips_it(tmp_path, jobs):
+    """A value the tolerant reader skips is skipped while splitting, with its note, whether the parts
+    are then reported in this process or in workers (jobs 3)."""
     def negative_ts(lines: list[str]) -> None:
         lines[3] = json.dumps({**json.loads(lines[3]), "ts": -1.0})
     article_with(tmp_path, negative_ts)
@@ -148,8 +151,9 @@ def test_a_bad_value_reads_the_recording_whole(tmp_path, jobs):
     assert render_json(rs) == whole(tmp_path)
 
 
-def test_a_bad_value_on_a_host_row_reads_the_recording_whole(tmp_path):
-    """A row of no pod is in no part: it is checked while splitting, as the whole read checks it."""
+def test_a_bad_value_on_a_host_row_is_skipped_as_the_whole_read_skips_it(tmp_path):
+    """A row of no pod is in no part: it is checked while splitting, as the whole read checks it,
+    and its note is the whole read's."""
     def host_row(lines: list[str]) -> None:
         e = {k: v for k, v in json.loads(lines[3]).items() if k not in ("pod_uid", "target_pod_uid",
                                                                         "container_id", "target_container_id")}
@@ -176,3 +180,114 @@ def test_chunks_are_whole_lines(monkeypatch):
     chunks = [c.read() for c, _ in json_chunks(path, path.stat().st_size, 1000)]
     assert len(chunks) > 2 and all(c.endswith(b"\n") for c in chunks)
     assert b"".join(chunks) == path.read_bytes()
+
+
+# ---- not clean: what the tolerant reader skips is skipped in the parts too ---------------------------------
+def _segmented_synth(d: Path, n: int, per: int = 700) -> list[Path]:
+    """A synthetic node of many pods (bench.synth) in JSONL segments of `per` lines each."""
+    from bench import synth
+    from sigtrace.events.segments import segment_name
+    synth.generate(d, n, events_per_pod=120, seed=13)
+    lines = (d / "events.jsonl").read_bytes().split(b"\n")[:-1]
+    out = []
+    for i in range(0, len(lines), per):
+        path = d / segment_name(i // per + 1)
+        path.write_bytes(b"".join(x + b"\n" for x in lines[i:i + per]))
+        out.append(path)
+    return out
+
+
+def _synth_with(tmp_path: Path, change) -> Path:
+    """A synthetic node of many pods in JSONL segments, the lines of one in the middle changed."""
+    path = _segmented_synth(tmp_path, 3000)[2]
+    path.write_bytes(change(path.read_bytes().split(b"\n")[:-1]))
+    return tmp_path
+
+
+def _joined(lines: list[bytes], tail: bytes = b"") -> bytes:
+    return b"".join(x + b"\n" for x in lines) + tail
+
+
+def _at_middle(lines: list[bytes], new: bytes) -> bytes:
+    return _joined(lines[:len(lines) // 2] + [new] + lines[len(lines) // 2:])
+
+
+def _with_field(lines: list[bytes], **fields) -> bytes:
+    at = next(i for i in range(len(lines) // 2, len(lines)) if b'"pod_uid"' in lines[i] and b'"pid"' in lines[i])
+    lines[at] = json.dumps({**json.loads(lines[at]), **fields}).encode()
+    return _joined(lines)
+
+
+def _in_parts(d: Path, part_bytes: int = 50_000):
+    """The recording's reports split by pod (split_recording must take it), part after part."""
+    parts = split_recording(plan_recording(d), part_bytes=part_bytes)
+    assert parts is not None and len(parts.units()) > 1
+    try:
+        return report_parts(parts, jobs=1)
+    finally:
+        parts.close()
+
+
+BAD_LINES = {
+    "not json": lambda lines: _at_middle(lines, b"{garbage"),
+    "blank line": lambda lines: _at_middle(lines, b""),
+    "two events on a line": lambda lines: _at_middle(lines, lines[3] + lines[4]),
+    "unknown field": lambda lines: _with_field(lines, shoe_size=44),
+    "ts out of range": lambda lines: _with_field(lines, ts=-1.0),
+    "pid out of range": lambda lines: _with_field(lines, pid=2 ** 40),
+    "unknown kind": lambda lines: _with_field(lines, kind="signal_sent"),
+    "not utf-8": lambda lines: _at_middle(lines, json.dumps({**json.loads(lines[5]), "comm": "@@"}).encode()
+                                          .replace(b'"@@"', b'"\xff"')),
+    "a signal name with a newline": lambda lines: _with_field(lines, kind="signal_generate", sig="SIGTERM\n"),
+}
+
+
+@pytest.mark.parametrize("what", list(BAD_LINES))
+def test_a_bad_line_is_skipped_in_the_parts_as_the_whole_read_skips_it(tmp_path, monkeypatch, what):
+    """A recording copied from elsewhere with one bad line is still split by pod (bounded memory):
+    the chunk holding it is read line by line with the tolerant reader's checks, the rest as it is;
+    the same reports and the same `incomplete` notes, in the same words and order, as read whole."""
+    from sigtrace.events import partition
+    monkeypatch.setattr(partition, "CHUNK_BYTES", 20_000)        # many chunks: the bad one among them
+    d = _synth_with(tmp_path, BAD_LINES[what])
+    got = _in_parts(d)
+    assert render_json(got) == whole(d)
+    assert got.incomplete == read_recording(d).incomplete
+    assert got.incomplete or what == "blank line"          # skipped silently, as the tolerant reader does
+
+
+@pytest.mark.parametrize("tail", [b'{"ts": 1760000100.5, "kind": "proc', b'{"ts": 1.0, "detail": "' + b"x" * 70_000])
+def test_a_truncated_last_line_of_any_length_is_skipped_as_the_whole_read_skips_it(tmp_path, tail):
+    """A SIGKILLed recorder's cut last line, short or longer than the 64 KB tail looked at first."""
+    with open(_segmented_synth(tmp_path, 3000)[-1], "ab") as fh:
+        fh.write(tail)
+    got = _in_parts(tmp_path)
+    assert render_json(got) == whole(tmp_path)
+    assert any("truncated last line" in n for n in got.incomplete)
+
+
+def test_a_damaged_or_bad_columnar_segment_is_read_as_the_whole_read_reads_it(tmp_path):
+    """Compacted segments, one cut short (its rows up to the damage kept) and one holding a value
+    out of range (that row skipped): the parts give the whole tolerant read's reports and notes."""
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+    from sigtrace.events.columnar import COMPRESSION, read_tables
+    from sigtrace.events.segments import list_segments
+    from test_columnar import compact_in_place
+    for path in _segmented_synth(tmp_path, 6000, per=1500)[:-1]:
+        compact_in_place(tmp_path, path.name)
+    arrows = [p for _, p in list_segments(tmp_path) if p.suffix == ".arrow"]
+    assert len(arrows) >= 3
+    cut = arrows[0]
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size * 2 // 3])
+    bad = arrows[1]
+    table = pa.concat_tables(list(read_tables(bad)))
+    meta = ipc.open_file(bad).schema.metadata
+    ts = table.column("ts").to_pylist()
+    ts[len(ts) // 2] = -1.0
+    table = table.set_column(0, "ts", pa.array(ts, pa.float64())).replace_schema_metadata(meta)
+    with ipc.new_file(str(bad), table.schema, options=ipc.IpcWriteOptions(compression=COMPRESSION)) as w:
+        w.write_table(table, max_chunksize=1000)
+    got = _in_parts(tmp_path)
+    assert render_json(got) == whole(tmp_path)
+    assert any("unreadable columnar" in n for n in got.incomplete) and any("ts out of range" in n for n in got.incomplete)

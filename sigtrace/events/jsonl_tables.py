@@ -27,6 +27,8 @@ def complete_part(path: Path, size: int) -> tuple[int, int | None]:
     if tail.endswith(b"\n"):
         return size, None
     nl = tail.rfind(b"\n")
+    if nl < 0 and size > len(tail):
+        return size, None        # a last line longer than the tail read: not cut here (the parse says)
     last = tail[nl + 1:]
     try:
         json.loads(last)

@@ -1,4 +1,4 @@
-"""A clean recording split by pod, for reports in bounded memory.
+"""A recording split by pod, for reports in bounded memory.
 
 Pods are independent once their events are together: a pod's report reads its own events and the
 signals sent to it (target_pod_uid), nothing of another pod's. So a big recording is read in chunks
@@ -12,14 +12,17 @@ Rows keep the labels the whole recording's frame gives them (their place in time
 read_recording numbers them), so the evidence a report cites is the same event either way. Events
 of no pod (host processes) are in no part: no pod's report reads them.
 
-A recording that is not clean (anything the tolerant reader would skip or list) gives None here:
-read_recording reads it whole, as before.
+What the tolerant reader skips (a line that is not JSON, a value out of range, a damaged columnar
+file) is skipped here too, chunk by chunk, counted and noted in its words (CleanChunks' tolerant
+mode): a recording copied from elsewhere with a bad line is read in bounded memory all the same.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 import zlib
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,16 +32,20 @@ import numpy as np
 import pandas as pd
 
 from . import schema as S
-from .columnar import is_columnar, read_tables, recorded_bytes
+from .columnar import arrow_schema, is_columnar, read_tables, recorded_bytes
 from .fast_reader import table_frame
-from .jsonl_tables import json_tables, table_is_clean
+from .jsonl_tables import (CHUNK_BYTES, complete_part, json_chunks, json_tables, one_event_per_line, parse_options,
+                           table_is_clean)
+from .reader import checked_lines, iter_columnar_rows, problem_notes
 from .source import Source, lost_note, unfinished_note
+from .validate import table_is_valid
 from .writer import _stderr_warning
 
 # a part holds about this much of the recording's JSON (~200k events): what one report pass holds
 PART_BYTES = 64 << 20
 MAX_PARTS = 256
 CHUNK_ROWS = 100_000            # routed by pod at once (~30 MB of JSON): joined from smaller batches
+TOLERANT_ROWS = 20_000          # events checked one by one, held as dicts, before they become a table
 ROW_POSITION = "__row"           # the column carrying a row's position in the files, through the spill
 
 
@@ -194,18 +201,29 @@ def _uids(table, i: int, n: int) -> frozenset[str]:
 
 
 class CleanChunks:
-    """A clean recording's events as pyarrow tables of at least min_rows each (but the last), in file
+    """A recording's events as pyarrow tables of at least min_rows each (but the last), in file
     order: iterating gives (table, position of its first row). Small pieces (a columnar segment's
     batches, a segment's last JSON chunk) are joined without copying, so that what routes them by
-    pod (split_recording) runs once per ~100k events, not once per batch. What the tolerant reader
-    would not read as it is raises: NotClean (table_is_clean), jsonl_tables.NotOneEventPerLine and
-    columnar.Unreadable (ValueErrors both), pyarrow.ArrowInvalid. A truncated last line of a JSONL
-    file is left out, and said by note()."""
+    pod (split_recording) runs once per ~100k events, not once per batch.
 
-    def __init__(self, src: Source, min_rows: int = CHUNK_ROWS) -> None:
-        self.src, self.min_rows = src, min_rows
+    Strict (the default): what the tolerant reader would not read as it is raises: NotClean
+    (table_is_clean), jsonl_tables.NotOneEventPerLine and columnar.Unreadable (ValueErrors both),
+    pyarrow.ArrowInvalid; a truncated last line of a JSONL file is left out, and said by notes().
+
+    tolerant: nothing raises for the events themselves: a chunk (32 MB of a JSONL file) or a
+    columnar segment's rest that pyarrow does not read clean (a line that is not JSON, an unknown
+    field, a value out of range, a damaged file) is read by the tolerant reader's own checks
+    (reader.checked_lines, reader.iter_columnar_rows), TOLERANT_ROWS events per table; the rows it
+    skips are counted as it counts them, and notes() says so in its words and order. So a recording
+    copied from elsewhere with one bad line is still read in bounded memory, into the same events."""
+
+    def __init__(self, src: Source, min_rows: int = CHUNK_ROWS, *, tolerant: bool = False) -> None:
+        self.src, self.min_rows, self.tolerant = src, min_rows, tolerant
         self.cut_lines: list[str] = []
         self.rows = 0
+        self.problems: Counter = Counter()
+        self.examples: dict[str, str] = {}
+        self.removed: list[str] = []
 
     def __iter__(self) -> Iterator[tuple[Any, int]]:
         held: list[Any] = []
@@ -228,6 +246,14 @@ class CleanChunks:
 
     def _tables(self) -> Iterator[Any]:
         for label, path in self.src.current_files():
+            if self.tolerant:
+                try:
+                    tables = self._columnar(label, path) if is_columnar(path) else self._jsonl(label, path)
+                    yield from (t for t in tables if t.num_rows)
+                except FileNotFoundError:
+                    # removed between listing and reading: the disk cap of a recorder that is running
+                    self.removed.append(f"{label or path.name} was removed while being read (disk cap?)")
+                continue
             for table in (read_tables(path) if is_columnar(path) else json_tables(label, path, self.cut_lines)):
                 if not table.num_rows:
                     continue
@@ -235,11 +261,80 @@ class CleanChunks:
                     raise NotClean(str(path))
                 yield table
 
-    def note(self) -> str | None:
-        """What the incomplete list says of the truncated last lines left out."""
+    def _jsonl(self, label: str, path: Path) -> Iterator[Any]:
+        import pyarrow.json as pajson
+        size = path.stat().st_size
+        if size == 0:
+            return
+        complete, cut_line = complete_part(path, size)
+        options, first = parse_options(), 1
+        for chunk, lines in json_chunks(path, complete, CHUNK_BYTES):
+            try:
+                table = pajson.read_json(chunk, parse_options=options)
+            except pa_invalid():
+                table = None
+            if table is not None and one_event_per_line(table, lines) and table_is_clean(table) and \
+                    table_is_valid(table):
+                yield table
+            else:
+                chunk.seek(0)
+                data = chunk.read()
+                yield from self._checked(checked_lines(_lines_of(data), first, self.problems, self.examples, label))
+            first += lines
+        if cut_line is not None:
+            key = "truncated last line"
+            self.problems[key] += 1
+            self.examples.setdefault(key, f"{label} line {cut_line}" if label else f"line {cut_line}")
+
+    def _columnar(self, label: str, path: Path) -> Iterator[Any]:
+        done = 0
+        try:
+            for table in read_tables(path):
+                if not (table_is_clean(table) and table_is_valid(table)):
+                    break
+                done += table.num_rows
+                yield table
+            else:
+                return
+        except (ValueError, pa_invalid()):       # columnar.Unreadable: the tolerant reader counts it
+            pass
+        # the rest of the file as the tolerant reader reads it (its first `done` rows were clean)
+        rows = iter_columnar_rows(path, self.problems, self.examples, label)
+        yield from self._checked(itertools.islice(rows, done, None))
+
+    def _checked(self, events: Iterator[dict]) -> Iterator[Any]:
+        import pyarrow as pa
+        schema = arrow_schema()
+        batch: list[dict] = []
+        for event in events:
+            batch.append(event)
+            if len(batch) >= TOLERANT_ROWS:
+                yield pa.Table.from_pylist(batch, schema=schema)
+                batch = []
+        if batch:
+            yield pa.Table.from_pylist(batch, schema=schema)
+
+    def notes(self) -> list[str]:
+        """What the reading left out, as the tolerant reader's Recording.incomplete says it."""
+        if self.tolerant:
+            return self.removed + problem_notes(self.problems, self.examples)
         if not self.cut_lines:
-            return None
-        return f"skipped {len(self.cut_lines)} truncated last line (first at {self.cut_lines[0]})"
+            return []
+        return [f"skipped {len(self.cut_lines)} truncated last line (first at {self.cut_lines[0]})"]
+
+
+def _lines_of(data: bytes) -> list[bytes]:
+    """data's lines, each with its newline (but a last one without), split at newlines only."""
+    parts = data.split(b"\n")
+    out = [p + b"\n" for p in parts[:-1]]
+    if parts[-1]:
+        out.append(parts[-1])
+    return out
+
+
+def pa_invalid() -> type[Exception]:
+    import pyarrow as pa
+    return pa.ArrowInvalid
 
 
 def chunks_readable(src: Source) -> bool:
@@ -254,9 +349,9 @@ def chunks_readable(src: Source) -> bool:
 
 def split_recording(src: Source, part_bytes: int = PART_BYTES,
                     progress: Callable[[str, int, int | None], None] | None = None) -> PodParts | None:
-    """The recording as parts by pod, or None when it is not clean or small enough to read whole
-    (one part: read_recording's frame is the same thing, without the spill). progress(what, done,
-    total): told as events are read."""
+    """The recording as parts by pod, or None when it is small enough to read whole (one part:
+    read_recording's frame is the same thing, without the spill), pyarrow is missing or the files
+    cannot be read. progress(what, done, total): told as events are read."""
     if not chunks_readable(src):
         return None
     import pyarrow as pa
@@ -278,7 +373,7 @@ def split_recording(src: Source, part_bytes: int = PART_BYTES,
         _spill_warning(exc)
         return None
     writers: dict[int, Any] = {}
-    tables = CleanChunks(src)
+    tables = CleanChunks(src, tolerant=True)       # what the tolerant reader skips is skipped here too
     whole = WholeFacts()
     try:
         for table, base in tables:
@@ -359,8 +454,7 @@ class WholeFacts:
         import pyarrow as pa
         if not tables.rows or self.last is None:
             return None
-        if tables.note():
-            incomplete.append(tables.note())
+        incomplete += tables.notes()
         if lost_note(meta):
             incomplete.append(lost_note(meta))
         ts_all = np.concatenate(self.ts_parts)

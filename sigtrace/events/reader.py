@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import pandas as pd
 
@@ -24,27 +24,44 @@ from .schema import DTYPES, FIELD_NAMES, KINDS
 from .source import Recording, lost_note, plan_recording, unfinished_note
 from .validate import event_problem
 
-__all__ = ["Recording", "events_frame", "iter_event_lines", "read_recording"]
+__all__ = ["Recording", "checked_lines", "events_frame", "iter_event_lines", "problem_notes", "read_recording"]
 
 
 def iter_event_lines(path: Path, problems: Counter, examples: dict, label: str = "") -> Iterator[dict]:
     """Yield parsed events; count lines that are not JSON objects of a known kind. examples gets
     the first place of each problem ("line 7", or "<label> line 7" for one file of several)."""
-    where = f"{label} line" if label else "line"
     with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-            except ValueError:
-                key = "truncated last line" if not raw.endswith(b"\n") else "unparsable lines"
-                problems[key] += 1
-                examples.setdefault(key, f"{where} {lineno}")
-                continue
-            event = checked_event(obj, problems, examples, f"{where} {lineno}")
-            if event is not None:
-                yield event
+        yield from checked_lines(fh, 1, problems, examples, label)
+
+
+def checked_lines(raws: Iterable[bytes], first: int, problems: Counter, examples: dict,
+                  label: str = "") -> Iterator[dict]:
+    """iter_event_lines of lines (each with its newline, but maybe a file's last) numbered from
+    first: also a chunk of a file (sigtrace.events.partition's tolerant chunks)."""
+    where = f"{label} line" if label else "line"
+    for lineno, raw in enumerate(raws, first):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            key = "truncated last line" if not raw.endswith(b"\n") else "unparsable lines"
+            problems[key] += 1
+            examples.setdefault(key, f"{where} {lineno}")
+            continue
+        event = checked_event(obj, problems, examples, f"{where} {lineno}")
+        if event is not None:
+            yield event
+
+
+def problem_notes(problems: Counter, examples: dict) -> list[str]:
+    """What was skipped, as Recording.incomplete lists it: one note per problem, in the order they
+    were first met, with its first place."""
+    out = []
+    for what, n in problems.items():
+        at = f" (first at {examples[what]})" if what in examples else ""
+        out.append(f"skipped {n} {what}{at}" if not what.startswith("unknown field") else f"{n} x {what}")
+    return out
 
 
 def iter_columnar_rows(path: Path, problems: Counter, examples: dict, label: str = "") -> Iterator[dict]:
@@ -129,9 +146,7 @@ def read_recording(directory: str | Path, *, fast: bool = True) -> Recording:
         except FileNotFoundError:
             # removed between listing and reading: the disk cap of a recorder that is running
             incomplete.append(f"{label or path.name} was removed while being read (disk cap?)")
-    for what, n in problems.items():
-        at = f" (first at {examples[what]})" if what in examples else ""
-        incomplete.append(f"skipped {n} {what}{at}" if not what.startswith("unknown field") else f"{n} x {what}")
+    incomplete += problem_notes(problems, examples)
     if not rows:
         where = src.files[0][1] if len(src.files) == 1 else d
         why = "; ".join(incomplete[:3]) or f"{sum(problems.values())} unusable lines"

@@ -1,4 +1,4 @@
-"""The events of a few pods of a clean recording, for `report --pod`: one pass over its files that
+"""The events of a few pods of a recording, for `report --pod`: one pass over its files that
 keeps those pods' rows, instead of splitting the whole recording by pod and correlating every pod.
 
 A pod's report reads only its own events and the signals sent to it (sigtrace.events.partition),
@@ -10,10 +10,10 @@ on a week of a busy node, seconds instead of a minute.
 A pod is named by its uid or by its name (the last one its pod_lifecycle rows give it, as its
 report shows it); a name names every pod that had it (a StatefulSet's web-0 after each restart).
 A name is learnt from the pod's lifecycle rows as they come: a pod whose events came before the
-row that names it (rare: the API watcher reports a pod when it starts), a value the tolerant
-reader would skip, or anything but a clean recording gives None, and the caller reports as
-without a selection (in parts by pod when the recording is big, else whole); so do chosen pods
-with more than MAX_SELECTED_ROWS events, which one pass would hold at once.
+row that names it (rare: the API watcher reports a pod when it starts) gives None, and the
+caller reports as without a selection (in parts by pod when the recording is big, else whole); so
+do chosen pods with more than MAX_SELECTED_ROWS events, which one pass would hold at once. What
+the tolerant reader skips is skipped and noted as it does (partition.CleanChunks, tolerant).
 """
 from __future__ import annotations
 
@@ -26,7 +26,6 @@ import pandas as pd
 from . import schema as S
 from .partition import ROW_POSITION, CleanChunks, NotClean, Summary, WholeFacts, chunks_readable, labelled_frame
 from .source import Source
-from .validate import table_is_valid
 
 
 # the chosen pods' rows are correlated at once: past this many (a part's worth, report.build's
@@ -80,13 +79,11 @@ def select_pods(src: Source, selectors: Collection[str],
     kept: list[Any] = []
     kept_rows = 0
     incomplete = list(src.notes)
-    tables = CleanChunks(src)
+    tables = CleanChunks(src, tolerant=True)       # what the tolerant reader skips is skipped here too
     whole = WholeFacts()
     try:
         for table, base in tables:
             seq = whole.add(table, base)
-            if not table_is_valid(table):
-                return None              # the tolerant reader skips and counts what is not
             for uid in _named_here(table, names):
                 if uid not in wanted:
                     if uid in seen:

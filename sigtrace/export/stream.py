@@ -171,7 +171,7 @@ def _spill_clean(src: Source, spill: Path, chunk_rows: int) -> Run | None:
     if not gather.n:
         return None
     try:
-        return _clean_run(src, gather, path, spill, tables.note(), chunk_rows)
+        return _clean_run(src, gather, path, spill, tables.notes(), chunk_rows)
     except SpillFailed as exc:
         return _given_up(spill, exc)
 
@@ -185,11 +185,9 @@ def _given_up(spill: Path, why: SpillFailed) -> None:
     return None
 
 
-def _clean_run(src: Source, gather: _Gather, path: Path, spill: Path, cut_note: str | None,
+def _clean_run(src: Source, gather: _Gather, path: Path, spill: Path, read_notes: list[str],
                chunk_rows: int) -> Run:
-    meta, incomplete = src.meta, list(src.notes)
-    if cut_note:
-        incomplete.append(cut_note)
+    meta, incomplete = src.meta, list(src.notes) + read_notes
     if lost_note(meta):
         incomplete.append(lost_note(meta))
     ts = gather.all_ts()
