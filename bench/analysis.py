@@ -15,12 +15,13 @@ child does it one segment at a time while recording; here every segment, one aft
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from sigtrace.events.segments import SEGMENT_BYTES
+from sigtrace.events.segments import SEGMENT_BYTES, list_segments
 
 from . import procs, synth
 
@@ -66,6 +67,26 @@ def dataset(cache: Path, n: int, log: Callable[[str], None], layout: str = COLUM
     return c, {**info, **made}
 
 
+def dirty_copy(c: Path) -> Path:
+    """The columnar recording with one line that is not JSON in the middle of its last (JSONL)
+    segment: a recording copied from elsewhere or edited, which the tolerant reader's checks read.
+    Its columnar segments are hard links (nothing writes to them)."""
+    d = c.parent / f"{c.name}-dirty"
+    if (d / ".complete").exists():
+        return d
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir()
+    segments = list_segments(c)
+    for _, path in segments[:-1]:
+        os.link(path, d / path.name)
+    shutil.copy(c / "meta.json", d / "meta.json")
+    lines = segments[-1][1].read_bytes().split(b"\n")
+    lines.insert(len(lines) // 2, b"{not json")
+    (d / segments[-1][1].name).write_bytes(b"\n".join(lines))
+    (d / ".complete").write_text("")
+    return d
+
+
 def stage_cmds(d: Path, parquet: Path) -> dict[str, list[str]]:
     return {
         "read": READ + [str(d)],
@@ -76,6 +97,9 @@ def stage_cmds(d: Path, parquet: Path) -> dict[str, list[str]]:
         # but correlates that pod alone
         "report-pod": procs.SIGTRACE + ["report", str(d), "--pod", a_late_pod(d), "--format", "json",
                                         "-o", str(d / "report.json")],
+        # one bad line: read by chunks all the same (before: the whole recording as dicts)
+        "report-dirty": procs.SIGTRACE + ["report", str(dirty_copy(d)), "--format", "json",
+                                          "-o", str(d / "report.json")],
         "export": procs.SIGTRACE + ["export", str(d), "--parquet", str(parquet)],
         "analyze": procs.SIGTRACE + ["analyze", str(parquet), "--json"],
     }
@@ -84,7 +108,6 @@ def stage_cmds(d: Path, parquet: Path) -> dict[str, list[str]]:
 def a_late_pod(d: Path) -> str:
     """The uid of a pod of the recording's last segment (always JSONL): one stopped late, whose
     report needs every file read."""
-    from sigtrace.events.segments import list_segments
     with open(list_segments(d)[-1][1], "rb") as fh:
         for line in fh:
             uid = json.loads(line).get("pod_uid")
@@ -96,7 +119,7 @@ def a_late_pod(d: Path) -> str:
 # (stage, layout): the JSONL layout is what --no-compact and recordings of before 0.2 are; analyze
 # reads the export, whatever the recording's layout
 ALL_STAGES = [("parse", JSONL), ("report", JSONL), ("parse", COLUMNAR), ("read", COLUMNAR), ("report", COLUMNAR),
-              ("report-pod", COLUMNAR), ("export", COLUMNAR), ("analyze", COLUMNAR)]
+              ("report-pod", COLUMNAR), ("report-dirty", COLUMNAR), ("export", COLUMNAR), ("analyze", COLUMNAR)]
 READ_STAGES = [("parse", JSONL), ("parse", COLUMNAR), ("read", COLUMNAR), ("export", COLUMNAR)]
 
 

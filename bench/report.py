@@ -380,7 +380,8 @@ def _analysis(an: dict | None) -> list[str]:
             "compaction of every closed segment by the recorder's own child process, one after the other (the "
             "recorder starts one per closed segment while it records); its peak is the largest child's. "
             "`report-pod` is `report --pod UID` of one pod of the last segment: every file read, that pod "
-            "alone correlated."]
+            "alone correlated. `report-dirty` is `report` of the same recording with one line that is not "
+            "JSON in its last segment: that chunk read line by line, the rest as it is."]
     prof = an.get("profile") or {}
     if prof.get("inclusive"):
         out += ["", f"Where `sigtrace report --jobs 1` spends its time ({_f(prof['events'])} events, py-spy, "
