@@ -263,16 +263,17 @@ def test_the_arrow_check_refuses_another_schema():
 
 @pytest.mark.parametrize("rec_dir", [DATA / "article", DATA / "clean"], ids=lambda p: p.name)
 def test_a_replay_learns_one_pod_from_its_events_alone(rec_dir):
-    """`lab --replay DIR --pod X` learns from X's events only (selection), the same settings, notes
-    and verdicts as from the whole recording."""
+    """`lab --replay DIR [--pod X]` learns from the pod's events only (selection), the same settings,
+    notes and verdicts as from the whole recording."""
     from sigtrace.lab.replay import learn
     from sigtrace.lab.replay import run as replay_run
     uid, name = pods_of(rec_dir)[0]
     rec = read_recording(rec_dir)
     reports = build_reports(rec.events, rec.meta, rec.incomplete)
-    for pod in (uid, name):
-        alone = replay_run._pod_alone(rec_dir, pod)
-        assert alone is not None and set(alone[0].events["pod_uid"].dropna()) <= {uid}
+    for pod in (uid, name, None):             # None: the recording's only stopped pod
+        if pod is not None:
+            alone = replay_run._pod_alone(rec_dir, pod)
+            assert alone is not None and set(alone[0].events["pod_uid"].dropna()) <= {uid}
         got = replay_run.learn_recording(rec_dir, pod)
         want = learn.learn(rec, reports, learn.choose_pod(reports, pod, str(rec_dir)))
         want.notes += [f"the recording is incomplete: {n}" for n in rec.incomplete[:3]]

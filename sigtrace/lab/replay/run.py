@@ -9,7 +9,7 @@ from typing import Any, Callable
 from ...errors import LabError
 from ...events.reader import events_frame, read_recording
 from ...events.source import Recording
-from ...report.build import build_reports, report_parts
+from ...report.build import build_reports, report_parts, report_recording
 from ...report.model import PodReport, ReportSet
 from ..driver import record_run
 from ..scenario import LabResult, check_tools, validate
@@ -76,9 +76,12 @@ class Replay:
 
 
 def learn_recording(directory: Path, pod: str | None) -> Learned:
-    """The recorded pod's shutdown as lab settings (no root needed: the recording alone). With
-    pod, only its events are kept and correlated (an agent's run of weeks is not held whole)."""
-    alone = _pod_alone(directory, pod) if pod is not None else None
+    """The recorded pod's shutdown as lab settings (no root needed: the recording alone). Only the
+    pod's events are held and learnt from (an agent's run of weeks is never held whole): without
+    pod, the recording's reports (in parts by pod when it is big) name its only stopped pod."""
+    if pod is None:
+        pod = choose_pod(report_recording(directory, lanes=False), None, str(directory)).pod_uid
+    alone = _pod_alone(directory, pod)
     if alone is not None:
         rec, reports = alone
     else:
