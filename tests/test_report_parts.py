@@ -177,7 +177,7 @@ def test_chunks_are_whole_lines(monkeypatch):
     """A file is read in chunks of whole lines, whatever the chunk size."""
     from sigtrace.events.jsonl_tables import json_chunks
     path = DATA / "article" / "events.jsonl"
-    chunks = [c.read() for c, _ in json_chunks(path, path.stat().st_size, 1000)]
+    chunks = [c.read() for c, _, _ in json_chunks(path, path.stat().st_size, 1000)]
     assert len(chunks) > 2 and all(c.endswith(b"\n") for c in chunks)
     assert b"".join(chunks) == path.read_bytes()
 
@@ -239,6 +239,10 @@ BAD_LINES = {
     "not utf-8": lambda lines: _at_middle(lines, json.dumps({**json.loads(lines[5]), "comm": "@@"}).encode()
                                           .replace(b'"@@"', b'"\xff"')),
     "a signal name with a newline": lambda lines: _with_field(lines, kind="signal_generate", sig="SIGTERM\n"),
+    # pyarrow makes no row of the blank line and two of the other: as many rows as lines
+    "a blank line and two events on a line": lambda lines: _joined(lines[:10] + [b"  "] + [lines[11] + lines[12]]
+                                                                   + lines[13:]),
+    "nested past the stack": lambda lines: _at_middle(lines, b"[" * 100_000),
 }
 
 
@@ -250,6 +254,7 @@ def test_a_bad_line_is_skipped_in_the_parts_as_the_whole_read_skips_it(tmp_path,
     from sigtrace.events import partition
     monkeypatch.setattr(partition, "CHUNK_BYTES", 20_000)        # many chunks: the bad one among them
     d = _synth_with(tmp_path, BAD_LINES[what])
+    assert read_recording(d).events.equals(read_recording(d, fast=False).events)
     got = _in_parts(d)
     assert render_json(got) == whole(d)
     assert got.incomplete == read_recording(d).incomplete
@@ -266,9 +271,17 @@ def test_a_truncated_last_line_of_any_length_is_skipped_as_the_whole_read_skips_
     assert any("truncated last line" in n for n in got.incomplete)
 
 
+def test_a_blank_last_line_without_its_newline_is_skipped_without_a_word(tmp_path):
+    with open(_segmented_synth(tmp_path, 3000)[-1], "ab") as fh:
+        fh.write(b"  \t")
+    got = _in_parts(tmp_path)
+    assert render_json(got) == whole(tmp_path) and got.incomplete == []
+
+
 def test_a_damaged_or_bad_columnar_segment_is_read_as_the_whole_read_reads_it(tmp_path):
-    """Compacted segments, one cut short (its rows up to the damage kept) and one holding a value
-    out of range (that row skipped): the parts give the whole tolerant read's reports and notes."""
+    """Compacted segments, one cut short (its rows up to the damage kept), one holding a value out
+    of range (that row skipped), one a symlink (not followed: unreadable): the parts give the whole
+    tolerant read's reports and notes."""
     import pyarrow as pa
     import pyarrow.ipc as ipc
     from sigtrace.events.columnar import COMPRESSION, read_tables
@@ -288,6 +301,29 @@ def test_a_damaged_or_bad_columnar_segment_is_read_as_the_whole_read_reads_it(tm
     table = table.set_column(0, "ts", pa.array(ts, pa.float64())).replace_schema_metadata(meta)
     with ipc.new_file(str(bad), table.schema, options=ipc.IpcWriteOptions(compression=COMPRESSION)) as w:
         w.write_table(table, max_chunksize=1000)
+    linked = arrows[2]
+    linked.rename(tmp_path / "elsewhere.arrow")
+    linked.symlink_to(tmp_path / "elsewhere.arrow")
     got = _in_parts(tmp_path)
     assert render_json(got) == whole(tmp_path)
     assert any("unreadable columnar" in n for n in got.incomplete) and any("ts out of range" in n for n in got.incomplete)
+    assert any("symbolic links" in n for n in got.incomplete)
+
+
+def test_a_segment_written_while_it_is_read_loses_no_event(tmp_path, monkeypatch):
+    """The recorder appends a line (not yet whole) between the reader's size and its look at the
+    tail: only the bytes up to that size count, so no complete event is cut and nothing is noted."""
+    from sigtrace.events import jsonl_tables, partition
+    from sigtrace.events.partition import CleanChunks
+    last = _segmented_synth(tmp_path, 3000)[-1]
+    before = read_recording(tmp_path)
+    real = jsonl_tables.complete_part
+
+    def racing(path, size):
+        if path == last:
+            with open(path, "ab") as fh:
+                fh.write(b'{"ts": 1760000999.0, "kind": "process_exec", "pid": 4')
+        return real(path, size)
+    monkeypatch.setattr(partition, "complete_part", racing)
+    chunks = CleanChunks(plan_recording(tmp_path), tolerant=True)
+    assert sum(t.num_rows for t, _ in chunks) == len(before.events) and chunks.notes() == before.incomplete == []

@@ -357,15 +357,20 @@ def read_table(path: Path):
     return pa.concat_tables(tables) if tables else arrow_schema().empty_table()
 
 
-def iter_rows(path: Path, problems: Counter, where: str) -> Iterator[tuple[int, dict[str, Any]]]:
+ROWS_AS_DICTS = 20_000
+
+
+def iter_rows(path: Path | int, problems: Counter, where: str) -> Iterator[tuple[int, dict[str, Any]]]:
     """The tolerant reader's view: (row number from 1, event dict of its non-null fields). What
     cannot be read is counted in problems as a problem of `where` (its rows are not known)."""
     n = 0
     try:
         for table in read_tables(path):
-            for row in table.to_pylist():
-                n += 1
-                yield n, {k: v for k, v in row.items() if v is not None}
+            # a batch as dicts a slice at a time: a file written elsewhere may hold one huge batch
+            for at in range(0, table.num_rows, ROWS_AS_DICTS):
+                for row in table.slice(at, ROWS_AS_DICTS).to_pylist():
+                    n += 1
+                    yield n, {k: v for k, v in row.items() if v is not None}
     except Unreadable as exc:
         problems[f"unreadable columnar segments ({where}: {exc})"] += 1
     except FileNotFoundError:

@@ -116,14 +116,14 @@ def _clean_tables(fh, size: int, result: Compacted) -> Iterator[Any]:
     import pyarrow.json as pajson
     read_options = pajson.ReadOptions(block_size=CHUNK_BYTES + (1 << 20))
     options = parse_options()
-    for chunk, lines in json_chunks(fh, size, CHUNK_BYTES):
+    for chunk, lines, blank in json_chunks(fh, size, CHUNK_BYTES):
         try:
             table = pajson.read_json(chunk, read_options=read_options, parse_options=options)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             # (pyarrow's message quotes the file: tenant text, not for meta.json)
             result.kept = "a line the fast reader does not take (unparsable, unknown field or type)"
             return
-        if not one_event_per_line(table, lines):
+        if not one_event_per_line(table, lines, blank):
             result.kept = "a line the fast reader does not take (blank, or two events on it)"
             return
         if not table_is_clean(table):

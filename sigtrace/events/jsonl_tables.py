@@ -6,6 +6,7 @@ chunk the tolerant reader's (sigtrace.events.reader). No pandas here: the compac
 from __future__ import annotations
 
 import json
+import re
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
@@ -20,24 +21,31 @@ class NotOneEventPerLine(ValueError):
 
 
 def complete_part(path: Path, size: int) -> tuple[int, int | None]:
-    """How many bytes of the file are complete lines, and the line number of a cut-off last line."""
+    """How many of the file's first `size` bytes are complete lines, and the line number of a
+    cut-off last line. Only those bytes are looked at: a segment being written grows meanwhile."""
+    start = max(0, size - 65536)
     with open(path, "rb") as fh:
-        fh.seek(max(0, size - 65536))
-        tail = fh.read()
+        fh.seek(start)
+        tail = fh.read(size - start)
     if tail.endswith(b"\n"):
         return size, None
     nl = tail.rfind(b"\n")
-    if nl < 0 and size > len(tail):
+    if nl < 0 and start > 0:
         return size, None        # a last line longer than the tail read: not cut here (the parse says)
     last = tail[nl + 1:]
+    if not last.strip():
+        return size - len(last), None        # blank: the tolerant reader skips it without a word
     try:
         json.loads(last)
         return size, None        # a complete object without its newline: pyarrow reads it as is
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
     cut = size - len(last)
     with open(path, "rb") as fh:
-        lines = sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
+        lines, left = 0, cut
+        while left > 0 and (chunk := fh.read(min(1 << 20, left))):
+            lines += chunk.count(b"\n")
+            left -= len(chunk)
     return cut, lines + 1
 
 
@@ -47,11 +55,12 @@ def parse_options():
     return pajson.ParseOptions(explicit_schema=arrow_schema(), unexpected_field_behavior="error")
 
 
-def json_chunks(source: Path | BinaryIO, complete: int, chunk_bytes: int) -> Iterator[tuple[Any, int]]:
+def json_chunks(source: Path | BinaryIO, complete: int, chunk_bytes: int) -> Iterator[tuple[Any, int, bool]]:
     """The first `complete` bytes of a file (a path, or a binary file at its start) as buffers of
-    whole lines, about chunk_bytes each, with their number of lines. Read, not memory-mapped: the
-    pages of a mapped file count in the process's RSS as it is read through (3 GB for a 10M-event
-    recording)."""
+    whole lines, about chunk_bytes each, with their number of lines and whether one of them is
+    blank (JSON whitespace only: pyarrow makes no row of it, so the row count alone cannot tell it
+    from a line of two events). Read, not memory-mapped: the pages of a mapped file count in the
+    process's RSS as it is read through (3 GB for a 10M-event recording)."""
     import pyarrow as pa
     pos, rest = 0, b""
     with (open(source, "rb") if isinstance(source, (str, Path)) else nullcontext(source)) as fh:
@@ -65,10 +74,15 @@ def json_chunks(source: Path | BinaryIO, complete: int, chunk_bytes: int) -> Ite
                 rest = data
                 continue
             rest = data[cut:]
-            yield pa.BufferReader(pa.py_buffer(memoryview(data)[:cut])), _lines(data, cut)     # no copy
-            del data
+            view = memoryview(data)[:cut]
+            yield pa.BufferReader(pa.py_buffer(view)), _lines(data, cut), _BLANK.search(view) is not None  # no copy
+            del data, view
         if rest:
-            yield pa.BufferReader(pa.py_buffer(rest)), _lines(rest, len(rest))
+            yield pa.BufferReader(pa.py_buffer(rest)), _lines(rest, len(rest)), _BLANK.search(rest) is not None
+
+
+# a line of JSON whitespace only, the chunk's first or any later one, with its newline or last
+_BLANK = re.compile(rb"(?:\A|\n)(?:[ \t\r]*\n|[ \t\r]+\Z)")
 
 
 def _lines(data: bytes, end: int) -> int:
@@ -76,11 +90,11 @@ def _lines(data: bytes, end: int) -> int:
     return data.count(b"\n", 0, end) + (end > 0 and data[end - 1:end] != b"\n")
 
 
-def one_event_per_line(table, lines: int) -> bool:
+def one_event_per_line(table, lines: int, blank: bool = False) -> bool:
     """pyarrow's reader takes two objects on one line as two rows; the tolerant reader skips that
     line as unparsable, and blank lines it skips silently: only a table with a row for every line
     is read as it is (anything else goes to the tolerant reader, which says what it skipped)."""
-    return table.num_rows == lines
+    return not blank and table.num_rows == lines
 
 
 def table_is_clean(table) -> bool:
@@ -111,8 +125,8 @@ def json_tables(label: str, path: Path, cut_lines: list[str], chunk_bytes: int =
     if cut_line is not None:
         cut_lines.append(f"{label} line {cut_line}" if label else f"line {cut_line}")
     options = parse_options()
-    for chunk, lines in json_chunks(path, complete, chunk_bytes):
+    for chunk, lines, blank in json_chunks(path, complete, chunk_bytes):
         table = pajson.read_json(chunk, parse_options=options)
-        if not one_event_per_line(table, lines):
+        if not one_event_per_line(table, lines, blank):
             raise NotOneEventPerLine(str(path))
         yield table

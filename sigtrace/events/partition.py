@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from . import schema as S
-from .columnar import arrow_schema, is_columnar, read_tables, recorded_bytes
+from .columnar import READ_FLAGS, arrow_schema, is_columnar, read_tables, recorded_bytes
 from .fast_reader import table_frame
 from .jsonl_tables import (CHUNK_BYTES, complete_part, json_chunks, json_tables, one_event_per_line, parse_options,
                            table_is_clean)
@@ -268,12 +268,12 @@ class CleanChunks:
             return
         complete, cut_line = complete_part(path, size)
         options, first = parse_options(), 1
-        for chunk, lines in json_chunks(path, complete, CHUNK_BYTES):
+        for chunk, lines, blank in json_chunks(path, complete, CHUNK_BYTES):
             try:
                 table = pajson.read_json(chunk, parse_options=options)
             except pa_invalid():
                 table = None
-            if table is not None and one_event_per_line(table, lines) and table_is_clean(table) and \
+            if table is not None and one_event_per_line(table, lines, blank) and table_is_clean(table) and \
                     table_is_valid(table):
                 yield table
             else:
@@ -287,20 +287,34 @@ class CleanChunks:
             self.examples.setdefault(key, f"{label} line {cut_line}" if label else f"line {cut_line}")
 
     def _columnar(self, label: str, path: Path) -> Iterator[Any]:
-        done = 0
         try:
-            for table in read_tables(path):
-                if not (table_is_clean(table) and table_is_valid(table)):
-                    break
-                done += table.num_rows
-                yield table
-            else:
-                return
-        except (ValueError, pa_invalid()):       # columnar.Unreadable: the tolerant reader counts it
-            pass
-        # the rest of the file as the tolerant reader reads it (its first `done` rows were clean)
-        rows = iter_columnar_rows(path, self.problems, self.examples, label)
-        yield from self._checked(itertools.islice(rows, done, None))
+            fd = os.open(path, READ_FLAGS)
+        except FileNotFoundError:
+            raise
+        except OSError:
+            fd = None                # a link, no permission: the tolerant reader says what it could not
+        try:
+            done = 0
+            try:
+                for table in (read_tables(fd) if fd is not None else ()):
+                    if not (table_is_clean(table) and table_is_valid(table)):
+                        break
+                    done += table.num_rows
+                    yield table
+                else:
+                    if fd is not None:
+                        return
+            except (ValueError, OSError, pa_invalid()):   # columnar.Unreadable: the tolerant reader counts it
+                pass
+            # the rest of the file as the tolerant reader reads it (its first `done` rows were clean),
+            # from the same open file: one removed meanwhile is not half read and half missing
+            if fd is not None:
+                os.lseek(fd, 0, os.SEEK_SET)
+            rows = iter_columnar_rows(path, self.problems, self.examples, label, fd=fd)
+            yield from self._checked(itertools.islice(rows, done, None))
+        finally:
+            if fd is not None:
+                os.close(fd)
 
     def _checked(self, events: Iterator[dict]) -> Iterator[Any]:
         import pyarrow as pa
@@ -337,6 +351,15 @@ def pa_invalid() -> type[Exception]:
     return pa.ArrowInvalid
 
 
+def _recorded_bytes(path: Path) -> int:
+    """The JSON a segment holds or held (columnar.recorded_bytes), 0 for one that cannot be read
+    (a link, no permission: the tolerant chunks count it) or is gone."""
+    try:
+        return recorded_bytes(path)
+    except OSError:
+        return 0
+
+
 def chunks_readable(src: Source) -> bool:
     """Whether CleanChunks can read src: pyarrow and its JSON reader installed, meta.json an object."""
     from importlib.util import find_spec
@@ -357,10 +380,7 @@ def split_recording(src: Source, part_bytes: int = PART_BYTES,
     import pyarrow as pa
     import pyarrow.compute as pc
     meta = src.meta
-    try:
-        sizes = [recorded_bytes(p) for _, p in src.current_files()]
-    except OSError:
-        return None
+    sizes = [_recorded_bytes(p) for _, p in src.current_files()]
     # one open spill file per part: a cap keeps a huge root under the open-files limit (parts grow instead)
     n_parts = min(sum(sizes) // part_bytes + 1, MAX_PARTS)
     if n_parts < 2:

@@ -44,7 +44,7 @@ def checked_lines(raws: Iterable[bytes], first: int, problems: Counter, examples
             continue
         try:
             obj = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):       # RecursionError: "[[[[..." nested past the stack
             key = "truncated last line" if not raw.endswith(b"\n") else "unparsable lines"
             problems[key] += 1
             examples.setdefault(key, f"{where} {lineno}")
@@ -64,12 +64,13 @@ def problem_notes(problems: Counter, examples: dict) -> list[str]:
     return out
 
 
-def iter_columnar_rows(path: Path, problems: Counter, examples: dict, label: str = "") -> Iterator[dict]:
+def iter_columnar_rows(path: Path, problems: Counter, examples: dict, label: str = "",
+                       fd: int | None = None) -> Iterator[dict]:
     """iter_event_lines for a columnar segment (sigtrace.events.columnar): its rows are checked as
     lines are ("row 7" for "line 7"); a file that is not whole and valid is counted, with its rows
-    read so far kept."""
+    read so far kept. fd: the segment already open (at its start), read instead of path."""
     where = f"{label} row" if label else "row"
-    for n, obj in iter_rows(path, problems, label or path.name):
+    for n, obj in iter_rows(path if fd is None else fd, problems, label or path.name):
         event = checked_event(obj, problems, examples, f"{where} {n}")
         if event is not None:
             yield event
