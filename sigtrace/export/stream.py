@@ -134,8 +134,9 @@ def read_run(run: Path, spill: Path, chunk_rows: int = CHUNK_ROWS) -> Run:
 
 
 def _spill_clean(src: Source, spill: Path, chunk_rows: int) -> Run | None:
-    """The Run read_clean_source would read, its events spilled to spill.arrow; None when the run
-    needs the tolerant reader (the same cases as read_clean_source) or the spill failed (said on stderr)."""
+    """The Run read_recording would read, its events spilled to spill.arrow: what the tolerant reader
+    skips is skipped and noted chunk by chunk (CleanChunks, tolerant); None when pyarrow is missing,
+    the files cannot be read or the spill failed (said on stderr)."""
     try:
         import pyarrow as pa
         import pyarrow.json  # noqa: F401  (CleanChunks reads with it)
@@ -143,7 +144,7 @@ def _spill_clean(src: Source, spill: Path, chunk_rows: int) -> Run | None:
         return None
     if not isinstance(src.meta, dict):
         return None
-    gather, tables = _Gather(), CleanChunks(src)
+    gather, tables = _Gather(), CleanChunks(src, tolerant=True)
     path = spill.with_suffix(".arrow")
     writer = None
     try:
@@ -198,10 +199,8 @@ def _clean_run(src: Source, gather: _Gather, path: Path, spill: Path, read_notes
         def chunks(rows: int) -> Iterator[pd.DataFrame]:
             return _read_back(path, rows)
     else:
-        order = np.argsort(ts, kind="stable")
-        rank = np.empty_like(order)
-        rank[order] = np.arange(len(order))
-        del order
+        # the inverse permutation by sorting it: runs in order make that ~20x faster than a scatter
+        rank = np.argsort(np.argsort(ts, kind="stable"), kind="stable")
         with _spilling():
             buckets = _spill_by_rank(path, rank, spill, max(chunk_rows, math.ceil(len(ts) / MAX_BUCKETS)))
 
