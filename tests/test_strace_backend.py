@@ -179,7 +179,11 @@ def test_article_case_signals_from_prestop_and_runtime(sigtrace_cli, tmp_path):
     m_exit = next(e for e in events if e["kind"] == S.PROCESS_EXIT and e["pid"] == master["pid"])
     if term:
         assert len(term) == 1 and term[0]["si_pid"] == 0 and term[0]["ts"] > quit_[0]["ts"]
-        assert quit_[0]["handler"] == term[0]["handler"] == "handler"          # nginx catches both
+        assert quit_[0]["handler"] == "handler"                                  # nginx catches both
+        # the handler is read from /proc as strace's line arrives: on a loaded machine the master may
+        # have exited by then (it is gone, so none is said), which it does right after the TERM
+        assert term[0].get("handler") == "handler" or (
+            "handler" not in term[0] and term[0]["ts"] <= m_exit["ts"] <= term[0]["ts"] + 1.0), (term[0], m_exit)
     else:
         stop_sent = run["outcomes"]["nginx"]["stop_sent"]       # None: the lab saw the container gone
         assert m_exit["exit_code"] == 0 and (stop_sent is None or m_exit["ts"] <= stop_sent + 0.05)
