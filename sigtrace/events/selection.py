@@ -66,8 +66,9 @@ class SelectedPods:
 
 def select_pods(src: Source, selectors: Collection[str],
                 progress: Callable[[str, int, int | None], None] | None = None) -> SelectedPods | None:
-    """The events of the pods the selectors name (uids or names), or None when the recording must
-    be read whole (see the module docstring). progress(what, done, total): told as events are read."""
+    """The events of the pods the selectors name (uids or names), or None when they are to be
+    reported as without a selection (see the module docstring). progress(what, done, total): told
+    as events are read."""
     if not chunks_readable(src):
         return None
     import pyarrow as pa

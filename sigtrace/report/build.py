@@ -64,8 +64,8 @@ def report_recording(directory: str | Path, lanes: bool = True, part_bytes: int 
     is big and clean (bounded memory), whole otherwise. DataError as read_recording. part_bytes:
     how much of the recording's JSON a part holds (events.partition.PART_BYTES); progress as
     build_reports'; jobs: worker processes for the parts, as report_parts'. pods: only the pods
-    these uids or names name (every pod of a name), read without correlating the others when the
-    recording is clean (events.selection); PodNotFound for one that names none."""
+    these uids or names name (every pod of a name), read without correlating the others
+    (events.selection); PodNotFound for one that names none."""
     from ..events.partition import PART_BYTES, NotClean, split_recording
     from ..events.reader import read_recording
     from ..events.source import plan_recording
