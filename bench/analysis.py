@@ -72,7 +72,8 @@ def dirty_copy(c: Path) -> Path:
     segment: a recording copied from elsewhere or edited, which the tolerant reader's checks read.
     Its columnar segments are hard links (nothing writes to them)."""
     d = c.parent / f"{c.name}-dirty"
-    if (d / ".complete").exists():
+    made_from = (c / ".complete").read_text() if (c / ".complete").exists() else ""
+    if (d / ".complete").exists() and (d / ".complete").read_text() == made_from:
         return d
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir()
@@ -83,26 +84,32 @@ def dirty_copy(c: Path) -> Path:
     lines = segments[-1][1].read_bytes().split(b"\n")
     lines.insert(len(lines) // 2, b"{not json")
     (d / segments[-1][1].name).write_bytes(b"\n".join(lines))
-    (d / ".complete").write_text("")
+    (d / ".complete").write_text(made_from)        # remade when its source is
     return d
 
 
-def stage_cmds(d: Path, parquet: Path) -> dict[str, list[str]]:
-    return {
-        "read": READ + [str(d)],
-        "parse": PARSE + [str(d)],
-        # a file, not /dev/null: report writes only regular files (a planted device or FIFO is refused)
-        "report": procs.SIGTRACE + ["report", str(d), "--format", "json", "-o", str(d / "report.json")],
-        # the question of a stopped pod on a node's long recording: `report --pod` reads every file
-        # but correlates that pod alone
-        "report-pod": procs.SIGTRACE + ["report", str(d), "--pod", a_late_pod(d), "--format", "json",
-                                        "-o", str(d / "report.json")],
+def stage_cmd(stage: str, d: Path, parquet: Path) -> list[str]:
+    """The command a stage times on recording d (made only for the stage asked: report-pod reads
+    the recording for a pod, report-dirty makes its copy)."""
+    # a file, not /dev/null: report writes only regular files (a planted device or FIFO is refused)
+    to_file = ["--format", "json", "-o", str(d / "report.json")]
+    if stage == "read":
+        return READ + [str(d)]
+    if stage == "parse":
+        return PARSE + [str(d)]
+    if stage == "report":
+        return procs.SIGTRACE + ["report", str(d)] + to_file
+    if stage == "report-pod":
+        # the question of a stopped pod on a node's long recording: every file read, that pod correlated
+        return procs.SIGTRACE + ["report", str(d), "--pod", a_late_pod(d)] + to_file
+    if stage == "report-dirty":
         # one bad line: read by chunks all the same (before: the whole recording as dicts)
-        "report-dirty": procs.SIGTRACE + ["report", str(dirty_copy(d)), "--format", "json",
-                                          "-o", str(d / "report.json")],
-        "export": procs.SIGTRACE + ["export", str(d), "--parquet", str(parquet)],
-        "analyze": procs.SIGTRACE + ["analyze", str(parquet), "--json"],
-    }
+        return procs.SIGTRACE + ["report", str(dirty_copy(d))] + to_file
+    if stage == "export":
+        return procs.SIGTRACE + ["export", str(d), "--parquet", str(parquet)]
+    if stage == "analyze":
+        return procs.SIGTRACE + ["analyze", str(parquet), "--json"]
+    raise ValueError(f"no stage {stage}")
 
 
 def a_late_pod(d: Path) -> str:
@@ -145,7 +152,6 @@ def measure(sizes: list[int], report_sizes: list[int], cache: Path, timeout: flo
                             "disk_mb": round((compact.get("disk_bytes") or 0) / 1e6, 1)})
         for stage, layout in stages:
             d, info = made[layout]
-            cmds = stage_cmds(d, parquet)
             row: dict[str, Any] = {"stage": stage, "layout": layout, "events": info["events"], "pods": info["pods"],
                                    "file_mb": round(info["bytes"] / 1e6, 1)}
             key = (stage, layout)
@@ -155,7 +161,7 @@ def measure(sizes: list[int], report_sizes: list[int], cache: Path, timeout: flo
                 row["skipped"] = (f"projected {info['events'] / last_rate[key]:.0f} s at "
                                   f"{last_rate[key]:.0f} events/s > limit {timeout:.0f} s")
             else:
-                t = procs.run_timed(cmds[stage], timeout)
+                t = procs.run_timed(stage_cmd(stage, d, parquet), timeout)
                 row.update({"wall_s": round(t.wall_s, 2), "cpu_s": round(t.cpu_s, 2),
                             # the workers' memory counts: the larger of the command's own peak
                             # and its process group's summed PSS

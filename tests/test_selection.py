@@ -278,3 +278,27 @@ def test_a_replay_learns_one_pod_from_its_events_alone(rec_dir):
         want = learn.learn(rec, reports, learn.choose_pod(reports, pod, str(rec_dir)))
         want.notes += [f"the recording is incomplete: {n}" for n in rec.incomplete[:3]]
         assert got == want
+
+
+def test_a_busy_pod_is_learnt_from_its_part_not_the_whole_recording(monkeypatch):
+    """The pass of `report --pod` gives up on a pod past MAX_SELECTED_ROWS: the replay then learns
+    from the part that holds the pod (the recording split by pod), never from a whole read, and
+    learns the same; a pod that is not UTF-8 text is refused before any reading."""
+    from sigtrace.errors import DataError
+    from sigtrace.events import partition, selection
+    from sigtrace.lab.replay import learn
+    from sigtrace.lab.replay import run as replay_run
+    rec_dir = DATA / "article"
+    uid = pods_of(rec_dir)[0][0]
+    rec = read_recording(rec_dir)
+    reports = build_reports(rec.events, rec.meta, rec.incomplete)
+    want = learn.learn(rec, reports, learn.choose_pod(reports, uid, str(rec_dir)))
+    want.notes += [f"the recording is incomplete: {n}" for n in rec.incomplete[:3]]
+    monkeypatch.setattr(selection, "MAX_SELECTED_ROWS", 5)
+    monkeypatch.setattr(partition, "PART_BYTES", 300)
+    monkeypatch.setattr(partition.split_recording, "__defaults__", (300, None))
+    monkeypatch.setattr(replay_run, "read_recording", lambda *a, **k: pytest.fail("read whole"))
+    assert replay_run._pod_alone(rec_dir, uid) is None
+    assert replay_run.learn_recording(rec_dir, uid) == want
+    with pytest.raises(DataError, match="UTF-8"):
+        replay_run.learn_recording(rec_dir, "web\udcff")

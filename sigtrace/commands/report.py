@@ -42,7 +42,7 @@ def report(directory: Path, fmt: str, pods: tuple[str, ...], output: Path | None
 
     with progress_on_stderr() as progress:      # a bar on a terminal after a second; never in a pipe
         # in parts by pod when the recording is big (bounded memory): the same reports as read whole
-        # --pod: only those pods' events are correlated (a clean recording): seconds on a node's week
+        # --pod: only those pods' events are kept and correlated: seconds on a node's week
         rs = report_recording(directory, lanes=fmt == "html", progress=progress, jobs=jobs, pods=pods)
     if output is not None and str(output) != "-":
         _emit(rs, fmt, output)

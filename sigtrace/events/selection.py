@@ -36,14 +36,13 @@ MAX_SELECTED_ROWS = 250_000
 @dataclass
 class SelectedPods:
     """The chosen pods' rows and the whole recording's facts, as report.build.report_parts takes
-    parts (PodParts' interface): one unit holding every chosen pod whole."""
+    parts (units() and frame()): one unit holding every chosen pod whole."""
     meta: dict[str, Any]
     incomplete: list[str]
     source: str
     summary: Summary
     chosen: list[str]                        # the uids the selectors name, in uid order
     known: dict[str, str | None]             # every pod uid in the recording -> its name (None: unknown)
-    n_parts: int = 1
     _table: Any = None
     _rank: np.ndarray | None = None
     _frame: pd.DataFrame | None = None

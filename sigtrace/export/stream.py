@@ -1,8 +1,9 @@
 """The export's events in bounded memory: each run read in chunks, spilled, and merged in ts order.
 
-A first pass reads each run once: a clean one (what the recorder writes) in chunks through pyarrow's
-JSON reader, each chunk checked as a whole read checks it and written to a temporary Arrow file, so
-that the peak is one chunk whatever the recording's size. What needs the whole run is gathered on
+A first pass reads each run once, in chunks (partition.CleanChunks, tolerant: a chunk pyarrow does
+not read as it is goes through the tolerant reader's checks, which skip and note what they skip),
+each chunk checked as a whole read checks it and written to a temporary Arrow file, so that the
+peak is one chunk whatever the recording's size. What needs the whole run is gathered on
 the way, a few values per chunk: its pod_lifecycle rows (the name fill), the values of each
 categorical column (the output's dictionaries), whether its ts are in order, its last event.
 
@@ -11,9 +12,8 @@ a run in ts order is read back as it is; one out of order is put in order throug
 (8 bytes an event) and a second spill by rank; several runs are merged chunk by chunk (stably: on
 equal ts, the earlier run first, as a stable sort of their concatenation puts them).
 
-A run that is not clean is read whole by the tolerant reader, as report does: it lists what it
-skips line by line, and such a recording is rarely big. So is a run whose spill the disk refuses
-(full, a missing SIGTRACE_TMPDIR), which one warning line on stderr says, as report says it.
+A run is read whole by the tolerant reader when pyarrow is missing or its spill is refused by the
+disk (full, a missing SIGTRACE_TMPDIR), which one warning line on stderr says, as report says it.
 """
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ def read_runs(runs: list[Path], tmp: Path, chunk_rows: int = CHUNK_ROWS,
 
 
 def read_run(run: Path, spill: Path, chunk_rows: int = CHUNK_ROWS) -> Run:
-    """A run's first pass: clean ones spilled in chunks to spill.*, others read whole."""
+    """A run's first pass: spilled in chunks to spill.*, or read whole (see the module docstring)."""
     src = plan_recording(run)           # a DataError here is what read_recording would raise
     got = _spill_clean(src, spill, chunk_rows)
     if got is not None:

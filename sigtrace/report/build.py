@@ -61,7 +61,8 @@ def report_recording(directory: str | Path, lanes: bool = True, part_bytes: int 
                      progress: Callable[[str, int, int | None], None] | None = None,
                      jobs: int | None = None, pods: Collection[str] = ()) -> ReportSet:
     """The reports of a recording directory (read_recording's input), read in parts by pod when it
-    is big and clean (bounded memory), whole otherwise. DataError as read_recording. part_bytes:
+    is big (bounded memory; what the tolerant reader skips is skipped chunk by chunk), whole
+    otherwise. DataError as read_recording. part_bytes:
     how much of the recording's JSON a part holds (events.partition.PART_BYTES); progress as
     build_reports'; jobs: worker processes for the parts, as report_parts'. pods: only the pods
     these uids or names name (every pod of a name), read without correlating the others
@@ -71,7 +72,7 @@ def report_recording(directory: str | Path, lanes: bool = True, part_bytes: int 
     from ..events.source import plan_recording
     src = plan_recording(directory)
     for sel in pods:
-        if not _is_text(sel):
+        if not is_text(sel):
             # no recording holds it (both readers skip text that is not UTF-8): said before any reading
             raise PodNotFound(f"pod {sel} is not in {directory}: a pod's uid or name is UTF-8 text")
     if pods:
@@ -130,7 +131,8 @@ def only_pods(rs: ReportSet, selectors: Collection[str], directory: str,
     return rs
 
 
-def _is_text(value: str) -> bool:
+def is_text(value: str) -> bool:
+    """Whether a name given on the command line can be one a recording holds (UTF-8 text)."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:           # a lone surrogate: bytes of the command line that were not UTF-8

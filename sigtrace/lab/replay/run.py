@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ...errors import LabError
+from ...errors import DataError, LabError
 from ...events.reader import events_frame, read_recording
 from ...events.source import Recording
-from ...report.build import build_reports, report_parts, report_recording
+from ...report.build import build_reports, is_text, report_parts, report_recording
 from ...report.model import PodReport, ReportSet
 from ..driver import record_run
 from ..scenario import LabResult, check_tools, validate
@@ -77,14 +77,17 @@ class Replay:
 
 def learn_recording(directory: Path, pod: str | None) -> Learned:
     """The recorded pod's shutdown as lab settings (no root needed: the recording alone). Only the
-    pod's events are held and learnt from (an agent's run of weeks is never held whole): without
-    pod, the recording's reports (in parts by pod when it is big) name its only stopped pod."""
+    pod's events (or, for a busy pod, its part's) are held and learnt from: an agent's run of weeks
+    is never held whole. Without pod, the recording's reports (in parts by pod when it is big)
+    name its only stopped pod."""
     if pod is None:
         pod = choose_pod(report_recording(directory, lanes=False), None, str(directory)).pod_uid
-    alone = _pod_alone(directory, pod)
+    elif not is_text(pod):
+        raise DataError(f"pod {pod!r} is not in {directory}: a pod's uid or name is UTF-8 text")
+    alone = _pod_alone(directory, pod) or _pod_in_its_part(directory, pod)
     if alone is not None:
         rec, reports = alone
-    else:
+    else:                                # small (read whole anyway), or pyarrow missing
         rec = read_recording(directory)
         reports = build_reports(rec.events, rec.meta, rec.incomplete)
     learned = learn(rec, reports, choose_pod(reports, pod, str(directory)))
@@ -110,6 +113,28 @@ def _pod_alone(directory: Path, pod: str) -> tuple[Recording, ReportSet] | None:
     finally:
         selected.close()
     return Recording(events, selected.meta, selected.incomplete, selected.source), reports
+
+
+def _pod_in_its_part(directory: Path, pod: str) -> tuple[Recording, ReportSet] | None:
+    """When the pass of `report --pod` gives up (a busy pod, a name learnt late): the recording's
+    reports in parts, then the part that holds the pod (a part's events, not the recording's).
+    None when the recording is small enough to read whole or pyarrow is missing."""
+    from ...events.partition import NotClean, part_of, split_recording
+    from ...events.source import plan_recording
+    reports = report_recording(directory)
+    found = reports.pod(pod)
+    if found is None:
+        return Recording(events_frame([]), reports.meta, []), reports      # choose_pod says it is not there
+    parts = split_recording(plan_recording(directory))
+    if parts is None:
+        return None
+    try:
+        events, _ = parts.frame(part_of(found.pod_uid, parts.n_parts))
+    except NotClean:
+        return None
+    finally:
+        parts.close()
+    return Recording(events, parts.meta, parts.incomplete, parts.source), reports
 
 
 def _verdicts_of(out_dir: Path, pod_uid: str) -> tuple[list[str], list[str]]:
