@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .columnar import is_columnar
-from .segments import META_FILE, is_our_meta, list_segments, open_dir, read_json_at
+from .segments import DIR_FLAGS, META_FILE, is_our_meta, list_segments, open_dir, read_json_at
 
 EXIT_NO_PYARROW = 3
 MAX_PENDING = 16            # closed segments waiting; past that the oldest waiting one stays JSONL
@@ -61,9 +61,6 @@ class _Waiting:
     ident: tuple[int, int] | None = None    # that directory's (st_dev, st_ino) when it was listed
 
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
 def earlier_segments(root_fd: int, current: str, limit: int = MAX_EARLIER) -> tuple[list[_Waiting], int]:
     """The closed JSONL segments that the runs under an agent's root (open as root_fd) other than
     `current` left: newest runs first, at most limit (and how many more there are). Only the
@@ -75,7 +72,7 @@ def earlier_segments(root_fd: int, current: str, limit: int = MAX_EARLIER) -> tu
     more = 0
     for name in sorted(names, reverse=True):          # agent runs are named <node>-<UTC time>
         try:
-            fd = os.open(name, _DIR_FLAGS, dir_fd=root_fd)
+            fd = os.open(name, DIR_FLAGS, dir_fd=root_fd)
         except OSError:
             continue
         try:
@@ -242,7 +239,7 @@ class Compactor:
         it is still the directory that was listed (OSError otherwise)."""
         root_fd = open_dir(self._root, create=False)
         try:
-            fd = os.open(item.run, _DIR_FLAGS, dir_fd=root_fd)
+            fd = os.open(item.run, DIR_FLAGS, dir_fd=root_fd)
         finally:
             os.close(root_fd)
         st = os.fstat(fd)

@@ -262,6 +262,7 @@ class CleanChunks:
                 yield table
 
     def _jsonl(self, label: str, path: Path) -> Iterator[Any]:
+        import pyarrow as pa
         import pyarrow.json as pajson
         size = path.stat().st_size
         if size == 0:
@@ -271,7 +272,7 @@ class CleanChunks:
         for chunk, lines, blank in json_chunks(path, complete, CHUNK_BYTES):
             try:
                 table = pajson.read_json(chunk, parse_options=options)
-            except pa_invalid():
+            except pa.ArrowInvalid:
                 table = None
             if table is not None and one_event_per_line(table, lines, blank) and table_is_clean(table) and \
                     table_is_valid(table):
@@ -287,6 +288,7 @@ class CleanChunks:
             self.examples.setdefault(key, f"{label} line {cut_line}" if label else f"line {cut_line}")
 
     def _columnar(self, label: str, path: Path) -> Iterator[Any]:
+        import pyarrow as pa
         try:
             fd = os.open(path, READ_FLAGS)
         except FileNotFoundError:
@@ -304,7 +306,7 @@ class CleanChunks:
                 else:
                     if fd is not None:
                         return
-            except (ValueError, OSError, pa_invalid()):   # columnar.Unreadable: the tolerant reader counts it
+            except (ValueError, OSError, pa.ArrowInvalid):   # columnar.Unreadable: the tolerant reader counts it
                 pass
             # the rest of the file as the tolerant reader reads it (its first `done` rows were clean),
             # from the same open file: one removed meanwhile is not half read and half missing
@@ -344,11 +346,6 @@ def _lines_of(data: bytes) -> list[bytes]:
     if parts[-1]:
         out.append(parts[-1])
     return out
-
-
-def pa_invalid() -> type[Exception]:
-    import pyarrow as pa
-    return pa.ArrowInvalid
 
 
 def _recorded_bytes(path: Path) -> int:

@@ -47,7 +47,7 @@ SEGMENT_SHARE_OF_CAP = 8
 MIN_SEGMENT_BYTES = 64 << 10
 RESCAN_S = 30.0                 # reports/ and other runs change without the writer knowing: look again
 _SEGMENT_RE = re.compile(r"events(?:-(\d{6,}))?\.(?:jsonl|arrow)")
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 # ---- names -----------------------------------------------------------------------------------------
@@ -117,13 +117,13 @@ def open_dir(path: Path, *, create: bool, own_last: bool = False) -> int:
     directories owned by us: if someone else raced us to the name (a shared /tmp), we refuse it
     instead of writing into their directory. own_last: the last component must be ours even if it
     exists (re-opening our own directory after it was removed)."""
-    fd = os.open("/", _DIR_FLAGS)
+    fd = os.open("/", DIR_FLAGS)
     last = len(path.parts) - 1
     try:
         for i, name in enumerate(path.parts[1:], 1):
             missing = False
             try:
-                nfd = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                nfd = os.open(name, DIR_FLAGS, dir_fd=fd)
             except FileNotFoundError:
                 if not create:
                     raise
@@ -133,7 +133,7 @@ def open_dir(path: Path, *, create: bool, own_last: bool = False) -> int:
                 except FileExistsError:
                     pass
                 try:
-                    nfd = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                    nfd = os.open(name, DIR_FLAGS, dir_fd=fd)
                 except OSError as exc:
                     raise _planted(path, name, exc) from None
             except OSError as exc:
@@ -411,7 +411,7 @@ class DiskBudget:
 
     def _scan_run(self, root_fd: int, dirname: str | None, name: str, *, current: bool,
                   current_seq: int, current_bytes: int) -> _Run | None:
-        fd = root_fd if dirname is None else os.open(dirname, _DIR_FLAGS, dir_fd=root_fd)
+        fd = root_fd if dirname is None else os.open(dirname, DIR_FLAGS, dir_fd=root_fd)
         try:
             segs, kept, newest, is_run, meta_key, reports = [], 0, 0.0, current, None, []
             with os.scandir(fd) as it:
@@ -550,7 +550,7 @@ class DiskBudget:
             fd = root_fd
             *dirs, base = [p for p in (run, *name.split("/")) if p]
             for d in dirs:
-                fd = os.open(d, _DIR_FLAGS, dir_fd=fd)
+                fd = os.open(d, DIR_FLAGS, dir_fd=fd)
                 fds.append(fd)
             try:
                 os.unlink(base, dir_fd=fd)
@@ -580,7 +580,7 @@ class DiskBudget:
     def _note_pruned(self, root_fd: int, name: str, n: int, nbytes: int, until: float) -> None:
         """Say in a finished run's own meta.json what was removed from it (its reader notes it)."""
         try:
-            fd = os.open(name, _DIR_FLAGS, dir_fd=root_fd)
+            fd = os.open(name, DIR_FLAGS, dir_fd=root_fd)
         except OSError:
             return
         try:
@@ -608,7 +608,7 @@ class DiskBudget:
         if not run.name:
             return first_event_ts(root_fd, seg)
         try:
-            fd = os.open(run.name, _DIR_FLAGS, dir_fd=root_fd)
+            fd = os.open(run.name, DIR_FLAGS, dir_fd=root_fd)
         except OSError:
             return None
         try:
@@ -643,7 +643,7 @@ class DiskBudget:
 def _files(parent_fd: int, name: str) -> list[_Segment]:
     """The regular files directly in parent/name (reports/), oldest first."""
     out = []
-    fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    fd = os.open(name, DIR_FLAGS, dir_fd=parent_fd)
     try:
         with os.scandir(fd) as it:
             for e in it:

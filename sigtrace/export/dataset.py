@@ -50,6 +50,7 @@ import pandas as pd
 
 from ..errors import OutputError, UsageProblem
 from ..events.partition import spill_dir, spill_where
+from ..events.segments import DIR_FLAGS
 from ..events.writer import FILE_MODE, existing_output
 from .columns import NODE, POD_META_COLUMNS
 from .frame import add_meta
@@ -61,7 +62,6 @@ DIR_MODE = 0o750
 NAME_MAX = 255          # bytes of one directory name on Linux filesystems
 SECONDS_PER_DAY = 86400
 EXPORTED_AT = "exported_at"      # in each part's node meta: which export of a run is the latest
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass
@@ -450,7 +450,7 @@ def _write_run_part(new: Chunks, directory: Path, meta: dict, node: str, run: di
     # as it reads back from the part (JSON), to tell whether the run's meta changed since
     node_meta = json.loads(json.dumps(run, sort_keys=True, default=str))
     name = f"part-{run_key(node_meta)}.parquet"
-    dir_fd = os.open(directory, _DIR_FLAGS)
+    dir_fd = os.open(directory, DIR_FLAGS)
     opened: list[_Part] = []
     try:
         fcntl.flock(dir_fd, fcntl.LOCK_EX)               # another export of this node and day waits
