@@ -374,6 +374,52 @@ def test_sigtrace_compact_after_the_fact(tmp_path):
     assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
 
+def test_sigtrace_compact_leaves_the_segment_a_recorder_appends_to(tmp_path):
+    """A finished run continued by `record --append` while `sigtrace compact` runs: the segment the
+    writer holds stays JSONL (said), so an event written after the compaction's read is not lost
+    with a JSONL it removed; once the writer is gone, it is compacted with that event."""
+    src = DATA / "article"
+    run = tmp_path / "run"
+    rewrite(src, run, segment_bytes=(src / "events.jsonl").stat().st_size // 3, compact=False)
+    last = list_segments(run)[-1][1].name
+    n = len(events_of(src))
+    with EventWriter(run, flush_interval=3600, compact=False) as w:      # continues `last`
+        r = subprocess.run([sys.executable, "-m", "sigtrace", "compact", str(run)], capture_output=True, text=True,
+                           cwd=REPO, timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert f"left as JSONL: {last}: a recorder is writing it" in r.stderr
+        w.write(events_of(src)[-1] | {"ts": 9e8})
+    segs = list_segments(run)
+    assert segs[-1][1].name == last and all(p.suffix == ".arrow" for _, p in segs[:-1])
+    assert len(read_recording(run).events) == n + 1
+    r = subprocess.run([sys.executable, "-m", "sigtrace", "compact", str(run)], capture_output=True, text=True,
+                       cwd=REPO, timeout=300)
+    assert r.returncode == 0 and "left as JSONL" not in r.stderr, r.stderr
+    assert all(p.suffix == ".arrow" for _, p in list_segments(run))
+    assert len(read_recording(run).events) == n + 1 and read_recording(run).events["ts"].max() == 9e8
+
+
+def test_a_recorder_never_appends_to_a_segment_being_compacted(tmp_path):
+    """While a compaction holds the last segment (its lock), `record --append` starts the next segment
+    instead of writing into a file that is about to be removed."""
+    import fcntl
+    src = DATA / "article"
+    run = tmp_path / "run"
+    rewrite(src, run, segment_bytes=(src / "events.jsonl").stat().st_size // 3, compact=False)
+    seq, last = list_segments(run)[-1]
+    before = last.read_bytes()
+    fd = os.open(last, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)           # as compact_at holds it
+        with EventWriter(run, flush_interval=3600, compact=False) as w:
+            w.write(events_of(src)[-1] | {"ts": 9e8})
+    finally:
+        os.close(fd)
+    assert last.read_bytes() == before
+    assert list_segments(run)[-1][0] == seq + 1
+    assert compact_in_place(run, last.name).kept is None       # the lock went with its holder
+
+
 def test_no_pyarrow_in_the_child_keeps_jsonl_and_says_so_once(tmp_path, monkeypatch):
     """Where pyarrow is missing (the child exits with EXIT_NO_PYARROW) segments stay JSONL: one
     warning, every segment counted, no child started again."""

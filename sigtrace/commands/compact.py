@@ -17,8 +17,9 @@ def compact(directory: str) -> None:
     What the recorder does to each segment it closes (unless --no-compact), for recordings made
     with --no-compact or before compaction existed: events-000002.jsonl becomes events-000002.arrow
     with the same events, ~9x smaller and read without parsing JSON. A run's last segment is
-    compacted only when its recorder has stopped (meta.json has an end). A segment the fast reader
-    would not read as it is (a cut or unparsable line, an unknown field) stays JSONL, and is named.
+    compacted only when its recorder has stopped (meta.json has an end), and never while a
+    recorder writes it (`record --append`). A segment the fast reader would not read as it is (a
+    cut or unparsable line, an unknown field) stays JSONL, and is named.
     """
     from ..events.compact import compact_recording
     from ..render.progress import progress_on_stderr

@@ -20,7 +20,7 @@ from ..errors import DataError
 from .columnar import READ_FLAGS, COMPRESSION, FIRST_TS_KEY, JSON_BYTES_KEY, arrow_schema, columnar_name, is_columnar
 from .compactor import EXIT_NO_PYARROW, REMOVED
 from .jsonl_tables import json_chunks, one_event_per_line, parse_options, table_is_clean
-from .segments import list_segments, open_dir, run_dirs_under
+from .segments import claim_segment, list_segments, open_dir, run_dirs_under
 
 # JSON parsed at once, one record batch each (~14k events): the child's peak is the interpreter and
 # pyarrow (~100 MB) plus ~25x this (the parser's and the compressor's working memory)
@@ -48,6 +48,10 @@ def compact_at(dir_fd: int, name: str) -> Compacted:
     result = Compacted(name)
     src = os.open(name, READ_FLAGS, dir_fd=dir_fd)
     try:
+        # held until the JSONL is gone: a `record --append` that opens it meanwhile starts the next segment
+        if not claim_segment(src):
+            result.kept = "a recorder is writing it, or it was removed meanwhile"
+            return result
         st = os.fstat(src)
         why = _not_compactable(src, st)
         if why:
@@ -87,15 +91,15 @@ def compact_at(dir_fd: int, name: str) -> Compacted:
                     return result
             finally:
                 os.close(out)
+        try:
+            os.unlink(name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            # removed meanwhile (the disk cap pruned it): the columnar copy must not bring it back
+            os.unlink(columnar_name(name), dir_fd=dir_fd)
+            result.kept = "pruned by the disk cap while it was compacted"
+        return result
     finally:
         os.close(src)
-    try:
-        os.unlink(name, dir_fd=dir_fd)
-    except FileNotFoundError:
-        # removed meanwhile (the disk cap pruned it): the columnar copy must not bring it back
-        os.unlink(columnar_name(name), dir_fd=dir_fd)
-        result.kept = "pruned by the disk cap while it was compacted"
-    return result
 
 
 def _not_compactable(fd: int, st: os.stat_result) -> str | None:

@@ -10,6 +10,10 @@ One recording (a run of `sigtrace record`, one start of `sigtrace agent`) is a d
                           the same events; its JSONL is removed once it is whole
     meta.json, reports/
 
+The segment being written is locked (flock) by its writer, and a segment being compacted by its
+compaction (claim_segment): a `record --append` never continues a segment that `sigtrace compact`
+is turning into its columnar file, nor the other way round.
+
 A closed segment's events never change: a reader (or `kubectl sigtrace collect`'s tar) listing
 the directory while the recorder runs sees closed segments that keep their events (a JSONL may
 turn into its columnar file meanwhile: readers look for it, sigtrace.events.columnar.current_segment);
@@ -24,6 +28,7 @@ directory such as /tmp) cannot redirect a write or a removal.
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import re
@@ -110,6 +115,23 @@ class PlantedPath(OSError):
     """A path component that is a symlink or a directory we did not create where we must create one."""
 
 
+class SegmentBusy(OSError):
+    """A segment another process holds (claim_segment): a compaction turning it into its columnar file."""
+
+
+def claim_segment(fd: int) -> bool:
+    """Lock the segment open on fd for writing it or compacting it (an exclusive flock, released
+    when fd is closed). False when another process holds it, or when it has lost its name meanwhile
+    (compacted, or pruned). On a filesystem without flock: True, as before segments were locked."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:
+        pass                                  # ENOLCK, EINVAL: no locks here
+    return os.fstat(fd).st_nlink > 0
+
+
 def open_dir(path: Path, *, create: bool, own_last: bool = False) -> int:
     """Open the absolute, symlink-free `path` one component at a time without following symlinks.
 
@@ -189,8 +211,9 @@ class OutputDir:
         os.close(old)
 
     def open_segment(self, name: str, *, append: bool) -> int:
-        """An O_APPEND descriptor: the existing file (append=True) or a new one (O_EXCL: never a
-        file or symlink someone else put there)."""
+        """An O_APPEND descriptor, locked while it is open (claim_segment): the existing file
+        (append=True; SegmentBusy when a compaction holds it or has replaced it) or a new one
+        (O_EXCL: never a file or symlink someone else put there)."""
         flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
         if not append:
             flags |= os.O_CREAT | os.O_EXCL
@@ -198,6 +221,10 @@ class OutputDir:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise PlantedPath(errno.EINVAL, f"{name} is not a regular file", str(self.path / name))
+        # a new file is ours: a compaction that opened it meanwhile finds it empty and leaves it
+        if not claim_segment(fd) and append:
+            os.close(fd)
+            raise SegmentBusy(errno.EBUSY, f"{name} is being compacted", str(self.path / name))
         return fd
 
     def write_json(self, name: str, obj: Any) -> None:
