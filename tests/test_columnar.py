@@ -387,7 +387,7 @@ def test_sigtrace_compact_leaves_the_segment_a_recorder_appends_to(tmp_path):
         r = subprocess.run([sys.executable, "-m", "sigtrace", "compact", str(run)], capture_output=True, text=True,
                            cwd=REPO, timeout=300)
         assert r.returncode == 0, r.stderr
-        assert f"left as JSONL: {last}: a recorder is writing it" in r.stderr
+        assert f"left as JSONL: {last}: held by another process (a recorder writing it)" in r.stderr
         w.write(events_of(src)[-1] | {"ts": 9e8})
     segs = list_segments(run)
     assert segs[-1][1].name == last and all(p.suffix == ".arrow" for _, p in segs[:-1])
@@ -399,25 +399,140 @@ def test_sigtrace_compact_leaves_the_segment_a_recorder_appends_to(tmp_path):
     assert len(read_recording(run).events) == n + 1 and read_recording(run).events["ts"].max() == 9e8
 
 
-def test_a_recorder_never_appends_to_a_segment_being_compacted(tmp_path):
-    """While a compaction holds the last segment (its lock), `record --append` starts the next segment
-    instead of writing into a file that is about to be removed."""
-    import fcntl
+def _jsonl_run(run: Path) -> tuple[int, Path]:
+    """A finished run of the article's events in three JSONL segments: (events, its last segment)."""
     src = DATA / "article"
-    run = tmp_path / "run"
     rewrite(src, run, segment_bytes=(src / "events.jsonl").stat().st_size // 3, compact=False)
-    seq, last = list_segments(run)[-1]
-    before = last.read_bytes()
-    fd = os.open(last, os.O_RDONLY)
+    return len(events_of(src)), list_segments(run)[-1][1]
+
+
+def _append_one(run: Path) -> None:
+    """What `record --append` does to a run: continue its last segment (or start the next) with an event."""
+    with EventWriter(run, flush_interval=3600, compact=False) as w:
+        w.write(events_of(DATA / "article")[-1] | {"ts": 9e8})
+
+
+def _all_there(run: Path, n: int) -> None:
+    events = read_recording(run).events
+    assert len(events) == n + 1 and events["ts"].max() == 9e8
+
+
+def test_an_append_opened_before_a_whole_compaction_starts_the_next_segment(tmp_path, monkeypatch):
+    """The writer opens the last segment, a compaction runs from start to end, then the writer takes
+    its lock: the file it holds has lost its name, so it starts the next segment."""
+    from sigtrace.events import segments
+    run = tmp_path / "run"
+    n, last = _jsonl_run(run)
+    real = segments.claim_segment
+
+    def compacted_first(fd, dir_fd, name, *, writing):
+        if name == last.name:
+            assert compact_in_place(run, name).kept is None
+        return real(fd, dir_fd, name, writing=writing)
+    monkeypatch.setattr(segments, "claim_segment", compacted_first)
+    _append_one(run)
+    segs = list_segments(run)
+    assert segs[-2][1].name == columnar.columnar_name(last.name) and segs[-1][0] == segment_seq(last.name) + 1
+    _all_there(run, n)
+
+
+@pytest.mark.parametrize("at", ["after the lock", "at the unlink"])
+def test_an_append_during_a_compaction_starts_the_next_segment(tmp_path, monkeypatch, at):
+    """A record --append that opens the last segment while a compaction holds it (just locked, or
+    about to remove the JSONL) writes the next segment: nothing goes with the removed JSONL."""
+    from sigtrace.events import compact as compact_mod
+    run = tmp_path / "run"
+    n, last = _jsonl_run(run)
+    if at == "after the lock":
+        real = compact_mod.claim_segment
+
+        def then_append(fd, dir_fd, name, *, writing):
+            ok = real(fd, dir_fd, name, writing=writing)
+            _append_one(run)
+            return ok
+        monkeypatch.setattr(compact_mod, "claim_segment", then_append)
+    else:
+        real_unlink = os.unlink
+
+        def append_first(path, *args, **kwargs):
+            if path == last.name:
+                _append_one(run)
+            return real_unlink(path, *args, **kwargs)
+        monkeypatch.setattr(os, "unlink", append_first)
+    assert compact_in_place(run, last.name).kept is None
+    monkeypatch.undo()
+    assert list_segments(run)[-1][0] == segment_seq(last.name) + 1
+    _all_there(run, n)
+
+
+def test_a_compaction_refused_its_lock_leaves_the_segment(tmp_path, monkeypatch):
+    """NFSv4 refuses a lock the descriptor's mode does not allow (EBADF): the segment is then held
+    as far as a compaction knows, and stays JSONL; a filesystem without locks (ENOLCK) compacts."""
+    import errno
+    import fcntl
+    run = tmp_path / "run"
+    n, last = _jsonl_run(run)
+
+    def refused(fd, op):
+        raise OSError(errno.EBADF, "Bad file descriptor")
+    monkeypatch.setattr(fcntl, "flock", refused)
+    assert compact_in_place(run, last.name).kept.startswith("held by another process")
+    assert last.exists()
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    assert compact_in_place(run, last.name).kept is None and not last.exists()
+
+
+def test_a_new_segment_briefly_held_by_a_compaction_is_still_locked_by_its_writer(tmp_path, monkeypatch):
+    """A compaction that opened the writer's brand-new (empty) segment lets go at once: the writer
+    waits for it and holds the segment locked, so no compaction can take it later."""
+    import fcntl
+    from sigtrace.events import segments
+    run = tmp_path / "run"
+    real = segments.claim_segment
+    tries = []
+
+    def held_once(fd, dir_fd, name, *, writing):
+        tries.append(name)
+        if len(tries) == 1:
+            return False                          # as if a compaction held it this once
+        return real(fd, dir_fd, name, writing=writing)
+    monkeypatch.setattr(segments, "claim_segment", held_once)
+    with EventWriter(run, flush_interval=3600, compact=False) as w:
+        w.write(events_of(DATA / "article")[0])
+        w.flush()
+        seg = list_segments(run)[-1][1]
+        assert tries == [seg.name, seg.name]
+        fd = os.open(seg, os.O_RDONLY)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+
+
+def test_a_fifo_put_where_a_segment_was_is_not_waited_on(tmp_path):
+    """A segment swapped for a FIFO after the listing: the compaction leaves it, and a recorder
+    appending to the run writes elsewhere; neither waits for a writer that never comes."""
+    import signal
+
+    def too_long(*_):
+        raise TimeoutError("waited on a FIFO")
+    run = tmp_path / "run"
+    n, last = _jsonl_run(run)
+    last.unlink()
+    os.mkfifo(last)
+    old = signal.signal(signal.SIGALRM, too_long)
+    signal.alarm(20)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)           # as compact_at holds it
-        with EventWriter(run, flush_interval=3600, compact=False) as w:
-            w.write(events_of(src)[-1] | {"ts": 9e8})
+        assert compact_in_place(run, last.name).kept == "not a regular file"
+        _append_one(run)
     finally:
-        os.close(fd)
-    assert last.read_bytes() == before
-    assert list_segments(run)[-1][0] == seq + 1
-    assert compact_in_place(run, last.name).kept is None       # the lock went with its holder
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert read_recording(run).events["ts"].max() == 9e8     # the appended event is there
 
 
 def test_no_pyarrow_in_the_child_keeps_jsonl_and_says_so_once(tmp_path, monkeypatch):

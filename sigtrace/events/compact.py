@@ -46,11 +46,11 @@ def compact_at(dir_fd: int, name: str) -> Compacted:
     import pyarrow.ipc as ipc
 
     result = Compacted(name)
-    src = os.open(name, READ_FLAGS, dir_fd=dir_fd)
+    src = os.open(name, READ_FLAGS | os.O_NONBLOCK, dir_fd=dir_fd)    # a FIFO put there: not waited on
     try:
         # held until the JSONL is gone: a `record --append` that opens it meanwhile starts the next segment
-        if not claim_segment(src):
-            result.kept = "a recorder is writing it, or it was removed meanwhile"
+        if not claim_segment(src, dir_fd, name, writing=False):
+            result.kept = "held by another process (a recorder writing it), or replaced meanwhile"
             return result
         st = os.fstat(src)
         why = _not_compactable(src, st)

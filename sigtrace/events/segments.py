@@ -119,17 +119,28 @@ class SegmentBusy(OSError):
     """A segment another process holds (claim_segment): a compaction turning it into its columnar file."""
 
 
-def claim_segment(fd: int) -> bool:
-    """Lock the segment open on fd for writing it or compacting it (an exclusive flock, released
-    when fd is closed). False when another process holds it, or when it has lost its name meanwhile
-    (compacted, or pruned). On a filesystem without flock: True, as before segments were locked."""
+# errors that mean the filesystem has no locks: the segment is used unlocked, as before locks were
+# taken. Any other error (NFSv4's EBADF for a lock the descriptor's mode does not allow) is "held".
+NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
+NEW_SEGMENT_TRIES = 50          # 1 ms apart: a compaction that opened a new, empty segment lets go at once
+
+
+def claim_segment(fd: int, dir_fd: int, name: str, *, writing: bool) -> bool:
+    """Lock the segment `name` of dir_fd, open on fd, while fd is open: exclusive for its writer
+    (writing), shared for a compaction (its descriptor is read-only, which NFS refuses an exclusive
+    lock on); a writer and a compaction exclude each other. False when another process holds it,
+    or when fd is no longer the file the name names (compacted, or pruned, meanwhile)."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        fcntl.flock(fd, (fcntl.LOCK_EX if writing else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno not in NO_LOCKS:
+            return False                      # held (EWOULDBLOCK), or a lock this filesystem refuses
+    try:
+        named = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
         return False
-    except OSError:
-        pass                                  # ENOLCK, EINVAL: no locks here
-    return os.fstat(fd).st_nlink > 0
+    mine = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def open_dir(path: Path, *, create: bool, own_last: bool = False) -> int:
@@ -221,11 +232,17 @@ class OutputDir:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise PlantedPath(errno.EINVAL, f"{name} is not a regular file", str(self.path / name))
-        # a new file is ours: a compaction that opened it meanwhile finds it empty and leaves it
-        if not claim_segment(fd) and append:
-            os.close(fd)
-            raise SegmentBusy(errno.EBUSY, f"{name} is being compacted", str(self.path / name))
-        return fd
+        # a new file is ours: a compaction that opened it meanwhile finds it empty and lets go
+        for _ in range(1 if append else NEW_SEGMENT_TRIES):
+            try:
+                if claim_segment(fd, self.fd, name, writing=True):
+                    return fd
+            except OSError:
+                break
+            if not append:
+                time.sleep(0.001)
+        os.close(fd)
+        raise SegmentBusy(errno.EBUSY, f"{name} is held by another process (a compaction)", str(self.path / name))
 
     def write_json(self, name: str, obj: Any) -> None:
         write_json_at(self.fd, name, obj)

@@ -44,7 +44,7 @@ from . import schema
 from .columnar import is_columnar
 from .compactor import Compactor
 from .segments import (FIRST_SEGMENT, META_FILE, SEGMENT_AGE_S, SEGMENT_BYTES, DiskBudget, OutputDir,
-                       list_segments, segment_name)
+                       SegmentBusy, list_segments, segment_name)
 
 EVENTS_FILE = FIRST_SEGMENT
 FLUSH_INTERVAL_S = 1.0
@@ -345,7 +345,7 @@ class EventWriter:
             name = segment_name(seq)
             try:
                 self._fd = self._dir.open_segment(name, append=False)
-            except FileExistsError:
+            except (FileExistsError, SegmentBusy):        # taken, or held by another process: the next name
                 continue
             except OSError as exc:
                 self._fd = None
@@ -588,15 +588,18 @@ class EventWriter:
 
 
 def _ends_with_newline(path: Path) -> bool:
+    """Whether a regular file ends with a whole line (or is empty); never waits on a FIFO put there."""
     try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            if fh.tell() == 0:
-                return True
-            fh.seek(-1, os.SEEK_END)
-            return fh.read(1) == b"\n"
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return False
+    try:
+        st = os.fstat(fd)
+        return stat.S_ISREG(st.st_mode) and (st.st_size == 0 or os.pread(fd, 1, st.st_size - 1) == b"\n")
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def write_meta(out_dir: Path, meta: dict[str, Any]) -> None:
