@@ -248,6 +248,10 @@ class NodeParts:
                 path.unlink()
         table = pa.concat_tables(tables)
         del tables
+        # categories made inside Arrow (dictionary encoding): no Python string per row and column
+        for i, name in enumerate(table.column_names):
+            if EXPORT_DTYPES.get(name) == "category":
+                table = table.set_column(i, name, table.column(i).dictionary_encode())
         df = table.to_pandas(types_mapper=_pandas_types_mapper())
         del table
         # a row in two of these parts (a signal across pods) is here twice: keep it once
@@ -272,7 +276,11 @@ def _node_frame(rows: pd.DataFrame, labels: np.ndarray) -> pd.DataFrame:
         s = rows[col]
         dtype = EXPORT_DTYPES[col]
         if dtype == "category":
-            s = s.astype(object).astype("category")       # the values present, sorted
+            if isinstance(s.dtype, pd.CategoricalDtype) and len(s.cat.categories):
+                s = s.cat.remove_unused_categories()
+                s = s.cat.reorder_categories(sorted(s.cat.categories))      # the values present, sorted
+            else:
+                s = s.astype(object).astype("category")
         elif str(s.dtype) != dtype:
             s = s.astype(dtype)
         out[col] = s.array
