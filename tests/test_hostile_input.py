@@ -109,6 +109,44 @@ def test_events_file_that_is_a_directory_or_a_fifo(tmp_path):
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+@pytest.mark.parametrize("swap", ["fifo", "link"])
+@pytest.mark.parametrize("name", ["events-000002.jsonl", "events-000002.arrow"])
+def test_a_segment_swapped_after_the_listing_is_counted_not_waited_on_or_followed(tmp_path, monkeypatch, swap, name):
+    """A segment replaced by a FIFO or a symlink between the listing and the reading (a directory
+    someone else can write): the readers neither wait for a FIFO's writer nor follow the link; the
+    segment is counted as unreadable and the rest is read."""
+    import signal
+
+    from sigtrace.events import reader, source
+    d = write(tmp_path / "r", LINES)
+    secret = tmp_path / "secret.jsonl"
+    secret.write_text(json.dumps(LINES[0]) + "\n")
+    planted = d / name
+    real_plan = source.plan_recording
+
+    def swapped_after_listing(directory):
+        src = real_plan(directory)
+        if swap == "fifo":
+            os.mkfifo(planted)
+        else:
+            planted.symlink_to(secret)
+        src.files.append((name, planted))
+        return src
+    monkeypatch.setattr(reader, "plan_recording", swapped_after_listing)
+
+    def too_long(*_):
+        raise TimeoutError("waited on a FIFO")
+    old = signal.signal(signal.SIGALRM, too_long)
+    signal.alarm(20)
+    try:
+        rec = reader.read_recording(d, fast=False)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert len(rec.events) == len(LINES)
+    assert any("unreadable" in n and name in n for n in rec.incomplete), rec.incomplete
+
+
 def run_main(*args: str) -> tuple[int, str]:
     err = io.StringIO()
     with redirect_stderr(err), redirect_stdout(io.StringIO()):

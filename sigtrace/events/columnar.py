@@ -42,7 +42,8 @@ COMPRESSION = "zstd"
 JSON_BYTES_KEY = b"sigtrace.json_bytes"     # the JSONL's size: what a reader sizes its parts by
 FIRST_TS_KEY = b"sigtrace.first_ts"         # its first event's ts: the disk cap's notes (read without pyarrow)
 JSON_RATIO = 10                  # a columnar file without that key counts as this many JSON bytes per byte
-READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: a FIFO put where a segment was listed is refused (not a regular file), not waited on
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 def arrow_schema():

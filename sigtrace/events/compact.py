@@ -46,7 +46,7 @@ def compact_at(dir_fd: int, name: str) -> Compacted:
     import pyarrow.ipc as ipc
 
     result = Compacted(name)
-    src = os.open(name, READ_FLAGS | os.O_NONBLOCK, dir_fd=dir_fd)    # a FIFO put there: not waited on
+    src = os.open(name, READ_FLAGS, dir_fd=dir_fd)
     try:
         # held until the JSONL is gone: a `record --append` that opens it meanwhile starts the next segment
         if not claim_segment(src, dir_fd, name, writing=False):

@@ -12,6 +12,8 @@ disk, and what the merge had to decide (the gap between runs, differing capabili
 from __future__ import annotations
 
 import json
+import os
+import stat
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -19,7 +21,7 @@ from typing import Iterable, Iterator
 import pandas as pd
 
 from ..errors import DataError
-from .columnar import is_columnar, iter_rows
+from .columnar import READ_FLAGS, is_columnar, iter_rows
 from .schema import DTYPES, FIELD_NAMES, KINDS
 from .source import Recording, lost_note, plan_recording, unfinished_note
 from .validate import event_problem
@@ -30,7 +32,18 @@ __all__ = ["Recording", "checked_lines", "events_frame", "iter_event_lines", "pr
 def iter_event_lines(path: Path, problems: Counter, examples: dict, label: str = "") -> Iterator[dict]:
     """Yield parsed events; count lines that are not JSON objects of a known kind. examples gets
     the first place of each problem ("line 7", or "<label> line 7" for one file of several)."""
-    with open(path, "rb") as fh:
+    try:
+        # a link or a FIFO put there since the listing: not followed, not waited on
+        fd = os.open(path, READ_FLAGS)
+    except FileNotFoundError:
+        raise                               # removed while being read: the reader says so
+    except OSError as exc:
+        problems[f"unreadable segments ({label or path.name}: {exc.strerror or 'cannot be read'})"] += 1
+        return
+    with open(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            problems[f"unreadable segments ({label or path.name}: not a regular file)"] += 1
+            return
         yield from checked_lines(fh, 1, problems, examples, label)
 
 
