@@ -190,6 +190,7 @@ def main(argv: list[str] | None = None) -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except SigtraceError as exc:
-        click.echo(f"kubectl-sigtrace: error: {exc}", err=True)
+        from .render.safe import visible
+        click.echo(f"kubectl-sigtrace: error: {visible(str(exc))}", err=True)
         sys.exit(exc.exit_code)
     sys.exit(rc if isinstance(rc, int) else 0)

@@ -97,6 +97,66 @@ def test_meta_json_of_the_wrong_shape(tmp_path, meta):
     assert any("meta.json" in n for n in rep["incomplete"])
 
 
+def test_meta_json_nested_past_the_stack_infinite_or_a_fifo(tmp_path):
+    """A meta.json copied from elsewhere: nested past the parser's stack, or a loss count of
+    Infinity, or a FIFO, is unreadable (said), never a traceback nor a wait."""
+    import signal
+    nested = write(tmp_path / "nested", LINES)
+    (nested / "meta.json").write_text("[" * 200_000 + "]" * 200_000)
+    infinite = write(tmp_path / "inf", LINES)
+    meta = json.loads((ARTICLE / "meta.json").read_text())
+    (infinite / "meta.json").write_text(json.dumps(meta | {"lost_events": 5, "output": {"lost": {"disk_full": 1}}})
+                                        .replace('"disk_full": 1', '"disk_full": Infinity'))
+    fifo = write(tmp_path / "fifo", LINES)
+    (fifo / "meta.json").unlink()
+    os.mkfifo(fifo / "meta.json")
+
+    def too_long(*_):
+        raise TimeoutError("waited on a FIFO")
+    old = signal.signal(signal.SIGALRM, too_long)
+    signal.alarm(30)
+    try:
+        for d in (nested, infinite, fifo):
+            code, rep, err = report(d)
+            assert code == 0 and "Traceback" not in err, err
+            assert verdicts(rep) == WANT
+            if d is not infinite:
+                assert any("meta.json is unreadable" in n for n in rep["incomplete"]), rep["incomplete"]
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_a_pod_detail_nested_past_the_stack_costs_only_its_facts(tmp_path):
+    """A pod_lifecycle detail of "[[[[...]]]]" (within the detail's size limit): report, export and
+    analyze read it as no detail, not a traceback."""
+    lines = [dict(e, detail="[" * 3000 + "]" * 3000) if e.get("kind") == "pod_lifecycle" else e for e in LINES]
+    assert lines != LINES
+    d = write(tmp_path / "r", lines)
+    code, rep, err = report(d)
+    assert code == 0 and "Traceback" not in err, err
+    assert POD in {p["pod_uid"] for p in rep["pods"]}
+    csv = tmp_path / "e.csv"
+    assert run_main("export", str(d), "--csv", str(csv))[0] == 0
+    code, err = run_main("analyze", str(csv), "--json")
+    assert code == 0 and "Traceback" not in err, err
+
+
+def test_export_notes_and_node_names_reach_the_terminal_escaped(tmp_path):
+    """export's notes quote tenant text (the last event's process name when the recorder was killed)
+    and node names come from meta.json: shown with visible escapes, never as terminal controls."""
+    lines = [dict(e) for e in LINES]
+    lines[-1]["comm"] = "\x1b]0;OWNED\x07\x1b[2J"
+    meta = json.loads((ARTICLE / "meta.json").read_text())
+    meta.pop("end", None)
+    meta["node"] = "n\x1b[31mRED"
+    d = write(tmp_path / "r", lines, meta=meta)
+    code, err = run_main("export", str(d), "--csv", str(tmp_path / "e.csv"))
+    assert code == 0, err
+    assert "\x1b" not in err and "\x07" not in err
+    assert "did not stop cleanly" in err and "\\x1b" in err
+
+
 def test_events_file_that_is_a_directory_or_a_fifo(tmp_path):
     d = tmp_path / "dir"
     (d / "events.jsonl").mkdir(parents=True)

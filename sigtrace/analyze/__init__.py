@@ -8,13 +8,12 @@ This package only reads and aggregates.
 """
 from __future__ import annotations
 
-import json
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 
-from ..events.lifecycle import POD_SEEN
+from ..events.lifecycle import POD_SEEN, detail_object
 from ..events.schema import FIELD_NAMES, POD_LIFECYCLE
 from ..export.columns import NODE
 from .fleet import Fleet, fleet_from_reports
@@ -69,10 +68,8 @@ def template_hashes(events: pd.DataFrame) -> dict[str, str]:
     seen = events[(events["kind"] == POD_LIFECYCLE) & (events["event"] == POD_SEEN) & events["detail"].notna()]
     out: dict[str, str] = {}
     for uid, detail in zip(seen["pod_uid"], seen["detail"]):
-        try:
-            value = (json.loads(detail).get("labels") or {}).get("pod-template-hash")
-        except (ValueError, AttributeError):
-            continue
+        labels = detail_object(detail).get("labels")
+        value = labels.get("pod-template-hash") if isinstance(labels, dict) else None
         if isinstance(uid, str) and isinstance(value, str):
             out[uid] = value
     return out

@@ -195,7 +195,10 @@ def _read_parquet(path: Path, notes: list[str], batch_rows: int) -> tuple[Iterat
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
         raise DataError(f"{path}: not a readable Parquet export ({_one_line(exc)})") from None
     raw = (pf.schema_arrow.metadata or {}).get(b"sigtrace")
-    meta = json.loads(raw) if raw else None
+    try:
+        meta = json.loads(raw) if raw else None      # the file may come from anywhere: _load_sidecar checks it
+    except (ValueError, RecursionError):
+        meta = None
     return _frames(path, "Parquet export", pf.iter_batches(batch_size=batch_rows, columns=usecols)), meta
 
 
@@ -227,7 +230,7 @@ def _merged_metas(fragments, notes: list[str]) -> dict[str, Any]:
         raw = (frag.physical_schema.metadata or {}).get(b"sigtrace")
         try:
             nodes = json.loads(raw).get("nodes") if raw else None
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             nodes = None
         if not isinstance(nodes, dict):
             notes.append(f"{frag.path}: no sigtrace meta in the part: backend and lost events unknown")
@@ -380,7 +383,7 @@ def _load_sidecar(path: Path, embedded: dict | None, notes: list[str]) -> dict[s
     if side.exists():
         try:
             meta = json.loads(side.read_text(encoding="utf-8"))
-        except (ValueError, OSError):
+        except (ValueError, OSError, RecursionError):
             notes.append(f"{side}: unreadable: backend and lost-event counts unknown")
     return meta if isinstance(meta, dict) else {}
 

@@ -37,14 +37,15 @@ def export(dirs: tuple[str, ...], csv_path: str | None, parquet_path: str | None
     """
     from ..export import export_recordings
     from ..render.progress import progress_on_stderr
+    from ..render.safe import visible
 
     with progress_on_stderr() as progress:      # a bar on a terminal after a second; never in a pipe
         result = export_recordings(dirs, csv=csv_path, parquet=parquet_path, raw=raw, progress=progress)
-    for note in result.notes:
-        click.echo(f"sigtrace: note: {note}", err=True)
+    for note in result.notes:                   # a note may quote tenant text (a process name, a node)
+        click.echo(f"sigtrace: note: {visible(note)}", err=True)
     if result.skipped:
         click.echo(f"sigtrace: note: {len(result.skipped)} part(s) already in the dataset with the same events: "
                    "skipped", err=True)
     where = ", ".join(result.written) or "nothing new"
     click.echo(f"wrote {result.rows} events from {len(result.nodes)} node(s) "
-               f"({', '.join(result.nodes)}) to {where}", err=True)
+               f"({visible(', '.join(result.nodes))}) to {visible(where)}", err=True)

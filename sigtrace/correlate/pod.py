@@ -2,7 +2,6 @@
 verdict rules, the timeline and the stats all read it."""
 from __future__ import annotations
 
-import json
 import shlex
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from ..events import schema as S
+from ..events.lifecycle import detail_object
 from .connections import DEFAULT_UPSTREAM_PORTS, Listener
 from .facts import Connections, Refusals, SocketCalls
 from .processes import (EXEC, HOST, PRESTOP, RUNTIME, ROLE_LABELS, Process, app_of, assign_roles,
@@ -236,12 +236,7 @@ def lifecycle_context(events: pd.DataFrame, pod_uid: str, caps: frozenset[str], 
 def _lifecycle(ctx: PodContext, lc: list[Row]) -> None:
     names: dict[str, str] = {}
     for r in lc:
-        try:
-            detail = json.loads(r["detail"]) if isinstance(r.get("detail"), str) else {}
-        except ValueError:
-            detail = {}
-        if not isinstance(detail, dict):
-            detail = {}
+        detail = detail_object(r.get("detail"))
         ctx.pod_name = r.get("pod_name") or ctx.pod_name
         ctx.namespace = r.get("namespace") or ctx.namespace
         if detail.get("grace_period_s") is not None:

@@ -49,6 +49,11 @@ For endpoint-race: listener close (tcp_state LISTEN -> CLOSE) minus min(ts of en
 endpoints_terminating, endpoints_removed) < 0 means the listener closed before the endpoint update;
 pod_deleted ts -> that endpoint update is the propagation delay seen by this node.
 """
+from __future__ import annotations
+
+import json
+from typing import Any
+
 POD_SEEN = "pod_seen"                        # pod_name, namespace; detail: {"containers": {id: name},
                                              #   "grace_period_s", "prestop": {name: cmd}, "stop_signal": {name: SIG},
                                              #   "owner": {"kind", "name"} (ownerReferences' controller),
@@ -61,3 +66,15 @@ ENDPOINTS_REMOVED = "endpoints_removed"
 TRAFFIC_STOPPED = "traffic_stopped"          # lab: the load balancer stopped sending new requests
 POD_REMOVED = "pod_removed"                  # the pod object left the API (all containers gone)
 
+
+
+def detail_object(detail: Any) -> dict[str, Any]:
+    """A pod_lifecycle event's detail as a dict; {} when it is none, not JSON, not an object, or
+    nested past the parser's stack (a recording from elsewhere may hold any text there)."""
+    if not isinstance(detail, str):
+        return {}
+    try:
+        obj = json.loads(detail)
+    except (ValueError, RecursionError):
+        return {}
+    return obj if isinstance(obj, dict) else {}

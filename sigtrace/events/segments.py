@@ -294,7 +294,7 @@ def first_event_ts(dir_fd: int, name: str) -> float | None:
         os.close(fd)
     try:
         ts = json.loads(head.split(b"\n", 1)[0]).get("ts")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return None
     return float(ts) if isinstance(ts, (int, float)) else None
 
@@ -705,30 +705,36 @@ def _files(parent_fd: int, name: str) -> list[_Segment]:
 MAX_META_BYTES = 4 << 20          # a recorder's meta.json is a few KB; a bigger one is not ours
 
 
-def read_json_at(dir_fd: int, name: str) -> dict:
-    """A JSON object file of the directory dir_fd, {} when it is not one: not a regular file (a FIFO
-    planted there is never waited on), a link, too big, or not a JSON object."""
+def read_small_at(dir_fd: int, name: str, limit: int = MAX_META_BYTES) -> bytes | None:
+    """The bytes of a regular file of the directory dir_fd, None when it is not one: not a regular
+    file (a FIFO planted there is never waited on), a link, bigger than limit, or unreadable."""
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError:
-        return {}
+        return None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_META_BYTES:
-            return {}
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+            return None
         chunks, size = [], 0
-        while size <= MAX_META_BYTES and (chunk := os.read(fd, 1 << 16)):
+        while size <= limit and (chunk := os.read(fd, 1 << 16)):
             chunks.append(chunk)
             size += len(chunk)
     except OSError:
-        return {}
+        return None
     finally:
         os.close(fd)
-    if size > MAX_META_BYTES:
+    return None if size > limit else b"".join(chunks)
+
+
+def read_json_at(dir_fd: int, name: str) -> dict:
+    """A JSON object file of the directory dir_fd (read_small_at), {} when it is not one."""
+    data = read_small_at(dir_fd, name)
+    if data is None:
         return {}
     try:
-        obj = json.loads(b"".join(chunks))
-    except ValueError:
+        obj = json.loads(data)
+    except (ValueError, RecursionError):          # RecursionError: "[[[[..." nested past the stack
         return {}
     return obj if isinstance(obj, dict) else {}
 

@@ -17,7 +17,7 @@ import pandas as pd
 
 from ..errors import DataError
 from .columnar import current_segment
-from .segments import list_segments, run_dirs, run_dirs_under
+from .segments import list_segments, read_small_at, run_dirs, run_dirs_under
 from .validate import clean_meta
 from .writer import EVENTS_FILE, META_FILE
 
@@ -35,15 +35,30 @@ def read_meta(d: Path) -> tuple[dict[str, Any], list[str]]:
     meta: dict[str, Any] = {}
     incomplete: list[str] = []
     meta_path = d / META_FILE
-    if meta_path.exists():
+    if meta_path.exists() or meta_path.is_symlink():
         try:
-            meta, notes = clean_meta(json.loads(meta_path.read_bytes()))
+            data = _meta_bytes(d)
+            if data is None:
+                raise ValueError("not a regular file, a link, too big or unreadable")
+            meta, notes = clean_meta(json.loads(data))
             incomplete += notes
-        except (ValueError, OSError):
+        except (ValueError, RecursionError):      # RecursionError: "[[[[..." nested past the stack
             incomplete.append(f"{META_FILE} is unreadable: node, backend and lost-event counts unknown")
     else:
         incomplete.append(f"no {META_FILE}: the recorder did not finish (killed?); lost-event counts unknown")
     return meta, incomplete
+
+
+def _meta_bytes(d: Path) -> bytes | None:
+    """meta.json's bytes: never through a link, never waiting on a FIFO, at most MAX_META_BYTES."""
+    try:
+        dir_fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return read_small_at(dir_fd, META_FILE)
+    finally:
+        os.close(dir_fd)
 
 
 def unfinished_note(meta: dict[str, Any], events: pd.DataFrame) -> str | None:
@@ -96,7 +111,7 @@ def lost_note(meta: dict[str, Any]) -> str | None:
 def _int(v: Any) -> int:
     try:
         return int(v or 0)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):     # OverflowError: Infinity in a copied meta.json
         return 0
 
 

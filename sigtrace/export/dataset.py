@@ -400,7 +400,7 @@ class _Part:
         raw = (self.pf.schema_arrow.metadata or {}).get(b"sigtrace")
         try:
             nodes = json.loads(raw).get("nodes") if raw else None
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             nodes = None
         return nodes if isinstance(nodes, dict) else {}
 

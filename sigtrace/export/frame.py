@@ -5,7 +5,6 @@ have their JSON `detail` parsed one by one.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import numpy as np
 import pandas as pd
 from pandas.api.types import is_string_dtype
 
-from ..events.lifecycle import POD_SEEN
+from ..events.lifecycle import POD_SEEN, detail_object
 from ..events.source import Recording
 from ..events.schema import POD_LIFECYCLE, SCHEMA_VERSION
 from .columns import COLUMNS, EXPORT_DTYPES, NODE, POD_META_COLUMNS, SCHEMA_VERSION_COLUMN
@@ -40,10 +39,8 @@ def container_names(lifecycle: pd.DataFrame) -> dict[str, str]:
     names.update(zip(both["container_id"].map(_strip_runtime), both["container_name"]))
     seen = lifecycle[(lifecycle["event"] == POD_SEEN) & lifecycle["detail"].notna()]
     for detail in seen["detail"]:
-        try:
-            containers = json.loads(detail).get("containers") or {}
-        except (ValueError, AttributeError):
-            continue   # a malformed detail only costs the names, never the export
+        # a malformed detail only costs the names, never the export
+        containers = detail_object(detail).get("containers") or {}
         if isinstance(containers, dict):
             names.update({_strip_runtime(k): v for k, v in containers.items() if isinstance(v, str)})
     return names

@@ -127,7 +127,7 @@ def api_gaps(rec: Path) -> dict[str, list[Any]] | None:
     from ..events.validate import clean_meta
     try:
         meta, _ = clean_meta(json.loads((rec / "meta.json").read_bytes()))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     k8s = meta.get("kubernetes") if isinstance(meta.get("kubernetes"), dict) else {}
     problems = k8s.get("problems") if isinstance(k8s.get("problems"), dict) else {}

@@ -8,7 +8,6 @@ says so. The learned settings become a lab Scenario that runs the pod "as record
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 import shlex
@@ -168,12 +167,7 @@ def _lifecycle(events: pd.DataFrame, uid: str) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for ts, event, detail in zip(rows["ts"].tolist(), rows["event"].astype(object).tolist(),
                                  rows["detail"].astype(object).tolist()):
-        try:
-            d = json.loads(detail) if isinstance(detail, str) else {}
-        except ValueError:
-            d = {}
-        if not isinstance(d, dict):
-            d = {}
+        d = lifecycle.detail_object(detail)
         if event == lifecycle.POD_SEEN or event not in out:
             out[str(event)] = dict(d, ts=ts)
     return out
