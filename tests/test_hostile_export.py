@@ -44,6 +44,24 @@ def cells_of(path: Path) -> list[str]:
         return [c for row in csv.reader(fh) for c in row]
 
 
+@pytest.mark.parametrize("value", [" =1+1", "\n=1+1", "\x00@SUM(A1)", "\u3000-2+3", "\uff1d1+1", "\uff20SUM(A1)"])
+def test_triggers_behind_blanks_or_in_full_width_are_neutralised_and_read_back(tmp_path, value):
+    """A formula behind blanks or control characters, or opened by a full-width sign (which some
+    locales' spreadsheets take for the ASCII one), gets the escape too; analyze restores it."""
+    out = tmp_path / "rec"
+    shutil.copytree(DATA / "article", out)
+    lines = [json.loads(x) for x in (out / "events.jsonl").read_text().splitlines()]
+    for e in lines:
+        if e.get("pid") == 3001:
+            e["comm"] = value
+    (out / "events.jsonl").write_text("\n".join(json.dumps(e) for e in lines) + "\n")
+    csv_path = tmp_path / "x.csv"
+    p = run("export", str(out), "--csv", str(csv_path), text=True)
+    assert p.returncode == 0, p.stderr
+    assert "'" + value in cells_of(csv_path) and value not in cells_of(csv_path)
+    assert value in set(read_exports([str(csv_path)]).events["comm"].dropna().astype(str))
+
+
 def test_formula_cells_are_neutralised_and_analyze_reads_them_back(rec, tmp_path):
     out = tmp_path / "x.csv"
     p = run("export", str(rec), "--csv", str(out), text=True)
