@@ -50,8 +50,11 @@ class Fleet:
     # ---- aggregates -----------------------------------------------------------------
     def hurt(self) -> pd.Series:
         """Per pod: has at least one decided verdict."""
+        # by node and uid: a uid is unique in a cluster, but an export may come from elsewhere
         decided = self.verdicts[~self.verdicts["status"].isin(UNDECIDED)]
-        return self.pods["pod_uid"].isin(decided["pod_uid"])
+        hurt = pd.MultiIndex.from_arrays([decided["node"].astype(object), decided["pod_uid"].astype(object)])
+        mine = pd.MultiIndex.from_arrays([self.pods["node"].astype(object), self.pods["pod_uid"].astype(object)])
+        return pd.Series(mine.isin(hurt), index=self.pods.index)
 
     def stopped(self) -> pd.DataFrame:
         """The pods that stopped while recorded: the population the shares are of."""
@@ -62,8 +65,12 @@ class Fleet:
         v = self.verdicts
         if v.empty:
             return pd.DataFrame(columns=["id", "pods", "share", "undecided"])
-        decided = v[~v["status"].isin(UNDECIDED)].groupby("id", observed=True)["pod_uid"].nunique()
-        undecided = v[v["status"].isin(UNDECIDED)].groupby("id", observed=True)["pod_uid"].nunique()
+        # pods as (node, uid): one uid on two nodes (an export from elsewhere) is two pods
+        pods = v.drop_duplicates(["id", "node", "pod_uid", "status"])
+        decided = pods[~pods["status"].isin(UNDECIDED)].drop_duplicates(["id", "node", "pod_uid"]) \
+            .groupby("id", observed=True).size()
+        undecided = pods[pods["status"].isin(UNDECIDED)].drop_duplicates(["id", "node", "pod_uid"]) \
+            .groupby("id", observed=True).size()
         out = pd.DataFrame({"pods": decided, "undecided": undecided}).fillna(0).astype("int64")
         out["share"] = out["pods"] / n
         out = out.reset_index(names="id").sort_values(["pods", "id"], ascending=[False, True])
@@ -104,12 +111,12 @@ class Fleet:
     def to_dict(self) -> dict[str, Any]:
         pods = self.pods.astype(object).where(self.pods.notna(), None).to_dict("records")
         verdicts = self.verdicts.astype(object).where(self.verdicts.notna(), None)
-        by_pod: dict[str, list] = {}
+        by_pod: dict[tuple, list] = {}
         for row in verdicts.to_dict("records"):
-            by_pod.setdefault(row["pod_uid"], []).append(
+            by_pod.setdefault((row["node"], row["pod_uid"]), []).append(
                 {k: row[k] for k in ("id", "status", "summary", "fix")})
         for pod in pods:
-            pod["verdicts"] = by_pod.get(pod["pod_uid"], [])
+            pod["verdicts"] = by_pod.get((pod["node"], pod["pod_uid"]), [])
             pod["undecided"] = list(pod["undecided"] or [])
         return {"fleet": _plain(self.summary()), "pods": _plain(pods), "nodes": _plain(self.nodes),
                 "incomplete": list(self.incomplete)}
