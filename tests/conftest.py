@@ -8,14 +8,34 @@ kernel proves nothing.
 from __future__ import annotations
 
 import os
+import signal
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+class WaitedTooLong(BaseException):
+    """no_waiting()'s alarm: not an OSError (nor an Exception), so no handler under test swallows it."""
+
+
+@contextmanager
+def no_waiting(seconds: int = 20):
+    """Fail a read that waits (on a FIFO planted where a file was) instead of hanging the suite."""
+    def too_long(*_):
+        raise WaitedTooLong(f"waited more than {seconds} s (on a FIFO?)")
+    old = signal.signal(signal.SIGALRM, too_long)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
 REQUIRE_KERNEL = os.environ.get("SIGTRACE_REQUIRE_KERNEL") == "1"
 
 

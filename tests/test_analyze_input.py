@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import no_waiting
 from sigtrace.analyze import read_exports
 from sigtrace.cli import main
 from sigtrace.export import export_recordings
@@ -126,7 +127,7 @@ def test_missing_optional_columns_become_nulls(tmp_path, good_csv):
     assert export.events["reason"].isna().all() and str(export.events["reason"].dtype) == "string"
     assert any("no column(s) sock, reason" in n for n in export.incomplete)
     # no sidecar: said so, per node
-    assert any("node node-a: no meta" in n for n in export.incomplete)
+    assert any("node node-a: no meta" in n for n in export.metas["node-a"]["incomplete"])
 
 
 def test_sidecar_meta_is_used(good_csv):
@@ -147,3 +148,106 @@ def test_rows_the_recording_reader_would_skip_are_skipped_and_said(tmp_path, goo
     assert "skipped 1 rows of unknown kind (from_the_future)" in export.incomplete
     assert "skipped 1 rows without ts/kind" in export.incomplete
     assert (export.events["node"] == "unknown").sum() == 1
+
+
+# ---- exports from elsewhere: pipes, planted files, crafted metas -------------------------------------
+def test_a_fifo_or_a_pipe_given_as_the_export_is_refused_in_one_line(capsys, tmp_path, good_csv):
+    import os
+    import subprocess
+    import sys
+    fifo = tmp_path / "exports.csv"
+    os.mkfifo(fifo)
+    with no_waiting():
+        assert_one_line_exit_2(capsys, fifo, "not a regular file")
+    p = subprocess.run(["bash", "-c", f'"{sys.executable}" -m sigtrace analyze <(cat "{good_csv}")'],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and p.stderr.count("\n") == 1, p.stderr
+    assert "not a regular file" in p.stderr
+
+
+@pytest.mark.parametrize("plant", ["fifo", "link"])
+def test_a_sidecar_that_is_a_fifo_or_a_link_is_unreadable_not_waited_on(tmp_path, good_csv, plant):
+    import os
+    csv_path = tmp_path / "fleet.csv"
+    shutil.copy(good_csv, csv_path)
+    side = Path(f"{csv_path}.meta.json")
+    if plant == "fifo":
+        os.mkfifo(side)
+    else:
+        (tmp_path / "real.json").write_text(Path(f"{good_csv}.meta.json").read_text())
+        side.symlink_to(tmp_path / "real.json")
+    with no_waiting():
+        export = read_exports([str(csv_path)])
+    assert any("meta.json: unreadable" in n for n in export.incomplete), export.incomplete
+    assert export.metas["node-a"].get("backend") is None
+
+
+def test_a_known_column_twice_is_refused_in_one_line(capsys, tmp_path, good_csv):
+    text = good_csv.read_text().splitlines()
+    doubled = [line + "," + line.split(",", 1)[0] for line in text]       # ts again, at the end
+    p = tmp_path / "twice.csv"
+    p.write_text("\n".join(doubled) + "\n")
+    assert_one_line_exit_2(capsys, p, "column(s) ts more than once")
+
+
+def test_cells_that_restore_to_one_value_are_read_not_a_traceback(tmp_path, good_csv):
+    def two_forms(df):
+        df.loc[df.index[:5], "node"] = "=x"
+        df.loc[df.index[5:10], "node"] = "'=x"
+        return df
+    p = rewrite(good_csv, tmp_path / "forms.csv", two_forms)
+    export = read_exports([str(p)])
+    assert (export.events["node"] == "=x").sum() == 10
+
+
+@pytest.mark.parametrize("notes", [5, True, "abc", [1, "kept", None]])
+def test_a_sidecars_node_notes_of_the_wrong_shape_are_kept_as_texts_only(tmp_path, good_csv, notes):
+    csv_path = tmp_path / "fleet.csv"
+    shutil.copy(good_csv, csv_path)
+    meta = json.loads(Path(f"{good_csv}.meta.json").read_text())
+    meta["nodes"]["node-a"]["incomplete"] = notes
+    Path(f"{csv_path}.meta.json").write_text(json.dumps(meta))
+    from sigtrace.analyze import analyze_files
+    fleet = analyze_files([str(csv_path)], jobs=1)
+    got = fleet.nodes["node-a"]["incomplete"]
+    assert all(isinstance(n, str) and len(n) > 3 for n in got), got
+    assert ("kept" in got) == isinstance(notes, list)
+
+
+def test_nodes_without_meta_each_carry_their_own_note_only(tmp_path, good_csv):
+    """Notes of one node are that node's: a fleet of nodes without a sidecar grows linearly."""
+    def many_nodes(df):
+        df["node"] = [f"n{i % 40}" for i in range(len(df))]
+        return df
+    p = rewrite(good_csv, tmp_path / "many.csv", many_nodes)
+    from sigtrace.analyze import analyze_files
+    fleet = analyze_files([str(p)], jobs=1)
+    for node, info in fleet.nodes.items():
+        mine = [n for n in info["incomplete"] if "no meta" in n]
+        assert mine == [f"node {node}: no meta ({p}.meta.json missing): backend and lost events unknown"], info
+
+
+def test_a_dataset_part_speaks_only_for_its_own_node_and_links_are_not_followed(tmp_path):
+    import pyarrow.parquet as pq
+    root = tmp_path / "fleet"
+    export_recordings([DATA / "node-a"], parquet=f"{root}/")
+    part = next(root.glob("node=node-a/date=*/*.parquet"))
+    # a part planted under node=evil whose meta claims node-a: lost events, another backend
+    table = pq.read_table(part)
+    meta = json.loads(table.schema.metadata[b"sigtrace"])
+    claimed = {"node-a": dict(meta["nodes"]["node-a"], backend="strace", lost_events=123456,
+                              exported_at="9999-12-31T00:00:00Z")}
+    evil = root / "node=evil" / part.parent.name
+    evil.mkdir(parents=True)
+    pq.write_table(table.replace_schema_metadata({b"sigtrace": json.dumps(dict(meta, nodes=claimed)).encode()}),
+                   evil / part.name)
+    # and a part reached through a link to a directory outside the dataset
+    outside = tmp_path / "outside"
+    shutil.copytree(part.parent, outside)
+    (root / "node=victim").mkdir()
+    (root / "node=victim" / part.parent.name).symlink_to(outside)
+    export = read_exports([f"{root}/"])
+    assert export.metas["node-a"].get("backend") != "strace" and not export.metas["node-a"].get("lost_events")
+    assert any("speaks for nodes other than its own" in n for n in export.incomplete), export.incomplete
+    assert "victim" not in set(export.events["node"].astype(str))
+    assert any("through a link skipped" in n for n in export.incomplete), export.incomplete

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import no_waiting
 from sigtrace.cli import main
 
 DATA = Path(__file__).parent / "data"
@@ -100,7 +101,6 @@ def test_meta_json_of_the_wrong_shape(tmp_path, meta):
 def test_meta_json_nested_past_the_stack_infinite_or_a_fifo(tmp_path):
     """A meta.json copied from elsewhere: nested past the parser's stack, or a loss count of
     Infinity, or a FIFO, is unreadable (said), never a traceback nor a wait."""
-    import signal
     nested = write(tmp_path / "nested", LINES)
     (nested / "meta.json").write_text("[" * 200_000 + "]" * 200_000)
     infinite = write(tmp_path / "inf", LINES)
@@ -111,20 +111,13 @@ def test_meta_json_nested_past_the_stack_infinite_or_a_fifo(tmp_path):
     (fifo / "meta.json").unlink()
     os.mkfifo(fifo / "meta.json")
 
-    def too_long(*_):
-        raise TimeoutError("waited on a FIFO")
-    old = signal.signal(signal.SIGALRM, too_long)
-    signal.alarm(30)
-    try:
+    with no_waiting(30):
         for d in (nested, infinite, fifo):
             code, rep, err = report(d)
             assert code == 0 and "Traceback" not in err, err
             assert verdicts(rep) == WANT
             if d is not infinite:
                 assert any("meta.json is unreadable" in n for n in rep["incomplete"]), rep["incomplete"]
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def test_a_pod_detail_nested_past_the_stack_costs_only_its_facts(tmp_path):
@@ -175,8 +168,6 @@ def test_a_segment_swapped_after_the_listing_is_counted_not_waited_on_or_followe
     """A segment replaced by a FIFO or a symlink between the listing and the reading (a directory
     someone else can write): the readers neither wait for a FIFO's writer nor follow the link; the
     segment is counted as unreadable and the rest is read."""
-    import signal
-
     from sigtrace.events import reader, source
     d = write(tmp_path / "r", LINES)
     secret = tmp_path / "secret.jsonl"
@@ -194,15 +185,8 @@ def test_a_segment_swapped_after_the_listing_is_counted_not_waited_on_or_followe
         return src
     monkeypatch.setattr(reader, "plan_recording", swapped_after_listing)
 
-    def too_long(*_):
-        raise TimeoutError("waited on a FIFO")
-    old = signal.signal(signal.SIGALRM, too_long)
-    signal.alarm(20)
-    try:
+    with no_waiting():
         rec = reader.read_recording(d, fast=False)
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
     assert len(rec.events) == len(LINES)
     assert any("unreadable" in n and name in n for n in rec.incomplete), rec.incomplete
 

@@ -13,6 +13,8 @@ import functools
 import io
 import json
 import operator
+import os
+import stat
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timezone
 from pathlib import Path
@@ -25,12 +27,14 @@ from ..errors import DataError
 from ..events.schema import FIELD_NAMES, KINDS, SCHEMA_VERSION
 from ..export.columns import (COLUMNS, EXPORT_DTYPES, NODE, REQUIRED_COLUMNS, SCHEMA_VERSION_COLUMN,
                               sidecar_path)
+from ..events.segments import read_small_at
 from ..events.validate import clean_meta, frame_problems
 from ..export import cells
 from ..export.dataset import DATE, SECONDS_PER_DAY, latest_runs, merge_runs, partitioning
 from ..export.write import have_pyarrow
 
 SNIFF_BYTES = 1 << 16
+SIDECAR_BYTES = 64 << 20        # a sidecar holds a few KB a node
 
 
 @dataclass
@@ -47,7 +51,12 @@ def _sniff(path: Path) -> tuple[str, list[str] | None]:
     if path.is_dir():
         return "dataset", None               # what is in it is checked when it is read (_part_files)
     try:
-        with open(path, "rb") as fh:
+        # non-blocking: a FIFO (a glob that caught one, a process substitution) is refused, not waited on
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise DataError(f"{path}: not a regular file (a pipe, FIFO or device); write the export to a "
+                                "file and pass that")
             head = fh.read(SNIFF_BYTES)
     except OSError as exc:
         raise DataError(f"{path}: cannot read: {exc.strerror}") from exc
@@ -80,6 +89,10 @@ def _sniff(path: Path) -> tuple[str, list[str] | None]:
 def _check_columns(path: Path, columns: Sequence[str], notes: list[str]) -> list[str]:
     """The known columns present; DataError when a required one is missing."""
     present = set(columns)
+    twice = sorted({c for c in columns if c in EXPORT_DTYPES and list(columns).count(c) > 1})
+    if twice:
+        raise DataError(f"{path}: column(s) {', '.join(twice)} more than once; was it written by 'sigtrace export'? "
+                        "export it again")
     missing = [c for c in REQUIRED_COLUMNS if c not in present]
     if missing:
         raise DataError(f"{path}: missing required column(s) {', '.join(missing)}; "
@@ -212,19 +225,34 @@ def _frames(path: Path, what: str, batches: Iterable[Any]) -> Iterator[pd.DataFr
         raise DataError(f"{path}: not a readable {what} ({_one_line(exc)})") from None
 
 
-def _part_files(root: Path) -> list[str]:
-    """The dataset's parts: node=*/date=*/*.parquet, without hidden files (a part being written)."""
-    files = sorted(str(p) for p in root.glob("*=*/*=*/*.parquet") if not p.name.startswith((".", "_")))
+def _part_files(root: Path, notes: list[str]) -> list[str]:
+    """The dataset's parts: node=*/date=*/*.parquet, without hidden files (a part being written),
+    nor a part or partition directory that is a link (it may lead out of the dataset: said)."""
+    found = [p for p in root.glob("*=*/*=*/*.parquet") if not p.name.startswith((".", "_"))]
+    files = sorted(str(p) for p in found if not _through_a_link(root, p))
+    if len(files) < len(found):
+        notes.append(f"{root}: {len(found) - len(files)} part(s) reached through a link skipped (not followed "
+                     "out of the dataset)")
     if not files:
         raise DataError(f"{root}: is a directory, not an export dataset (no node=*/date=*/*.parquet parts); "
                         f"analyze reads exports: sigtrace export {root} --csv FILE (or --parquet DATASET/) first")
     return files
 
 
+def _through_a_link(root: Path, path: Path) -> bool:
+    cur = root
+    for part in path.relative_to(root).parts:
+        cur = cur / part
+        if cur.is_symlink():
+            return True
+    return False
+
+
 def _merged_metas(fragments, notes: list[str]) -> dict[str, Any]:
     """node -> meta, from the meta each part embeds: a run's parts (several days, several exports
     of it, an older sigtrace's parts beside its own) count as that run once, with its latest export's
     meta; several runs of one node add up their lost events."""
+    import pyarrow.dataset as ds
     by_node: dict[str, list[dict]] = {}
     for frag in fragments:
         raw = (frag.physical_schema.metadata or {}).get(b"sigtrace")
@@ -235,9 +263,13 @@ def _merged_metas(fragments, notes: list[str]) -> dict[str, Any]:
         if not isinstance(nodes, dict):
             notes.append(f"{frag.path}: no sigtrace meta in the part: backend and lost events unknown")
             continue
-        for node, m in nodes.items():
-            if isinstance(m, dict):
-                by_node.setdefault(str(node), []).append(m)
+        # only its own node's meta (its partition): a part put under node=a cannot speak for node b
+        own = ds.get_partition_keys(frag.partition_expression).get(NODE)
+        m = nodes.get(own) if own is not None else None
+        if isinstance(m, dict):
+            by_node.setdefault(str(own), []).append(m)
+        if any(str(n) != own for n in nodes):
+            notes.append(f"{frag.path}: its meta speaks for nodes other than its own ({own}): ignored")
     return {node: merge_runs(latest_runs(metas)) for node, metas in by_node.items()}
 
 
@@ -263,7 +295,7 @@ def _read_dataset(root: Path, notes: list[str], nodes: Sequence[str], since: dat
     import pyarrow as pa
     import pyarrow.dataset as ds
     try:
-        found = ds.dataset(_part_files(root), format="parquet", partitioning=partitioning(),
+        found = ds.dataset(_part_files(root, notes), format="parquet", partitioning=partitioning(),
                            partition_base_dir=str(root))
         fragments = list(found.get_fragments(filter=_selection(nodes, since, until)))
         if not fragments:
@@ -380,12 +412,27 @@ def _load_sidecar(path: Path, embedded: dict | None, notes: list[str]) -> dict[s
     """The export's meta: the sidecar FILE.meta.json, else what the Parquet file embeds."""
     side = Path(sidecar_path(str(path)))
     meta = embedded
-    if side.exists():
+    if side.exists() or side.is_symlink():
         try:
-            meta = json.loads(side.read_text(encoding="utf-8"))
-        except (ValueError, OSError, RecursionError):
+            # as meta.json is read: never through a link, never waiting on a FIFO, at most SIDECAR_BYTES
+            data = _small_file(side, SIDECAR_BYTES)
+            if data is None:
+                raise ValueError("not a regular file, a link, too big or unreadable")
+            meta = json.loads(data)
+        except (ValueError, RecursionError):
             notes.append(f"{side}: unreadable: backend and lost-event counts unknown")
     return meta if isinstance(meta, dict) else {}
+
+
+def _small_file(path: Path, limit: int) -> bytes | None:
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return read_small_at(dir_fd, path.name, limit)
+    finally:
+        os.close(dir_fd)
 
 
 # rows per batch read from a Parquet file or dataset (what one chunk of analyze holds at once)
@@ -457,9 +504,9 @@ class ExportReader:
                 if node in file_metas:
                     self.metas.setdefault(node, file_metas[node])
                 elif node not in self.metas:
-                    self.metas[node] = {"node": node}
-                    self.notes.append(f"node {node}: no meta ({sidecar_path(str(path))} missing): "
-                                      "backend and lost events unknown")
+                    # the node's own note, not every node's: a fleet of nodes without meta stays linear
+                    self.metas[node] = {"node": node, "incomplete": [
+                        f"node {node}: no meta ({sidecar_path(str(path))} missing): backend and lost events unknown"]}
             df = _selected_rows(df, self.nodes, self.since, self.until)
             self._read += len(df)
             if self.progress:
@@ -475,9 +522,24 @@ class ExportReader:
         file_metas = {}
         for node, m in (side.get("nodes") if isinstance(side.get("nodes"), dict) else {}).items():
             clean, dropped = clean_meta(m)        # a sidecar from elsewhere: same checks as meta.json
+            notes = m.get("incomplete") if isinstance(m, dict) else None
+            clean["incomplete"] = _notes_of(notes)
+            if notes is not None and clean["incomplete"] != notes:
+                dropped.append("its notes (incomplete) are not a list of texts: kept what is")
             file_metas[str(node)] = clean
             self.notes.extend(f"{path.name}: node {node}: {n}" for n in dropped)
         return file_metas
+
+
+MAX_NODE_NOTES = 100
+MAX_NOTE_CHARS = 1000
+
+
+def _notes_of(value: Any) -> list[str]:
+    """A node meta's notes (the export's `incomplete`) as a bounded list of texts."""
+    if not isinstance(value, list):
+        return []
+    return [v[:MAX_NOTE_CHARS] for v in value[:MAX_NODE_NOTES] if isinstance(v, str)]
 
 
 def read_exports(paths: Sequence[str], nodes: Sequence[str] = (), since: date | None = None,

@@ -41,7 +41,11 @@ def _map_strings(df: pd.DataFrame, fn) -> pd.DataFrame:
         if isinstance(s.dtype, pd.CategoricalDtype):
             cats = s.cat.categories
             if len(cats) and (cats.dtype == object or isinstance(cats.dtype, pd.StringDtype)):
-                out[col] = s.cat.rename_categories([fn(c) if isinstance(c, str) else c for c in cats])
+                new = [fn(c) if isinstance(c, str) else c for c in cats]
+                if len(set(new)) == len(new):
+                    out[col] = s.cat.rename_categories(new)
+                else:       # two cells that become one value (a file not written by export): per value
+                    out[col] = s.astype(object).map(lambda v: fn(v) if isinstance(v, str) else v).astype("category")
         elif s.dtype == object or isinstance(s.dtype, pd.StringDtype):
             out[col] = s.map(lambda v: fn(v) if isinstance(v, str) else v, na_action="ignore").astype(s.dtype)
     return out
