@@ -173,6 +173,26 @@ def test_a_big_frame_is_reported_in_parts_the_same(rec_dir, monkeypatch):
     assert render_json(build_reports(rec.events, rec.meta, rec.incomplete)) == expected
 
 
+def test_lines_past_the_cap_are_given_alike_by_chunks_and_by_lines(monkeypatch):
+    """json_chunks (the fast path, the parts) and capped_lines (the tolerant reader) cut the same
+    lines, in the same places, whatever the chunk size: random files of short, long and endless
+    lines, with and without a last newline."""
+    import io
+    import random
+    from sigtrace.events import jsonl_tables as jt
+    monkeypatch.setattr(jt, "MAX_LINE_BYTES", 64)
+    rnd = random.Random(7)
+    for _ in range(400):
+        lines = [b"x" * rnd.choice([0, 1, 30, 63, 64, 65, 100, 400]) for _ in range(rnd.randint(1, 12))]
+        data = b"\n".join(lines) + (b"\n" if rnd.random() < 0.5 else b"")
+        want = b"".join(jt.capped_lines(io.BytesIO(data)))
+        for chunk_bytes in (16, 64):
+            got = [(c.read(), n) for c, n, _ in jt.json_chunks(io.BytesIO(data), len(data), chunk_bytes)]
+            assert b"".join(c for c, _ in got) == want, (data, chunk_bytes)
+            assert sum(n for _, n in got) == len(list(jt.capped_lines(io.BytesIO(data))))
+        assert want.count(jt.LONG_LINE.rstrip(b"\n")) == sum(len(x) > 64 for x in lines)
+
+
 def test_chunks_are_whole_lines(monkeypatch):
     """A file is read in chunks of whole lines, whatever the chunk size."""
     from sigtrace.events.jsonl_tables import json_chunks
@@ -243,6 +263,8 @@ BAD_LINES = {
     "a blank line and two events on a line": lambda lines: _joined(lines[:10] + [b"  "] + [lines[11] + lines[12]]
                                                                    + lines[13:]),
     "nested past the stack": lambda lines: _at_middle(lines, b"[" * 100_000),
+    # past MAX_LINE_BYTES (made 20 KB below): read past, never held, counted
+    "a line longer than the cap": lambda lines: _at_middle(lines, b'{"ts": 1.0, "detail": "' + b"x" * 100_000 + b'"}'),
 }
 
 
@@ -251,8 +273,9 @@ def test_a_bad_line_is_skipped_in_the_parts_as_the_whole_read_skips_it(tmp_path,
     """A recording copied from elsewhere with one bad line is still split by pod (bounded memory):
     the chunk holding it is read line by line with the tolerant reader's checks, the rest as it is;
     the same reports and the same `incomplete` notes, in the same words and order, as read whole."""
-    from sigtrace.events import partition
+    from sigtrace.events import jsonl_tables, partition
     monkeypatch.setattr(partition, "CHUNK_BYTES", 20_000)        # many chunks: the bad one among them
+    monkeypatch.setattr(jsonl_tables, "MAX_LINE_BYTES", 20_000)
     d = _synth_with(tmp_path, BAD_LINES[what])
     assert read_recording(d).events.equals(read_recording(d, fast=False).events)
     got = _in_parts(d)

@@ -14,6 +14,11 @@ from typing import Any, BinaryIO, Iterator
 from .columnar import arrow_schema
 
 CHUNK_BYTES = 32 << 20          # read at once: pyarrow parses a chunk's blocks on all cores
+# no event comes near this (its longest field, detail, is cut at 64 KiB): a longer line is read past,
+# not held, whatever its length (a file from elsewhere may hold one of gigabytes); not JSON, so the
+# fast path gives its chunk to the tolerant checks, which count it
+MAX_LINE_BYTES = CHUNK_BYTES
+LONG_LINE = b"\x00 a line longer than 32 MiB\n"
 
 
 class NotOneEventPerLine(ValueError):
@@ -60,25 +65,57 @@ def json_chunks(source: Path | BinaryIO, complete: int, chunk_bytes: int) -> Ite
     whole lines, about chunk_bytes each, with their number of lines and whether one of them is
     blank (JSON whitespace only: pyarrow makes no row of it, so the row count alone cannot tell it
     from a line of two events). Read, not memory-mapped: the pages of a mapped file count in the
-    process's RSS as it is read through (3 GB for a 10M-event recording)."""
+    process's RSS as it is read through (3 GB for a 10M-event recording). A line longer than
+    MAX_LINE_BYTES is read past, never held, and given as LONG_LINE (one line still: the lines'
+    numbers stay the file's), which the tolerant checks count."""
     import pyarrow as pa
-    pos, rest = 0, b""
+    pos, rest, marks, skipping = 0, b"", b"", False
     with (open(source, "rb") if isinstance(source, (str, Path)) else nullcontext(source)) as fh:
         while pos < complete:
-            data = rest + fh.read(min(chunk_bytes, complete - pos))
-            pos += len(data) - len(rest)
-            if len(data) == len(rest):
+            block = fh.read(min(chunk_bytes, complete - pos))
+            if not block:
                 break
-            cut = len(data) if pos >= complete else data.rfind(b"\n") + 1
-            if cut == 0:            # one line longer than a chunk: read on
-                rest = data
+            pos += len(block)
+            if skipping:                       # inside a line too long to hold
+                nl = block.find(b"\n")
+                if nl < 0 and pos < complete:
+                    continue
+                marks += LONG_LINE if nl >= 0 else LONG_LINE.rstrip(b"\n")      # (the file's unended last line)
+                block, skipping = (block[nl + 1:] if nl >= 0 else b""), False
+            nl = block.find(b"\n")
+            if nl < 0 and pos < complete:      # the line goes on past this block
+                if len(rest) + len(block) > MAX_LINE_BYTES:
+                    rest, skipping = b"", True
+                else:
+                    rest += block
                 continue
+            if len(rest) + (nl if nl >= 0 else len(block)) > MAX_LINE_BYTES:
+                rest, block = b"", (LONG_LINE + block[nl + 1:] if nl >= 0 else LONG_LINE.rstrip(b"\n"))
+            data = marks + rest + block
+            marks = b""
+            cut = len(data) if pos >= complete else data.rfind(b"\n") + 1
             rest = data[cut:]
             view = memoryview(data)[:cut]
             yield pa.BufferReader(pa.py_buffer(view)), _lines(data, cut), _BLANK.search(view) is not None  # no copy
             del data, view
-        if rest:
-            yield pa.BufferReader(pa.py_buffer(rest)), _lines(rest, len(rest)), _BLANK.search(rest) is not None
+        tail = marks + (LONG_LINE.rstrip(b"\n") if skipping else rest)
+        if tail:
+            yield pa.BufferReader(pa.py_buffer(tail)), _lines(tail, len(tail)), _BLANK.search(tail) is not None
+
+
+def capped_lines(fh: BinaryIO) -> Iterator[bytes]:
+    """A binary file's lines, each with its newline (a last one maybe without), as json_chunks
+    gives them: a line longer than MAX_LINE_BYTES is read past, never held, and given as LONG_LINE."""
+    while True:
+        line = fh.readline(MAX_LINE_BYTES + 1)
+        if not line:
+            return
+        if len(line) <= MAX_LINE_BYTES or line.endswith(b"\n"):
+            yield line
+            continue
+        while line and not line.endswith(b"\n"):
+            line = fh.readline(1 << 20)
+        yield LONG_LINE if line else LONG_LINE.rstrip(b"\n")
 
 
 # a line of JSON whitespace only, the chunk's first or any later one, with its newline or last

@@ -22,9 +22,13 @@ import pandas as pd
 
 from ..errors import DataError
 from .columnar import READ_FLAGS, is_columnar, iter_rows
+from .jsonl_tables import LONG_LINE, capped_lines
 from .schema import DTYPES, FIELD_NAMES, KINDS
 from .source import Recording, lost_note, plan_recording, unfinished_note
 from .validate import event_problem
+
+LONG_LINE_BODY = LONG_LINE.rstrip(b"\n")
+TOO_LONG = "lines longer than 32 MiB"
 
 __all__ = ["Recording", "checked_lines", "events_frame", "iter_event_lines", "problem_notes", "read_recording"]
 
@@ -44,7 +48,7 @@ def iter_event_lines(path: Path, problems: Counter, examples: dict, label: str =
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             problems[f"unreadable segments ({label or path.name}: not a regular file)"] += 1
             return
-        yield from checked_lines(fh, 1, problems, examples, label)
+        yield from checked_lines(capped_lines(fh), 1, problems, examples, label)
 
 
 def checked_lines(raws: Iterable[bytes], first: int, problems: Counter, examples: dict,
@@ -54,6 +58,10 @@ def checked_lines(raws: Iterable[bytes], first: int, problems: Counter, examples
     where = f"{label} line" if label else "line"
     for lineno, raw in enumerate(raws, first):
         if not raw.strip():
+            continue
+        if raw.rstrip(b"\n") == LONG_LINE_BODY:    # read past, not held (jsonl_tables.capped_lines)
+            problems[TOO_LONG] += 1
+            examples.setdefault(TOO_LONG, f"{where} {lineno}")
             continue
         try:
             obj = json.loads(raw)
