@@ -251,3 +251,20 @@ def test_a_dataset_part_speaks_only_for_its_own_node_and_links_are_not_followed(
     assert any("speaks for nodes other than its own" in n for n in export.incomplete), export.incomplete
     assert "victim" not in set(export.events["node"].astype(str))
     assert any("through a link skipped" in n for n in export.incomplete), export.incomplete
+
+
+def test_unused_dictionary_entries_of_a_parquet_file_become_no_categories(tmp_path):
+    """A Parquet file from elsewhere whose pod_name dictionary holds 200k entries its rows never use:
+    only the used ones become categories (each would cost memory in every chunk)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    src = tmp_path / "a.parquet"
+    export_recordings([DATA / "node-a"], parquet=str(src))
+    t = pq.read_table(src)
+    i = t.column_names.index("pod_name")
+    big = pa.DictionaryArray.from_arrays(pa.array([0] * t.num_rows, pa.int32()),
+                                         pa.array([f"p{n}" for n in range(200_000)]))
+    pq.write_table(t.set_column(i, "pod_name", big), tmp_path / "b.parquet")
+    shutil.copy(f"{src}.meta.json", tmp_path / "b.parquet.meta.json")
+    export = read_exports([str(tmp_path / "b.parquet")])
+    assert list(export.events["pod_name"].cat.categories) == ["p0"]

@@ -220,9 +220,20 @@ def _frames(path: Path, what: str, batches: Iterable[Any]) -> Iterator[pd.DataFr
     import pyarrow as pa
     try:
         for batch in batches:
-            yield _typed_table(pa.Table.from_batches([batch])).to_pandas(types_mapper=_pandas_types_mapper())
+            table = _used_dictionaries(_typed_table(pa.Table.from_batches([batch])))
+            yield table.to_pandas(types_mapper=_pandas_types_mapper())
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError) as exc:
         raise DataError(f"{path}: not a readable {what} ({_one_line(exc)})") from None
+
+
+def _used_dictionaries(table):
+    """Dictionary columns holding only the values their rows use: a Parquet file from elsewhere may
+    carry millions of unused entries, and every one would become a pandas category."""
+    for i, col in enumerate(table.columns):
+        if hasattr(col.type, "value_type") and hasattr(col.type, "index_type") and \
+                any(len(chunk.dictionary) > len(chunk) for chunk in col.chunks):
+            table = table.set_column(i, table.field(i), col.cast(col.type.value_type).dictionary_encode())
+    return table
 
 
 def _part_files(root: Path, notes: list[str]) -> list[str]:
