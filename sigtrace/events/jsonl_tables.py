@@ -6,12 +6,14 @@ chunk the tolerant reader's (sigtrace.events.reader). No pandas here: the compac
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
-from .columnar import arrow_schema
+from .columnar import READ_FLAGS, Unreadable, arrow_schema
 
 CHUNK_BYTES = 32 << 20          # read at once: pyarrow parses a chunk's blocks on all cores
 # no event comes near this (its longest field, detail, is cut at 64 KiB): a longer line is read past,
@@ -25,11 +27,27 @@ class NotOneEventPerLine(ValueError):
     """A chunk whose rows are not its lines (blank lines, two objects on one): the tolerant reader's."""
 
 
-def complete_part(path: Path, size: int) -> tuple[int, int | None]:
+def open_segment(path: Path) -> BinaryIO:
+    """A JSONL segment for reading: never through a link, never waiting on a FIFO put where the
+    listing saw a file (columnar.Unreadable, a ValueError, when it is not a regular file; OSError)."""
+    fd = os.open(path, READ_FLAGS)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise Unreadable("not a regular file")
+    return open(fd, "rb")
+
+
+def _opened(source: Path | BinaryIO):
+    """A path opened (and closed after), or a binary file the caller keeps open."""
+    return open_segment(source) if isinstance(source, (str, Path)) else nullcontext(source)
+
+
+def complete_part(source: Path | BinaryIO, size: int) -> tuple[int, int | None]:
     """How many of the file's first `size` bytes are complete lines, and the line number of a
-    cut-off last line. Only those bytes are looked at: a segment being written grows meanwhile."""
+    cut-off last line. Only those bytes are looked at: a segment being written grows meanwhile.
+    source: a path, or a binary file (read from where this seeks)."""
     start = max(0, size - 65536)
-    with open(path, "rb") as fh:
+    with _opened(source) as fh:
         fh.seek(start)
         tail = fh.read(size - start)
     if tail.endswith(b"\n"):
@@ -46,7 +64,8 @@ def complete_part(path: Path, size: int) -> tuple[int, int | None]:
     except (ValueError, RecursionError):
         pass
     cut = size - len(last)
-    with open(path, "rb") as fh:
+    with _opened(source) as fh:
+        fh.seek(0)
         lines, left = 0, cut
         while left > 0 and (chunk := fh.read(min(1 << 20, left))):
             lines += chunk.count(b"\n")
@@ -70,7 +89,7 @@ def json_chunks(source: Path | BinaryIO, complete: int, chunk_bytes: int) -> Ite
     numbers stay the file's), which the tolerant checks count."""
     import pyarrow as pa
     pos, rest, marks, skipping = 0, b"", b"", False
-    with (open(source, "rb") if isinstance(source, (str, Path)) else nullcontext(source)) as fh:
+    with _opened(source) as fh:
         while pos < complete:
             block = fh.read(min(chunk_bytes, complete - pos))
             if not block:
@@ -152,18 +171,20 @@ def table_is_clean(table) -> bool:
 def json_tables(label: str, path: Path, cut_lines: list[str], chunk_bytes: int = CHUNK_BYTES) -> Iterator[Any]:
     """A JSONL segment as tables of about chunk_bytes of its lines each, as far as it was complete
     when this started (a segment being written grows meanwhile); a cut-off last line is left out and
-    named in cut_lines. Raises pyarrow.ArrowInvalid (what the schema does not take), NotOneEventPerLine
-    and OSError."""
+    named in cut_lines. Raises pyarrow.ArrowInvalid (what the schema does not take), NotOneEventPerLine,
+    columnar.Unreadable (not a regular file) and OSError."""
     import pyarrow.json as pajson
-    size = path.stat().st_size
-    if size == 0:
-        return
-    complete, cut_line = complete_part(path, size)
-    if cut_line is not None:
-        cut_lines.append(f"{label} line {cut_line}" if label else f"line {cut_line}")
-    options = parse_options()
-    for chunk, lines, blank in json_chunks(path, complete, chunk_bytes):
-        table = pajson.read_json(chunk, parse_options=options)
-        if not one_event_per_line(table, lines, blank):
-            raise NotOneEventPerLine(str(path))
-        yield table
+    with open_segment(path) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size == 0:
+            return
+        complete, cut_line = complete_part(fh, size)
+        if cut_line is not None:
+            cut_lines.append(f"{label} line {cut_line}" if label else f"line {cut_line}")
+        options = parse_options()
+        fh.seek(0)
+        for chunk, lines, blank in json_chunks(fh, complete, chunk_bytes):
+            table = pajson.read_json(chunk, parse_options=options)
+            if not one_event_per_line(table, lines, blank):
+                raise NotOneEventPerLine(str(path))
+            yield table

@@ -36,7 +36,7 @@ from .columnar import READ_FLAGS, arrow_schema, is_columnar, read_tables, record
 from .fast_reader import table_frame
 from .jsonl_tables import (CHUNK_BYTES, complete_part, json_chunks, json_tables, one_event_per_line, parse_options,
                            table_is_clean)
-from .reader import checked_lines, iter_columnar_rows, problem_notes
+from .reader import checked_lines, iter_columnar_rows, open_counted, problem_notes
 from .source import Source, lost_note, unfinished_note
 from .validate import table_is_valid
 from .writer import _stderr_warning
@@ -262,14 +262,22 @@ class CleanChunks:
                 yield table
 
     def _jsonl(self, label: str, path: Path) -> Iterator[Any]:
+        fh = open_counted(path, self.problems, label)         # counted as the tolerant reader counts it
+        if fh is None:
+            return
+        with fh:
+            yield from self._jsonl_file(label, fh)
+
+    def _jsonl_file(self, label: str, fh) -> Iterator[Any]:
         import pyarrow as pa
         import pyarrow.json as pajson
-        size = path.stat().st_size
+        size = os.fstat(fh.fileno()).st_size
         if size == 0:
             return
-        complete, cut_line = complete_part(path, size)
+        complete, cut_line = complete_part(fh, size)
+        fh.seek(0)
         options, first = parse_options(), 1
-        for chunk, lines, blank in json_chunks(path, complete, CHUNK_BYTES):
+        for chunk, lines, blank in json_chunks(fh, complete, CHUNK_BYTES):
             try:
                 table = pajson.read_json(chunk, parse_options=options)
             except pa.ArrowInvalid:
@@ -311,7 +319,10 @@ class CleanChunks:
             # the rest of the file as the tolerant reader reads it (its first `done` rows were clean),
             # from the same open file: one removed meanwhile is not half read and half missing
             if fd is not None:
-                os.lseek(fd, 0, os.SEEK_SET)
+                try:
+                    os.lseek(fd, 0, os.SEEK_SET)
+                except OSError:
+                    pass             # a FIFO put there: the tolerant reader says it is not a regular file
             rows = iter_columnar_rows(path, self.problems, self.examples, label, fd=fd)
             yield from self._checked(itertools.islice(rows, done, None))
         finally:

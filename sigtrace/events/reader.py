@@ -12,17 +12,15 @@ disk, and what the merge had to decide (the gap between runs, differing capabili
 from __future__ import annotations
 
 import json
-import os
-import stat
 from collections import Counter
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 import pandas as pd
 
 from ..errors import DataError
-from .columnar import READ_FLAGS, is_columnar, iter_rows
-from .jsonl_tables import LONG_LINE, capped_lines
+from .columnar import Unreadable, is_columnar, iter_rows
+from .jsonl_tables import LONG_LINE, capped_lines, open_segment
 from .schema import DTYPES, FIELD_NAMES, KINDS
 from .source import Recording, lost_note, plan_recording, unfinished_note
 from .validate import event_problem
@@ -36,19 +34,25 @@ __all__ = ["Recording", "checked_lines", "events_frame", "iter_event_lines", "pr
 def iter_event_lines(path: Path, problems: Counter, examples: dict, label: str = "") -> Iterator[dict]:
     """Yield parsed events; count lines that are not JSON objects of a known kind. examples gets
     the first place of each problem ("line 7", or "<label> line 7" for one file of several)."""
+    fh = open_counted(path, problems, label)
+    if fh is not None:
+        with fh:
+            yield from checked_lines(capped_lines(fh), 1, problems, examples, label)
+
+
+def open_counted(path: Path, problems: Counter, label: str = "") -> BinaryIO | None:
+    """A JSONL segment opened for reading (jsonl_tables.open_segment: a link or a FIFO put there
+    since the listing is not followed, not waited on), or None with the reason counted in problems.
+    FileNotFoundError (removed while being read) is the caller's to say."""
     try:
-        # a link or a FIFO put there since the listing: not followed, not waited on
-        fd = os.open(path, READ_FLAGS)
+        return open_segment(path)
     except FileNotFoundError:
-        raise                               # removed while being read: the reader says so
+        raise
+    except Unreadable as exc:
+        problems[f"unreadable segments ({label or path.name}: {exc})"] += 1
     except OSError as exc:
         problems[f"unreadable segments ({label or path.name}: {exc.strerror or 'cannot be read'})"] += 1
-        return
-    with open(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            problems[f"unreadable segments ({label or path.name}: not a regular file)"] += 1
-            return
-        yield from checked_lines(capped_lines(fh), 1, problems, examples, label)
+    return None
 
 
 def checked_lines(raws: Iterable[bytes], first: int, problems: Counter, examples: dict,
