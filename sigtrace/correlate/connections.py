@@ -201,14 +201,12 @@ def _match_reset_tuples(rs: pd.DataFrame, rk: pd.Series, c: pd.DataFrame, st: pd
     cand = st[cand_mask]
 
     def tuple_of(f: pd.DataFrame) -> pd.Series:
+        # a Python tuple per row: no separator a crafted uid or address could hold ("a|b" joined was)
         parts = [_s(f["saddr"]).astype(str), f["sport"].astype("Float64").astype(str),
                  _s(f["daddr"]).astype(str), f["dport"].astype("Float64").astype(str)]
         if by_pod:
             parts.insert(0, _s(f["pod_uid"]).astype(str))
-        out = parts[0]
-        for part in parts[1:]:
-            out = out + "|" + part
-        return out
+        return pd.Series(list(zip(*(p.tolist() for p in parts))), index=f.index, dtype=object)
 
     a = pd.DataFrame({"ts": cand["ts"].to_numpy(dtype=float), "tup": tuple_of(cand).to_numpy(dtype=object),
                       "sock": _s(cand["sock"]).astype(str).to_numpy(dtype=object),
