@@ -346,3 +346,42 @@ def test_report_of_a_collected_meta_that_lies(tmp_path):
     (rec / "meta.json").write_text("[1]")
     r = run_plugin("report", str(tmp_path / "rollout"), "--format", "json")
     assert "Traceback" not in r.stderr and '"prestop-quit-superseded"' in r.stdout
+
+
+@pytest.mark.parametrize("node", ["/tmp/sigtrace-escaped", "..", "node\x1b]0;PWNED\x07\x1b[2J"])
+def test_collect_never_uses_a_node_name_that_is_not_a_dns_name_as_a_directory(fake_api, kubeconfig, tmp_path, node):
+    """spec.nodeName is API data: an absolute path or ".." would write outside --output, an escape
+    would reach the terminal. Such a node is refused (said, escaped); the others are collected."""
+    import io
+    import tarfile
+    install_agents(fake_api)
+    fake_api.apply("ADDED", agent_pod("sigtrace-agent-evil", node, True))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        ti = tarfile.TarInfo("./evil.txt")
+        ti.size = 6
+        tf.addfile(ti, io.BytesIO(b"pwned\n"))
+    fake_api.exec_handler = lambda ns, pod, command: (buf.getvalue(), b"", 0)
+    out = tmp_path / "collected"
+    r = run_plugin("--kubeconfig", kubeconfig, "collect", "--output", str(out))
+    assert r.returncode != 0 and "is not a DNS name" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert "\x1b" not in r.stderr and "\x07" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not Path("/tmp/sigtrace-escaped/evil.txt").exists() and not (tmp_path / "evil.txt").exists()
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["node-a", "node-b"]
+
+
+def test_archive_members_that_cannot_be_written_are_skipped_and_said(tmp_path):
+    """A file then a directory of its name, a file named ".", a name too long: those members are
+    skipped (named in one error), the others extracted; never a traceback."""
+    import io
+    import tarfile
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, data in (("a", b"1"), ("a/b", b"2"), (".", b"3"), ("n" * 300, b"4"), ("ok/events.jsonl", b"{}\n")):
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    from sigtrace.errors import SigtraceError
+    with pytest.raises(SigtraceError, match=r"3 member\(s\) of the archive could not be written"):
+        safe_extract(buf.getvalue(), tmp_path / "dest")
+    assert (tmp_path / "dest" / "ok" / "events.jsonl").read_bytes() == b"{}\n"

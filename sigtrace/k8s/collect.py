@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -40,13 +41,25 @@ def collect(api: Any, namespace: str, output: Path, pods: tuple[str, ...] = (), 
     for p in agents:
         node = (p.get("spec") or {}).get("nodeName") or p["metadata"]["name"]
         try:
+            if not _is_dns_name(node):
+                # it names a directory under --output: never "..", "/", or a terminal's escape
+                raise SigtraceError(f"the agent pod's node name {str(node)!r} is not a DNS name; skipped")
             got[node] = _collect_one(api, namespace, p["metadata"]["name"], output, node, max_bytes)
         except SigtraceError as exc:
-            failed.append(f"{node}: {exc}")       # the other nodes are still collected
+            # the other nodes are still collected; the message is escaped where it is printed
+            failed.append(f"{node}: {exc}")
     if failed:
         raise SigtraceError(f"{len(failed)} of {len(agents)} nodes not collected ({'; '.join(failed)}); "
                             f"the others are in {output}")
     return got
+
+
+_DNS_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
+
+
+def _is_dns_name(name: Any) -> bool:
+    """A Kubernetes node name (an RFC 1123 subdomain, at most 253 characters)."""
+    return isinstance(name, str) and 0 < len(name) <= 253 and _DNS_NAME.match(name) is not None
 
 
 def nodes_of(api: Any, pods: tuple[str, ...], default_ns: str) -> set[str]:
@@ -59,7 +72,11 @@ def nodes_of(api: Any, pods: tuple[str, ...], default_ns: str) -> set[str]:
             resp = client.CoreV1Api(api).read_namespaced_pod(name, ns or default_ns, _preload_content=False)
         except Exception as exc:  # noqa: BLE001
             raise api_error(exc, f"reading pod {ref}") from None
-        node = (json.loads(resp.data).get("spec") or {}).get("nodeName")
+        try:
+            body = json.loads(resp.data)
+            node = (body.get("spec") or {}).get("nodeName") if isinstance(body, dict) else None
+        except (ValueError, RecursionError, AttributeError):
+            raise SigtraceError(f"the API's answer for pod {ref} is not a pod; try again") from None
         if not node:
             raise UsageProblem(f"pod {ref} is not scheduled on a node yet; nothing to collect for it")
         nodes.add(node)
@@ -93,24 +110,33 @@ def safe_extract(data: Any, dest: Path, max_bytes: int = MAX_COLLECT_BYTES) -> l
     root = dest.resolve()
     fileobj = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else None
     budget = max_bytes
+    skipped: list[str] = []
     with (tarfile.open(fileobj=fileobj, mode="r|") if fileobj is not None else tarfile.open(str(data), mode="r|")) as tf:
         for m in tf:
-            target = (dest / m.name).resolve()
-            if not (target == root or root in target.parents):
-                continue
-            if m.isdir():
-                target.mkdir(parents=True, exist_ok=True)
-            elif m.isfile():
-                if m.size > budget:
-                    raise SigtraceError(f"{m.name} is {human_size(m.size)}, more than the {human_size(max_bytes)} "
-                                        f"this collection may write; raise --max-bytes")
-                budget -= m.size
-                target.parent.mkdir(parents=True, exist_ok=True)
-                src = tf.extractfile(m)
-                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o640)
-                with src, os.fdopen(fd, "wb") as fh:
-                    shutil.copyfileobj(src, fh, 1 << 20)
-                names.append(str(target.relative_to(root)))
+            try:
+                target = (dest / m.name).resolve()
+                if not (target == root or root in target.parents):
+                    continue
+                if m.isdir():
+                    target.mkdir(parents=True, exist_ok=True)
+                elif m.isfile():
+                    if m.size > budget:
+                        raise SigtraceError(f"{m.name} is {human_size(m.size)}, more than the "
+                                            f"{human_size(max_bytes)} this collection may write; raise --max-bytes")
+                    budget -= m.size
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    src = tf.extractfile(m)
+                    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o640)
+                    with src, os.fdopen(fd, "wb") as fh:
+                        shutil.copyfileobj(src, fh, 1 << 20)
+                    names.append(str(target.relative_to(root)))
+            except OSError as exc:
+                # a member whose name another took (a file, then a directory of that name), too long
+                # a name: that member is skipped; a member's data is read past by the stream
+                skipped.append(f"{m.name[:120]} ({exc.strerror or exc})")
+    if skipped:
+        raise SigtraceError(f"{len(skipped)} member(s) of the archive could not be written, first "
+                            f"{skipped[0]}; the rest is in {dest}")
     return names
 
 
