@@ -111,9 +111,10 @@ def status(c: Ctx, as_json: bool, no_health: bool) -> None:
     if as_json:
         click.echo(json.dumps(st, indent=2))
         return
+    from .render.safe import visible
     click.echo(f"agents ready: {st['ready']}/{st['desired']}")
     for line in readiness_rows(st) if no_health else status_rows(st, c.namespace):
-        click.echo(line)
+        click.echo(visible(line))          # pod, node and problem texts come from the API and the nodes
 
 
 @plugin.command(name="collect")

@@ -188,6 +188,30 @@ def test_status_reads_each_agents_health_over_exec(fake_api, kubeconfig):
     assert not [n for n in notes if "node-a" in n]
 
 
+def test_status_of_a_malformed_status_json_or_pod_is_shown_never_a_traceback(fake_api, kubeconfig):
+    """status.json comes from a node and pods from the API: text for numbers, a list for a dict,
+    escapes in a problem or a pod name are shown as unknown or escaped, never a traceback."""
+    import time
+    install_agents(fake_api)
+    fake_api.apply("MODIFIED", agent_pod("sigtrace-agent-bbbbb", "node-b", True) | {
+        "status": {"phase": "Running", "conditions": [{"status": "True"}, "x"],
+                   "containerStatuses": [{"restartCount": "3"}]}})
+    bodies = {"sigtrace-agent-aaaaa": agent_status_json(
+                  "node-a", time.time() - 2, events_per_s="fast", disk_used_bytes="lots", last_report="x",
+                  kubernetes={"problems": {"pods": "watching\x1b]0;owned\x07\r\nFAKE LINE"}}),
+              "sigtrace-agent-bbbbb": agent_status_json("node-b", "yesterday", kubernetes={"problems": []})}
+    fake_api.exec_handler = lambda ns, pod, command: (bodies[pod], b"", 0)
+    r = run_plugin("--kubeconfig", kubeconfig, "status")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert "\x1b" not in r.stdout and "\x07" not in r.stdout and "\r" not in r.stdout
+    lines = r.stdout.splitlines()
+    assert not any(line.startswith("FAKE LINE") for line in lines)
+    a = next(line for line in lines if line.startswith("node-a"))
+    assert a.split()[5:8] == ["-", "7", "-"] and a.endswith("none yet")
+    assert any("API pods: watching\\x1b]0;owned" in line for line in lines), lines
+    assert json.loads(run_plugin("--kubeconfig", kubeconfig, "status", "--json").stdout)["nodes"][1]["restarts"] == 0
+
+
 def test_status_without_status_json_says_why_per_node(fake_api, kubeconfig):
     install_agents(fake_api)
     fake_api.exec_handler = lambda ns, pod, command: (b"", b"cat: /var/lib/sigtrace/status.json: No such file or directory\n", 1)

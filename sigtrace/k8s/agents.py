@@ -3,6 +3,7 @@ each agent's health (its status.json, read over pods/exec: no port, Service or e
 from __future__ import annotations
 
 import json
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -45,13 +46,29 @@ def agent_status(api: Any, namespace: str) -> dict[str, Any]:
     st = ds.get("status") or {}
     nodes = []
     for p in agent_pods(api, namespace):
-        conds = {c["type"]: c["status"] for c in (p.get("status") or {}).get("conditions") or []}
-        restarts = sum(c.get("restartCount", 0) for c in (p.get("status") or {}).get("containerStatuses") or [])
-        nodes.append({"node": (p.get("spec") or {}).get("nodeName"), "pod": p["metadata"]["name"],
-                      "ready": conds.get("Ready") == "True", "phase": (p.get("status") or {}).get("phase"),
-                      "restarts": restarts})
+        nodes.append(_agent_row(p))
     nodes.sort(key=lambda n: n["node"] or "")
-    return {"desired": st.get("desiredNumberScheduled", 0), "ready": st.get("numberReady", 0), "nodes": nodes}
+    st = st if isinstance(st, dict) else {}
+    return {"desired": _number(st.get("desiredNumberScheduled")) or 0, "ready": _number(st.get("numberReady")) or 0,
+            "nodes": nodes}
+
+
+def _agent_row(p: Any) -> dict[str, Any]:
+    """One agent pod as the status table shows it; a field of the wrong shape (API data) as unknown."""
+    p = p if isinstance(p, dict) else {}
+    status = p.get("status") if isinstance(p.get("status"), dict) else {}
+    spec = p.get("spec") if isinstance(p.get("spec"), dict) else {}
+    meta = p.get("metadata") if isinstance(p.get("metadata"), dict) else {}
+    conds = {c.get("type"): c.get("status") for c in _dicts(status.get("conditions"))}
+    restarts = sum(_number(c.get("restartCount")) or 0 for c in _dicts(status.get("containerStatuses")))
+    node, name, phase = spec.get("nodeName"), meta.get("name"), status.get("phase")
+    return {"node": node if isinstance(node, str) else None, "pod": name if isinstance(name, str) else "?",
+            "ready": conds.get("Ready") == "True", "phase": phase if isinstance(phase, str) else None,
+            "restarts": int(restarts)}
+
+
+def _dicts(v: Any) -> list[dict]:
+    return [x for x in v if isinstance(x, dict)] if isinstance(v, list) else []
 
 
 def add_health(api: Any, namespace: str, st: dict[str, Any]) -> dict[str, Any]:
@@ -83,11 +100,50 @@ def agent_health(api: Any, namespace: str, pod: str, now: float | None = None) -
         if "No such file" in text or "exit code: 1" in text:
             return {"error": "no status.json yet (agent starting, or an older agent image)"}
         return {"error": text[:200]}
-    except ValueError as exc:
-        return {"error": f"status.json unreadable ({exc})"}
+    except (ValueError, RecursionError) as exc:
+        return {"error": f"status.json unreadable ({str(exc)[:120]})"}
     except Exception as exc:  # noqa: BLE001 - a connection problem for one node must not hide the others
         return {"error": f"pods/exec failed ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})"}
-    age = (now if now is not None else time.time()) - float(health.get("written_at") or 0)
+    health = clean_health(health)
+    age = (now if now is not None else time.time()) - (health.get("written_at") or 0.0)
     health["age_s"] = round(age, 1)
-    health["stale"] = age > max(STALE_AFTER_S, 3 * float(health.get("every_s") or 0))
+    health["stale"] = age > max(STALE_AFTER_S, 3 * (health.get("every_s") or 0.0))
     return health
+
+
+NUMBERS = ("written_at", "every_s", "events_per_s", "armed_pods", "lost_events", "disk_used_bytes")
+
+
+def _number(v: Any) -> float | int | None:
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def clean_health(raw: dict[str, Any]) -> dict[str, Any]:
+    """status.json with the fields the status table reads kept only when of their type (the file
+    comes from a node: a number as text, a list for a dict must not be a traceback); the rest as is."""
+    h = dict(raw)
+    for key in NUMBERS:
+        if key in h and _number(h[key]) is None:
+            del h[key]
+    if "recording" in h and not isinstance(h["recording"], bool):
+        del h["recording"]
+    if "backend" in h and not isinstance(h["backend"], str):
+        del h["backend"]
+    last = h.get("last_report")
+    if last is not None:
+        if isinstance(last, dict):
+            verdicts = last.get("verdicts")
+            h["last_report"] = {"at": _number(last.get("at")),
+                                **{k: last.get(k) if isinstance(last.get(k), str) else None
+                                   for k in ("namespace", "pod_name", "pod_uid")},
+                                "verdicts": [v for v in verdicts if isinstance(v, str)] if isinstance(verdicts, list)
+                                else []}
+        else:
+            del h["last_report"]
+    k8s = h.get("kubernetes")
+    if k8s is not None:
+        problems = k8s.get("problems") if isinstance(k8s, dict) else None
+        h["kubernetes"] = {**(k8s if isinstance(k8s, dict) else {}),
+                           "problems": {str(r): p for r, p in problems.items() if isinstance(p, str)}
+                           if isinstance(problems, dict) else {}}
+    return h

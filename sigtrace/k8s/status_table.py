@@ -26,7 +26,7 @@ def status_rows(st: dict[str, Any], namespace: str, now: float | None = None) ->
         h = n.get("health") or {}
         last = h.get("last_report")
         if last:
-            ago = max(0.0, now - float(last.get("at") or now))
+            ago = max(0.0, now - (last.get("at") or now))
             who = f"{last.get('namespace') or '?'}/{last.get('pod_name') or last.get('pod_uid') or '?'}"
             last_s = f"{human_age(ago)} ago {who} {','.join(last.get('verdicts') or []) or 'clean'}"
         else:
