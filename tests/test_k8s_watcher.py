@@ -322,15 +322,24 @@ def test_malformed_objects_are_skipped_counted_and_logged_once_per_kind(fake_api
     bad["metadata"]["uid"] = "bad-uid"
     bad["spec"]["containers"] = "nginx"                               # a string where a list belongs
     fake_api.inject_raw("pods", json.dumps({"type": "ADDED", "object": bad}).encode())
+    # a BOOKMARK whose metadata is a list (was a reconnect loop), labels nested past json's stack
+    fake_api.inject_raw("pods", b'{"type": "BOOKMARK", "object": {"metadata": ["x"]}}')
+    deep = json.loads(json.dumps(DATA["initial"][0]))
+    deep["metadata"]["uid"] = "deep-uid"
+    deep["metadata"]["labels"] = {"a": "PLACEHOLDER"}
+    fake_api.inject_raw("pods", json.dumps({"type": "ADDED", "object": deep}).encode()
+                        .replace(b'"PLACEHOLDER"', b"[" * 1000 + b"]" * 1000))
     fake_api.apply("ADDED", DATA["steps"][0]["object"])               # a good one after the bad ones
     wait_for(lambda: lc(events, "pod_seen", EXP["new_uid"]), what="the good event after the bad ones")
     assert w.summary()["malformed"] == {"pods": {"watch line is not JSON": 2,
                                                  "object without metadata.uid/name": 1,
-                                                 "unusable object (TypeError)": 1}}
-    assert not [e for e in events if e["pod_uid"] == "bad-uid"]
-    assert "bad-uid" not in w.pods.pods                               # nothing half-remembered
+                                                 "unusable object (TypeError)": 1,
+                                                 "BOOKMARK event without metadata": 1,
+                                                 "unusable object (RecursionError)": 1}}
+    assert not [e for e in events if e["pod_uid"] in ("bad-uid", "deep-uid")]
+    assert "bad-uid" not in w.pods.pods and "deep-uid" not in w.pods.pods      # nothing half-remembered
     lines = [r.message for r in caplog.records if "malformed" in r.message]
-    assert len(lines) == 3, lines                                     # one per kind, not per object
+    assert len(lines) == 5, lines                                     # one per kind, not per object
     assert fake_api.watch_count("pods") == 1                          # a bad object is no reason to reconnect
 
 

@@ -25,7 +25,7 @@ from ..events.schema import POD_LIFECYCLE, new_event
 REMOVED_TTL_S = 900.0      # a removed pod is remembered this long (its late slice updates keep its name)
 MAX_REMOVED = 5000         # ... and at most this many (a node churning Jobs)
 # What translating well-formed JSON of the wrong shape raises (a string where a list belongs...)
-UNUSABLE = (KeyError, TypeError, AttributeError, ValueError)
+UNUSABLE = (KeyError, TypeError, AttributeError, ValueError, RecursionError)   # RecursionError: labels nested past json's stack
 
 # metadata.deletionTimestamp etc. are metav1.Time: RFC 3339, serialized truncated to seconds.
 def parse_time(value: str | None) -> float | None:
@@ -152,18 +152,21 @@ class PodTracker:
         uid = meta.get("uid")
         if not uid:
             return []
-        facts = pod_facts(pod)          # first: a pod it cannot read leaves no state behind
+        # first: a pod it cannot read (a field of the wrong type, labels nested past json's stack)
+        # leaves no state behind
+        facts = pod_facts(pod)
         name, ns = meta.get("name"), meta.get("namespace")
-        self.names[uid] = (ns, name)
-        st = self.pods.setdefault(uid, _PodState())
-        out: list[dict] = []
         # labels, phase and IP change without changing what the report needs: not a new pod_seen
         # the DisruptionTarget condition says why the pod goes away (it may come before the deletion)
         key = json.dumps({k: facts[k] for k in ("containers", "grace_period_s", "prestop", "stop_signal", "disruption")},
                          sort_keys=True)
+        seen = _lifecycle_event(now, lifecycle.POD_SEEN, uid, name, ns, facts)
+        self.names[uid] = (ns, name)
+        st = self.pods.setdefault(uid, _PodState())
+        out: list[dict] = []
         if key != st.facts_key and not st.removed:
             st.facts_key = key
-            out.append(_lifecycle_event(now, lifecycle.POD_SEEN, uid, name, ns, facts))
+            out.append(seen)
         deletion = meta.get("deletionTimestamp")
         if deletion and not st.deleted:
             st.deleted = True

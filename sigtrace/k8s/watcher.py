@@ -317,14 +317,14 @@ class ApiWatcher:
                 except Malformed as bad:
                     self._malformed(s, bad)
                     continue
-                # the stream works: a later failure starts its backoff from the beginning again
-                self._recovered(s, backoff)
-                new_rv = (obj.get("metadata") or {}).get("resourceVersion")
+                new_rv = obj["metadata"].get("resourceVersion")       # (parse_watch_line: a dict)
                 if type_ in ("ADDED", "MODIFIED", "DELETED"):
                     with self._lock:
                         self._emit(self._translated(s, lambda: s.on_event(type_, obj, self.clock())))
                 if isinstance(new_rv, str) and new_rv:
                     s.rv = new_rv        # BOOKMARKs only move this
+                # the stream works (an event handled): a later failure starts its backoff from the beginning
+                self._recovered(s, backoff)
         finally:
             with self._lock:
                 self._responses.remove(resp)
@@ -423,6 +423,8 @@ def parse_watch_line(line: str, what: str) -> tuple[str, dict]:
         raise WatchError(code if isinstance(code, int) else None, f"{obj.get('reason')}: {obj.get('message')}")
     if type_ in ("ADDED", "MODIFIED", "DELETED"):
         check_object(obj, what)
+    elif not isinstance(obj.get("metadata"), dict):          # a BOOKMARK moves the resourceVersion only
+        raise Malformed(f"{type_[:20]} event without metadata")
     return type_, obj
 
 
