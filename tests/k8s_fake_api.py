@@ -84,7 +84,8 @@ class FakeApi:
         self.requests: list[tuple[str, str]] = []     # (method, path?query) for assertions
         self.watch_generation = 0                     # bumped by drop_watches()
         self.bookmarks: list[int] = []
-        self.exec_handler = None                      # (ns, pod, command) -> (stdout, stderr, exit code)
+        self.exec_handler = None                      # (ns, pod, command) -> (stdout, stderr, exit code), or
+                                                      # a function given write(channel, bytes) that streams
         self.execs: list[tuple[str, str, list[str]]] = []
         self.times: list[float] = []                  # monotonic time of each entry of requests
         self.faults: list[tuple[str, int, str | None, int]] = []   # (plural, status, Retry-After, count left)

@@ -39,8 +39,20 @@ def serve_exec(handler, api, ns: str, pod: str, path: str) -> None:
     handler.end_headers()
     with api.cond:
         api.execs.append((ns, pod, command))
-    stdout, stderr, code = api.exec_handler(ns, pod, command)
+    result = api.exec_handler(ns, pod, command)
     w = handler.wfile
+    if callable(result):
+        # a misbehaving remote end: the handler writes frames itself, (channel, bytes) each, as long as it likes
+        def write(channel: int, data: bytes) -> None:
+            w.write(_frame(bytes([channel]) + data))
+            w.flush()
+        try:
+            result(write)
+        except OSError:
+            pass                     # the client went away
+        handler.close_connection = True
+        return
+    stdout, stderr, code = result
     for i in range(0, len(stdout), 32768):
         w.write(_frame(b"\x01" + stdout[i:i + 32768]))
     if stderr:

@@ -409,3 +409,29 @@ def test_archive_members_that_cannot_be_written_are_skipped_and_said(tmp_path):
     with pytest.raises(SigtraceError, match=r"3 member\(s\) of the archive could not be written"):
         safe_extract(buf.getvalue(), tmp_path / "dest")
     assert (tmp_path / "dest" / "ok" / "events.jsonl").read_bytes() == b"{}\n"
+
+
+@pytest.mark.parametrize("remote", ["endless stderr", "silent"])
+def test_an_exec_whose_remote_end_never_stops_or_never_speaks_ends_in_one_error(fake_api, kubeconfig, remote):
+    """pods/exec to a stuck or hostile agent: an endless stderr is read and dropped (it piled up in
+    the client before: +400 MB in 25 s), silence is not waited on forever; both end in one error."""
+    import io
+    import time
+    from kubernetes import config
+    from sigtrace.k8s.exec import exec_stream
+    install_agents(fake_api)
+
+    def misbehave(write):
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 20:
+            if remote == "endless stderr":
+                write(2, b"E" * 65536)
+            else:
+                time.sleep(0.2)
+    fake_api.exec_handler = lambda ns, pod, command: misbehave
+    api = config.new_client_from_config(config_file=kubeconfig)
+    t0 = time.monotonic()
+    with pytest.raises(SigtraceError, match="sent no output for 2 s"):
+        exec_stream(api, "sigtrace", "sigtrace-agent-aaaaa", ["cat", agents.STATUS_PATH], io.BytesIO(), 1 << 20,
+                    stall_s=2)
+    assert time.monotonic() - t0 < 15
