@@ -416,3 +416,32 @@ def test_removed_pods_are_forgotten_after_their_ttl_and_beyond_the_cap():
     assert set(t.pods) == {f"job-{i}" for i in range(20, 30)}
     t.expire(1029.0 + 61)
     assert t.pods == {} and t.names == {} and not t.removed_at
+
+
+def test_a_watch_line_past_the_cap_is_read_past_and_counted(fake_api, run_watcher, monkeypatch):
+    """A watch line of any length (an endless one grew the agent by 400 MB in 12 s) is read past,
+    never held, counted; the events after it are handled on the same stream."""
+    from sigtrace.k8s import watcher
+    monkeypatch.setattr(watcher, "MAX_WATCH_LINE", 1 << 20)
+    for obj in DATA["initial"]:
+        fake_api.apply("ADDED", obj)
+    w, events, stop, _ = run_watcher(fake_api.url)
+    wait_for(lambda: fake_api.watch_count("pods") >= 1, what="pod watch")
+    fake_api.inject_raw("pods", b'{"type": "ADDED", "object": {"metadata": {"name": "' + b"x" * (3 << 20) + b'"}}}')
+    fake_api.apply("ADDED", DATA["steps"][0]["object"])
+    wait_for(lambda: lc(events, "pod_seen", EXP["new_uid"]), what="the good event after the long line")
+    assert w.summary()["malformed"] == {"pods": {"watch line longer than 1 MiB": 1}}
+    assert fake_api.watch_count("pods") == 1
+
+
+def test_a_list_answer_past_the_cap_is_an_error_retried_not_buffered(fake_api, run_watcher, monkeypatch):
+    """A list answer past MAX_LIST_BYTES (a server ignoring limit=: 3 GB in 3 s before) is cut off
+    and retried with backoff, counted as a malformed list."""
+    from sigtrace.k8s import watcher
+    monkeypatch.setattr(watcher, "MAX_LIST_BYTES", 1024)
+    for obj in DATA["initial"]:
+        fake_api.apply("ADDED", obj)
+    w, events, stop, _ = run_watcher(fake_api.url)
+    wait_for(lambda: (w.summary().get("errors") or {}).get("pods"), what="the list refused")
+    assert "malformed_list" in w.summary()["errors"]["pods"], w.summary()
+    assert not events

@@ -24,7 +24,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import orjson
 
@@ -36,6 +36,11 @@ log = logging.getLogger("sigtrace.k8s")
 Sink = Callable[[dict], None]
 
 LIST_PAGE = 500                 # objects per list page: a relist on a big cluster is not one huge body
+# what one answer may hold: a pod object is at most ~1.5 MB (etcd's limit), a page LIST_PAGE of them;
+# a server (or something in between) sending more is cut off, not buffered
+MAX_WATCH_LINE = 16 << 20
+MAX_LIST_BYTES = 256 << 20
+READ_BYTES = 1 << 16
 RETRY_AFTER_CAP_S = 300.0       # a Retry-After is honoured up to this long
 REPEAT_LOG_S = 3600.0           # a problem logged once is logged again at most this often, with its count
 
@@ -280,7 +285,7 @@ class ApiWatcher:
             kwargs["_continue"] = token
         resp = s.list_fn(_preload_content=False, _request_timeout=(10, self.list_timeout_s), **kwargs)
         try:
-            data = resp.data
+            data = _capped_body(resp, MAX_LIST_BYTES, 3 * self.list_timeout_s)
         finally:
             resp.release_conn()
         try:
@@ -294,8 +299,6 @@ class ApiWatcher:
     # ---- watch ----------------------------------------------------------------------------
     def _watch(self, s: Stream, stop: threading.Event, backoff: Backoff) -> int:
         """One watch request from s.rv until the server ends it (s.rv follows every event). -> lines read."""
-        from kubernetes.watch.watch import iter_resp_lines
-
         resp = s.list_fn(watch=True, resource_version=s.rv, allow_watch_bookmarks=True,
                          timeout_seconds=self.watch_timeout_s, _preload_content=False,
                          _request_timeout=(10, self.watch_timeout_s + 30), **s.kwargs)
@@ -306,9 +309,14 @@ class ApiWatcher:
         try:
             if stop.is_set():
                 return got
-            for line in iter_resp_lines(resp):
-                if stop.is_set():
+            # a stream the server keeps open past its own timeout (slow drip) is ended here and watched anew
+            deadline = time.monotonic() + self.watch_timeout_s + 60
+            for line in capped_lines(resp, MAX_WATCH_LINE):
+                if stop.is_set() or time.monotonic() > deadline:
                     break
+                if line is None:
+                    self._malformed(s, Malformed(f"watch line longer than {MAX_WATCH_LINE >> 20} MiB"))
+                    continue
                 if not line:
                     continue
                 got += 1
@@ -405,6 +413,51 @@ def start_watcher(node: str, kubeconfig: str | None, context: str | None, sink: 
     t = threading.Thread(target=watcher.run, args=(stop,), name="k8s-watcher", daemon=True)
     t.start()
     return watcher, t
+
+
+def capped_lines(resp: Any, cap: int) -> Iterator[str | None]:
+    """A streamed response's lines (UTF-8, invalid bytes replaced), read READ_BYTES at a time;
+    None in place of a line longer than cap, which is read past and never held."""
+    buf = bytearray()
+    skipping = False
+    for seg in resp.stream(amt=READ_BYTES, decode_content=False):
+        seg = seg.encode() if isinstance(seg, str) else seg
+        start = 0
+        while True:
+            nl = seg.find(b"\n", start)
+            if nl < 0:
+                if not skipping:
+                    buf += seg[start:]
+                    if len(buf) > cap:
+                        buf.clear()
+                        skipping = True
+                break
+            if skipping:
+                skipping = False
+                yield None
+            else:
+                buf += seg[start:nl]
+                yield None if len(buf) > cap else buf.decode("utf-8", errors="replace")
+                buf.clear()
+            start = nl + 1
+    if skipping:
+        yield None
+    elif buf:
+        yield None if len(buf) > cap else buf.decode("utf-8", errors="replace")
+
+
+def _capped_body(resp: Any, cap: int, deadline_s: float) -> bytes:
+    """A whole response body, Malformed past cap bytes or deadline_s seconds (a server that drips)."""
+    chunks, size = [], 0
+    until = time.monotonic() + deadline_s
+    for seg in resp.stream(amt=READ_BYTES, decode_content=True):
+        size += len(seg)
+        if size > cap:
+            raise Malformed(f"list answer larger than {cap >> 20} MiB")
+        if time.monotonic() > until:
+            raise Malformed(f"list answer took longer than {deadline_s:.0f} s")
+        chunks.append(seg)
+    return b"".join(chunks)
 
 
 def parse_watch_line(line: str, what: str) -> tuple[str, dict]:
