@@ -28,7 +28,7 @@ from ..events import schema as S
 from ..events.writer import META_FILE, atomic_file
 
 REPORTS_DIR = "reports"
-_UID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_UID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 SETTLE_S = 0.5      # sockets are closed in do_exit after sched_process_exit: wait for their events
 # A stopping pod under load streams TCP events by the ten thousand per second: keep its latest ones.
 # ~300 bytes each as encoded lines: 40k per pod, 120k in all ~ 36 MB held; building the report of a
@@ -249,7 +249,7 @@ class LiveReporter:
         if pod is None:
             return
         rs.pods = [pod]
-        if not _UID.match(uid):
+        if not _UID.fullmatch(uid):
             # a pod uid names the file: from the kernel it is a cgroup's UUID, but the API, a --pid
             # process or a copied recording can say anything ("../../etc/x")
             raise ValueError(f"pod uid {uid!r} is not a UUID; no file is named after it")
