@@ -186,7 +186,7 @@ def test_lines_past_the_cap_are_given_alike_by_chunks_and_by_lines(monkeypatch):
         lines = [b"x" * rnd.choice([0, 1, 30, 63, 64, 65, 100, 400]) for _ in range(rnd.randint(1, 12))]
         data = b"\n".join(lines) + (b"\n" if rnd.random() < 0.5 else b"")
         want = b"".join(jt.capped_lines(io.BytesIO(data)))
-        for chunk_bytes in (16, 64):
+        for chunk_bytes in (16, 64, 200):          # past the cap too: json_chunks clamps its blocks
             got = [(c.read(), n) for c, n, _ in jt.json_chunks(io.BytesIO(data), len(data), chunk_bytes)]
             assert b"".join(c for c, _ in got) == want, (data, chunk_bytes)
             assert sum(n for _, n in got) == len(list(jt.capped_lines(io.BytesIO(data))))

@@ -15,6 +15,7 @@ import json
 import operator
 import os
 import stat
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timezone
 from pathlib import Path
@@ -89,7 +90,7 @@ def _sniff(path: Path) -> tuple[str, list[str] | None]:
 def _check_columns(path: Path, columns: Sequence[str], notes: list[str]) -> list[str]:
     """The known columns present; DataError when a required one is missing."""
     present = set(columns)
-    twice = sorted({c for c in columns if c in EXPORT_DTYPES and list(columns).count(c) > 1})
+    twice = sorted(c for c, n in Counter(columns).items() if n > 1 and c in EXPORT_DTYPES)
     if twice:
         raise DataError(f"{path}: column(s) {', '.join(twice)} more than once; was it written by 'sigtrace export'? "
                         "export it again")
@@ -227,8 +228,8 @@ def _frames(path: Path, what: str, batches: Iterable[Any]) -> Iterator[pd.DataFr
 
 
 def _used_dictionaries(table):
-    """Dictionary columns holding only the values their rows use: a Parquet file from elsewhere may
-    carry millions of unused entries, and every one would become a pandas category."""
+    """A dictionary column bigger than its batch rebuilt from the values its rows use: a Parquet file
+    from elsewhere may carry millions of unused entries, and every one would become a pandas category."""
     for i, col in enumerate(table.columns):
         if hasattr(col.type, "value_type") and hasattr(col.type, "index_type") and \
                 any(len(chunk.dictionary) > len(chunk) for chunk in col.chunks):
@@ -241,6 +242,9 @@ def _part_files(root: Path, notes: list[str]) -> list[str]:
     nor a part or partition directory that is a link (it may lead out of the dataset: said)."""
     found = [p for p in root.glob("*=*/*=*/*.parquet") if not p.name.startswith((".", "_"))]
     files = sorted(str(p) for p in found if not _through_a_link(root, p))
+    if found and not files:
+        raise DataError(f"{root}: every part ({len(found)}) is reached through a link, which analyze does not "
+                        "follow out of a dataset; copy the parts into it")
     if len(files) < len(found):
         notes.append(f"{root}: {len(found) - len(files)} part(s) reached through a link skipped (not followed "
                      "out of the dataset)")
@@ -425,7 +429,7 @@ def _load_sidecar(path: Path, embedded: dict | None, notes: list[str]) -> dict[s
     meta = embedded
     if side.exists() or side.is_symlink():
         try:
-            # as meta.json is read: never through a link, never waiting on a FIFO, at most SIDECAR_BYTES
+            # as meta.json is read: never waiting on a FIFO, a regular file, at most SIDECAR_BYTES
             data = _small_file(side, SIDECAR_BYTES)
             if data is None:
                 raise ValueError("not a regular file, a link, too big or unreadable")
@@ -441,7 +445,7 @@ def _small_file(path: Path, limit: int) -> bytes | None:
     except OSError:
         return None
     try:
-        return read_small_at(dir_fd, path.name, limit)
+        return read_small_at(dir_fd, path.name, limit, follow=True)
     finally:
         os.close(dir_fd)
 
@@ -517,7 +521,7 @@ class ExportReader:
                 elif node not in self.metas:
                     # the node's own note, not every node's: a fleet of nodes without meta stays linear
                     self.metas[node] = {"node": node, "incomplete": [
-                        f"node {node}: no meta ({sidecar_path(str(path))} missing): backend and lost events unknown"]}
+                        f"no meta ({sidecar_path(str(path))} missing): backend and lost events unknown"]}
             df = _selected_rows(df, self.nodes, self.since, self.until)
             self._read += len(df)
             if self.progress:
@@ -536,7 +540,8 @@ class ExportReader:
             notes = m.get("incomplete") if isinstance(m, dict) else None
             clean["incomplete"] = _notes_of(notes)
             if notes is not None and clean["incomplete"] != notes:
-                dropped.append("its notes (incomplete) are not a list of texts: kept what is")
+                dropped.append(f"its notes (incomplete) are not a list of at most {MAX_NODE_NOTES} texts of at most "
+                               f"{MAX_NOTE_CHARS} characters: kept what fits")
             file_metas[str(node)] = clean
             self.notes.extend(f"{path.name}: node {node}: {n}" for n in dropped)
         return file_metas

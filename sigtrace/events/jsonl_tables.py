@@ -13,7 +13,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
-from .columnar import READ_FLAGS, Unreadable, arrow_schema
+from .columnar import Unreadable, arrow_schema
 
 CHUNK_BYTES = 32 << 20          # read at once: pyarrow parses a chunk's blocks on all cores
 # no event comes near this (its longest field, detail, is cut at 64 KiB): a longer line is read past,
@@ -27,10 +27,15 @@ class NotOneEventPerLine(ValueError):
     """A chunk whose rows are not its lines (blank lines, two objects on one): the tolerant reader's."""
 
 
+# a link is followed, as the listing follows it (recordings kept in git-annex or DVC are links); a
+# FIFO or device put where the listing saw a file is refused, never waited on
+JSONL_READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+
+
 def open_segment(path: Path) -> BinaryIO:
-    """A JSONL segment for reading: never through a link, never waiting on a FIFO put where the
-    listing saw a file (columnar.Unreadable, a ValueError, when it is not a regular file; OSError)."""
-    fd = os.open(path, READ_FLAGS)
+    """A JSONL segment for reading: a regular file, or columnar.Unreadable (a ValueError); never
+    waiting on a FIFO put where the listing saw a file; OSError."""
+    fd = os.open(path, JSONL_READ_FLAGS)
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise Unreadable("not a regular file")
@@ -88,6 +93,9 @@ def json_chunks(source: Path | BinaryIO, complete: int, chunk_bytes: int) -> Ite
     MAX_LINE_BYTES is read past, never held, and given as LONG_LINE (one line still: the lines'
     numbers stay the file's), which the tolerant checks count."""
     import pyarrow as pa
+    # a block no bigger than the cap: only its first line (continued from the last) can pass it, and
+    # that one is measured, so the lines cut are capped_lines' whatever chunk_bytes the caller asks
+    chunk_bytes = min(chunk_bytes, MAX_LINE_BYTES)
     pos, rest, marks, skipping = 0, b"", b"", False
     with _opened(source) as fh:
         while pos < complete:

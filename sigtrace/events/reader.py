@@ -41,8 +41,8 @@ def iter_event_lines(path: Path, problems: Counter, examples: dict, label: str =
 
 
 def open_counted(path: Path, problems: Counter, label: str = "") -> BinaryIO | None:
-    """A JSONL segment opened for reading (jsonl_tables.open_segment: a link or a FIFO put there
-    since the listing is not followed, not waited on), or None with the reason counted in problems.
+    """A JSONL segment opened for reading (jsonl_tables.open_segment: a FIFO or device put there
+    since the listing is not waited on), or None with the reason counted in problems.
     FileNotFoundError (removed while being read) is the caller's to say."""
     try:
         return open_segment(path)
@@ -63,7 +63,7 @@ def checked_lines(raws: Iterable[bytes], first: int, problems: Counter, examples
     for lineno, raw in enumerate(raws, first):
         if not raw.strip():
             continue
-        if raw.rstrip(b"\n") == LONG_LINE_BODY:    # read past, not held (jsonl_tables.capped_lines)
+        if raw.startswith(LONG_LINE_BODY) and len(raw) <= len(LONG_LINE):   # read past (capped_lines)
             problems[TOO_LONG] += 1
             examples.setdefault(TOO_LONG, f"{where} {lineno}")
             continue

@@ -241,6 +241,11 @@ class OutputDir:
                 break
             if not append:
                 time.sleep(0.001)
+        if not append:
+            try:
+                os.unlink(name, dir_fd=self.fd)      # the empty file this made: not left as a segment
+            except OSError:
+                pass
         os.close(fd)
         raise SegmentBusy(errno.EBUSY, f"{name} is held by another process (a compaction)", str(self.path / name))
 
@@ -705,11 +710,13 @@ def _files(parent_fd: int, name: str) -> list[_Segment]:
 MAX_META_BYTES = 4 << 20          # a recorder's meta.json is a few KB; a bigger one is not ours
 
 
-def read_small_at(dir_fd: int, name: str, limit: int = MAX_META_BYTES) -> bytes | None:
+def read_small_at(dir_fd: int, name: str, limit: int = MAX_META_BYTES, follow: bool = False) -> bytes | None:
     """The bytes of a regular file of the directory dir_fd, None when it is not one: not a regular
-    file (a FIFO planted there is never waited on), a link, bigger than limit, or unreadable."""
+    file (a FIFO planted there is never waited on), a link (unless follow: then what it leads to,
+    if that is a regular file), bigger than limit, or unreadable."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+        fd = os.open(name, flags, dir_fd=dir_fd)
     except OSError:
         return None
     try:

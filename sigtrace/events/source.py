@@ -50,13 +50,14 @@ def read_meta(d: Path) -> tuple[dict[str, Any], list[str]]:
 
 
 def _meta_bytes(d: Path) -> bytes | None:
-    """meta.json's bytes: never through a link, never waiting on a FIFO, at most MAX_META_BYTES."""
+    """meta.json's bytes: never waiting on a FIFO, a regular file (a link to one is followed, as the
+    listing follows a segment's: recordings kept in git-annex or DVC are links), at most MAX_META_BYTES."""
     try:
         dir_fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return None
     try:
-        return read_small_at(dir_fd, META_FILE)
+        return read_small_at(dir_fd, META_FILE, follow=True)
     finally:
         os.close(dir_fd)
 

@@ -64,7 +64,7 @@ def _agent_row(p: Any) -> dict[str, Any]:
     node, name, phase = spec.get("nodeName"), meta.get("name"), status.get("phase")
     return {"node": node if isinstance(node, str) else None, "pod": name if isinstance(name, str) else "?",
             "ready": conds.get("Ready") == "True", "phase": phase if isinstance(phase, str) else None,
-            "restarts": int(restarts)}
+            "restarts": int(min(restarts, 1e9))}
 
 
 def _dicts(v: Any) -> list[dict]:

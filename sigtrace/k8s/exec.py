@@ -43,15 +43,19 @@ _CLOSED = object()
 
 def _next_frame(ws: Any, timeout: float) -> tuple[int, bytes] | None | object:
     """The exec stream's next frame as (channel, bytes); None when nothing came within timeout;
-    _CLOSED at its end. One frame at a time, kept nowhere: the client's own update() reads every
-    frame available before it returns (a flood never returns) and keeps all output in memory."""
+    _CLOSED at its end. One frame at a time, dropped once the caller used it: the client's own
+    update() reads every frame available before it returns (a flood never returns) and keeps all
+    output in memory. (One frame is still read whole by websocket-client, whatever its length.)"""
     from websocket import ABNF
     sock = ws.sock
     if not sock.connected:
         return _CLOSED
     pending = getattr(sock.sock, "pending", None)
-    if not (pending and pending()) and not select.select([sock.sock], [], [], timeout)[0]:
-        return None
+    if not (pending and pending()):
+        poll = select.poll()                     # not select(): a descriptor may be past 1024
+        poll.register(sock.sock, select.POLLIN)
+        if not poll.poll(timeout * 1000):
+            return None
     op, frame = sock.recv_data_frame(True)
     if op == ABNF.OPCODE_CLOSE:
         return _CLOSED

@@ -160,11 +160,13 @@ class PodTracker:
         # the DisruptionTarget condition says why the pod goes away (it may come before the deletion)
         key = json.dumps({k: facts[k] for k in ("containers", "grace_period_s", "prestop", "stop_signal", "disruption")},
                          sort_keys=True)
-        seen = _lifecycle_event(now, lifecycle.POD_SEEN, uid, name, ns, facts)
+        known = self.pods.get(uid)
+        new = known is None or (key != known.facts_key and not known.removed)
+        seen = _lifecycle_event(now, lifecycle.POD_SEEN, uid, name, ns, facts) if new else None
         self.names[uid] = (ns, name)
         st = self.pods.setdefault(uid, _PodState())
         out: list[dict] = []
-        if key != st.facts_key and not st.removed:
+        if seen is not None:
             st.facts_key = key
             out.append(seen)
         deletion = meta.get("deletionTimestamp")

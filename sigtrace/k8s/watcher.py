@@ -36,8 +36,10 @@ log = logging.getLogger("sigtrace.k8s")
 Sink = Callable[[dict], None]
 
 LIST_PAGE = 500                 # objects per list page: a relist on a big cluster is not one huge body
-# what one answer may hold: a pod object is at most ~1.5 MB (etcd's limit), a page LIST_PAGE of them;
-# a server (or something in between) sending more is cut off, not buffered
+# what one answer may hold: a watch event is one object (at most ~1.5 MB, etcd's limit); a list page
+# LIST_PAGE objects of ~512 KB on average, far past a pod's usual 5-50 KB (a page of 500 pods at the
+# etcd limit would not fit: it is refused and retried, never buffered). A server (or something in
+# between) sending more is cut off.
 MAX_WATCH_LINE = 16 << 20
 MAX_LIST_BYTES = 256 << 20
 READ_BYTES = 1 << 16
@@ -286,6 +288,9 @@ class ApiWatcher:
         resp = s.list_fn(_preload_content=False, _request_timeout=(10, self.list_timeout_s), **kwargs)
         try:
             data = _capped_body(resp, MAX_LIST_BYTES, 3 * self.list_timeout_s)
+        except Malformed:
+            resp.close()                 # not read to its end: not back to the pool
+            raise
         finally:
             resp.release_conn()
         try:
@@ -311,8 +316,8 @@ class ApiWatcher:
                 return got
             # a stream the server keeps open past its own timeout (slow drip) is ended here and watched anew
             deadline = time.monotonic() + self.watch_timeout_s + 60
-            for line in capped_lines(resp, MAX_WATCH_LINE):
-                if stop.is_set() or time.monotonic() > deadline:
+            for line in capped_lines(resp, MAX_WATCH_LINE, deadline):
+                if stop.is_set():
                     break
                 if line is None:
                     self._malformed(s, Malformed(f"watch line longer than {MAX_WATCH_LINE >> 20} MiB"))
@@ -337,6 +342,7 @@ class ApiWatcher:
             with self._lock:
                 self._responses.remove(resp)
             try:
+                resp.close()             # maybe not read to its end (stop, deadline): not back to the pool
                 resp.release_conn()
             except Exception:  # noqa: BLE001 - a reset connection may fail to return to the pool
                 pass
@@ -415,12 +421,15 @@ def start_watcher(node: str, kubeconfig: str | None, context: str | None, sink: 
     return watcher, t
 
 
-def capped_lines(resp: Any, cap: int) -> Iterator[str | None]:
+def capped_lines(resp: Any, cap: int, deadline: float | None = None) -> Iterator[str | None]:
     """A streamed response's lines (UTF-8, invalid bytes replaced), read READ_BYTES at a time;
-    None in place of a line longer than cap, which is read past and never held."""
+    None in place of a line longer than cap, which is read past and never held. Ends at deadline
+    (time.monotonic()), lines or not: a server may drip bytes forever."""
     buf = bytearray()
     skipping = False
     for seg in resp.stream(amt=READ_BYTES, decode_content=False):
+        if deadline is not None and time.monotonic() > deadline:
+            return
         seg = seg.encode() if isinstance(seg, str) else seg
         start = 0
         while True:
