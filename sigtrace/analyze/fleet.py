@@ -66,11 +66,9 @@ class Fleet:
         if v.empty:
             return pd.DataFrame(columns=["id", "pods", "share", "undecided"])
         # pods as (node, uid): one uid on two nodes (an export from elsewhere) is two pods
-        pods = v.drop_duplicates(["id", "node", "pod_uid", "status"])
-        decided = pods[~pods["status"].isin(UNDECIDED)].drop_duplicates(["id", "node", "pod_uid"]) \
-            .groupby("id", observed=True).size()
-        undecided = pods[pods["status"].isin(UNDECIDED)].drop_duplicates(["id", "node", "pod_uid"]) \
-            .groupby("id", observed=True).size()
+        open_ = v["status"].isin(UNDECIDED)
+        decided = v[~open_].drop_duplicates(["id", "node", "pod_uid"]).groupby("id", observed=True).size()
+        undecided = v[open_].drop_duplicates(["id", "node", "pod_uid"]).groupby("id", observed=True).size()
         out = pd.DataFrame({"pods": decided, "undecided": undecided}).fillna(0).astype("int64")
         out["share"] = out["pods"] / n
         out = out.reset_index(names="id").sort_values(["pods", "id"], ascending=[False, True])

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import OutputError
+from ..events.fast_reader import categories_in_arrow
 from ..events.partition import Summary, part_of, pod_routes, spill_dir, spill_where
 from ..events.schema import FIELD_NAMES, POD_LIFECYCLE
 from ..export.columns import EXPORT_DTYPES, NODE
@@ -248,10 +249,7 @@ class NodeParts:
                 path.unlink()
         table = pa.concat_tables(tables)
         del tables
-        # categories made inside Arrow (dictionary encoding): no Python string per row and column
-        for i, name in enumerate(table.column_names):
-            if EXPORT_DTYPES.get(name) == "category":
-                table = table.set_column(i, name, table.column(i).dictionary_encode())
+        table = categories_in_arrow(table, EXPORT_DTYPES)        # the string columns go as they are encoded
         df = table.to_pandas(types_mapper=_pandas_types_mapper())
         del table
         # a row in two of these parts (a signal across pods) is here twice: keep it once

@@ -28,7 +28,7 @@ from ..errors import DataError
 from ..events.schema import FIELD_NAMES, KINDS, SCHEMA_VERSION
 from ..export.columns import (COLUMNS, EXPORT_DTYPES, NODE, REQUIRED_COLUMNS, SCHEMA_VERSION_COLUMN,
                               sidecar_path)
-from ..events.segments import read_small_at
+from ..events.segments import read_small_file
 from ..events.validate import clean_meta, frame_problems
 from ..export import cells
 from ..export.dataset import DATE, SECONDS_PER_DAY, latest_runs, merge_runs, partitioning
@@ -430,24 +430,13 @@ def _load_sidecar(path: Path, embedded: dict | None, notes: list[str]) -> dict[s
     if side.exists() or side.is_symlink():
         try:
             # as meta.json is read: never waiting on a FIFO, a regular file, at most SIDECAR_BYTES
-            data = _small_file(side, SIDECAR_BYTES)
+            data = read_small_file(side, SIDECAR_BYTES)
             if data is None:
                 raise ValueError("not a regular file, a link, too big or unreadable")
             meta = json.loads(data)
         except (ValueError, RecursionError):
             notes.append(f"{side}: unreadable: backend and lost-event counts unknown")
     return meta if isinstance(meta, dict) else {}
-
-
-def _small_file(path: Path, limit: int) -> bytes | None:
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        return read_small_at(dir_fd, path.name, limit, follow=True)
-    finally:
-        os.close(dir_fd)
 
 
 # rows per batch read from a Parquet file or dataset (what one chunk of analyze holds at once)

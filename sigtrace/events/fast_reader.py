@@ -41,10 +41,7 @@ def table_frame(table, index=None) -> pd.DataFrame | None:
     consumed; None when a value is out of range or vocabulary (the tolerant reader skips it).
     index: the frame's row labels (default 0..n-1)."""
     import pyarrow as pa
-    # repeated strings become categoricals inside Arrow (dictionary encoding, no Python strings)
-    for i, name in enumerate(table.column_names):
-        if DTYPES[name] == "category":
-            table = table.set_column(i, name, table.column(i).dictionary_encode())
+    table = categories_in_arrow(table, DTYPES)
     mapper = {pa.int64(): pd.Int64Dtype(), pa.string(): pd.StringDtype()}.get
     # self_destruct: each Arrow column is freed as it is converted (no second copy of the whole table)
     try:
@@ -66,6 +63,15 @@ def table_frame(table, index=None) -> pd.DataFrame | None:
     if not frame_is_valid(df):
         return None                                # the tolerant reader skips and counts the bad events
     return df
+
+
+def categories_in_arrow(table, dtypes: dict[str, str]):
+    """table with the columns dtypes calls "category" dictionary-encoded: repeated strings become
+    pandas categoricals inside Arrow, without a Python string per row."""
+    for i, name in enumerate(table.column_names):
+        if dtypes.get(name) == "category":
+            table = table.set_column(i, name, table.column(i).dictionary_encode())
+    return table
 
 
 def read_clean_source(src: Source) -> Recording | None:

@@ -21,6 +21,7 @@ CHUNK_BYTES = 32 << 20          # read at once: pyarrow parses a chunk's blocks 
 # fast path gives its chunk to the tolerant checks, which count it
 MAX_LINE_BYTES = CHUNK_BYTES
 LONG_LINE = b"\x00 a line longer than 32 MiB\n"
+LONG_LINE_BODY = LONG_LINE.rstrip(b"\n")          # the marker of a file's unended last line
 
 
 class NotOneEventPerLine(ValueError):
@@ -107,7 +108,7 @@ def json_chunks(source: Path | BinaryIO, complete: int, chunk_bytes: int) -> Ite
                 nl = block.find(b"\n")
                 if nl < 0 and pos < complete:
                     continue
-                marks += LONG_LINE if nl >= 0 else LONG_LINE.rstrip(b"\n")      # (the file's unended last line)
+                marks += LONG_LINE if nl >= 0 else LONG_LINE_BODY      # (the file's unended last line)
                 block, skipping = (block[nl + 1:] if nl >= 0 else b""), False
             nl = block.find(b"\n")
             if nl < 0 and pos < complete:      # the line goes on past this block
@@ -117,7 +118,7 @@ def json_chunks(source: Path | BinaryIO, complete: int, chunk_bytes: int) -> Ite
                     rest += block
                 continue
             if len(rest) + (nl if nl >= 0 else len(block)) > MAX_LINE_BYTES:
-                rest, block = b"", (LONG_LINE + block[nl + 1:] if nl >= 0 else LONG_LINE.rstrip(b"\n"))
+                rest, block = b"", (LONG_LINE + block[nl + 1:] if nl >= 0 else LONG_LINE_BODY)
             data = marks + rest + block
             marks = b""
             cut = len(data) if pos >= complete else data.rfind(b"\n") + 1
@@ -125,7 +126,7 @@ def json_chunks(source: Path | BinaryIO, complete: int, chunk_bytes: int) -> Ite
             view = memoryview(data)[:cut]
             yield pa.BufferReader(pa.py_buffer(view)), _lines(data, cut), _BLANK.search(view) is not None  # no copy
             del data, view
-        tail = marks + (LONG_LINE.rstrip(b"\n") if skipping else rest)
+        tail = marks + (LONG_LINE_BODY if skipping else rest)
         if tail:
             yield pa.BufferReader(pa.py_buffer(tail)), _lines(tail, len(tail)), _BLANK.search(tail) is not None
 
@@ -142,7 +143,7 @@ def capped_lines(fh: BinaryIO) -> Iterator[bytes]:
             continue
         while line and not line.endswith(b"\n"):
             line = fh.readline(1 << 20)
-        yield LONG_LINE if line else LONG_LINE.rstrip(b"\n")
+        yield LONG_LINE if line else LONG_LINE_BODY
 
 
 # a line of JSON whitespace only, the chunk's first or any later one, with its newline or last

@@ -20,13 +20,12 @@ import pandas as pd
 
 from ..errors import DataError
 from .columnar import Unreadable, is_columnar, iter_rows
-from .jsonl_tables import LONG_LINE, capped_lines, open_segment
+from .jsonl_tables import LONG_LINE, LONG_LINE_BODY, MAX_LINE_BYTES, capped_lines, open_segment
 from .schema import DTYPES, FIELD_NAMES, KINDS
 from .source import Recording, lost_note, plan_recording, unfinished_note
 from .validate import event_problem
 
-LONG_LINE_BODY = LONG_LINE.rstrip(b"\n")
-TOO_LONG = "lines longer than 32 MiB"
+TOO_LONG = f"lines longer than {MAX_LINE_BYTES >> 20} MiB"
 
 __all__ = ["Recording", "checked_lines", "events_frame", "iter_event_lines", "problem_notes", "read_recording"]
 

@@ -734,6 +734,20 @@ def read_small_at(dir_fd: int, name: str, limit: int = MAX_META_BYTES, follow: b
     return None if size > limit else b"".join(chunks)
 
 
+def read_small_file(path: Path, limit: int = MAX_META_BYTES) -> bytes | None:
+    """read_small_at of a path, a link to a regular file followed (meta.json, an export's sidecar:
+    recordings kept in git-annex or DVC are links); None when it is not a regular file of at most
+    limit bytes, or cannot be read."""
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return read_small_at(dir_fd, path.name, limit, follow=True)
+    finally:
+        os.close(dir_fd)
+
+
 def read_json_at(dir_fd: int, name: str) -> dict:
     """A JSON object file of the directory dir_fd (read_small_at), {} when it is not one."""
     data = read_small_at(dir_fd, name)

@@ -17,7 +17,7 @@ import pandas as pd
 
 from ..errors import DataError
 from .columnar import current_segment
-from .segments import list_segments, read_small_at, run_dirs, run_dirs_under
+from .segments import list_segments, read_small_file, run_dirs, run_dirs_under
 from .validate import clean_meta
 from .writer import EVENTS_FILE, META_FILE
 
@@ -37,7 +37,7 @@ def read_meta(d: Path) -> tuple[dict[str, Any], list[str]]:
     meta_path = d / META_FILE
     if meta_path.exists() or meta_path.is_symlink():
         try:
-            data = _meta_bytes(d)
+            data = read_small_file(meta_path)       # never waiting on a FIFO, at most MAX_META_BYTES
             if data is None:
                 raise ValueError("not a regular file, a link, too big or unreadable")
             meta, notes = clean_meta(json.loads(data))
@@ -47,19 +47,6 @@ def read_meta(d: Path) -> tuple[dict[str, Any], list[str]]:
     else:
         incomplete.append(f"no {META_FILE}: the recorder did not finish (killed?); lost-event counts unknown")
     return meta, incomplete
-
-
-def _meta_bytes(d: Path) -> bytes | None:
-    """meta.json's bytes: never waiting on a FIFO, a regular file (a link to one is followed, as the
-    listing follows a segment's: recordings kept in git-annex or DVC are links), at most MAX_META_BYTES."""
-    try:
-        dir_fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        return read_small_at(dir_fd, META_FILE, follow=True)
-    finally:
-        os.close(dir_fd)
 
 
 def unfinished_note(meta: dict[str, Any], events: pd.DataFrame) -> str | None:
