@@ -84,19 +84,34 @@ def analyze_files(paths: Sequence[str], progress: Callable[[str, int, int | None
     In bounded memory: the exports are read in chunks and spilled by node and pod (analyze.parts);
     each node's reports come from report.build.report_parts, the code `sigtrace report` runs on a
     big recording, a group of pods at a time per worker process."""
+    from ..report.batch import report_batch
     from ..report.build import report_parts   # the one correlation + verdict implementation
-    from .parts import NodeSpill
+    from .parts import NodeSpill, SmallNodes
     reader = ExportReader(paths, progress=progress, **select)
     hashes: dict[str, str] = {}
+    node_hashes: dict[str, dict[str, str]] = {}
 
     def per_node(spill: NodeSpill) -> Iterator[tuple[str, dict[str, Any]]]:
         # a node's reports are flattened into the fleet before the next node's are made
-        for done, (node, parts) in enumerate(spill.nodes(reader.metas, reader.notes), 1):
-            report_set = report_parts(parts, lanes=False, progress=progress, jobs=jobs)   # no HTML picture here
-            hashes.update(template_hashes(parts.summary.lifecycle))   # its rows in the node's frame order
-            yield node, _lazy_dict(report_set)
-            if progress:
-                progress("nodes done", done, len(reader.metas))
+        done = 0
+        for unit in spill.units(reader.metas, reader.notes):
+            if isinstance(unit, SmallNodes):
+                # small nodes: one correlation for the batch, each node's reports its own
+                sets = report_batch(unit.events, [n.member for n in unit.nodes])
+                unit.events = None
+                reported = [(n.name, n.member.summary, rs) for n, rs in zip(unit.nodes, sets)]
+            else:
+                node, parts = unit
+                reported = [(node, parts.summary, report_parts(parts, lanes=False, progress=progress, jobs=jobs))]
+            for node, summary, report_set in reported:
+                node_hashes[node] = template_hashes(summary.lifecycle)   # its rows in the node's frame order
+                yield node, _lazy_dict(report_set)
+                done += 1
+                if progress:
+                    progress("nodes done", done, len(reader.metas))
+        # a pod uid on two nodes (an export copied from another): the later node by name wins, as it did
+        for node in sorted(node_hashes):
+            hashes.update(node_hashes[node])
 
     with NodeSpill(in_order=len(reader.paths) == 1) as spill:
         for chunk in reader.chunks():

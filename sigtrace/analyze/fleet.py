@@ -142,17 +142,20 @@ def deployments(pod_names: pd.Series, template_hash: pd.Series | None = None) ->
 def fleet_from_reports(per_node: Iterable[tuple[str, dict[str, Any]]], metas: dict[str, dict],
                        template_hashes: dict[str, str] | None = None,
                        incomplete: Iterable[str] = ()) -> Fleet:
-    """Flatten {node: ReportSet.to_dict()} into the pod and verdict frames. per_node is read once,
-    node by node (it may be a generator); template_hashes is read after it."""
-    pod_rows: list[dict] = []
-    verdict_rows: list[dict] = []
-    nodes: dict[str, dict] = {}
+    """Flatten {node: ReportSet.to_dict()} into the pod and verdict frames, nodes in name order
+    whatever order per_node gives them in. per_node is read once, node by node (it may be a
+    generator); template_hashes is read after it."""
+    pods_of: dict[str, list[dict]] = {}
+    verdicts_of: dict[str, list[dict]] = {}
+    nodes_of: dict[str, dict] = {}
     for node, rs in per_node:
         meta = metas.get(node, {})
         lost = rs.get("lost_events")
         lost = meta.get("lost_events") if lost is None else lost
-        nodes[node] = {"lost_events": lost, "backend": meta.get("backend"),
-                       "incomplete": list(rs.get("incomplete") or [])}
+        nodes_of[node] = {"lost_events": lost, "backend": meta.get("backend"),
+                          "incomplete": list(rs.get("incomplete") or [])}
+        pod_rows = pods_of.setdefault(node, [])
+        verdict_rows = verdicts_of.setdefault(node, [])
         for pod in rs.get("pods", []):
             stats = pod.get("stats") or {}
             verdicts = pod.get("verdicts") or []
@@ -171,6 +174,10 @@ def fleet_from_reports(per_node: Iterable[tuple[str, dict[str, Any]]], metas: di
                 verdict_rows.append({"node": node, "pod_uid": pod.get("pod_uid"), "id": v.get("id"),
                                      "status": v.get("status") or "confirmed", "summary": v.get("summary"),
                                      "fix": v.get("fix")})
+    order = sorted(nodes_of)
+    nodes = {node: nodes_of[node] for node in order}
+    pod_rows = [row for node in order for row in pods_of[node]]
+    verdict_rows = [row for node in order for row in verdicts_of[node]]
     pods = pd.DataFrame(pod_rows, columns=["node", "pod_uid", "pod_name", "namespace", "stopped", "verdicts", "undecided",
                                            *STAT_KEYS, "lost_events"])
     for col in ("node", "namespace"):

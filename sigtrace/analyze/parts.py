@@ -1,11 +1,14 @@
 """A fleet's exports as parts by node and pod, for analyze in bounded memory.
 
 An export of a week or a fleet does not fit in one frame (10M rows were ~1 GB as pandas columns,
-and the correlation of a node's events several times that). Each node is reported alone, and a
+and the correlation of a node's events several times that). Each node is reported as if alone, and a
 node's pods are independent once their events are together (sigtrace.events.partition): so the
 exports' chunks (analyze.read.ExportReader) are spilled to temporary Arrow files by node; then,
 one node at a time, its rows are split by a hash of the pod (a signal to another pod's process goes
-to both pods' parts), and the parts are read back a few at a time. The peak is one chunk while
+to both pods' parts), and the parts are read back a few at a time. Small nodes (at most
+BATCH_NODE_ROWS rows) are not split: they are read back together, about GROUP_ROWS rows at a time,
+and reported in one correlation (report.batch: a node's report has a fixed cost that was most of a
+small node's; 4,000 nodes of ~30 events took 268 s, now 20 s). The peak is one chunk while
 reading and one group of parts (about GROUP_ROWS rows) while reporting, whatever the exports' size.
 What grows with the input: the times of every row (8 bytes; a node's, and their rank, while it is
 reported), the pod_lifecycle rows (a few per pod), and the node's reports, kept compressed until the
@@ -19,7 +22,6 @@ from __future__ import annotations
 
 import errno
 import shutil
-from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +39,9 @@ from ..export.columns import EXPORT_DTYPES, NODE
 MAX_PARTS = 256            # a node's parts by pod: a 10M-row node makes parts of ~40k rows
 GROUP_ROWS = 150_000       # parts read back together up to about this many rows (small node: one group)
 MAX_OPEN = 256             # spill files by node open at once: more nodes share files (by node index)
+# a node of at most this many rows is reported with other small ones in one correlation (report.batch):
+# a node's report has a fixed cost of ~60 ms, most of a small node's
+BATCH_NODE_ROWS = 20_000
 _SEQ = "__seq"             # a row's place among its node's rows, in the order they were read
 _NODE = "__node"           # the node's index: the spill files are named by it, never by the node's name
 
@@ -70,7 +75,6 @@ class _Node:
     rows: int = 0
     ts: list[np.ndarray] = field(default_factory=list)
     kinds: set[str] = field(default_factory=set)
-    lifecycle: list[pd.DataFrame] = field(default_factory=list)
 
 
 class NodeSpill:
@@ -87,26 +91,45 @@ class NodeSpill:
         self._buckets = MAX_OPEN
         self._writers: dict[int, Any] = {}         # bucket (node index mod MAX_OPEN) -> its spill file
         self._schema = _arrow_schema()
+        self._lifecycle: list[pd.DataFrame] = []   # every node's pod_lifecycle rows, with _SEQ and _NODE
 
     def add(self, chunk: pd.DataFrame) -> None:
-        """A chunk of usable rows (analyze.read: COLUMNS, EXPORT_DTYPES, a node on every row)."""
+        """A chunk of usable rows (analyze.read: COLUMNS, EXPORT_DTYPES, a node on every row).
+        Node by node only for a few numbers; the rows go to the spill files one write per file
+        (a fleet of thousands of small nodes has a few rows of each in a chunk)."""
         import pyarrow as pa
-        nodes = chunk[NODE].astype(str).to_numpy()
-        names = pd.unique(nodes)
-        for name in names:
-            rows = chunk[nodes == name] if len(names) > 1 else chunk
+        codes, names = pd.factorize(chunk[NODE].astype(str).to_numpy())
+        order = np.argsort(codes, kind="stable")            # by node, each node's rows in chunk order
+        bounds = np.r_[0, np.cumsum(np.bincount(codes, minlength=len(names)))]
+        kind_codes, kinds = pd.factorize(chunk["kind"].astype(object).to_numpy())
+        ts = chunk["ts"].to_numpy(dtype=float)
+        seq = np.empty(len(chunk), dtype=np.int64)
+        index = np.empty(len(chunk), dtype=np.int32)
+        for k, name in enumerate(names):
             node = self._nodes.setdefault(str(name), _Node(len(self._nodes)))
-            seq = np.arange(node.rows, node.rows + len(rows), dtype=np.int64)
+            rows = order[bounds[k]:bounds[k + 1]]
+            seq[rows] = np.arange(node.rows, node.rows + len(rows), dtype=np.int64)
+            index[rows] = node.index
             node.rows += len(rows)
-            node.ts.append(rows["ts"].to_numpy(dtype=float))
-            node.kinds |= {str(k) for k in pd.unique(rows["kind"].astype(object).dropna())}
-            lc = (rows["kind"] == POD_LIFECYCLE).to_numpy(dtype=bool, na_value=False)
-            if lc.any():
-                node.lifecycle.append(rows[lc].assign(**{_SEQ: seq[lc]}))
-            table = pa.Table.from_pandas(rows[list(FIELD_NAMES)].assign(**{_SEQ: seq, _NODE: node.index}),
-                                         preserve_index=False).cast(self._schema)
+            node.ts.append(ts[rows])
+            node.kinds |= {str(kinds[c]) for c in np.unique(kind_codes[rows]) if c >= 0}
+        lc = (chunk["kind"] == POD_LIFECYCLE).to_numpy(dtype=bool, na_value=False)
+        if lc.any():
+            self._lifecycle.append(chunk[lc].assign(**{_SEQ: seq[lc], _NODE: index[lc]}))
+        table = pa.Table.from_pandas(chunk[list(FIELD_NAMES)].assign(**{_SEQ: seq, _NODE: index}),
+                                     preserve_index=False).cast(self._schema)
+        bucket = index % self._buckets
+        by_bucket = np.argsort(bucket, kind="stable")
+        table, bucket = table.take(pa.array(by_bucket)), bucket[by_bucket]
+        starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])
+        for a, b in zip(starts, np.r_[starts[1:], len(bucket)]):
             with _spilling():
-                self._writer(node.index % self._buckets).write_table(table)
+                self._writer(int(bucket[a])).write_table(table.slice(int(a), int(b - a)))
+
+    def _node_lifecycle(self, node: _Node) -> list[pd.DataFrame]:
+        """The node's pod_lifecycle rows as read (carrying _SEQ)."""
+        mine = (f[f[_NODE].to_numpy() == node.index] for f in self._lifecycle)
+        return [f for f in mine if len(f)]
 
     def _bucket_file(self, bucket: int) -> Path:
         return Path(self._dir.name) / f"{bucket}.arrow"
@@ -118,32 +141,47 @@ class NodeSpill:
             w = self._writers[bucket] = pa.ipc.new_stream(str(self._bucket_file(bucket)), self._schema)
         return w
 
-    def nodes(self, metas: dict[str, dict], notes: list[str]) -> Iterator[tuple[str, "NodeParts"]]:
-        """(node, its parts), nodes in name order. metas: node -> meta (from the exports), notes:
-        what applies to every node."""
+    def units(self, metas: dict[str, dict], notes: list[str]) -> Iterator["tuple[str, NodeParts] | SmallNodes"]:
+        """Each node once, spill file by spill file: a node of more than BATCH_NODE_ROWS rows as
+        (node, its parts); smaller ones gathered across files into SmallNodes batches of about
+        group_rows rows (each file is read once for its small nodes while they fit in a batch).
+        Not in name order: the fleet sorts. metas: node -> meta (from the exports), notes: what
+        applies to every node."""
+        from ..correlate.build import capabilities_for
         with _spilling():
             for w in self._writers.values():
                 w.close()
             self._writers.clear()
-        sharing = Counter(node.index % self._buckets for node in self._nodes.values())
-        left = Counter(sharing)                  # nodes of each file not reported yet
+        by_bucket: dict[int, list[str]] = {}
         for name in sorted(self._nodes):
-            node = self._nodes.pop(name)
-            bucket = node.index % self._buckets
-            meta = dict(metas.get(name) or {"node": name})
-            incomplete = list(meta.get("incomplete") or []) + list(notes)
-            for key in ("sources", "incomplete"):      # the export's own keys, not the recorder's
-                meta.pop(key, None)
-            with _spilling():
-                parts = NodeParts(node, meta, incomplete, self._bucket_file(bucket), sharing[bucket] > 1,
-                                  self.group_rows, self.in_order)
-            try:
-                yield name, parts
-            finally:
-                parts.close()
-                left[bucket] -= 1
-                if not left[bucket]:              # the last node of its file: the file goes
-                    self._bucket_file(bucket).unlink(missing_ok=True)
+            by_bucket.setdefault(self._nodes[name].index % self._buckets, []).append(name)
+        pending = _Pending(metas, notes, self.in_order)
+        for bucket, names in sorted(by_bucket.items()):
+            spill = self._bucket_file(bucket)
+            small = [n for n in names if self._nodes[n].rows <= BATCH_NODE_ROWS]
+            for name in names:
+                if name in small:
+                    continue
+                node = self._nodes.pop(name)
+                meta, incomplete = _node_meta(name, metas, notes)
+                with _spilling():
+                    parts = NodeParts(node, self._node_lifecycle(node), meta, incomplete, spill, len(names) > 1,
+                                      self.group_rows, self.in_order)
+                try:
+                    yield name, parts
+                finally:
+                    parts.close()
+            for group in _by_rows(small, {n: self._nodes[n].rows for n in small}, self.group_rows):
+                nodes = {name: self._nodes.pop(name) for name in group}
+                with _spilling():
+                    rows = _read_nodes(nodes, spill, shared=len(names) > len(group))
+                for name, table in rows.items():
+                    caps = capabilities_for(_node_meta(name, metas, [])[0], nodes[name].kinds)[0]
+                    pending.add(caps, name, nodes[name], table)
+                if pending.rows >= self.group_rows:
+                    yield from pending.flush()
+            spill.unlink(missing_ok=True)        # its last node taken: the file goes
+        yield from pending.flush()
 
     def close(self) -> None:
         for w in self._writers.values():
@@ -161,24 +199,177 @@ class NodeSpill:
         self.close()
 
 
+def _node_meta(name: str, metas: dict[str, dict], notes: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """The node's recorder meta and its notes (the export's own and those of every node)."""
+    meta = dict(metas.get(name) or {"node": name})
+    incomplete = list(meta.get("incomplete") or []) + list(notes)
+    for key in ("sources", "incomplete"):      # the export's own keys, not the recorder's
+        meta.pop(key, None)
+    return meta, incomplete
+
+
+def _labels(ts: np.ndarray, in_order: bool) -> np.ndarray | None:
+    """A node's row labels by its rows' place in reading order: None when that is the label (one
+    export, or rows in time order), else their rank in a stable sort by ts."""
+    if in_order or not len(ts) or (ts[1:] >= ts[:-1]).all():
+        return None
+    order = np.argsort(ts, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return rank
+
+
+def _lifecycle_frame(lifecycle: list[pd.DataFrame], rank: np.ndarray | None) -> pd.DataFrame:
+    """A node's pod_lifecycle rows (carrying _SEQ) as build_reports' frame: labelled, in order."""
+    if not lifecycle:
+        return _node_frame(pd.DataFrame({c: pd.Series(dtype=EXPORT_DTYPES[c]) for c in FIELD_NAMES}),
+                           np.empty(0, dtype=np.int64))
+    rows = pd.concat(lifecycle)
+    seq = rows[_SEQ].to_numpy()
+    return _in_label_order(rows, seq if rank is None else rank[seq])
+
+
+def _spilled_frame(table) -> pd.DataFrame:
+    """Spilled rows (an Arrow table, consumed) as pandas, the string columns as categories."""
+    from .read import _pandas_types_mapper
+    table = categories_in_arrow(table, EXPORT_DTYPES)        # the string columns go as they are encoded
+    return table.to_pandas(types_mapper=_pandas_types_mapper())
+
+
+def _in_label_order(df: pd.DataFrame, labels: np.ndarray) -> pd.DataFrame:
+    """Rows as build_reports' frame: labelled, in label order."""
+    order = np.argsort(labels, kind="stable")
+    return _node_frame(df.iloc[order], labels[order])
+
+
+def _by_rows(names: list[str], rows: dict[str, int], cap: int) -> Iterator[list[str]]:
+    """names in runs of at most cap rows (a run holds at least one)."""
+    run: list[str] = []
+    n = 0
+    for name in names:
+        if run and n + rows[name] > cap:
+            yield run
+            run, n = [], 0
+        run.append(name)
+        n += rows[name]
+    if run:
+        yield run
+
+
+def _read_nodes(nodes: dict[str, _Node], spill: Path, shared: bool) -> dict[str, Any]:
+    """Each node's rows of a spill file (an Arrow table each, in reading order), in one pass."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    wanted = pa.array([n.index for n in nodes.values()], pa.int32())
+    tables = []
+    with pa.OSFile(str(spill)) as src:
+        for batch in pa.ipc.open_stream(src):
+            table = pa.Table.from_batches([batch])
+            tables.append(table.filter(pc.is_in(table.column(_NODE), wanted)) if shared else table)
+    table = pa.concat_tables(tables)
+    del tables
+    # one take by node, then a slice per node: a filter per node scanned the whole batch each time
+    index = table.column(_NODE).to_numpy()
+    order = np.argsort(index, kind="stable")
+    table, index = table.take(pa.array(order)), index[order]
+    starts = np.searchsorted(index, [n.index for n in nodes.values()], side="left")
+    ends = np.searchsorted(index, [n.index for n in nodes.values()], side="right")
+    return {name: table.slice(int(a), int(b - a)) for name, a, b in zip(nodes, starts, ends)}
+
+
+class _Pending:
+    """Small nodes read and not reported yet, by capabilities (only nodes alike share a batch)."""
+
+    def __init__(self, metas: dict[str, dict], notes: list[str], in_order: bool) -> None:
+        self.metas, self.notes, self.in_order = metas, notes, in_order
+        self.groups: dict[frozenset[str], list[tuple[str, _Node, Any]]] = {}
+        self.rows = 0
+
+    def add(self, caps: frozenset[str], name: str, node: _Node, table: Any) -> None:
+        self.groups.setdefault(caps, []).append((name, node, table))
+        self.rows += node.rows
+
+    def flush(self) -> Iterator["SmallNodes"]:
+        """Every pending node, in batches whose nodes have no pod in common."""
+        groups, self.groups, self.rows = self.groups, {}, 0
+        for group in groups.values():
+            while group:
+                batch, later, taken = [], [], set()
+                for name, node, table in group:
+                    uids = _uids_of(table)
+                    if uids & taken:           # a pod of an earlier node (an export copied from it): next batch
+                        later.append((name, node, table))
+                    else:
+                        batch.append((name, node, table, uids))
+                        taken |= uids
+                yield SmallNodes.made(batch, self.metas, self.notes, self.in_order)
+                group = later
+
+
+@dataclass
+class SmallNode:
+    """A node of a SmallNodes batch: its name and what report.batch needs of it."""
+    name: str
+    member: Any                      # report.batch.Member
+
+
+class SmallNodes:
+    """Small nodes reported in one correlation (report.batch): their rows in one frame, each
+    node's rows labelled after the nodes before it. Their pods are disjoint."""
+
+    def __init__(self, nodes: list[SmallNode], events: pd.DataFrame) -> None:
+        self.nodes, self.events = nodes, events
+
+    @classmethod
+    def made(cls, batch: list, metas: dict[str, dict], notes: list[str], in_order: bool) -> "SmallNodes":
+        """batch: (name, _Node, its rows as read, its pod uids) of each node."""
+        import pyarrow as pa
+        from ..report.batch import Member
+        tables, labels, bases = [], [], []
+        base = 0
+        for name, node, rows, uids in batch:
+            ts = np.concatenate(node.ts) if node.ts else np.empty(0)
+            rank = _labels(ts, in_order)
+            seq = rows.column(_SEQ).to_numpy()
+            labels.append(base + (seq if rank is None else rank[seq]))
+            tables.append(rows)
+            bases.append(base)
+            base += node.rows
+        events = _in_label_order(_spilled_frame(pa.concat_tables(tables)), np.concatenate(labels))
+        # each node's pod_lifecycle rows from the batch's frame (one conversion for all), labelled as its own
+        lc = events[(events["kind"] == POD_LIFECYCLE).to_numpy(dtype=bool, na_value=False)]
+        at = lc.index.to_numpy()
+        members = []
+        for (name, node, rows, uids), base in zip(batch, bases):
+            a, b = np.searchsorted(at, [base, base + node.rows])
+            mine = lc.iloc[a:b]
+            mine = mine.set_axis(mine.index - base)
+            meta, incomplete = _node_meta(name, metas, notes)
+            last = max((float(t.max()) for t in node.ts if len(t)), default=0.0)
+            summary = Summary(node.rows, frozenset(node.kinds), last, mine)
+            members.append(SmallNode(name, Member(meta, incomplete, summary, base, node.rows, frozenset(uids))))
+        return cls(members, events)
+
+
+def _uids_of(table) -> set[str]:
+    """The pods of spilled rows: every pod_uid and target_pod_uid (correlate.build.pod_uids')."""
+    import pyarrow.compute as pc
+    return {u for name in ("pod_uid", "target_pod_uid") for u in pc.unique(table.column(name)).to_pylist() if u}
+
+
 class NodeParts:
     """One node's events as parts by pod: report.build.report_parts' input (meta, incomplete,
     summary, units() and frame(unit))."""
 
-    def __init__(self, node: _Node, meta: dict[str, Any], incomplete: list[str], spill: Path, shared: bool,
-                 group_rows: int, in_order: bool) -> None:
+    def __init__(self, node: _Node, lifecycle: list[pd.DataFrame], meta: dict[str, Any], incomplete: list[str],
+                 spill: Path, shared: bool, group_rows: int, in_order: bool) -> None:
         self.meta, self.incomplete, self._group_rows = meta, incomplete, group_rows
         ts = np.concatenate(node.ts) if node.ts else np.empty(0)
         node.ts = []
         # a row's label: its place in the node's frame (read order, or a stable sort by ts)
-        self._rank = None
-        if not in_order and len(ts) and not (ts[1:] >= ts[:-1]).all():
-            order = np.argsort(ts, kind="stable")
-            self._rank = np.empty_like(order)
-            self._rank[order] = np.arange(len(order))
-        lifecycle = pd.concat(node.lifecycle) if node.lifecycle else None
+        self._rank = _labels(ts, in_order)
         self.summary = Summary(node.rows, frozenset(node.kinds), float(ts.max()) if len(ts) else 0.0,
-                               self._labelled(lifecycle))
+                               _lifecycle_frame(lifecycle, self._rank))
         del ts
         # parts small enough that a group of them is about group_rows, at most MAX_PARTS
         self.n_parts = int(min(max(node.rows * 4 // group_rows, 1), MAX_PARTS))
@@ -210,16 +401,6 @@ class NodeParts:
                 w.close()
         return rows
 
-    def _labelled(self, rows: pd.DataFrame | None) -> pd.DataFrame:
-        """rows (carrying _SEQ) as build_reports' frame: the schema's columns, the node's labels, in order."""
-        if rows is None:
-            return _node_frame(pd.DataFrame({c: pd.Series(dtype=EXPORT_DTYPES[c]) for c in FIELD_NAMES}),
-                               np.empty(0, dtype=np.int64))
-        seq = rows[_SEQ].to_numpy()
-        labels = seq if self._rank is None else self._rank[seq]
-        order = np.argsort(labels, kind="stable")
-        return _node_frame(rows.iloc[order], labels[order])
-
     def units(self) -> list[list[int]]:
         """Groups of parts of about group_rows rows, each read on its own by frame()."""
         groups: list[list[int]] = []
@@ -239,7 +420,6 @@ class NodeParts:
         """A group of parts as (events in time order, labelled by row; the uids of the pods they
         hold whole), their spill files removed."""
         import pyarrow as pa
-        from .read import _pandas_types_mapper
         tables = []
         with _spilling():
             for part in parts:
@@ -247,17 +427,12 @@ class NodeParts:
                 with pa.OSFile(str(path)) as src:
                     tables.append(pa.ipc.open_stream(src).read_all())
                 path.unlink()
-        table = pa.concat_tables(tables)
+        df = _spilled_frame(pa.concat_tables(tables))
         del tables
-        table = categories_in_arrow(table, EXPORT_DTYPES)        # the string columns go as they are encoded
-        df = table.to_pandas(types_mapper=_pandas_types_mapper())
-        del table
         # a row in two of these parts (a signal across pods) is here twice: keep it once
         df = df.drop_duplicates(_SEQ) if len(parts) > 1 else df
         seq = df[_SEQ].to_numpy()
-        labels = seq if self._rank is None else self._rank[seq]
-        order = np.argsort(labels, kind="stable")
-        events = _node_frame(df.iloc[order], labels[order])
+        events = _in_label_order(df, seq if self._rank is None else self._rank[seq])
         chosen = set(parts)
         uids = {str(u) for col in ("pod_uid", "target_pod_uid") for u in pd.unique(events[col].dropna()) if u}
         return events, frozenset(u for u in uids if part_of(u, self.n_parts) in chosen)

@@ -136,6 +136,10 @@ class PodContext:
     display: ConnDisplay = field(default_factory=ConnDisplay)
     # indexes of the whole recording, shared by all pods (build.build_contexts)
     lookup: EventLookup | None = None           # ts and kind by row
+    # the label of the pod's recording's first row in events: 0, except when events holds several
+    # small recordings at once (analyze's small nodes: report.batch), each after the one before;
+    # what the report shows is the row's place in its own recording
+    row_base: int = 0
 
     # ---- helpers for rules ---------------------------------------------------------------
     def has(self, *caps: str) -> bool:
@@ -152,7 +156,11 @@ class PodContext:
         if row is not None and ts is None:
             ts = lookup.ts(row)
         kind = lookup.kind(row) if row is not None else None
-        return {"t": self.rel(ts), "ts": ts, "kind": kind, "what": what, "event": row}
+        return {"t": self.rel(ts), "ts": ts, "kind": kind, "what": what, "event": self.event_number(row)}
+
+    def event_number(self, row: int | None) -> int | None:
+        """What the report calls the event at row: its place in the pod's own recording."""
+        return None if row is None else row - self.row_base
 
     def _lookup(self) -> EventLookup:
         if self.lookup is None:

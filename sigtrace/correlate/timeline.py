@@ -17,7 +17,7 @@ PRE_WINDOW_S = STOP_PRE_S  # show this much before the trigger (the preStop exec
 
 def _entry(ctx: PodContext, ts: float, type_: str, text: str, row: int | None, container: str | None = None,
            **extra: Any) -> dict[str, Any]:
-    e = {"t": ctx.rel(ts), "ts": ts, "type": type_, "container": container, "text": text, "event": row}
+    e = {"t": ctx.rel(ts), "ts": ts, "type": type_, "container": container, "text": text, "event": ctx.event_number(row)}
     e.update(extra)
     return e
 

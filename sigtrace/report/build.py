@@ -47,10 +47,11 @@ def build_reports(events: pd.DataFrame, meta: dict[str, Any], incomplete: Iterab
         reports.append(report_for(ctx, rs_by_deployment))
         if progress:
             progress("pods done", len(reports), len(ctxs))
-    return ReportSet(reports, _lost(meta), notes, meta, outside_stop=resets_outside_stop(ctxs))
+    return ReportSet(reports, lost_events(meta), notes, meta, outside_stop=resets_outside_stop(ctxs))
 
 
-def _lost(meta: dict[str, Any]) -> int:
+def lost_events(meta: dict[str, Any]) -> int:
+    """meta.json's lost_events as a count (0 when missing or not a number)."""
     try:
         return int(meta.get("lost_events") or 0)
     except (TypeError, ValueError):
@@ -178,4 +179,4 @@ def report_parts(parts: Any, lanes: bool = True,
         outside += part_outside
     reports.sort()
     outside.sort(key=lambda e: e["pod_uid"])
-    return ReportSet(reports, _lost(meta), notes, meta, outside_stop=outside)
+    return ReportSet(reports, lost_events(meta), notes, meta, outside_stop=outside)
