@@ -98,13 +98,17 @@ def analyze_files(paths: Sequence[str], progress: Callable[[str, int, int | None
             if isinstance(unit, SmallNodes):
                 # small nodes: one correlation for the batch, each node's reports its own
                 sets = report_batch(unit.events, [n.member for n in unit.nodes])
+                batch_hashes = template_hashes(unit.events)      # the batch's nodes share no pod
                 unit.events = None
-                reported = [(n.name, n.member.summary, rs) for n, rs in zip(unit.nodes, sets)]
+                reported = []
+                for n, report_set in zip(unit.nodes, sets):
+                    node_hashes[n.name] = {u: batch_hashes[u] for u in n.member.uids if u in batch_hashes}
+                    reported.append((n.name, report_set))
             else:
                 node, parts = unit
-                reported = [(node, parts.summary, report_parts(parts, lanes=False, progress=progress, jobs=jobs))]
-            for node, summary, report_set in reported:
-                node_hashes[node] = template_hashes(summary.lifecycle)   # its rows in the node's frame order
+                node_hashes[node] = template_hashes(parts.summary.lifecycle)   # its rows in the node's frame order
+                reported = [(node, report_parts(parts, lanes=False, progress=progress, jobs=jobs))]
+            for node, report_set in reported:
                 yield node, _lazy_dict(report_set)
                 done += 1
                 if progress:

@@ -336,18 +336,12 @@ class SmallNodes:
             bases.append(base)
             base += node.rows
         events = _in_label_order(_spilled_frame(pa.concat_tables(tables)), np.concatenate(labels))
-        # each node's pod_lifecycle rows from the batch's frame (one conversion for all), labelled as its own
-        lc = events[(events["kind"] == POD_LIFECYCLE).to_numpy(dtype=bool, na_value=False)]
-        at = lc.index.to_numpy()
         members = []
-        for (name, node, rows, uids), base in zip(batch, bases):
-            a, b = np.searchsorted(at, [base, base + node.rows])
-            mine = lc.iloc[a:b]
-            mine = mine.set_axis(mine.index - base)
+        for (name, node, _, uids), base in zip(batch, bases):
             meta, incomplete = _node_meta(name, metas, notes)
             last = max((float(t.max()) for t in node.ts if len(t)), default=0.0)
-            summary = Summary(node.rows, frozenset(node.kinds), last, mine)
-            members.append(SmallNode(name, Member(meta, incomplete, summary, base, node.rows, frozenset(uids))))
+            members.append(SmallNode(name, Member(meta, incomplete, frozenset(node.kinds), last, base, node.rows,
+                                                  frozenset(uids))))
         return cls(members, events)
 
 

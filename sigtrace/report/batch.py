@@ -19,7 +19,7 @@ from ..correlate.build import build_contexts, capabilities_for, lifecycle_contex
 from ..correlate.cut import mark_recorder_cut
 from ..correlate.outside import pod_resets_outside_stop
 from ..correlate.trigger import replica_sets
-from ..events.partition import Summary
+from ..events.schema import POD_LIFECYCLE
 from .build import lost_events
 from .model import PodStore, ReportSet
 from .pod import report_for
@@ -30,7 +30,8 @@ class Member:
     """One recording of a batch."""
     meta: dict[str, Any]
     incomplete: list[str]
-    summary: Summary                 # its kinds, last event and lifecycle rows (labelled in its own rows)
+    kinds: frozenset[str]            # the kinds of events it holds
+    last_ts: float                   # its last event's time
     base: int                        # the batch frame's label of its first row
     rows: int
     uids: frozenset[str]             # its pods: every pod_uid and target_pod_uid of its rows
@@ -38,7 +39,7 @@ class Member:
 
 def capabilities(member: Member) -> tuple[frozenset[str], list[str]]:
     """What the member's recording can hold, and the note when that is assumed (report_parts')."""
-    return capabilities_for(member.meta or {}, member.summary.kinds)
+    return capabilities_for(member.meta or {}, member.kinds)
 
 
 def report_batch(events: pd.DataFrame, members: list[Member], lanes: bool = False) -> list[ReportSet]:
@@ -55,19 +56,23 @@ def report_batch(events: pd.DataFrame, members: list[Member], lanes: bool = Fals
             # a recording speaks for its own pods only: another's entry must not reach a batched neighbour
             endpoints.update((uid, eps) for uid, eps in mine.items() if uid in m.uids)
     ctxs = build_contexts(events, caps, {"pod_endpoints": endpoints}, lanes)
+    # the pods' lifecycle facts, for each member's ReplicaSets: a pod's from its own rows only
+    owners = lifecycle_contexts(events[(events["kind"] == POD_LIFECYCLE).to_numpy(dtype=bool, na_value=False)], caps)
     out = []
     for m in members:
-        out.append(_member_reports(m, caps, events, {uid: ctxs[uid] for uid in sorted(m.uids) if uid in ctxs}))
+        mine = sorted(m.uids)
+        rs_by_deployment = replica_sets({uid: owners[uid] for uid in mine if uid in owners})
+        out.append(_member_reports(m, events, {uid: ctxs[uid] for uid in mine if uid in ctxs}, rs_by_deployment))
     return out
 
 
-def _member_reports(m: Member, caps: frozenset[str], events: pd.DataFrame, ctxs: dict[str, Any]) -> ReportSet:
+def _member_reports(m: Member, events: pd.DataFrame, ctxs: dict[str, Any],
+                    rs_by_deployment: dict[str, set[str]]) -> ReportSet:
     meta = m.meta or {}
     notes = list(m.incomplete) + capabilities(m)[1]
     for ctx in ctxs.values():
         ctx.row_base = m.base
-    mark_recorder_cut(ctxs, meta, events, m.summary.last_ts)
-    rs_by_deployment = replica_sets(lifecycle_contexts(m.summary.lifecycle, caps))
+    mark_recorder_cut(ctxs, meta, events, m.last_ts)
     reports = PodStore()
     outside = []
     for ctx in ctxs.values():
