@@ -109,7 +109,41 @@ def stage_cmd(stage: str, d: Path, parquet: Path) -> list[str]:
         return procs.SIGTRACE + ["export", str(d), "--parquet", str(parquet)]
     if stage == "analyze":
         return procs.SIGTRACE + ["analyze", str(parquet), "--json"]
+    if stage == "analyze-fleet":
+        return procs.SIGTRACE + ["analyze", str(fleet_copy(parquet)), "--json"]
     raise ValueError(f"no stage {stage}")
+
+
+PODS_PER_NODE = 4
+
+
+def fleet_copy(parquet: Path, pods_per_node: int = PODS_PER_NODE) -> Path:
+    """The export as a fleet's: its pods spread over nodes of pods_per_node each (by uid; a row
+    of no pod goes with its signal's target, else to the first node), each node with the
+    recording's meta and its own pods' endpoints. A fleet of many small nodes: a node's report
+    has a fixed cost a one-node export never shows."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    out = parquet.with_name("fleet.parquet")
+    table = pq.read_table(str(parquet))
+    meta = json.loads(table.schema.metadata[b"sigtrace"])
+    (only, node_meta), = meta["nodes"].items()
+    uid = pc.coalesce(table.column("pod_uid").cast(pa.string()), table.column("target_pod_uid").cast(pa.string()))
+    uids = sorted(u for u in pc.unique(uid).to_pylist() if u)
+    node_of = {u: f"node-{i // pods_per_node:05d}" for i, u in enumerate(uids)}
+    names = [node_of.get(u, "node-00000") for u in uid.to_pylist()]
+    table = table.set_column(table.schema.get_field_index("node"), "node", pa.array(names).dictionary_encode())
+    endpoints = node_meta.get("pod_endpoints") or {}
+    nodes = {}
+    for u, node in node_of.items():
+        m = nodes.setdefault(node, dict(node_meta, node=node, pod_endpoints={}))
+        if u in endpoints:
+            m["pod_endpoints"][u] = endpoints[u]
+    nodes.setdefault("node-00000", dict(node_meta, node="node-00000", pod_endpoints={}))
+    meta["nodes"] = nodes
+    pq.write_table(table.replace_schema_metadata({b"sigtrace": json.dumps(meta).encode()}), str(out))
+    return out
 
 
 def a_late_pod(d: Path) -> str:
@@ -126,7 +160,8 @@ def a_late_pod(d: Path) -> str:
 # (stage, layout): the JSONL layout is what --no-compact and recordings of before 0.2 are; analyze
 # reads the export, whatever the recording's layout
 ALL_STAGES = [("parse", JSONL), ("report", JSONL), ("parse", COLUMNAR), ("read", COLUMNAR), ("report", COLUMNAR),
-              ("report-pod", COLUMNAR), ("report-dirty", COLUMNAR), ("export", COLUMNAR), ("analyze", COLUMNAR)]
+              ("report-pod", COLUMNAR), ("report-dirty", COLUMNAR), ("export", COLUMNAR), ("analyze", COLUMNAR),
+              ("analyze-fleet", COLUMNAR)]
 READ_STAGES = [("parse", JSONL), ("parse", COLUMNAR), ("read", COLUMNAR), ("export", COLUMNAR)]
 
 
@@ -155,7 +190,7 @@ def measure(sizes: list[int], report_sizes: list[int], cache: Path, timeout: flo
             row: dict[str, Any] = {"stage": stage, "layout": layout, "events": info["events"], "pods": info["pods"],
                                    "file_mb": round(info["bytes"] / 1e6, 1)}
             key = (stage, layout)
-            if stage == "analyze" and not parquet.exists():
+            if stage.startswith("analyze") and not parquet.exists():
                 row["skipped"] = "no export"
             elif key in last_rate and info["events"] / last_rate[key] > timeout:
                 row["skipped"] = (f"projected {info['events'] / last_rate[key]:.0f} s at "
@@ -181,7 +216,7 @@ def measure(sizes: list[int], report_sizes: list[int], cache: Path, timeout: flo
                 f"{row['wall_s']} s, {row['events_per_s']} events/s, peak {row['peak_rss_mb']} MB"))
             if stage.startswith("report"):
                 (d / "report.json").unlink(missing_ok=True)
-        for extra in made[COLUMNAR][0].glob("export.parquet*"):
+        for extra in [*made[COLUMNAR][0].glob("export.parquet*"), made[COLUMNAR][0] / "fleet.parquet"]:
             extra.unlink(missing_ok=True)
     prof = {}
     if report_sizes:
