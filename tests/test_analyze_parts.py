@@ -148,7 +148,7 @@ def test_small_nodes_share_a_correlation(tmp_path, monkeypatch):
     real = batch.build_contexts
     monkeypatch.setattr(batch, "build_contexts", lambda events, *a, **k: calls.append(len(events)) or real(events, *a, **k))
     fleet = DATA / "fleet_export" / "fleet.csv"
-    got = analyze_files([str(fleet)])
+    got = analyze_files([str(fleet)], jobs=1)                # in this process, where calls are counted
     assert got.to_dict() == whole_frame_fleet([str(fleet)])
     # node-0 and node-2 together (20 + 32 rows); node-3 (43) apart, a pod of it is node-0's; node-1 (15)
     # apart, its recording has other capabilities (no exec seen, none listed in its meta)
@@ -157,6 +157,6 @@ def test_small_nodes_share_a_correlation(tmp_path, monkeypatch):
     out = tmp_path / "fleet.parquet"
     export_recordings(recordings(tmp_path), parquet=str(out))
     calls.clear()
-    got = analyze_files([str(out)])
+    got = analyze_files([str(out)], jobs=1)
     assert got.to_dict() == whole_frame_fleet([str(out)])
     assert len(calls) < len(NODES)

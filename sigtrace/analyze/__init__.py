@@ -84,35 +84,48 @@ def analyze_files(paths: Sequence[str], progress: Callable[[str, int, int | None
     In bounded memory: the exports are read in chunks and spilled by node and pod (analyze.parts);
     each node's reports come from report.build.report_parts, the code `sigtrace report` runs on a
     big recording, a group of pods at a time per worker process."""
-    from ..report.batch import report_batch
     from ..report.build import report_parts   # the one correlation + verdict implementation
+    from ..report.workers import default_jobs, report_batches
     from .parts import NodeSpill, SmallNodes
     reader = ExportReader(paths, progress=progress, **select)
     hashes: dict[str, str] = {}
     node_hashes: dict[str, dict[str, str]] = {}
 
+    def small_batches(units: Iterator[Any], big: list) -> Iterator[SmallNodes]:
+        """The SmallNodes batches of units; a big node's (node, parts) goes to big, reported
+        between batches."""
+        for unit in units:
+            if isinstance(unit, SmallNodes):
+                # the batch's nodes share no pod: one pass over its lifecycle rows for all
+                batch_hashes = template_hashes(unit.events)
+                for n in unit.nodes:
+                    node_hashes[n.name] = {u: batch_hashes[u] for u in n.member.uids if u in batch_hashes}
+                yield unit
+            else:
+                big.append(unit)
+                return
+
     def per_node(spill: NodeSpill) -> Iterator[tuple[str, dict[str, Any]]]:
         # a node's reports are flattened into the fleet before the next node's are made
         done = 0
-        for unit in spill.units(reader.metas, reader.notes):
-            if isinstance(unit, SmallNodes):
-                # small nodes: one correlation for the batch, each node's reports its own
-                sets = report_batch(unit.events, [n.member for n in unit.nodes])
-                batch_hashes = template_hashes(unit.events)      # the batch's nodes share no pod
-                unit.events = None
-                reported = []
-                for n, report_set in zip(unit.nodes, sets):
-                    node_hashes[n.name] = {u: batch_hashes[u] for u in n.member.uids if u in batch_hashes}
-                    reported.append((n.name, report_set))
-            else:
-                node, parts = unit
-                node_hashes[node] = template_hashes(parts.summary.lifecycle)   # its rows in the node's frame order
-                reported = [(node, report_parts(parts, lanes=False, progress=progress, jobs=jobs))]
-            for node, report_set in reported:
-                yield node, _lazy_dict(report_set)
-                done += 1
-                if progress:
-                    progress("nodes done", done, len(reader.metas))
+        units = spill.units(reader.metas, reader.notes)
+        while True:
+            big: list = []
+            # small nodes: one correlation per batch, in worker processes; each node's reports its own
+            for batch, sets in report_batches(small_batches(units, big), default_jobs(jobs)):
+                for n, report_set in zip(batch.nodes, sets):
+                    done += 1
+                    yield n.name, _lazy_dict(report_set)
+                    if progress:
+                        progress("nodes done", done, len(reader.metas))
+            if not big:
+                break
+            node, parts = big[0]
+            node_hashes[node] = template_hashes(parts.summary.lifecycle)   # its rows in the node's frame order
+            done += 1
+            yield node, _lazy_dict(report_parts(parts, lanes=False, progress=progress, jobs=jobs))
+            if progress:
+                progress("nodes done", done, len(reader.metas))
         # a pod uid on two nodes (an export copied from another): the later node by name wins, as it did
         for node in sorted(node_hashes):
             hashes.update(node_hashes[node])

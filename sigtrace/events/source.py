@@ -74,6 +74,11 @@ def _utc(ts: Any) -> str:
         return str(ts)
 
 
+def lost_events(meta: dict[str, Any]) -> int:
+    """meta.json's lost_events as a count (0 when missing or not a number)."""
+    return _int(meta.get("lost_events")) if isinstance(meta, dict) else 0
+
+
 def lost_note(meta: dict[str, Any]) -> str | None:
     """What the recorder lost, by cause: the ring buffers (lost_by_probe) and, since segments, the
     disk (meta.json output.lost: disk full, output directory removed or not writable)."""

@@ -20,7 +20,7 @@ from ..correlate.cut import mark_recorder_cut
 from ..correlate.outside import pod_resets_outside_stop
 from ..correlate.trigger import replica_sets
 from ..events.schema import POD_LIFECYCLE
-from .build import lost_events
+from ..events.source import lost_events
 from .model import PodStore, ReportSet
 from .pod import report_for
 

@@ -18,6 +18,7 @@ from ..correlate.build import build_contexts, capabilities_for, capabilities_of,
 from ..correlate.outside import resets_outside_stop
 from ..correlate.trigger import replica_sets
 from ..errors import UsageProblem
+from ..events.source import lost_events
 from .model import PodStore, ReportSet
 from .pod import report_for
 
@@ -48,14 +49,6 @@ def build_reports(events: pd.DataFrame, meta: dict[str, Any], incomplete: Iterab
         if progress:
             progress("pods done", len(reports), len(ctxs))
     return ReportSet(reports, lost_events(meta), notes, meta, outside_stop=resets_outside_stop(ctxs))
-
-
-def lost_events(meta: dict[str, Any]) -> int:
-    """meta.json's lost_events as a count (0 when missing or not a number)."""
-    try:
-        return int(meta.get("lost_events") or 0)
-    except (TypeError, ValueError):
-        return 0
 
 
 def report_recording(directory: str | Path, lanes: bool = True, part_bytes: int | None = None,

@@ -20,7 +20,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from ..errors import SigtraceError
 from ..pods.proc import read_text
@@ -195,12 +195,27 @@ def report_units(job: PartJob, jobs: int) -> Iterator[PartResult]:
     (NotClean, DataError) is raised here, the parts not yet started cancelled."""
     units = job.parts.units()
     jobs = min(jobs, len(units))
-    if jobs <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+    if jobs <= 1 or not can_fork():
         for unit in units:
             yield report_unit(job, unit)
         return
-    global _JOB, _PARENT
-    _JOB, _PARENT = job, os.getpid()
+    global _JOB
+    _JOB = job
+    try:
+        yield from _in_workers(_in_worker, units, jobs, "part")
+    finally:
+        _JOB = None
+
+
+def can_fork() -> bool:
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
+def _in_workers(fn: Any, units: Iterable[Any], jobs: int, what: str) -> Iterator[Any]:
+    """fn(unit) of each unit in `jobs` forked workers, at most `jobs` in flight, in the order they
+    finish. units may be a generator: it is read as workers free up."""
+    global _PARENT
+    _PARENT = os.getpid()
     # a forked worker flushes its copy of these buffers when it ends: empty them first, or a
     # document half-written to stdout would be written again by every worker
     sys.stdout.flush()
@@ -209,24 +224,41 @@ def report_units(job: PartJob, jobs: int) -> Iterator[PartResult]:
     try:
         with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("fork"),
                                  initializer=_start_worker) as pool:
-            yield from _bounded(pool, units, jobs)
+            yield from _bounded(pool, fn, units, jobs)
     except BrokenProcessPool:
-        raise WorkerDied(f"a report worker process died before its part was done (most often the kernel's "
-                         f"out-of-memory killer: {jobs} workers hold a part each); run again with --jobs 1 "
-                         "(SIGTRACE_JOBS=1): one part at a time, in one process") from None
-    finally:
-        _JOB = None
+        raise WorkerDied(f"a report worker process died before its {what} was done (most often the kernel's "
+                         f"out-of-memory killer: {jobs} workers hold a {what} each); run again with --jobs 1 "
+                         f"(SIGTRACE_JOBS=1): one {what} at a time, in one process") from None
 
 
-def _bounded(pool: ProcessPoolExecutor, units: list[Any], jobs: int) -> Iterator[PartResult]:
-    """pool.map with at most `jobs` parts submitted at once: a submitted part's result waits in
+def report_batches(batches: Iterable[Any], jobs: int) -> Iterator[tuple[Any, list[Any]]]:
+    """(batch, its members' ReportSets) of each batch of small recordings (analyze's SmallNodes:
+    .events, .nodes[i].member; report.batch), in the order they finish: in this process when jobs
+    is 1, else in `jobs` forked workers, a batch's frame sent to its worker."""
+    from .batch import report_batch
+    if jobs <= 1 or not can_fork():
+        for batch in batches:
+            yield batch, report_batch(batch.events, [n.member for n in batch.nodes])
+        return
+    for batch, sets in _in_workers(_batch_in_worker, batches, jobs, "batch of nodes"):
+        yield batch, sets
+
+
+def _batch_in_worker(batch: Any) -> tuple[Any, list[Any]]:
+    from .batch import report_batch
+    events, batch.events = batch.events, None        # not sent back
+    return batch, report_batch(events, [n.member for n in batch.nodes])
+
+
+def _bounded(pool: ProcessPoolExecutor, fn: Any, units: Iterable[Any], jobs: int) -> Iterator[Any]:
+    """pool.map with at most `jobs` units submitted at once: a submitted unit's result waits in
     the parent, and results are a part's reports, so this bounds the parent's memory too."""
     before = set(multiprocessing.active_children())        # the pool's workers are the others
     todo = iter(units)
     running: set[Future] = set()
     try:
         for unit in todo:
-            running.add(pool.submit(_in_worker, unit))
+            running.add(pool.submit(fn, unit))
             if len(running) < jobs:
                 continue
             done, running = _wait_any(running)
