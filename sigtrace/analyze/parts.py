@@ -286,24 +286,26 @@ class _Pending:
         self.rows = 0
 
     def add(self, caps: frozenset[str], name: str, node: _Node, table: Any) -> None:
-        self.groups.setdefault(caps, []).append((name, node, table))
+        self.groups.setdefault(caps, []).append((name, node, table, _uids_of(table)))
         self.rows += node.rows
 
     def flush(self) -> Iterator["SmallNodes"]:
-        """Every pending node, in batches whose nodes have no pod in common."""
+        """Every pending node, in batches whose nodes have no pod in common: a node goes to the
+        first batch after every batch that holds one of its pods (an export copied from another
+        node shares its pods), in one pass (a fleet of copies makes as many batches as copies)."""
         groups, self.groups, self.rows = self.groups, {}, 0
         for group in groups.values():
-            while group:
-                batch, later, taken = [], [], set()
-                for name, node, table in group:
-                    uids = _uids_of(table)
-                    if uids & taken:           # a pod of an earlier node (an export copied from it): next batch
-                        later.append((name, node, table))
-                    else:
-                        batch.append((name, node, table, uids))
-                        taken |= uids
+            batches: list[list] = []
+            after: dict[str, int] = {}          # pod uid -> the first batch that may still take it
+            for name, node, table, uids in group:
+                b = max((after.get(u, 0) for u in uids), default=0)
+                if b == len(batches):
+                    batches.append([])
+                batches[b].append((name, node, table, uids))
+                after.update((u, b + 1) for u in uids)
+            del group
+            for batch in batches:
                 yield SmallNodes.made(batch, self.metas, self.notes, self.in_order)
-                group = later
 
 
 @dataclass
