@@ -126,10 +126,15 @@ class NodeSpill:
             with _spilling():
                 self._writer(int(bucket[a])).write_table(table.slice(int(a), int(b - a)))
 
-    def _node_lifecycle(self, node: _Node) -> list[pd.DataFrame]:
-        """The node's pod_lifecycle rows as read (carrying _SEQ)."""
-        mine = (f[f[_NODE].to_numpy() == node.index] for f in self._lifecycle)
-        return [f for f in mine if len(f)]
+    def _lifecycle_by_node(self) -> dict[int, pd.DataFrame]:
+        """Every node's pod_lifecycle rows as read (carrying _SEQ), by node index: grouped once
+        (a scan of every chunk's rows per node was quadratic in a fleet of big nodes)."""
+        frames, self._lifecycle = self._lifecycle, []
+        if not frames:
+            return {}
+        rows = pd.concat(frames)
+        del frames
+        return {int(i): rows.iloc[pos] for i, pos in rows.groupby(_NODE, sort=False).indices.items()}
 
     def _bucket_file(self, bucket: int) -> Path:
         return Path(self._dir.name) / f"{bucket}.arrow"
@@ -156,6 +161,7 @@ class NodeSpill:
         for name in sorted(self._nodes):
             by_bucket.setdefault(self._nodes[name].index % self._buckets, []).append(name)
         pending = _Pending(metas, notes, self.in_order)
+        lifecycle = self._lifecycle_by_node()
         for bucket, names in sorted(by_bucket.items()):
             spill = self._bucket_file(bucket)
             small = [n for n in names if self._nodes[n].rows <= BATCH_NODE_ROWS]
@@ -165,14 +171,17 @@ class NodeSpill:
                 node = self._nodes.pop(name)
                 meta, incomplete = _node_meta(name, metas, notes)
                 with _spilling():
-                    parts = NodeParts(node, self._node_lifecycle(node), meta, incomplete, spill, len(names) > 1,
-                                      self.group_rows, self.in_order)
+                    mine = lifecycle.pop(node.index, None)
+                    parts = NodeParts(node, [mine] if mine is not None else [], meta, incomplete, spill,
+                                      len(names) > 1, self.group_rows, self.in_order)
                 try:
                     yield name, parts
                 finally:
                     parts.close()
             for group in _by_rows(small, {n: self._nodes[n].rows for n in small}, self.group_rows):
                 nodes = {name: self._nodes.pop(name) for name in group}
+                for node in nodes.values():
+                    lifecycle.pop(node.index, None)      # a batch takes them from its frame
                 with _spilling():
                     rows = _read_nodes(nodes, spill, shared=len(names) > len(group))
                 for name, table in rows.items():
