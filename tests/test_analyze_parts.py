@@ -160,3 +160,35 @@ def test_small_nodes_share_a_correlation(tmp_path, monkeypatch):
     got = analyze_files([str(out)], jobs=1)
     assert got.to_dict() == whole_frame_fleet([str(out)])
     assert len(calls) < len(NODES)
+
+
+def test_a_batched_node_out_of_time_order_reads_its_rows_in_time_order(tmp_path, monkeypatch):
+    """A node whose export has a row out of time order (here the last row, earlier than the rest):
+    the recorder's cut names each process of the killed init's container by the comm it had first
+    in time, batched as alone. A process seen first as php-early stays php-early."""
+    import csv
+    import io
+    rec = tmp_path / "rec"
+    shutil.copytree(DATA / "lab" / "strace_killed_with_pid1", rec)
+    out = tmp_path / "fleet.csv"
+    export_recordings([rec], csv=str(out))
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    late = next(r for r in rows if r["kind"] == "sock_close" and r["pid"] == "1")
+    early = dict(late, pid="7", tid="7", nspid="7", comm="php-early", ts=repr(float(rows[0]["ts"]) - 1))
+    with open(out, "w", newline="") as fh:
+        w = csv.DictWriter(fh, list(rows[0]))
+        w.writeheader()
+        w.writerows(rows + [early])
+
+    def cut_evidence(batch_rows: int) -> list[str]:
+        monkeypatch.setattr(parts, "BATCH_NODE_ROWS", batch_rows)
+        seen = []                                 # the node's reports, before the fleet flattens them
+        import sigtrace.analyze as analyze
+        monkeypatch.setattr(analyze, "_lazy_dict", lambda rs: seen.append(rs.to_dict()) or dict(rs.header(), pods=iter(())))
+        analyze_files([str(out)], jobs=1)
+        return [e["what"] for rs in seen for p in rs["pods"] for v in p["verdicts"] for e in v.get("evidence", [])
+                if "without calling exit" in e["what"]]
+
+    alone, batched = cut_evidence(0), cut_evidence(100_000)
+    assert alone and batched == alone
+    assert any("php-early[7]" in w for w in batched)

@@ -42,6 +42,7 @@ MAX_OPEN = 256             # spill files by node open at once: more nodes share 
 # a node of at most this many rows is reported with other small ones in one correlation (report.batch):
 # a node's report has a fixed cost of ~60 ms, most of a small node's
 BATCH_NODE_ROWS = 20_000
+MAX_BATCH_NODES = 1000     # and at most this many nodes in a batch: what a node costs besides its rows is bounded too
 _SEQ = "__seq"             # a row's place among its node's rows, in the order they were read
 _NODE = "__node"           # the node's index: the spill files are named by it, never by the node's name
 
@@ -126,15 +127,11 @@ class NodeSpill:
             with _spilling():
                 self._writer(int(bucket[a])).write_table(table.slice(int(a), int(b - a)))
 
-    def _lifecycle_by_node(self) -> dict[int, pd.DataFrame]:
-        """Every node's pod_lifecycle rows as read (carrying _SEQ), by node index: grouped once
-        (a scan of every chunk's rows per node was quadratic in a fleet of big nodes)."""
+    def _lifecycle_by_node(self) -> "_Lifecycle":
+        """Every node's pod_lifecycle rows as read (carrying _SEQ), grouped by node once (a scan of
+        every chunk's rows per node was quadratic in a fleet of big nodes)."""
         frames, self._lifecycle = self._lifecycle, []
-        if not frames:
-            return {}
-        rows = pd.concat(frames)
-        del frames
-        return {int(i): rows.iloc[pos] for i, pos in rows.groupby(_NODE, sort=False).indices.items()}
+        return _Lifecycle(pd.concat(frames) if frames else None)
 
     def _bucket_file(self, bucket: int) -> Path:
         return Path(self._dir.name) / f"{bucket}.arrow"
@@ -165,29 +162,25 @@ class NodeSpill:
         for bucket, names in sorted(by_bucket.items()):
             spill = self._bucket_file(bucket)
             small = [n for n in names if self._nodes[n].rows <= BATCH_NODE_ROWS]
-            for name in names:
-                if name in small:
-                    continue
+            big = [n for n in names if self._nodes[n].rows > BATCH_NODE_ROWS]
+            for name in big:
                 node = self._nodes.pop(name)
                 meta, incomplete = _node_meta(name, metas, notes)
                 with _spilling():
-                    mine = lifecycle.pop(node.index, None)
-                    parts = NodeParts(node, [mine] if mine is not None else [], meta, incomplete, spill,
+                    parts = NodeParts(node, lifecycle.of(node.index), meta, incomplete, spill,
                                       len(names) > 1, self.group_rows, self.in_order)
                 try:
                     yield name, parts
                 finally:
                     parts.close()
             for group in _by_rows(small, {n: self._nodes[n].rows for n in small}, self.group_rows):
-                nodes = {name: self._nodes.pop(name) for name in group}
-                for node in nodes.values():
-                    lifecycle.pop(node.index, None)      # a batch takes them from its frame
+                nodes = {name: self._nodes.pop(name) for name in group}   # a batch's come from its frame
                 with _spilling():
                     rows = _read_nodes(nodes, spill, shared=len(names) > len(group))
                 for name, table in rows.items():
                     caps = capabilities_for(_node_meta(name, metas, [])[0], nodes[name].kinds)[0]
                     pending.add(caps, name, nodes[name], table)
-                if pending.rows >= self.group_rows:
+                if pending.rows >= self.group_rows or pending.nodes >= MAX_BATCH_NODES:
                     yield from pending.flush()
             spill.unlink(missing_ok=True)        # its last node taken: the file goes
         yield from pending.flush()
@@ -206,6 +199,19 @@ class NodeSpill:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+class _Lifecycle:
+    """Every node's pod_lifecycle rows, with the positions of each node's (a frame is made only
+    for the big nodes that ask: one per node of a fleet of tiny nodes was ~1 ms and 40 KB each)."""
+
+    def __init__(self, rows: pd.DataFrame | None) -> None:
+        self.rows = rows
+        self.at = rows.groupby(_NODE, sort=False).indices if rows is not None else {}
+
+    def of(self, index: int) -> list[pd.DataFrame]:
+        pos = self.at.get(index)
+        return [self.rows.iloc[pos]] if pos is not None else []
 
 
 def _node_meta(name: str, metas: dict[str, dict], notes: list[str]) -> tuple[dict[str, Any], list[str]]:
@@ -252,11 +258,11 @@ def _in_label_order(df: pd.DataFrame, labels: np.ndarray) -> pd.DataFrame:
 
 
 def _by_rows(names: list[str], rows: dict[str, int], cap: int) -> Iterator[list[str]]:
-    """names in runs of at most cap rows (a run holds at least one)."""
+    """names in runs of at most cap rows and MAX_BATCH_NODES names (a run holds at least one)."""
     run: list[str] = []
     n = 0
     for name in names:
-        if run and n + rows[name] > cap:
+        if run and (n + rows[name] > cap or len(run) >= MAX_BATCH_NODES):
             yield run
             run, n = [], 0
         run.append(name)
@@ -291,18 +297,19 @@ class _Pending:
 
     def __init__(self, metas: dict[str, dict], notes: list[str], in_order: bool) -> None:
         self.metas, self.notes, self.in_order = metas, notes, in_order
-        self.groups: dict[frozenset[str], list[tuple[str, _Node, Any]]] = {}
-        self.rows = 0
+        self.groups: dict[frozenset[str], list[tuple[str, _Node, Any, set[str]]]] = {}
+        self.rows = self.nodes = 0
 
     def add(self, caps: frozenset[str], name: str, node: _Node, table: Any) -> None:
         self.groups.setdefault(caps, []).append((name, node, table, _uids_of(table)))
         self.rows += node.rows
+        self.nodes += 1
 
     def flush(self) -> Iterator["SmallNodes"]:
         """Every pending node, in batches whose nodes have no pod in common: a node goes to the
         first batch after every batch that holds one of its pods (an export copied from another
         node shares its pods), in one pass (a fleet of copies makes as many batches as copies)."""
-        groups, self.groups, self.rows = self.groups, {}, 0
+        groups, self.groups, self.rows, self.nodes = self.groups, {}, 0, 0
         for group in groups.values():
             batches: list[list] = []
             after: dict[str, int] = {}          # pod uid -> the first batch that may still take it
@@ -314,7 +321,8 @@ class _Pending:
                 after.update((u, b + 1) for u in uids)
             del group
             for batch in batches:
-                yield SmallNodes.made(batch, self.metas, self.notes, self.in_order)
+                for at in range(0, len(batch), MAX_BATCH_NODES):
+                    yield SmallNodes.made(batch[at:at + MAX_BATCH_NODES], self.metas, self.notes, self.in_order)
 
 
 @dataclass
@@ -346,7 +354,10 @@ class SmallNodes:
             tables.append(rows)
             bases.append(base)
             base += node.rows
-        events = _in_label_order(_spilled_frame(pa.concat_tables(tables)), np.concatenate(labels))
+        # one chunk per column, not one per node: a batch of thousands of tiny nodes held ~40 KB each
+        table = pa.concat_tables(tables).combine_chunks()
+        del tables
+        events = _in_label_order(_spilled_frame(table), np.concatenate(labels))
         members = []
         for (name, node, _, uids), base in zip(batch, bases):
             meta, incomplete = _node_meta(name, metas, notes)
