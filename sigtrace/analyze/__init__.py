@@ -83,7 +83,8 @@ def analyze_files(paths: Sequence[str], progress: Callable[[str, int, int | None
 
     In bounded memory: the exports are read in chunks and spilled by node and pod (analyze.parts);
     each node's reports come from report.build.report_parts, the code `sigtrace report` runs on a
-    big recording, a group of pods at a time per worker process."""
+    big recording, a group of pods at a time per worker process; small nodes' from report.batch,
+    many nodes in one correlation per worker process, each node's reports its own."""
     from ..report.build import report_parts   # the one correlation + verdict implementation
     from ..report.workers import default_jobs, report_batches
     from .parts import NodeSpill, SmallNodes
