@@ -32,7 +32,7 @@ import pandas as pd
 
 from ..errors import OutputError
 from ..events.fast_reader import categories_in_arrow
-from ..events.partition import Summary, part_of, pod_routes, spill_dir, spill_where
+from ..events.partition import Summary, part_of, pod_routes, spill_dir, spill_where, table_uids
 from ..events.schema import FIELD_NAMES, POD_LIFECYCLE
 from ..export.columns import EXPORT_DTYPES, NODE
 
@@ -119,13 +119,9 @@ class NodeSpill:
             self._lifecycle.append(chunk[lc].assign(**{_SEQ: seq[lc], _NODE: index[lc]}))
         table = pa.Table.from_pandas(chunk[list(FIELD_NAMES)].assign(**{_SEQ: seq, _NODE: index}),
                                      preserve_index=False).cast(self._schema)
-        bucket = index % self._buckets
-        by_bucket = np.argsort(bucket, kind="stable")
-        table, bucket = table.take(pa.array(by_bucket)), bucket[by_bucket]
-        starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])
-        for a, b in zip(starts, np.r_[starts[1:], len(bucket)]):
+        for bucket, rows_of in _runs_by(table, index % self._buckets):
             with _spilling():
-                self._writer(int(bucket[a])).write_table(table.slice(int(a), int(b - a)))
+                self._writer(bucket).write_table(rows_of)
 
     def _lifecycle_by_node(self) -> "_Lifecycle":
         """Every node's pod_lifecycle rows as read (carrying _SEQ), grouped by node once (a scan of
@@ -284,12 +280,21 @@ def _read_nodes(nodes: dict[str, _Node], spill: Path, shared: bool) -> dict[str,
     table = pa.concat_tables(tables)
     del tables
     # one take by node, then a slice per node: a filter per node scanned the whole batch each time
-    index = table.column(_NODE).to_numpy()
-    order = np.argsort(index, kind="stable")
-    table, index = table.take(pa.array(order)), index[order]
-    starts = np.searchsorted(index, [n.index for n in nodes.values()], side="left")
-    ends = np.searchsorted(index, [n.index for n in nodes.values()], side="right")
-    return {name: table.slice(int(a), int(b - a)) for name, a, b in zip(nodes, starts, ends)}
+    by_index = dict(_runs_by(table, table.column(_NODE).to_numpy()))
+    return {name: by_index.get(n.index, table.slice(0, 0)) for name, n in nodes.items()}
+
+
+def _runs_by(table, keys: np.ndarray) -> Iterator[tuple[int, Any]]:
+    """(key, its rows in table order) for each key of the rows: one take sorted by key, then a
+    zero-copy slice per key."""
+    import pyarrow as pa
+    if not len(keys):
+        return
+    order = np.argsort(keys, kind="stable")
+    table, keys = table.take(pa.array(order)), keys[order]
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    for a, b in zip(starts, np.r_[starts[1:], len(keys)]):
+        yield int(keys[a]), table.slice(int(a), int(b - a))
 
 
 class _Pending:
@@ -301,7 +306,7 @@ class _Pending:
         self.rows = self.nodes = 0
 
     def add(self, caps: frozenset[str], name: str, node: _Node, table: Any) -> None:
-        self.groups.setdefault(caps, []).append((name, node, table, _uids_of(table)))
+        self.groups.setdefault(caps, []).append((name, node, table, table_uids(table)))
         self.rows += node.rows
         self.nodes += 1
 
@@ -344,7 +349,7 @@ class SmallNodes:
         """batch: (name, _Node, its rows as read, its pod uids) of each node."""
         import pyarrow as pa
         from ..report.batch import Member
-        tables, labels, bases = [], [], []
+        tables, labels, bases, lasts = [], [], [], []
         base = 0
         for name, node, rows, uids in batch:
             ts = np.concatenate(node.ts) if node.ts else np.empty(0)
@@ -353,24 +358,18 @@ class SmallNodes:
             labels.append(base + (seq if rank is None else rank[seq]))
             tables.append(rows)
             bases.append(base)
+            lasts.append(float(ts.max()) if len(ts) else 0.0)
             base += node.rows
         # one chunk per column, not one per node: a batch of thousands of tiny nodes held ~40 KB each
         table = pa.concat_tables(tables).combine_chunks()
         del tables
         events = _in_label_order(_spilled_frame(table), np.concatenate(labels))
         members = []
-        for (name, node, _, uids), base in zip(batch, bases):
+        for (name, node, _, uids), base, last in zip(batch, bases, lasts):
             meta, incomplete = _node_meta(name, metas, notes)
-            last = max((float(t.max()) for t in node.ts if len(t)), default=0.0)
             members.append(SmallNode(name, Member(meta, incomplete, frozenset(node.kinds), last, base, node.rows,
                                                   frozenset(uids))))
         return cls(members, events)
-
-
-def _uids_of(table) -> set[str]:
-    """The pods of spilled rows: every pod_uid and target_pod_uid (correlate.build.pod_uids')."""
-    import pyarrow.compute as pc
-    return {u for name in ("pod_uid", "target_pod_uid") for u in pc.unique(table.column(name)).to_pylist() if u}
 
 
 class NodeParts:

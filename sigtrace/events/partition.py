@@ -193,11 +193,13 @@ def part_of(uid: str, n: int) -> int:
 
 
 def _uids(table, i: int, n: int) -> frozenset[str]:
+    return frozenset(v for v in table_uids(table) if part_of(v, n) == i)
+
+
+def table_uids(table) -> set[str]:
+    """The pods of an Arrow table of events: every pod_uid and target_pod_uid (correlate.build.pod_uids')."""
     import pyarrow.compute as pc
-    vals = set()
-    for name in ("pod_uid", "target_pod_uid"):
-        vals |= {v for v in pc.unique(table.column(name)).to_pylist() if v}
-    return frozenset(v for v in vals if part_of(v, n) == i)
+    return {v for name in ("pod_uid", "target_pod_uid") for v in pc.unique(table.column(name)).to_pylist() if v}
 
 
 class CleanChunks:
