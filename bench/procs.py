@@ -218,44 +218,73 @@ class Timed:
     tree_pss_kb: int = 0             # peak of the process group's summed PSS, sampled every 0.1 s
 
 
-def run_timed(cmd: list[str], timeout: float, cwd: Path = REPO) -> Timed:
-    """Run a command; wall time, CPU and peak RSS of that child (wait4), killed at the timeout."""
-    t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd, start_new_session=True)
-    out_chunks: list[bytes] = []
-    err_chunks: list[bytes] = []
-    import threading
+_LAUNCHER: subprocess.Popen | None = None
+_ANSWERS = bytearray()                  # what the launcher wrote and was not read as a line yet
 
-    def pump(stream, sink):
-        for chunk in iter(lambda: stream.read(1 << 16), b""):
-            if sum(map(len, sink)) < 1 << 20:
-                sink.append(chunk)
-    threads = [threading.Thread(target=pump, args=(proc.stdout, out_chunks), daemon=True),
-               threading.Thread(target=pump, args=(proc.stderr, err_chunks), daemon=True)]
-    for t in threads:
-        t.start()
-    timed_out = False
-    tree_kb, next_sample = 0, 0.0
-    while True:
-        pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.monotonic() >= next_sample:         # the workers of report/analyze count too
-            tree_kb = max(tree_kb, group_pss_kb(proc.pid))
-            next_sample = time.monotonic() + 0.1
-        if time.monotonic() - t0 > timeout:
-            timed_out = True
-            os.killpg(proc.pid, signal.SIGKILL)
-            pid, status, ru = os.wait4(proc.pid, 0)
-            break
-        time.sleep(0.02)
-    wall = time.monotonic() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    for t in threads:
-        t.join(5)
-    return Timed(None if timed_out else proc.returncode, wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss,
-                 timed_out, b"".join(out_chunks).decode(errors="replace"), b"".join(err_chunks).decode(errors="replace"),
-                 tree_kb)
+
+def start_launcher() -> None:
+    """Start the process that spawns timed commands (bench.launcher), unless it runs: spawned by
+    the bench, a command's max RSS would include the bench's own peak (kept across exec)."""
+    global _LAUNCHER
+    if _LAUNCHER is None or _LAUNCHER.poll() is not None:
+        _ANSWERS.clear()
+        _LAUNCHER = subprocess.Popen([sys.executable, "-m", "bench.launcher"], cwd=REPO, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, bufsize=0)
+
+
+def _launcher_answer(timeout: float | None) -> dict | None:
+    """The launcher's next answer, None if none came within timeout seconds. Read from the pipe
+    unbuffered: a buffered reader could hold the next answer where select cannot see it."""
+    import select
+    assert _LAUNCHER is not None and _LAUNCHER.stdout is not None
+    fd = _LAUNCHER.stdout.fileno()
+    while b"\n" not in _ANSWERS:
+        if timeout is not None and not select.select([fd], [], [], timeout)[0]:
+            return None
+        data = os.read(fd, 1 << 16)
+        if not data:
+            raise RuntimeError("bench.launcher ended; see its stderr above")
+        _ANSWERS.extend(data)
+    line, _, rest = bytes(_ANSWERS).partition(b"\n")
+    _ANSWERS[:] = rest
+    return json.loads(line)
+
+
+def run_timed(cmd: list[str], timeout: float, cwd: Path = REPO) -> Timed:
+    """Run a command; wall time, CPU and peak RSS of that child (wait4, through bench.launcher),
+    the peak summed PSS of its process group, killed at the timeout."""
+    import tempfile
+    start_launcher()
+    assert _LAUNCHER is not None and _LAUNCHER.stdin is not None
+    with tempfile.TemporaryDirectory(prefix="bench-timed-") as tmp:
+        out, err = Path(tmp, "stdout"), Path(tmp, "stderr")
+        t0 = time.monotonic()
+        _LAUNCHER.stdin.write(json.dumps({"cmd": cmd, "cwd": str(cwd), "out": str(out), "err": str(err)}).encode() + b"\n")
+        started = _launcher_answer(None)
+        if "error" in started:
+            raise RuntimeError(started["error"])
+        pid = started["pid"]
+        timed_out = False
+        tree_kb = 0
+        while True:
+            tree_kb = max(tree_kb, group_pss_kb(pid))    # the workers of report/analyze count too
+            done = _launcher_answer(0.1)
+            if done is not None:
+                break
+            if not timed_out and time.monotonic() - t0 > timeout:
+                timed_out = True
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:       # it ended meanwhile: its answer is on the way
+                    pass
+        wall = time.monotonic() - t0
+        return Timed(None if timed_out else done["status"], wall, done["cpu_s"], done["max_rss_kb"], timed_out,
+                     _head(out), _head(err), tree_kb)
+
+
+def _head(path: Path, limit: int = 1 << 20) -> str:
+    with open(path, "rb") as fh:
+        return fh.read(limit).decode(errors="replace")
 
 
 def group_pss_kb(pgid: int) -> int:

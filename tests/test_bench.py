@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 from pathlib import Path
 
 import pytest
 
-from bench import capacity, overhead, report, stats, synth
+from bench import analysis, capacity, overhead, procs, report, stats, synth
 from sigtrace.report import build_reports
 from sigtrace.events.reader import read_recording
 from sigtrace.events.schema import FIELD_NAMES, KINDS
@@ -113,3 +114,43 @@ def test_docs_render_targets_and_lost_runs():
     assert "| bpf ≥ 0.98 × untraced req/s under churn (pod running) | 0.990" in md
     assert "**Runs that lost events**: bpf-armed" in md
     assert "record RSS ≤ 200 MB | 300 MB RSS" in md and "**not met**" in md
+
+
+def test_a_timed_commands_peak_memory_is_its_own(tmp_path):
+    """wait4's max RSS of a command spawned by a process that had grown big was that process's
+    peak (kept across exec): the bench times commands through bench.launcher, a fresh image."""
+    big = bytearray(400 << 20)
+    for i in range(0, len(big), 4096):
+        big[i] = 1
+    t = procs.run_timed(["true"], 30)
+    assert t.rc == 0 and not t.timed_out and t.max_rss_kb < 100 << 10
+    touch = "x = bytearray(200 << 20)\nfor i in range(0, len(x), 4096): x[i] = 1\nprint('done')"
+    t = procs.run_timed([sys.executable, "-c", touch], 30)
+    assert t.rc == 0 and t.stdout == "done\n" and 200 << 10 <= t.max_rss_kb < 300 << 10
+    assert t.tree_pss_kb < 300 << 10
+    del big
+
+
+def test_a_timed_command_past_its_timeout_is_killed_with_its_group():
+    t = procs.run_timed(["sh", "-c", "echo started >&2; sleep 60 & sleep 60"], 0.5)
+    assert t.timed_out and t.rc is None and t.wall_s < 10 and t.stderr == "started\n"
+    t = procs.run_timed(["sh", "-c", "exit 3"], 30)       # the launcher goes on after a kill
+    assert t.rc == 3 and not t.timed_out
+
+
+def test_fleet_copy_spreads_the_pods_over_nodes(tmp_path):
+    import pyarrow.parquet as pq
+    from sigtrace.export import export_recordings
+    info = synth.generate(tmp_path / "rec", 3000, events_per_pod=120, seed=3)
+    export_recordings([str(tmp_path / "rec")], parquet=str(tmp_path / "export.parquet"))
+    fleet = analysis.fleet_copy(tmp_path / "export.parquet", pods_per_node=4)
+    table = pq.read_table(str(fleet)).to_pandas()
+    uid = table["pod_uid"].astype(object).fillna(table["target_pod_uid"].astype(object))
+    nodes_of_pod = table.assign(uid=uid).dropna(subset=["uid"]).groupby("uid", observed=True)["node"].nunique()
+    assert len(nodes_of_pod) == info["pods"] and (nodes_of_pod == 1).all()       # a pod on one node
+    pods_per_node = table.assign(uid=uid).dropna(subset=["uid"]).groupby("node", observed=True)["uid"].nunique()
+    assert pods_per_node.max() == 4 and len(pods_per_node) == -(-info["pods"] // 4)
+    meta = json.loads(pq.read_schema(str(fleet)).metadata[b"sigtrace"])
+    for node, m in meta["nodes"].items():
+        own = set(table.loc[(table["node"] == node).to_numpy(), "pod_uid"].dropna().astype(str))
+        assert m["node"] == node and set(m["pod_endpoints"]) <= own

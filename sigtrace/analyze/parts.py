@@ -25,7 +25,7 @@ import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -72,10 +72,19 @@ def _spilling() -> Iterator[None]:
 
 @dataclass
 class _Node:
+    """What the spill keeps of a node while reading: a few numbers, not its rows' times (a list of
+    every node's ts per chunk grew with the exports: ~300 MB at 10M rows over 6,620 nodes)."""
     index: int                               # names the node's spill files (a node name is tenant data)
     rows: int = 0
-    ts: list[np.ndarray] = field(default_factory=list)
+    top: float = -np.inf                     # its latest ts
+    end: float = -np.inf                     # the ts of its last row read
+    ordered: bool = True                     # its rows came in time order: their place is their label
     kinds: set[str] = field(default_factory=set)
+
+    def rank(self, ts_by_seq: Callable[[], np.ndarray], in_order: bool) -> np.ndarray | None:
+        """Its rows' labels (_labels): None when their place in reading order is the label, else
+        computed from its rows' ts, asked for only then (read back from the spill)."""
+        return None if in_order or self.ordered else _labels(ts_by_seq(), False)
 
 
 class NodeSpill:
@@ -103,16 +112,22 @@ class NodeSpill:
         order = np.argsort(codes, kind="stable")            # by node, each node's rows in chunk order
         bounds = np.r_[0, np.cumsum(np.bincount(codes, minlength=len(names)))]
         kind_codes, kinds = pd.factorize(chunk["kind"].astype(object).to_numpy())
-        ts = chunk["ts"].to_numpy(dtype=float)
+        ts = chunk["ts"].to_numpy(dtype=float)[order]                # by node, as order
+        starts, ends = bounds[:-1], bounds[1:]
+        tops = np.maximum.reduceat(ts, starts) if len(ts) else ts
+        back = np.r_[False, ts[1:] < ts[:-1]]                        # a row before the one read before it
+        back[starts] = False                                         # ... of the same node
+        disorder = np.logical_or.reduceat(back, starts) if len(ts) else back
         seq = np.empty(len(chunk), dtype=np.int64)
         index = np.empty(len(chunk), dtype=np.int32)
         for k, name in enumerate(names):
             node = self._nodes.setdefault(str(name), _Node(len(self._nodes)))
-            rows = order[bounds[k]:bounds[k + 1]]
+            rows = order[starts[k]:ends[k]]
             seq[rows] = np.arange(node.rows, node.rows + len(rows), dtype=np.int64)
             index[rows] = node.index
+            node.ordered = node.ordered and not disorder[k] and not ts[starts[k]] < node.end
+            node.top, node.end = max(node.top, float(tops[k])), float(ts[ends[k] - 1])
             node.rows += len(rows)
-            node.ts.append(ts[rows])
             node.kinds |= {str(kinds[c]) for c in np.unique(kind_codes[rows]) if c >= 0}
         lc = (chunk["kind"] == POD_LIFECYCLE).to_numpy(dtype=bool, na_value=False)
         if lc.any():
@@ -228,6 +243,13 @@ def _labels(ts: np.ndarray, in_order: bool) -> np.ndarray | None:
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))
     return rank
+
+
+def _by_seq(ts: np.ndarray, seq: np.ndarray, n: int) -> np.ndarray:
+    """A node's rows' ts in reading order (_SEQ), from its rows in any order."""
+    out = np.empty(n)
+    out[seq] = ts
+    return out
 
 
 def _lifecycle_frame(lifecycle: list[pd.DataFrame], rank: np.ndarray | None) -> pd.DataFrame:
@@ -352,13 +374,12 @@ class SmallNodes:
         tables, labels, bases, lasts = [], [], [], []
         base = 0
         for name, node, rows, uids in batch:
-            ts = np.concatenate(node.ts) if node.ts else np.empty(0)
-            rank = _labels(ts, in_order)
             seq = rows.column(_SEQ).to_numpy()
+            rank = node.rank(lambda: _by_seq(rows.column("ts").to_numpy(), seq, node.rows), in_order)
             labels.append(base + (seq if rank is None else rank[seq]))
             tables.append(rows)
             bases.append(base)
-            lasts.append(float(ts.max()) if len(ts) else 0.0)
+            lasts.append(node.top if node.rows else 0.0)
             base += node.rows
         # one chunk per column, not one per node: a batch of thousands of tiny nodes held ~40 KB each
         table = pa.concat_tables(tables).combine_chunks()
@@ -379,22 +400,21 @@ class NodeParts:
     def __init__(self, node: _Node, lifecycle: list[pd.DataFrame], meta: dict[str, Any], incomplete: list[str],
                  spill: Path, shared: bool, group_rows: int, in_order: bool) -> None:
         self.meta, self.incomplete, self._group_rows = meta, incomplete, group_rows
-        ts = np.concatenate(node.ts) if node.ts else np.empty(0)
-        node.ts = []
-        # a row's label: its place in the node's frame (read order, or a stable sort by ts)
-        self._rank = _labels(ts, in_order)
-        self.summary = Summary(node.rows, frozenset(node.kinds), float(ts.max()) if len(ts) else 0.0,
-                               _lifecycle_frame(lifecycle, self._rank))
-        del ts
         # parts small enough that a group of them is about group_rows, at most MAX_PARTS
         self.n_parts = int(min(max(node.rows * 4 // group_rows, 1), MAX_PARTS))
         self._dir = spill.parent / f"{node.index}-parts"
         self._dir.mkdir()
-        self._part_rows = self._split(spill, node.index if shared else None)
+        # the node's ts by row, kept while splitting only when its rows came out of time order
+        ts = None if in_order or node.ordered else np.empty(node.rows)
+        self._part_rows = self._split(spill, node.index if shared else None, ts)
+        # a row's label: its place in the node's frame (read order, or a stable sort by ts)
+        self._rank = node.rank(lambda: ts, in_order)
+        self.summary = Summary(node.rows, frozenset(node.kinds), node.top if node.rows else 0.0,
+                               _lifecycle_frame(lifecycle, self._rank))
 
-    def _split(self, spill: Path, node: int | None) -> dict[int, int]:
+    def _split(self, spill: Path, node: int | None, ts: np.ndarray | None) -> dict[int, int]:
         """The node's rows of the spill (all of it, or those of node when nodes share it), batch by
-        batch, into one file per part; rows per part."""
+        batch, into one file per part; rows per part. ts, when given, gets each row's ts at its _SEQ."""
         import pyarrow as pa
         import pyarrow.compute as pc
         writers: dict[int, Any] = {}
@@ -405,6 +425,8 @@ class NodeParts:
                     table = pa.Table.from_batches([batch])
                     if node is not None:
                         table = table.filter(pc.equal(table.column(_NODE), node))
+                    if ts is not None:
+                        ts[table.column(_SEQ).to_numpy()] = table.column("ts").to_numpy()
                     for part, chosen in pod_routes(table, self.n_parts)[0]:
                         w = writers.get(part)
                         if w is None:
